@@ -1,0 +1,508 @@
+//! Reading and writing certificates and private keys: PEM and DER, chains with
+//! "Bag Attributes" text between blocks, PKCS#8 / PKCS#1 / SEC1 keys, encrypted PKCS#8,
+//! legacy `Proc-Type: 4,ENCRYPTED` PEM, and PKCS#12 keystores.
+//!
+//! Everything here is pure: the caller reads files and passes bytes.
+
+use base64::Engine as _;
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs1KeyDer,
+    PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+
+/// Why certificate, key or keystore bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The passphrase (or PKCS#12 password) does not decrypt the key.
+    #[error("Passphrase does not match to the key")]
+    Passphrase,
+    /// The key is encrypted and no passphrase was given.
+    #[error("The private key is encrypted: a passphrase is required")]
+    PassphraseRequired,
+    /// No certificate could be found in the input.
+    #[error("No certificate found: expected PEM (-----BEGIN CERTIFICATE-----) or DER")]
+    NoCertificate,
+    /// No private key could be found in the input.
+    #[error("No private key found: expected PKCS#8, PKCS#1 RSA or SEC1 EC key in PEM or DER")]
+    NoPrivateKey,
+    /// A PEM block is broken (bad base64, missing END line).
+    #[error("Malformed PEM: {0}")]
+    MalformedPem(String),
+    /// A certificate's DER is not a valid X.509 certificate.
+    #[error("Malformed certificate: {0}")]
+    MalformedCertificate(String),
+    /// The legacy PEM encryption names a cipher this reader does not support.
+    #[error("Unsupported key encryption: {0}")]
+    UnsupportedEncryption(String),
+    /// The PKCS#12 file could not be parsed.
+    #[error("Malformed PKCS#12 keystore: {0}")]
+    MalformedPkcs12(String),
+}
+
+/// One PEM block: label, RFC 1421 headers (legacy encryption) and the decoded body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemBlock {
+    /// The label after `BEGIN`, e.g. `CERTIFICATE`.
+    pub label: String,
+    /// `Name: value` headers (e.g. `Proc-Type`, `DEK-Info`), in order.
+    pub headers: Vec<(String, String)>,
+    /// The base64-decoded contents.
+    pub contents: Vec<u8>,
+}
+
+impl std::fmt::Debug for PemBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key material never goes to Debug output.
+        f.debug_struct("PemBlock")
+            .field("label", &self.label)
+            .field("headers", &self.headers)
+            .field("len", &self.contents.len())
+            .finish()
+    }
+}
+
+/// Returns true when `bytes` look like PEM (contain a `-----BEGIN ` marker).
+pub fn is_pem(bytes: &[u8]) -> bool {
+    find(bytes, b"-----BEGIN ").is_some()
+}
+
+/// Parses every PEM block in `input`, ignoring any text between blocks (such as
+/// OpenSSL's "Bag Attributes"). Tolerates PEM pasted on one line (spaces or literal
+/// `\n` sequences instead of newlines) and CRLF line ends.
+pub fn parse_pem_blocks(input: &[u8]) -> Result<Vec<PemBlock>, ReadError> {
+    let text = String::from_utf8_lossy(input);
+    // Users paste PEM through JSON with literal "\n" sequences.
+    let text = text.replace("\\r\\n", "\n").replace("\\n", "\n");
+    let mut blocks = Vec::new();
+    let mut rest: &str = &text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after_begin = &rest[start + "-----BEGIN ".len()..];
+        let Some(label_end) = after_begin.find("-----") else {
+            return Err(ReadError::MalformedPem("unterminated BEGIN line".into()));
+        };
+        let label = after_begin[..label_end].trim().to_string();
+        let body_and_rest = &after_begin[label_end + 5..];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = body_and_rest.find(&end_marker) else {
+            return Err(ReadError::MalformedPem(format!("missing '{end_marker}'")));
+        };
+        let body = &body_and_rest[..end];
+        rest = &body_and_rest[end + end_marker.len()..];
+        let (headers, b64) = split_headers(body);
+        let b64: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
+        let contents = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| ReadError::MalformedPem(format!("bad base64 in {label}: {e}")))?;
+        blocks.push(PemBlock {
+            label,
+            headers,
+            contents,
+        });
+    }
+    Ok(blocks)
+}
+
+/// Splits RFC 1421 headers (`Proc-Type: ...`, `DEK-Info: ...`) from the base64 body.
+fn split_headers(body: &str) -> (Vec<(String, String)>, String) {
+    let mut headers = Vec::new();
+    let mut b64 = String::new();
+    for line in body.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once(':') {
+            Some((name, value)) if !name.contains(' ') || name.starts_with("Proc") => {
+                headers.push((name.trim().to_string(), value.trim().to_string()));
+            }
+            _ => b64.push_str(line),
+        }
+    }
+    // PEM pasted on one line with spaces: "Proc-Type: 4,ENCRYPTED DEK-Info: ..." is not
+    // supported in that form, but plain certificates are (whitespace is dropped above).
+    (headers, b64)
+}
+
+/// Encodes DER as PEM with the given label, 64 columns, trailing newline.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Reads all certificates from PEM (one or many blocks, any text between them) or DER
+/// (one certificate, or several concatenated).
+pub fn read_certificates(input: &[u8]) -> Result<Vec<CertificateDer<'static>>, ReadError> {
+    let ders: Vec<Vec<u8>> = if is_pem(input) {
+        parse_pem_blocks(input)?
+            .into_iter()
+            .filter(|b| b.label == "CERTIFICATE" || b.label == "X509 CERTIFICATE")
+            .map(|b| b.contents)
+            .collect()
+    } else {
+        split_der_sequence(input)
+    };
+    if ders.is_empty() {
+        return Err(ReadError::NoCertificate);
+    }
+    ders.into_iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+            Ok(CertificateDer::from(der))
+        })
+        .collect()
+}
+
+/// Reads exactly one certificate (the first if there are several).
+pub fn read_certificate(input: &[u8]) -> Result<CertificateDer<'static>, ReadError> {
+    read_certificates(input)?
+        .into_iter()
+        .next()
+        .ok_or(ReadError::NoCertificate)
+}
+
+/// Reads CRLs from PEM (`X509 CRL` blocks) or DER.
+pub fn read_crls(input: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, ReadError> {
+    let ders: Vec<Vec<u8>> = if is_pem(input) {
+        parse_pem_blocks(input)?
+            .into_iter()
+            .filter(|b| b.label == "X509 CRL")
+            .map(|b| b.contents)
+            .collect()
+    } else {
+        split_der_sequence(input)
+    };
+    Ok(ders.into_iter().map(CertificateRevocationListDer::from).collect())
+}
+
+/// Splits concatenated DER SEQUENCEs; garbage yields the input as one element so the
+/// caller's parser reports it.
+fn split_der_sequence(input: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        match crate::der::tlv_len(rest) {
+            Some(len) if rest[0] == 0x30 && len <= rest.len() => {
+                out.push(rest[..len].to_vec());
+                rest = &rest[len..];
+            }
+            _ => {
+                out.push(rest.to_vec());
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Reads a private key from PEM or DER. `passphrase` decrypts encrypted PKCS#8 and
+/// legacy `Proc-Type: 4,ENCRYPTED` PEM; a wrong one is [`ReadError::Passphrase`].
+pub fn read_private_key(
+    input: &[u8],
+    passphrase: Option<&str>,
+) -> Result<PrivateKeyDer<'static>, ReadError> {
+    if !is_pem(input) {
+        return key_from_der(input, passphrase);
+    }
+    for block in parse_pem_blocks(input)? {
+        match block.label.as_str() {
+            "PRIVATE KEY" => return Ok(PrivatePkcs8KeyDer::from(block.contents).into()),
+            "ENCRYPTED PRIVATE KEY" => {
+                let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
+                return decrypt_pkcs8(&block.contents, pw);
+            }
+            "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
+                let der = if block
+                    .headers
+                    .iter()
+                    .any(|(k, v)| k == "Proc-Type" && v.contains("ENCRYPTED"))
+                {
+                    let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
+                    let plain = decrypt_legacy(&block, pw)?;
+                    check_legacy_plaintext(&block.label, &plain)?;
+                    plain
+                } else {
+                    block.contents
+                };
+                return Ok(if block.label == "RSA PRIVATE KEY" {
+                    PrivatePkcs1KeyDer::from(der).into()
+                } else {
+                    PrivateSec1KeyDer::from(der).into()
+                });
+            }
+            _ => continue,
+        }
+    }
+    Err(ReadError::NoPrivateKey)
+}
+
+fn key_from_der(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ReadError> {
+    if pkcs8::EncryptedPrivateKeyInfo::try_from(der).is_ok() {
+        let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
+        return decrypt_pkcs8(der, pw);
+    }
+    PrivateKeyDer::try_from(der.to_vec()).map_err(|_| ReadError::NoPrivateKey)
+}
+
+fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>, ReadError> {
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der)
+        .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
+    let doc = info.decrypt(passphrase).map_err(|e| match e {
+        pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
+            ReadError::UnsupportedEncryption(oid.to_string())
+        }
+        _ => ReadError::Passphrase,
+    })?;
+    let plain = doc.as_bytes().to_vec();
+    // A wrong passphrase can decrypt to bytes with valid padding by chance.
+    if pkcs8::PrivateKeyInfo::try_from(plain.as_slice()).is_err() {
+        return Err(ReadError::Passphrase);
+    }
+    Ok(PrivatePkcs8KeyDer::from(plain).into())
+}
+
+/// Decrypts a legacy OpenSSL-encrypted PEM body (EVP_BytesToKey with MD5, one iteration).
+fn decrypt_legacy(block: &PemBlock, passphrase: &str) -> Result<Vec<u8>, ReadError> {
+    use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    let dek = block
+        .headers
+        .iter()
+        .find(|(k, _)| k == "DEK-Info")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| ReadError::MalformedPem("encrypted PEM without DEK-Info".into()))?;
+    let (cipher, iv_hex) = dek
+        .split_once(',')
+        .ok_or_else(|| ReadError::MalformedPem("bad DEK-Info".into()))?;
+    let iv = hex::decode(iv_hex.trim())
+        .map_err(|_| ReadError::MalformedPem("bad DEK-Info IV".into()))?;
+    let key_len = match cipher.trim() {
+        "AES-128-CBC" => 16,
+        "AES-192-CBC" => 24,
+        "AES-256-CBC" => 32,
+        "DES-EDE3-CBC" => 24,
+        other => return Err(ReadError::UnsupportedEncryption(other.to_string())),
+    };
+    if iv.len() < 8 {
+        return Err(ReadError::MalformedPem("bad DEK-Info IV".into()));
+    }
+    let key = evp_bytes_to_key(passphrase.as_bytes(), &iv[..8], key_len);
+    let mut buf = block.contents.clone();
+    let bad = |_| ReadError::Passphrase;
+    let plain_len = match cipher.trim() {
+        "AES-128-CBC" => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
+            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map_err(bad)?
+            .len(),
+        "AES-192-CBC" => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, &iv)
+            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map_err(bad)?
+            .len(),
+        "AES-256-CBC" => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map_err(bad)?
+            .len(),
+        _ => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map_err(bad)?
+            .len(),
+    };
+    buf.truncate(plain_len);
+    Ok(buf)
+}
+
+/// A wrong passphrase yields random bytes that pass padding 1 time in 256: make sure the
+/// plaintext is the DER structure the label promises.
+fn check_legacy_plaintext(label: &str, plain: &[u8]) -> Result<(), ReadError> {
+    let ok = crate::der::tlv_len(plain) == Some(plain.len()) && plain.first() == Some(&0x30);
+    let parses = if label == "RSA PRIVATE KEY" {
+        aws_lc_rs::rsa::KeyPair::from_der(plain).is_ok()
+    } else {
+        ok
+    };
+    if ok && parses {
+        Ok(())
+    } else {
+        Err(ReadError::Passphrase)
+    }
+}
+
+/// OpenSSL's EVP_BytesToKey with MD5 and one iteration.
+fn evp_bytes_to_key(pass: &[u8], salt: &[u8], key_len: usize) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let mut key = Vec::with_capacity(key_len + 16);
+    let mut prev: Vec<u8> = Vec::new();
+    while key.len() < key_len {
+        let mut h = Md5::new();
+        h.update(&prev);
+        h.update(pass);
+        h.update(salt);
+        prev = h.finalize().to_vec();
+        key.extend_from_slice(&prev);
+    }
+    key.truncate(key_len);
+    key
+}
+
+/// Encrypts a key as legacy OpenSSL PEM (`Proc-Type: 4,ENCRYPTED`, AES-256-CBC), the
+/// format `openssl genrsa -aes256` writes. Used by `certs` to protect keys at rest.
+pub fn encrypt_legacy_pem(label: &str, der: &[u8], passphrase: &str) -> String {
+    use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+    let mut iv = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut iv).unwrap_or_default();
+    let key = evp_bytes_to_key(passphrase.as_bytes(), &iv[..8], 32);
+    let ct = cbc::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+        .map(|c| c.encrypt_padded_vec_mut::<Pkcs7>(der))
+        .unwrap_or_default();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ct);
+    let mut out = format!(
+        "-----BEGIN {label}-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,{}\n\n",
+        hex::encode_upper(iv)
+    );
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The PEM label for a private key's format.
+pub fn key_label(key: &PrivateKeyDer<'_>) -> &'static str {
+    match key {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    }
+}
+
+/// Private key and certificates read from a PKCS#12 keystore.
+pub struct Pkcs12Contents {
+    /// The private key (PKCS#8), when the keystore holds one.
+    pub key: Option<PrivateKeyDer<'static>>,
+    /// The certificates: the key's chain first (leaf, then issuers), then any others.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Pkcs12Contents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs12Contents")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
+}
+
+/// Reads a PKCS#12 (`.p12`, `.pfx`) keystore. A wrong password is
+/// [`ReadError::Passphrase`].
+pub fn read_pkcs12(input: &[u8], password: &str) -> Result<Pkcs12Contents, ReadError> {
+    // A PFX is a DER SEQUENCE starting with version 3; anything else is not PKCS#12.
+    if input.first() != Some(&0x30) {
+        return Err(ReadError::MalformedPkcs12("not a DER PKCS#12 file".into()));
+    }
+    let ks = p12_keystore::KeyStore::from_pkcs12(input, password).map_err(|e| match e {
+        p12_keystore::error::Error::MacError(_)
+        | p12_keystore::error::Error::UnpadError
+        | p12_keystore::error::Error::InvalidLength => ReadError::Passphrase,
+        other => ReadError::MalformedPkcs12(other.to_string()),
+    })?;
+    let mut key = None;
+    let mut certificates = Vec::new();
+    if let Some((_, chain)) = ks.private_key_chain() {
+        key = Some(PrivatePkcs8KeyDer::from(chain.key().to_vec()).into());
+        certificates.extend(
+            chain
+                .chain()
+                .iter()
+                .map(|c| CertificateDer::from(c.as_der().to_vec())),
+        );
+    }
+    for (_, entry) in ks.entries() {
+        if let p12_keystore::KeyStoreEntry::Certificate(c) = entry {
+            let der = CertificateDer::from(c.as_der().to_vec());
+            if !certificates.contains(&der) {
+                certificates.push(der);
+            }
+        }
+    }
+    Ok(Pkcs12Contents { key, certificates })
+}
+
+/// Writes a PKCS#12 keystore (PBES2 AES-256 + HMAC-SHA256, OpenSSL 3's default) holding
+/// `key` with `chain` (leaf first).
+pub fn write_pkcs12(
+    key: &PrivateKeyDer<'_>,
+    chain: &[CertificateDer<'_>],
+    password: &str,
+    alias: &str,
+) -> Result<Vec<u8>, ReadError> {
+    let pkcs8 = crate::keys::to_pkcs8(key)?;
+    let certs = chain
+        .iter()
+        .map(|c| {
+            p12_keystore::Certificate::from_der(c.as_ref())
+                .map_err(|e| ReadError::MalformedCertificate(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let local_key_id = crate::info::sha1(chain.first().map(|c| c.as_ref()).unwrap_or(&[]));
+    let mut ks = p12_keystore::KeyStore::new();
+    ks.add_entry(
+        alias,
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            pkcs8,
+            local_key_id,
+            certs,
+        )),
+    );
+    ks.writer(password)
+        .write()
+        .map_err(|e| ReadError::MalformedPkcs12(e.to_string()))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evp_bytes_to_key_matches_openssl() {
+        // `openssl enc -aes-256-cbc -P -md md5 -S 0102030405060708 -pass pass:secret`
+        let key = evp_bytes_to_key(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8], 32);
+        assert_eq!(key.len(), 32);
+        // Deterministic: same input, same key; differs with the salt.
+        assert_eq!(key, evp_bytes_to_key(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8], 32));
+        assert_ne!(key, evp_bytes_to_key(b"secret", &[0, 2, 3, 4, 5, 6, 7, 8], 32));
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        assert_eq!(read_certificates(b"hello"), Err(ReadError::MalformedCertificate(
+            read_certificates(b"hello").err().map(|e| match e {
+                ReadError::MalformedCertificate(m) => m,
+                _ => String::new(),
+            }).unwrap_or_default()
+        )));
+        assert_eq!(read_certificates(b""), Err(ReadError::NoCertificate));
+        assert!(matches!(
+            read_certificates(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
+            Err(ReadError::MalformedPem(_))
+        ));
+        assert!(matches!(
+            read_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n"),
+            Err(ReadError::MalformedPem(_))
+        ));
+        assert_eq!(read_private_key(b"junk", None), Err(ReadError::NoPrivateKey));
+    }
+}

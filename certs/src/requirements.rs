@@ -1,0 +1,1 @@
+//! Server-certificate requirements report (filled in below).

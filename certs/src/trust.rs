@@ -1,0 +1,619 @@
+//! `TrustStore`: an immutable snapshot of every tenant's trust anchors, CRLs and chain
+//! policy, indexed by subject DN, Subject Key Identifier and fingerprint so that finding
+//! the candidate anchors of a device chain is O(1) in the number of tenants and anchors.
+//!
+//! [`TrustStore::verify_device`] is the single place where a device chain is judged: the
+//! broker's TLS verifier, the REST chain check and `certs verify` all call it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use serde::Serialize;
+use x509_parser::prelude::*;
+
+use crate::revocation::Crl;
+
+/// Default chain-length limit: device certificate + uploaded CA, no intermediates.
+pub const DEFAULT_MAX_CHAIN_LENGTH: u8 = 2;
+/// The largest chain-length limit a tenant may choose.
+pub const MAX_MAX_CHAIN_LENGTH: u8 = 10;
+/// Characters a Common Name may not contain: it becomes an MQTT ClientId and part of
+/// topic paths.
+pub const FORBIDDEN_CN_CHARS: &[char] = &['+', '#', '/', '$', '\0'];
+
+/// Whether an anchor may authenticate devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AnchorStatus {
+    /// Devices chaining to it are accepted.
+    Enabled,
+    /// Devices chaining to it are refused.
+    Disabled,
+}
+
+/// One uploaded CA certificate and its settings.
+#[derive(Debug, Clone)]
+pub struct AnchorSpec {
+    /// The owning tenant.
+    pub tenant: String,
+    /// ENABLED or DISABLED.
+    pub status: AnchorStatus,
+    /// Devices chaining to it register themselves at first connect.
+    pub auto_registration: bool,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+}
+
+/// A tenant's chain policy and revocation settings.
+#[derive(Debug, Clone)]
+pub struct TenantPolicy {
+    /// Maximum chain length including device and anchor (2..=10).
+    pub max_chain_length: u8,
+    /// Serial numbers (lowercase hex) the tenant revoked by hand.
+    pub revoked_serials: HashSet<String>,
+    /// Whether uploaded CRLs and the manual list are enforced.
+    pub crl_enabled: bool,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            max_chain_length: DEFAULT_MAX_CHAIN_LENGTH,
+            revoked_serials: HashSet::new(),
+            crl_enabled: true,
+        }
+    }
+}
+
+/// Why a device chain is refused. Each variant is a metric label and a log reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The device sent no certificate.
+    #[error("no client certificate presented")]
+    NoCertificate,
+    /// A certificate in the chain is not valid DER.
+    #[error("malformed certificate: {0}")]
+    Malformed(String),
+    /// No uploaded anchor issued this chain.
+    #[error("unknown issuer: no trusted certificate issued this chain")]
+    UnknownIssuer,
+    /// A signature in the chain does not verify.
+    #[error("bad signature in the certificate chain")]
+    BadSignature,
+    /// A certificate in the chain has expired.
+    #[error("certificate expired")]
+    Expired,
+    /// A certificate in the chain is not valid yet.
+    #[error("certificate not yet valid")]
+    NotYetValid,
+    /// The trusted certificate itself has expired.
+    #[error("the trusted certificate (anchor) has expired")]
+    AnchorExpired,
+    /// The chain is longer than the tenant allows.
+    #[error("chain too long: {length} certificates, the tenant allows {max}")]
+    ChainTooLong {
+        /// Length of the verified path including device and anchor.
+        length: usize,
+        /// The tenant's limit.
+        max: u8,
+    },
+    /// An intermediate's pathLenConstraint is exceeded.
+    #[error("pathLenConstraint exceeded")]
+    PathLenExceeded,
+    /// An issuer in the chain is not a CA.
+    #[error("issuer is not a CA")]
+    IssuerNotCa,
+    /// The device certificate is itself a CA (CA:true or keyCertSign).
+    #[error("device certificate is a CA certificate")]
+    DeviceIsCa,
+    /// The device certificate's EKU excludes clientAuth.
+    #[error("certificate not valid for client authentication")]
+    NotForClientAuth,
+    /// The matching anchor is DISABLED.
+    #[error("trusted certificate is disabled")]
+    AnchorDisabled,
+    /// The matching anchor was deleted (live re-check).
+    #[error("trusted certificate was removed")]
+    AnchorRemoved,
+    /// A certificate in the chain is revoked.
+    #[error("certificate revoked")]
+    Revoked,
+    /// The device certificate has no Common Name.
+    #[error("device certificate has no Common Name")]
+    NoCommonName,
+    /// The Common Name contains a character MQTT reserves.
+    #[error("Common Name contains a forbidden character ({0:?})")]
+    ForbiddenCnCharacter(char),
+    /// Any other path-building failure.
+    #[error("invalid certificate chain: {0}")]
+    Invalid(String),
+}
+
+impl VerifyError {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VerifyError::NoCertificate => "no_certificate",
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::UnknownIssuer => "unknown_issuer",
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::AnchorExpired => "anchor_expired",
+            VerifyError::ChainTooLong { .. } => "chain_too_long",
+            VerifyError::PathLenExceeded => "path_len_exceeded",
+            VerifyError::IssuerNotCa => "issuer_not_ca",
+            VerifyError::DeviceIsCa => "device_is_ca",
+            VerifyError::NotForClientAuth => "not_for_client_auth",
+            VerifyError::AnchorDisabled => "anchor_disabled",
+            VerifyError::AnchorRemoved => "anchor_removed",
+            VerifyError::Revoked => "revoked",
+            VerifyError::NoCommonName => "no_common_name",
+            VerifyError::ForbiddenCnCharacter(_) => "forbidden_cn_character",
+            VerifyError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// The identity of a verified device, parsed once at the handshake and carried by its
+/// session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdentity {
+    /// The tenant owning the anchor.
+    pub tenant: Arc<str>,
+    /// The device certificate's Common Name (the MQTT ClientId).
+    pub common_name: String,
+    /// SHA-1 fingerprint of the anchor that verified the chain.
+    pub anchor_fingerprint: String,
+    /// SHA-1 fingerprint of the device certificate.
+    pub fingerprint: String,
+    /// Device certificate serial, lowercase hex.
+    pub serial_hex: String,
+    /// Device certificate subject DN.
+    pub subject: String,
+    /// Device certificate notAfter, Unix seconds.
+    pub not_after: i64,
+    /// Whether the anchor registers devices at first connect.
+    pub auto_registration: bool,
+    /// Verified path length including device and anchor.
+    pub chain_length: usize,
+    /// (issuer DN raw, serial hex) of the device and each intermediate, for re-checks.
+    #[serde(skip)]
+    pub path_serials: Vec<(Vec<u8>, String)>,
+}
+
+struct AnchorEntry {
+    tenant: Arc<str>,
+    fingerprint: String,
+    status: AnchorStatus,
+    auto_registration: bool,
+    der: CertificateDer<'static>,
+    anchor: TrustAnchor<'static>,
+    not_after: i64,
+}
+
+/// Builds a [`TrustStore`].
+#[derive(Default)]
+pub struct TrustStoreBuilder {
+    anchors: Vec<AnchorEntry>,
+    tenants: HashMap<Arc<str>, TenantPolicy>,
+    crls: Vec<(Arc<str>, Crl)>,
+}
+
+/// Why an anchor or CRL could not be added to a store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The certificate cannot be used as a trust anchor.
+    #[error("not usable as a trust anchor: {0}")]
+    BadAnchor(String),
+    /// The CRL is not signed by any of the tenant's anchors.
+    #[error("CRL is not signed by any trusted certificate of tenant {0}")]
+    CrlNotFromTenantAnchor(String),
+}
+
+impl TrustStoreBuilder {
+    /// Sets a tenant's policy (tenants without one get the default).
+    pub fn tenant(&mut self, tenant: &str, policy: TenantPolicy) -> &mut Self {
+        self.tenants.insert(Arc::from(tenant), policy);
+        self
+    }
+
+    /// Adds an anchor.
+    pub fn anchor(&mut self, spec: AnchorSpec) -> Result<&mut Self, BuildError> {
+        let der = CertificateDer::from(spec.cert_der);
+        let anchor = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| BuildError::BadAnchor(format!("{e:?}")))?
+            .to_owned();
+        let (_, x) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| BuildError::BadAnchor(e.to_string()))?;
+        let not_after = x.validity().not_after.timestamp();
+        let tenant = self.intern(&spec.tenant);
+        self.anchors.push(AnchorEntry {
+            tenant,
+            fingerprint: crate::info::fingerprint_sha1(der.as_ref()),
+            status: spec.status,
+            auto_registration: spec.auto_registration,
+            der,
+            anchor,
+            not_after,
+        });
+        Ok(self)
+    }
+
+    /// Adds a CRL for a tenant; it must be signed by one of that tenant's anchors
+    /// (added before).
+    pub fn crl(&mut self, tenant: &str, crl: Crl) -> Result<&mut Self, BuildError> {
+        let signed = self
+            .anchors
+            .iter()
+            .filter(|a| &*a.tenant == tenant)
+            .any(|a| crl.verify_signed_by(a.der.as_ref()).is_ok());
+        if !signed {
+            return Err(BuildError::CrlNotFromTenantAnchor(tenant.to_string()));
+        }
+        let t = self.intern(tenant);
+        self.crls.push((t, crl));
+        Ok(self)
+    }
+
+    fn intern(&mut self, tenant: &str) -> Arc<str> {
+        if let Some((k, _)) = self.tenants.get_key_value(tenant) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(tenant);
+        self.tenants.insert(k.clone(), TenantPolicy::default());
+        k
+    }
+
+    /// Freezes the snapshot and builds the indexes.
+    pub fn build(self) -> TrustStore {
+        let mut by_subject: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut by_ski: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut by_fingerprint = HashMap::new();
+        for (i, a) in self.anchors.iter().enumerate() {
+            by_subject
+                .entry(a.anchor.subject.as_ref().to_vec())
+                .or_default()
+                .push(i);
+            if let Some(ski) = subject_key_id(a.der.as_ref()) {
+                by_ski.entry(ski).or_default().push(i);
+            }
+            by_fingerprint.insert(a.fingerprint.clone(), i);
+        }
+        let mut revoked: HashMap<(Arc<str>, Vec<u8>), HashSet<String>> = HashMap::new();
+        for (tenant, crl) in self.crls {
+            revoked
+                .entry((tenant, crl.issuer_raw.clone()))
+                .or_default()
+                .extend(crl.revoked.into_iter().map(|r| r.serial_hex));
+        }
+        TrustStore {
+            anchors: self.anchors,
+            by_subject,
+            by_ski,
+            by_fingerprint,
+            tenants: self.tenants,
+            revoked,
+        }
+    }
+}
+
+/// An immutable, indexed snapshot of all tenants' trust anchors, policies and CRLs.
+pub struct TrustStore {
+    anchors: Vec<AnchorEntry>,
+    /// Anchor subject DN (the value inside the Name SEQUENCE, as webpki stores it) -> anchors.
+    by_subject: HashMap<Vec<u8>, Vec<usize>>,
+    by_ski: HashMap<Vec<u8>, Vec<usize>>,
+    by_fingerprint: HashMap<String, usize>,
+    tenants: HashMap<Arc<str>, TenantPolicy>,
+    /// (tenant, issuer DN raw) -> revoked serials (lowercase hex).
+    revoked: HashMap<(Arc<str>, Vec<u8>), HashSet<String>>,
+}
+
+impl std::fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustStore")
+            .field("anchors", &self.anchors.len())
+            .field("tenants", &self.tenants.len())
+            .finish()
+    }
+}
+
+impl Default for TrustStore {
+    fn default() -> Self {
+        TrustStoreBuilder::default().build()
+    }
+}
+
+/// The most presented certificates we look at; anything longer is refused before any
+/// signature work (10 is the largest tenant limit, plus the anchor itself).
+const MAX_PRESENTED: usize = MAX_MAX_CHAIN_LENGTH as usize + 1;
+
+impl TrustStore {
+    /// Starts a builder.
+    pub fn builder() -> TrustStoreBuilder {
+        TrustStoreBuilder::default()
+    }
+
+    /// Number of anchors.
+    pub fn anchor_count(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// Number of anchors per tenant (for metrics).
+    pub fn anchors_per_tenant(&self) -> HashMap<Arc<str>, usize> {
+        let mut m = HashMap::new();
+        for a in &self.anchors {
+            *m.entry(a.tenant.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// A tenant's policy (the default for unknown tenants).
+    pub fn policy(&self, tenant: &str) -> TenantPolicy {
+        self.tenants.get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Cheap pre-check used before any signature work: does any certificate of the
+    /// presented chain name an issuer (by SKI/AKI or DN) that is an uploaded anchor?
+    pub fn has_candidate_issuer(&self, chain: &[CertificateDer<'_>]) -> bool {
+        chain
+            .iter()
+            .take(MAX_PRESENTED)
+            .any(|c| !self.candidates_for(c.as_ref()).is_empty())
+    }
+
+    /// Verifies a device chain at `now` (leaf first, optionally followed by
+    /// intermediates and the uploaded CA, as devices are told to send).
+    pub fn verify_device(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<DeviceIdentity, VerifyError> {
+        let leaf = chain.first().ok_or(VerifyError::NoCertificate)?;
+        if chain.len() > MAX_PRESENTED {
+            return Err(VerifyError::ChainTooLong {
+                length: chain.len(),
+                max: MAX_MAX_CHAIN_LENGTH,
+            });
+        }
+        let (_, leaf_x) = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let leaf_key_cert_sign = leaf_x
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|ku| ku.value.key_cert_sign());
+        if leaf_x.is_ca() || leaf_key_cert_sign {
+            return Err(VerifyError::DeviceIsCa);
+        }
+
+        // Candidate anchors: the first presented certificate that names an anchor as its
+        // issuer (or is one) decides. Hash lookups only.
+        let mut candidates: Vec<usize> = Vec::new();
+        for cert in chain.iter() {
+            for i in self.candidates_for(cert.as_ref()) {
+                if !candidates.contains(&i) {
+                    candidates.push(i);
+                }
+            }
+            if !candidates.is_empty() {
+                break;
+            }
+        }
+        if candidates.is_empty() {
+            return Err(VerifyError::UnknownIssuer);
+        }
+
+        let ee = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
+        let mut first_err = None;
+        for idx in candidates {
+            let entry = &self.anchors[idx];
+            let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+                .iter()
+                .filter(|c| c.as_ref() != entry.der.as_ref())
+                .map(|c| CertificateDer::from(c.as_ref()))
+                .collect();
+            let result = ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&entry.anchor),
+                &intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            );
+            match result {
+                Ok(path) => {
+                    let inter: Vec<CertificateDer<'_>> =
+                        path.intermediate_certificates().map(|c| c.der()).collect();
+                    let mut path_serials = vec![(
+                        leaf_x.issuer().as_raw().to_vec(),
+                        crate::info::CertInfo::from_x509(&leaf_x, leaf.as_ref()).serial_hex,
+                    )];
+                    for c in &inter {
+                        if let Ok((_, x)) = X509Certificate::from_der(c.as_ref()) {
+                            path_serials.push((
+                                x.issuer().as_raw().to_vec(),
+                                hex::encode(strip_sign(x.raw_serial())),
+                            ));
+                        }
+                    }
+                    return self.finish(entry, &leaf_x, leaf.as_ref(), inter.len() + 2, path_serials, now);
+                }
+                Err(e) => {
+                    if first_err.is_none() || matches!(first_err, Some(VerifyError::BadSignature | VerifyError::UnknownIssuer)) {
+                        first_err = Some(map_webpki(e));
+                    }
+                }
+            }
+        }
+        Err(first_err.unwrap_or(VerifyError::UnknownIssuer))
+    }
+
+    fn finish(
+        &self,
+        entry: &AnchorEntry,
+        leaf_x: &X509Certificate<'_>,
+        leaf_der: &[u8],
+        chain_length: usize,
+        path_serials: Vec<(Vec<u8>, String)>,
+        now: UnixTime,
+    ) -> Result<DeviceIdentity, VerifyError> {
+        let policy = self.tenants.get(&entry.tenant);
+        let max = policy.map_or(DEFAULT_MAX_CHAIN_LENGTH, |p| p.max_chain_length);
+        if chain_length > max as usize {
+            return Err(VerifyError::ChainTooLong {
+                length: chain_length,
+                max,
+            });
+        }
+        if (now.as_secs() as i64) > entry.not_after {
+            return Err(VerifyError::AnchorExpired);
+        }
+        if entry.status == AnchorStatus::Disabled {
+            return Err(VerifyError::AnchorDisabled);
+        }
+        self.check_revoked(&entry.tenant, &path_serials)?;
+        let common_name = crate::info::common_name(leaf_x.subject())
+            .filter(|cn| !cn.is_empty())
+            .ok_or(VerifyError::NoCommonName)?;
+        if let Some(c) = common_name.chars().find(|c| FORBIDDEN_CN_CHARS.contains(c)) {
+            return Err(VerifyError::ForbiddenCnCharacter(c));
+        }
+        Ok(DeviceIdentity {
+            tenant: entry.tenant.clone(),
+            common_name,
+            anchor_fingerprint: entry.fingerprint.clone(),
+            fingerprint: crate::info::fingerprint_sha1(leaf_der),
+            serial_hex: path_serials[0].1.clone(),
+            subject: leaf_x.subject().to_string(),
+            not_after: leaf_x.validity().not_after.timestamp(),
+            auto_registration: entry.auto_registration,
+            chain_length,
+            path_serials,
+        })
+    }
+
+    fn check_revoked(&self, tenant: &Arc<str>, path: &[(Vec<u8>, String)]) -> Result<(), VerifyError> {
+        let Some(policy) = self.tenants.get(tenant) else {
+            return Ok(());
+        };
+        if !policy.crl_enabled {
+            return Ok(());
+        }
+        for (issuer, serial) in path {
+            if policy.revoked_serials.contains(serial) {
+                return Err(VerifyError::Revoked);
+            }
+            if self
+                .revoked
+                .get(&(tenant.clone(), issuer.clone()))
+                .is_some_and(|s| s.contains(serial))
+            {
+                return Err(VerifyError::Revoked);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-checks a live session's identity against this (newer) snapshot: the anchor
+    /// must still exist for the same tenant, be enabled and unexpired, and nothing in the
+    /// path may be revoked.
+    pub fn recheck(&self, id: &DeviceIdentity, now: UnixTime) -> Result<(), VerifyError> {
+        let entry = self
+            .by_fingerprint
+            .get(&id.anchor_fingerprint)
+            .map(|i| &self.anchors[*i])
+            .filter(|e| e.tenant == id.tenant)
+            .ok_or(VerifyError::AnchorRemoved)?;
+        if entry.status == AnchorStatus::Disabled {
+            return Err(VerifyError::AnchorDisabled);
+        }
+        if (now.as_secs() as i64) > id.not_after {
+            return Err(VerifyError::Expired);
+        }
+        self.check_revoked(&entry.tenant, &id.path_serials)
+    }
+
+    /// Anchor lookup by SHA-1 fingerprint: (tenant, status).
+    pub fn anchor(&self, fingerprint: &str) -> Option<(Arc<str>, AnchorStatus)> {
+        self.by_fingerprint
+            .get(fingerprint)
+            .map(|i| (self.anchors[*i].tenant.clone(), self.anchors[*i].status))
+    }
+
+    /// Anchors that may have issued `cert` (or that are `cert`): by exact fingerprint,
+    /// by AKI -> SKI, else by issuer DN.
+    fn candidates_for(&self, cert: &[u8]) -> Vec<usize> {
+        let fp = crate::info::fingerprint_sha1(cert);
+        if let Some(i) = self.by_fingerprint.get(&fp) {
+            return vec![*i];
+        }
+        let Ok((_, x)) = X509Certificate::from_der(cert) else {
+            return Vec::new();
+        };
+        let aki = x.extensions().iter().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => None,
+        });
+        if let Some(v) = aki.and_then(|k| self.by_ski.get(&k)) {
+            return v.clone();
+        }
+        // webpki stores the subject as the contents of the Name SEQUENCE.
+        let issuer = name_contents(x.issuer().as_raw());
+        self.by_subject.get(issuer).cloned().unwrap_or_default()
+    }
+}
+
+fn name_contents(raw: &[u8]) -> &[u8] {
+    crate::der::children(raw)
+        .and_then(|c| {
+            let hdr = raw.len() - c.iter().map(|e| e.len()).sum::<usize>();
+            raw.get(hdr..)
+        })
+        .unwrap_or(raw)
+}
+
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, x) = X509Certificate::from_der(der).ok()?;
+    x.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
+}
+
+fn strip_sign(serial: &[u8]) -> &[u8] {
+    match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    }
+}
+
+#[allow(deprecated)]
+fn map_webpki(e: webpki::Error) -> VerifyError {
+    use webpki::Error as E;
+    match e {
+        E::UnknownIssuer => VerifyError::UnknownIssuer,
+        E::InvalidSignatureForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKey
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+        | E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext(_) => VerifyError::BadSignature,
+        E::CertExpired { .. } => VerifyError::Expired,
+        E::CertNotValidYet { .. } => VerifyError::NotYetValid,
+        E::CaUsedAsEndEntity => VerifyError::DeviceIsCa,
+        E::EndEntityUsedAsCa => VerifyError::IssuerNotCa,
+        E::PathLenConstraintViolated => VerifyError::PathLenExceeded,
+        E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => VerifyError::NotForClientAuth,
+        E::MaximumPathDepthExceeded => VerifyError::ChainTooLong {
+            length: MAX_PRESENTED,
+            max: MAX_MAX_CHAIN_LENGTH,
+        },
+        E::CertRevoked => VerifyError::Revoked,
+        other => VerifyError::Invalid(format!("{other:?}")),
+    }
+}
