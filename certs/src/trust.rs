@@ -54,6 +54,13 @@ pub struct TenantPolicy {
     pub revoked_serials: HashSet<String>,
     /// Whether uploaded CRLs and the manual list are enforced.
     pub crl_enabled: bool,
+    /// Blocked device Common Names: the broker refuses them at CONNECT and closes their
+    /// live sessions (checked by the broker, not by [`TrustStore::verify_device`], so
+    /// the device gets a proper MQTT reason code rather than a TLS alert).
+    pub blocked_devices: HashSet<String>,
+    /// When true, a ClientId different from the CN is replaced by the CN instead of
+    /// being refused.
+    pub client_id_override: bool,
 }
 
 impl Default for TenantPolicy {
@@ -62,6 +69,8 @@ impl Default for TenantPolicy {
             max_chain_length: DEFAULT_MAX_CHAIN_LENGTH,
             revoked_serials: HashSet::new(),
             crl_enabled: true,
+            blocked_devices: HashSet::new(),
+            client_id_override: false,
         }
     }
 }
@@ -351,9 +360,16 @@ impl TrustStore {
         m
     }
 
-    /// A tenant's policy (the default for unknown tenants).
-    pub fn policy(&self, tenant: &str) -> TenantPolicy {
-        self.tenants.get(tenant).cloned().unwrap_or_default()
+    /// A tenant's policy, if the tenant is known to this snapshot.
+    pub fn policy(&self, tenant: &str) -> Option<&TenantPolicy> {
+        self.tenants.get(tenant)
+    }
+
+    /// True when the tenant blocked this device Common Name.
+    pub fn is_blocked(&self, tenant: &str, common_name: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|p| p.blocked_devices.contains(common_name))
     }
 
     /// Cheap pre-check used before any signature work: does any certificate of the
