@@ -1,0 +1,1029 @@
+//! One run: prepare certificates, connect subscribers, launch devices by scenario, measure,
+//! and stop by itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::admin::Admin;
+use crate::config::{
+    effective_source_ips, resolve_loopback, split_host_port, Config, Scenario, PAYLOAD_HEADER,
+};
+use crate::mqtt::{describe_io, establish, Codec, Conn, Incoming, Target};
+use crate::pki::{self, Ca};
+use crate::report::{
+    self, new_histogram, rate_per_s, BrokerReport, CertsReport, ConnectReport, LatencyMs,
+    MessagesReport, Params, PublishReport, Report, RevokeReport, RssKib,
+};
+use crate::Error;
+
+/// Most QoS 1/2 publications a device keeps unacknowledged (lowered to the broker's
+/// MQTT 5 receive maximum).
+const INFLIGHT_WINDOW: usize = 10;
+/// Pause between a revoked device's reconnect attempts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// How long "no session open, no reconnect accepted" must hold after a revocation.
+const REVOKE_WATCH: Duration = Duration::from_secs(2);
+/// Longest wait for sessions to close after a revocation.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for tasks to disconnect cleanly at the end.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Limit for writing to one connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters shared by every task of a run. Times are nanoseconds since `epoch`.
+struct Stats {
+    epoch: Instant,
+    attempted: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    connected: AtomicI64,
+    peak_connected: AtomicI64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    finished: AtomicUsize,
+    received: AtomicU64,
+    unique: AtomicU64,
+    duplicated: AtomicU64,
+    first_attempt_ns: AtomicU64,
+    last_connack_ns: AtomicU64,
+    first_publish_ns: AtomicU64,
+    last_publish_ns: AtomicU64,
+    last_close_ns: AtomicU64,
+    reconnect_attempts: AtomicU64,
+    reconnect_succeeded: AtomicU64,
+    revoked: AtomicBool,
+    errors: Mutex<BTreeMap<String, u64>>,
+    connect_latency: Mutex<Histogram<u64>>,
+    tls_latency: Mutex<Histogram<u64>>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            epoch: Instant::now(),
+            attempted: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            connected: AtomicI64::new(0),
+            peak_connected: AtomicI64::new(0),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            unique: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            first_attempt_ns: AtomicU64::new(u64::MAX),
+            last_connack_ns: AtomicU64::new(0),
+            first_publish_ns: AtomicU64::new(u64::MAX),
+            last_publish_ns: AtomicU64::new(0),
+            last_close_ns: AtomicU64::new(0),
+            reconnect_attempts: AtomicU64::new(0),
+            reconnect_succeeded: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+            errors: Mutex::new(BTreeMap::new()),
+            connect_latency: Mutex::new(new_histogram()),
+            tls_latency: Mutex::new(new_histogram()),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn error(&self, kind: impl Into<String>) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *errors.entry(kind.into()).or_insert(0) += 1;
+    }
+
+    fn opened(&self) {
+        let now = self.connected.fetch_add(1, Relaxed) + 1;
+        self.peak_connected.fetch_max(now, Relaxed);
+    }
+
+    fn closed(&self) {
+        self.connected.fetch_sub(1, Relaxed);
+        self.last_close_ns.fetch_max(self.now_ns(), Relaxed);
+    }
+
+    fn window(&self, first: &AtomicU64, last: &AtomicU64) -> Duration {
+        let (f, l) = (first.load(Relaxed), last.load(Relaxed));
+        if f == u64::MAX || l < f {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(l - f)
+        }
+    }
+}
+
+/// Everything a device or subscriber task needs, shared.
+struct Ctx {
+    stats: Stats,
+    target: Target,
+    codec: Codec,
+    sources: Vec<IpAddr>,
+    run_id: String,
+    qos: u8,
+    messages: u32,
+    payload: usize,
+    devices: usize,
+    publish_interval: Duration,
+    keep_alive: Duration,
+    connect_timeout: Duration,
+    scenario: Scenario,
+    connect_permits: Semaphore,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn source(&self, index: usize) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            None
+        } else {
+            Some(self.sources[index % self.sources.len()])
+        }
+    }
+
+    fn keep_alive_secs(&self) -> u16 {
+        u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX)
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The device name for index `i`, also its certificate CN and MQTT ClientId.
+pub(crate) fn device_id(i: usize) -> String {
+    format!("dev-{i:06}")
+}
+
+/// Runs one load test as configured and reports what it measured.
+///
+/// Certificates are generated first (in parallel, not timed as part of any connect figure);
+/// then subscribers connect and subscribe, then devices connect following the scenario,
+/// publish, and disconnect. The run ends by itself when all work is done or `duration` has
+/// passed, whichever comes first.
+pub async fn run(config: Config) -> Result<Report, Error> {
+    config.validate()?;
+    let (host, _) = split_host_port("--broker", &config.broker)?;
+    let broker_addr = resolve_loopback("--broker", &config.broker)?;
+    let sources = effective_source_ips(config.source_ips.as_deref(), broker_addr)?;
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|_| Error::Config(format!("--broker host {host:?} is not a valid TLS server name")))?;
+    if let Some(url) = &config.admin {
+        crate::admin::resolve_admin_url(url)?;
+    }
+
+    let provider = pki::crypto_provider();
+    let server_ca = config
+        .server_ca
+        .clone()
+        .ok_or_else(|| Error::Config("--server-ca is required".into()))?;
+    let verifier = pki::server_verifier(&provider, &server_ca)?;
+
+    let mut id = [0u8; 4];
+    pki::random_bytes(&provider, &mut id)?;
+    let run_id = pki::hex(&id);
+
+    // Certificates, before any clock starts.
+    let cert_start = std::time::Instant::now();
+    let mut cns: Vec<String> = (0..config.devices).map(device_id).collect();
+    cns.extend((0..config.subscribers).map(|i| format!("sub-{run_id}-{i:03}")));
+    let (ca, tls_configs) = {
+        let provider = provider.clone();
+        let verifier = verifier.clone();
+        let key_type = config.key_type;
+        let ca_paths = config.ca_cert.clone().zip(config.ca_key.clone());
+        let run_id = run_id.clone();
+        tokio::task::spawn_blocking(move || -> Result<(Ca, Vec<Arc<ClientConfig>>), Error> {
+            let ca = match ca_paths {
+                Some((cert, key)) => Ca::load(&cert, &key)?,
+                None => Ca::generate(&provider, key_type, &run_id)?,
+            };
+            let configs = pki::issue_fleet(&provider, &verifier, &ca, key_type, &cns)?;
+            Ok((ca, configs))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("certificate generation: {e}")))??
+    };
+    let generation_s = cert_start.elapsed().as_secs_f64();
+
+    // Tenant and CA upload.
+    let mut tenant_auth: Option<(Admin, String, String, String)> = None;
+    let mut tenant_name = None;
+    let mut fingerprint = None;
+    if config.upload {
+        let url = config
+            .admin
+            .as_deref()
+            .ok_or_else(|| Error::Config("--admin is required to upload the CA".into()))?;
+        let admin = Admin::new(
+            url,
+            &config.admin_user,
+            config.admin_password.as_deref().unwrap_or(""),
+            pki::admin_tls_config(&provider, verifier.clone())?,
+        )?;
+        let tenant = config
+            .tenant
+            .clone()
+            .unwrap_or_else(|| format!("loadtest-{run_id}"));
+        let mut pw = [0u8; 18];
+        pki::random_bytes(&provider, &mut pw)?;
+        let tenant_password = format!("Lt-{}", pki::hex(&pw));
+        admin.create_tenant(&tenant, &tenant_password).await?;
+        let fp = admin.upload_ca(&tenant, &tenant_password, &ca.pem).await?;
+        tenant_name = Some(tenant.clone());
+        fingerprint = Some(fp.clone());
+        tenant_auth = Some((admin, tenant, tenant_password, fp));
+    }
+
+    let rss_before = config.broker_pid.and_then(report::read_rss_kib);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut device_configs = tls_configs;
+    let subscriber_configs = device_configs.split_off(config.devices);
+    let ctx = Arc::new(Ctx {
+        stats: Stats::new(),
+        target: Target {
+            addr: broker_addr,
+            server_name,
+        },
+        codec: Codec::new(config.mqtt),
+        sources: sources.clone(),
+        run_id: run_id.clone(),
+        qos: config.qos,
+        messages: config.messages,
+        payload: config.payload,
+        devices: config.devices,
+        publish_interval: config.publish_interval,
+        keep_alive: config.keep_alive,
+        connect_timeout: config.connect_timeout,
+        scenario: config.scenario,
+        connect_permits: Semaphore::new(config.concurrency),
+        stop: stop_rx,
+    });
+    let stats = &ctx.stats;
+
+    // Subscribers first: every one must hold its SUBACK before the first device publishes.
+    let mut subscribers = JoinSet::new();
+    for (i, tls) in subscriber_configs.into_iter().enumerate() {
+        let cn = format!("sub-{run_id}-{i:03}");
+        let conn = match subscribe(&ctx, i, &cn, tls).await {
+            Ok(conn) => conn,
+            Err(reason) => {
+                let _ = stop_tx.send(true);
+                return Err(Error::Subscriber { cn, reason });
+            }
+        };
+        subscribers.spawn(subscriber_session(ctx.clone(), conn));
+    }
+
+    let progress = (config.progress && std::io::stderr().is_terminal())
+        .then(|| spawn_progress(ctx.clone(), config.devices));
+
+    // Devices.
+    let run_start = Instant::now();
+    let deadline = run_start + config.duration;
+    let launcher = tokio::spawn(launch(ctx.clone(), device_configs, config.connect_rate));
+
+    let mut timed_out;
+    let mut revoke_report = None;
+    let devices = config.devices;
+    let all_resolved =
+        || stats.succeeded.load(Relaxed) + stats.failed.load(Relaxed) >= devices as u64;
+
+    if config.scenario == Scenario::Revoke {
+        timed_out = !wait_until(deadline, all_resolved).await;
+        if !timed_out {
+            // Let the last sessions settle before pulling the CA.
+            sleep_until((Instant::now() + Duration::from_millis(200)).min(deadline)).await;
+            let report = match &tenant_auth {
+                Some((admin, tenant, pw, fp)) => {
+                    Some(revoke(stats, admin, tenant, pw, fp, deadline).await)
+                }
+                None => None,
+            };
+            timed_out = Instant::now() >= deadline;
+            revoke_report = report;
+        }
+    } else {
+        let devices_done = || stats.finished.load(Relaxed) >= devices;
+        timed_out = !wait_until(deadline, devices_done).await;
+        if !timed_out && config.subscribers > 0 {
+            let subs = config.subscribers as u64;
+            let drained = || stats.unique.load(Relaxed) >= stats.sent.load(Relaxed) * subs;
+            let drain_deadline = (Instant::now() + config.drain_timeout).min(deadline);
+            wait_until(drain_deadline, drained).await;
+            timed_out = Instant::now() >= deadline && !drained();
+        }
+    }
+
+    // Measured while every session is still open.
+    let rss_after = config.broker_pid.and_then(report::read_rss_kib);
+    let elapsed = run_start.elapsed();
+
+    let _ = stop_tx.send(true);
+    let grace = Instant::now() + STOP_GRACE;
+    let mut launcher = launcher;
+    if tokio::time::timeout_at(grace, &mut launcher).await.is_err() {
+        launcher.abort();
+        stats.error("stop: device tasks did not finish within the grace period");
+    }
+    let mut e2e = new_histogram();
+    loop {
+        match tokio::time::timeout_at(grace, subscribers.join_next()).await {
+            Ok(Some(Ok(h))) => {
+                let _ = e2e.add(&h);
+            }
+            Ok(Some(Err(e))) => stats.error(format!("subscriber task: {e}")),
+            Ok(None) => break,
+            Err(_) => {
+                subscribers.abort_all();
+                stats.error("stop: subscriber tasks did not finish within the grace period");
+                break;
+            }
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let sent = stats.sent.load(Relaxed);
+    let expected = sent * config.subscribers as u64;
+    let unique = stats.unique.load(Relaxed);
+    let errors = stats
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let connect_latency = LatencyMs::from_histogram(
+        &stats.connect_latency.lock().unwrap_or_else(|e| e.into_inner()),
+    );
+    let tls_latency =
+        LatencyMs::from_histogram(&stats.tls_latency.lock().unwrap_or_else(|e| e.into_inner()));
+    let succeeded = stats.succeeded.load(Relaxed);
+
+    Ok(Report {
+        run_id,
+        scenario: config.scenario,
+        params: Params {
+            devices: config.devices,
+            subscribers: config.subscribers,
+            messages_per_device: config.messages,
+            publish_interval_ms: u64::try_from(config.publish_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            qos: config.qos,
+            payload_bytes: config.payload,
+            mqtt: config.mqtt,
+            key_type: config.key_type,
+            connect_rate: config.connect_rate,
+            concurrency: config.concurrency,
+            source_ips: sources.len(),
+            duration_s: config.duration.as_secs(),
+        },
+        certs: CertsReport {
+            issued: config.devices + config.subscribers,
+            generation_s: (generation_s * 1000.0).round() / 1000.0,
+            ca_generated: config.ca_cert.is_none(),
+            ca_uploaded: config.upload,
+            tenant: tenant_name,
+            ca_fingerprint: fingerprint,
+        },
+        connect: ConnectReport {
+            attempted: stats.attempted.load(Relaxed),
+            succeeded,
+            failed: stats.failed.load(Relaxed),
+            rate_per_s: rate_per_s(
+                succeeded,
+                stats.window(&stats.first_attempt_ns, &stats.last_connack_ns),
+            ),
+            latency_ms: connect_latency,
+            tls_handshake_ms: tls_latency,
+            peak_connected: u64::try_from(stats.peak_connected.load(Relaxed)).unwrap_or(0),
+        },
+        publish: PublishReport {
+            sent,
+            acked: stats.acked.load(Relaxed),
+            rate_per_s: rate_per_s(
+                sent,
+                stats.window(&stats.first_publish_ns, &stats.last_publish_ns),
+            ),
+        },
+        messages: MessagesReport {
+            expected,
+            received: stats.received.load(Relaxed),
+            lost: expected.saturating_sub(unique),
+            duplicated: stats.duplicated.load(Relaxed),
+        },
+        e2e_latency_ms: LatencyMs::from_histogram(&e2e),
+        errors,
+        revoke: revoke_report,
+        broker: BrokerReport {
+            address: broker_addr.to_string(),
+            pid: config.broker_pid,
+            rss_kib: config.broker_pid.map(|_| RssKib {
+                before: rss_before,
+                after: rss_after,
+            }),
+        },
+        elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        timed_out,
+    })
+}
+
+/// Polls `done` until it holds (true) or `deadline` passes (false).
+async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep_until((Instant::now() + Duration::from_millis(10)).min(deadline)).await;
+    }
+}
+
+/// Disables the CA and measures until every device session is closed and has stayed closed
+/// (no reconnect accepted) for [`REVOKE_WATCH`].
+async fn revoke(
+    stats: &Stats,
+    admin: &Admin,
+    tenant: &str,
+    tenant_password: &str,
+    fingerprint: &str,
+    deadline: Instant,
+) -> RevokeReport {
+    let sessions_at_disable = u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0);
+    let t0 = Instant::now();
+    let t0_ns = stats.now_ns();
+    stats.revoked.store(true, Relaxed);
+    let put = admin
+        .set_ca_status(tenant, tenant_password, fingerprint, "DISABLED")
+        .await;
+    let disable_request_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+    if let Err(e) = put {
+        stats.error(format!("revoke: {e}"));
+        return RevokeReport {
+            sessions_at_disable,
+            disable_request_ms: None,
+            all_closed_after_ms: None,
+            still_connected: u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0),
+            reconnect_attempts: 0,
+            reconnect_succeeded: 0,
+        };
+    }
+    let end = (t0 + REVOKE_TIMEOUT).min(deadline);
+    let mut zero_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if stats.connected.load(Relaxed) <= 0 {
+            let since = *zero_since.get_or_insert(now);
+            if now - since >= REVOKE_WATCH {
+                break;
+            }
+        } else {
+            zero_since = None;
+        }
+        if now >= end {
+            break;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    let still = u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0);
+    let reconnect_succeeded = stats.reconnect_succeeded.load(Relaxed);
+    let all_closed_after_ms = (still == 0 && reconnect_succeeded == 0).then(|| {
+        let last = stats.last_close_ns.load(Relaxed).max(t0_ns);
+        ((last - t0_ns) as f64 / 1e6 * 1000.0).round() / 1000.0
+    });
+    if reconnect_succeeded > 0 {
+        stats.error("revoke: a reconnect succeeded after the CA was disabled");
+    }
+    if still > 0 {
+        stats.error("revoke: sessions still open at the end of the observation");
+    }
+    RevokeReport {
+        sessions_at_disable,
+        disable_request_ms: disable_request_ms.map(|v| (v * 1000.0).round() / 1000.0),
+        all_closed_after_ms,
+        still_connected: still,
+        reconnect_attempts: stats.reconnect_attempts.load(Relaxed),
+        reconnect_succeeded,
+    }
+}
+
+fn spawn_progress(ctx: Arc<Ctx>, devices: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(devices as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let s = &ctx.stats;
+        let mut stop = ctx.stop.clone();
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            let done = s.succeeded.load(Relaxed) + s.failed.load(Relaxed);
+            let now = Instant::now();
+            let dt = (now - last.0).as_secs_f64().max(1e-3);
+            let rate = (s.succeeded.load(Relaxed).saturating_sub(last.1)) as f64 / dt;
+            last = (now, s.succeeded.load(Relaxed));
+            let errors: u64 = s
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .sum();
+            bar.set_position(done);
+            bar.set_message(format!(
+                "connected {} | {:.0}/s | errors {} | sent {} | received {}",
+                s.connected.load(Relaxed),
+                rate,
+                errors,
+                s.sent.load(Relaxed),
+                s.received.load(Relaxed)
+            ));
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        bar.finish_and_clear();
+    })
+}
+
+/// Starts every device following the scenario; returns when all device tasks have ended.
+async fn launch(ctx: Arc<Ctx>, configs: Vec<Arc<ClientConfig>>, rate: f64) {
+    let mut tasks = JoinSet::new();
+    let mut stop = ctx.stop.clone();
+    let start = Instant::now();
+    for (i, tls) in configs.into_iter().enumerate() {
+        if ctx.scenario != Scenario::Storm {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::select! {
+                _ = stopped(&mut stop) => break,
+                _ = sleep_until(at) => {}
+            }
+        } else if *stop.borrow() {
+            break;
+        }
+        tasks.spawn(device(ctx.clone(), i, tls));
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            ctx.stats.error(format!("device task: {e}"));
+        }
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// The run is over; we disconnected.
+    Stopped,
+    /// The broker (or the network) closed it.
+    Closed(String),
+}
+
+/// One device: connect (bounded by the concurrency permits), publish, stay connected until
+/// the run stops; in the revoke scenario, keep trying to reconnect once cut off.
+async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
+    let s = &ctx.stats;
+    let cn = device_id(index);
+    let mut stop = ctx.stop.clone();
+    let mut finished = false;
+    let finish = |finished: &mut bool| {
+        if !*finished {
+            *finished = true;
+            s.finished.fetch_add(1, Relaxed);
+        }
+    };
+
+    let permit = tokio::select! {
+        _ = stopped(&mut stop) => { finish(&mut finished); return; }
+        p = ctx.connect_permits.acquire() => p,
+    };
+    s.attempted.fetch_add(1, Relaxed);
+    s.first_attempt_ns.fetch_min(s.now_ns(), Relaxed);
+    let result = establish(
+        &ctx.target,
+        tls.clone(),
+        ctx.source(index),
+        ctx.codec,
+        &cn,
+        ctx.keep_alive_secs(),
+        ctx.connect_timeout,
+    )
+    .await;
+    drop(permit);
+    let (conn, receive_max) = match result {
+        Ok((conn, timings, receive_max)) => {
+            s.succeeded.fetch_add(1, Relaxed);
+            s.last_connack_ns.fetch_max(s.now_ns(), Relaxed);
+            report::record(
+                &mut s.connect_latency.lock().unwrap_or_else(|e| e.into_inner()),
+                timings.total,
+            );
+            report::record(
+                &mut s.tls_latency.lock().unwrap_or_else(|e| e.into_inner()),
+                timings.tls,
+            );
+            (conn, receive_max)
+        }
+        Err(e) => {
+            s.failed.fetch_add(1, Relaxed);
+            s.error(e.kind);
+            finish(&mut finished);
+            return;
+        }
+    };
+    s.opened();
+    let topic = format!("loadtest/{}/{}", ctx.run_id, cn);
+    let end = publish_session(&ctx, conn, index, &topic, receive_max, true, &mut || {
+        finish(&mut finished)
+    })
+    .await;
+    s.closed();
+    finish(&mut finished);
+    let reason = match end {
+        End::Stopped => return,
+        End::Closed(reason) => reason,
+    };
+    if !(ctx.scenario == Scenario::Revoke && s.revoked.load(Relaxed)) {
+        s.error(format!("session: {reason}"));
+        return;
+    }
+
+    // Revoked: behave like a real device and keep knocking.
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = sleep(RECONNECT_PAUSE) => {}
+        }
+        s.reconnect_attempts.fetch_add(1, Relaxed);
+        let attempt = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = establish(
+                &ctx.target,
+                tls.clone(),
+                ctx.source(index),
+                ctx.codec,
+                &cn,
+                ctx.keep_alive_secs(),
+                ctx.connect_timeout,
+            ) => r,
+        };
+        if let Ok((conn, _, receive_max)) = attempt {
+            s.reconnect_succeeded.fetch_add(1, Relaxed);
+            s.opened();
+            let end =
+                publish_session(&ctx, conn, index, &topic, receive_max, false, &mut || {}).await;
+            s.closed();
+            if matches!(end, End::Stopped) {
+                return;
+            }
+        }
+    }
+}
+
+/// A device's session: publishes its messages (when `publish`), answers the broker, pings
+/// when idle, and calls `done` once nothing more will be published.
+async fn publish_session(
+    ctx: &Ctx,
+    mut conn: Conn,
+    index: usize,
+    topic: &str,
+    receive_max: Option<u16>,
+    publish: bool,
+    done: &mut (dyn FnMut() + Send),
+) -> End {
+    let s = &ctx.stats;
+    let codec = ctx.codec;
+    let mut stop = ctx.stop.clone();
+    let window = usize::from(receive_max.unwrap_or(u16::MAX)).clamp(1, INFLIGHT_WINDOW);
+    let total = if publish { ctx.messages } else { 0 };
+    let mut seq: u32 = 0;
+    // pkid -> waiting for PUBCOMP (QoS 2 after PUBREC) or for PUBACK/PUBREC.
+    let mut inflight: HashMap<u16, bool> = HashMap::new();
+    let mut next_pkid: u16 = 0;
+    let mut next_publish = Instant::now();
+    let mut last_write = Instant::now();
+    let mut pending_sent: u64 = 0;
+    let mut reported_done = false;
+
+    loop {
+        if !reported_done && seq >= total && inflight.is_empty() {
+            reported_done = true;
+            done();
+        }
+        if !conn.out.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, conn.flush()).await {
+                Ok(Ok(())) => {
+                    if pending_sent > 0 {
+                        s.sent.fetch_add(pending_sent, Relaxed);
+                        s.last_publish_ns.fetch_max(s.now_ns(), Relaxed);
+                        pending_sent = 0;
+                    }
+                    last_write = Instant::now();
+                }
+                Ok(Err(e)) => return End::Closed(format!("write: {}", describe_io(&e))),
+                Err(_) => return End::Closed("write: timed out".into()),
+            }
+        }
+        let can_publish = seq < total && (ctx.qos == 0 || inflight.len() < window);
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => {
+                conn.close(true).await;
+                return End::Stopped;
+            }
+            r = conn.read_more() => {
+                match r {
+                    Ok(0) => return End::Closed("closed by broker".into()),
+                    Ok(_) => {}
+                    Err(e) => return End::Closed(describe_io(&e)),
+                }
+                loop {
+                    let packet = match conn.next_packet() {
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => return End::Closed(format!("malformed packet: {}", e.0)),
+                    };
+                    match packet {
+                        Incoming::PubAck { pkid, ok } => {
+                            if inflight.remove(&pkid).is_some() {
+                                s.acked.fetch_add(1, Relaxed);
+                                if !ok {
+                                    s.error("publish: PUBACK with a failure reason");
+                                }
+                            }
+                        }
+                        Incoming::PubRec { pkid, ok } => {
+                            if !ok {
+                                inflight.remove(&pkid);
+                                s.error("publish: PUBREC with a failure reason");
+                            } else if let Some(released) = inflight.get_mut(&pkid) {
+                                *released = true;
+                                codec.pubrel(pkid, &mut conn.out);
+                            }
+                        }
+                        Incoming::PubComp { pkid } => {
+                            if inflight.remove(&pkid).is_some() {
+                                s.acked.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Incoming::PingReq => codec.pingresp(&mut conn.out),
+                        Incoming::PingResp => {}
+                        Incoming::Publish { qos, pkid, .. } => match qos {
+                            1 => codec.puback(pkid, &mut conn.out),
+                            2 => codec.pubrec(pkid, &mut conn.out),
+                            _ => {}
+                        },
+                        Incoming::PubRel { pkid } => codec.pubcomp(pkid, &mut conn.out),
+                        Incoming::Disconnect { reason } => {
+                            return End::Closed(format!("DISCONNECT {reason}"))
+                        }
+                        other => {
+                            s.error(format!("session: unexpected {}", other.name()));
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(next_publish), if can_publish => {
+                let now = Instant::now();
+                let payload = make_payload(s.now_ns(), index, seq, ctx.payload);
+                let pkid = if ctx.qos == 0 {
+                    0
+                } else {
+                    loop {
+                        next_pkid = next_pkid.wrapping_add(1);
+                        if next_pkid != 0 && !inflight.contains_key(&next_pkid) {
+                            break next_pkid;
+                        }
+                    }
+                };
+                codec.publish(topic, ctx.qos, pkid, payload, &mut conn.out);
+                if ctx.qos > 0 {
+                    inflight.insert(pkid, false);
+                }
+                if pending_sent == 0 && seq == 0 {
+                    s.first_publish_ns.fetch_min(s.now_ns(), Relaxed);
+                }
+                pending_sent += 1;
+                seq += 1;
+                // Keep the schedule, but do not burst to catch up after a stall.
+                next_publish = (next_publish + ctx.publish_interval).max(now);
+            }
+            _ = sleep_until(last_write + ctx.keep_alive) => {
+                codec.pingreq(&mut conn.out);
+            }
+        }
+    }
+}
+
+/// Payload: send time (ns since the run's epoch), device index, sequence, zero padding.
+fn make_payload(now_ns: u64, index: usize, seq: u32, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(PAYLOAD_HEADER));
+    b.put_u64(now_ns);
+    b.put_u32(u32::try_from(index).unwrap_or(u32::MAX));
+    b.put_u32(seq);
+    b.resize(size.max(PAYLOAD_HEADER), 0);
+    b.freeze()
+}
+
+/// Inverse of [`make_payload`].
+fn parse_payload(p: &[u8]) -> Option<(u64, usize, u32)> {
+    if p.len() < PAYLOAD_HEADER {
+        return None;
+    }
+    let ns = u64::from_be_bytes(p[0..8].try_into().ok()?);
+    let index = u32::from_be_bytes(p[8..12].try_into().ok()?);
+    let seq = u32::from_be_bytes(p[12..16].try_into().ok()?);
+    Some((ns, index as usize, seq))
+}
+
+/// Connects a subscriber and subscribes to every device topic of the run; returns once the
+/// SUBACK granted the subscription.
+async fn subscribe(
+    ctx: &Ctx,
+    index: usize,
+    cn: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<Conn, String> {
+    let (mut conn, _, _) = establish(
+        &ctx.target,
+        tls,
+        ctx.source(index),
+        ctx.codec,
+        cn,
+        ctx.keep_alive_secs(),
+        ctx.connect_timeout,
+    )
+    .await
+    .map_err(|e| e.kind)?;
+    let filter = format!("loadtest/{}/#", ctx.run_id);
+    ctx.codec.subscribe(1, &filter, ctx.qos, &mut conn.out);
+    conn.flush()
+        .await
+        .map_err(|e| format!("SUBSCRIBE: {}", describe_io(&e)))?;
+    let wait = async {
+        loop {
+            match conn.next_packet() {
+                Ok(Some(Incoming::SubAck { pkid: 1, granted })) => {
+                    return match granted.first() {
+                        Some(Some(_)) => Ok(()),
+                        _ => Err(format!("SUBACK refused {filter}")),
+                    };
+                }
+                Ok(Some(Incoming::PingResp)) | Ok(None) => {}
+                Ok(Some(other)) => {
+                    return Err(format!("unexpected {} before SUBACK", other.name()))
+                }
+                Err(e) => return Err(format!("malformed packet: {}", e.0)),
+            }
+            match conn.read_more().await {
+                Ok(0) => return Err("closed by broker before SUBACK".into()),
+                Ok(_) => {}
+                Err(e) => return Err(describe_io(&e)),
+            }
+        }
+    };
+    tokio::time::timeout(ctx.connect_timeout, wait)
+        .await
+        .map_err(|_| "no SUBACK in time".to_string())??;
+    Ok(conn)
+}
+
+/// Receives until the run stops; returns the end-to-end latency histogram.
+async fn subscriber_session(ctx: Arc<Ctx>, mut conn: Conn) -> Histogram<u64> {
+    let s = &ctx.stats;
+    let codec = ctx.codec;
+    let mut stop = ctx.stop.clone();
+    let mut hist = new_histogram();
+    let per_device = ctx.messages as usize;
+    let mut seen = vec![0u64; (ctx.devices * per_device).div_ceil(64)];
+    let mut last_write = Instant::now();
+    loop {
+        if !conn.out.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, conn.flush()).await {
+                Ok(Ok(())) => last_write = Instant::now(),
+                Ok(Err(e)) => {
+                    subscriber_closed(s, &format!("write: {}", describe_io(&e)));
+                    return hist;
+                }
+                Err(_) => {
+                    subscriber_closed(s, "write: timed out");
+                    return hist;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => {
+                conn.close(true).await;
+                return hist;
+            }
+            r = conn.read_more() => {
+                match r {
+                    Ok(0) => { subscriber_closed(s, "closed by broker"); return hist; }
+                    Ok(_) => {}
+                    Err(e) => { subscriber_closed(s, &describe_io(&e)); return hist; }
+                }
+                let now_ns = s.now_ns();
+                loop {
+                    let packet = match conn.next_packet() {
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => {
+                            subscriber_closed(s, &format!("malformed packet: {}", e.0));
+                            return hist;
+                        }
+                    };
+                    match packet {
+                        Incoming::Publish { qos, pkid, payload } => {
+                            match qos {
+                                1 => codec.puback(pkid, &mut conn.out),
+                                2 => codec.pubrec(pkid, &mut conn.out),
+                                _ => {}
+                            }
+                            match parse_payload(&payload) {
+                                Some((sent_ns, dev, seq))
+                                    if dev < ctx.devices && (seq as usize) < per_device =>
+                                {
+                                    s.received.fetch_add(1, Relaxed);
+                                    let bit = dev * per_device + seq as usize;
+                                    let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+                                    if seen[word] & mask != 0 {
+                                        s.duplicated.fetch_add(1, Relaxed);
+                                    } else {
+                                        seen[word] |= mask;
+                                        s.unique.fetch_add(1, Relaxed);
+                                    }
+                                    report::record(
+                                        &mut hist,
+                                        Duration::from_nanos(now_ns.saturating_sub(sent_ns)),
+                                    );
+                                }
+                                _ => s.error("subscriber: message with a foreign payload"),
+                            }
+                        }
+                        Incoming::PubRel { pkid } => codec.pubcomp(pkid, &mut conn.out),
+                        Incoming::PingReq => codec.pingresp(&mut conn.out),
+                        Incoming::PingResp => {}
+                        Incoming::Disconnect { reason } => {
+                            subscriber_closed(s, &format!("DISCONNECT {reason}"));
+                            return hist;
+                        }
+                        other => s.error(format!("subscriber: unexpected {}", other.name())),
+                    }
+                }
+            }
+            _ = sleep_until(last_write + ctx.keep_alive) => {
+                codec.pingreq(&mut conn.out);
+            }
+        }
+    }
+}
+
+fn subscriber_closed(s: &Stats, reason: &str) {
+    // After a revocation the subscribers (same CA) are cut off too: expected, not an error.
+    if !s.revoked.load(Relaxed) {
+        s.error(format!("subscriber: {reason}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_roundtrip_and_padding() {
+        let p = make_payload(123_456_789, 42, 7, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(parse_payload(&p), Some((123_456_789, 42, 7)));
+        let p = make_payload(1, 2, 3, 4);
+        assert_eq!(p.len(), PAYLOAD_HEADER);
+        assert_eq!(parse_payload(&p[..10]), None);
+    }
+
+    #[test]
+    fn device_ids() {
+        assert_eq!(device_id(42), "dev-000042");
+        assert_eq!(device_id(99_999), "dev-099999");
+    }
+}
