@@ -21,8 +21,8 @@ pub(crate) struct Admin {
 
 /// Checks that the admin URL points at loopback and returns the address to pin it to.
 pub(crate) fn resolve_admin_url(url: &str) -> Result<(Url, SocketAddr), Error> {
-    let parsed = Url::parse(url)
-        .map_err(|e| Error::Config(format!("--admin {url:?} is not a URL: {e}")))?;
+    let parsed =
+        Url::parse(url).map_err(|e| Error::Config(format!("--admin {url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Error::Config(format!(
             "--admin {url:?} must be an http:// or https:// URL"
@@ -159,7 +159,11 @@ impl Admin {
     }
 
     /// Creates `tenant` with an `admin` user whose password is `tenant_password`.
-    pub(crate) async fn create_tenant(&self, tenant: &str, tenant_password: &str) -> Result<(), Error> {
+    pub(crate) async fn create_tenant(
+        &self,
+        tenant: &str,
+        tenant_password: &str,
+    ) -> Result<(), Error> {
         let body = json!({
             "id": tenant,
             "company": tenant,
@@ -260,13 +264,29 @@ mod tests {
         let (_, a) = resolve_admin_url("http://localhost").expect("ok");
         assert_eq!(a.port(), 80);
         assert!(a.ip().is_loopback());
-        for bad in ["https://10.1.1.1:8443", "https://192.168.0.2", "http://[2001:db8::2]:80"] {
+        for bad in [
+            "https://10.1.1.1:8443",
+            "https://192.168.0.2",
+            "http://[2001:db8::2]:80",
+        ] {
             assert!(
-                matches!(resolve_admin_url(bad), Err(Error::NotLoopback { what: "--admin", .. })),
+                matches!(
+                    resolve_admin_url(bad),
+                    Err(Error::NotLoopback {
+                        what: "--admin",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }
-        assert!(matches!(resolve_admin_url("ftp://127.0.0.1"), Err(Error::Config(_))));
-        assert!(matches!(resolve_admin_url("127.0.0.1:8443"), Err(Error::Config(_))));
+        assert!(matches!(
+            resolve_admin_url("ftp://127.0.0.1"),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            resolve_admin_url("127.0.0.1:8443"),
+            Err(Error::Config(_))
+        ));
     }
 }

@@ -255,20 +255,29 @@ impl Config {
             return bad("connect timeout must be positive".into());
         }
         if self.server_ca.is_none() {
-            return bad("--server-ca is required: the PEM that verifies the broker's TLS certificate".into());
+            return bad(
+                "--server-ca is required: the PEM that verifies the broker's TLS certificate"
+                    .into(),
+            );
         }
         match (&self.ca_cert, &self.ca_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return bad("--ca-cert and --ca-key go together".into())
             }
             (None, None) if !self.upload => {
-                return bad("--no-upload needs --ca-cert and --ca-key: a CA the broker already trusts".into())
+                return bad(
+                    "--no-upload needs --ca-cert and --ca-key: a CA the broker already trusts"
+                        .into(),
+                )
             }
             _ => {}
         }
         if self.upload {
             if self.admin.is_none() {
-                return bad("uploading the CA needs --admin URL (or use --ca-cert/--ca-key/--no-upload)".into());
+                return bad(
+                    "uploading the CA needs --admin URL (or use --ca-cert/--ca-key/--no-upload)"
+                        .into(),
+                );
             }
             if self.admin_password.as_deref().unwrap_or("").is_empty() {
                 return bad(
@@ -472,7 +481,14 @@ mod tests {
         let s: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
         assert_eq!(
             s,
-            ["127.0.0.5", "127.0.1.254", "127.0.1.255", "127.0.2.0", "127.0.2.1", "::1"]
+            [
+                "127.0.0.5",
+                "127.0.1.254",
+                "127.0.1.255",
+                "127.0.2.0",
+                "127.0.2.1",
+                "::1"
+            ]
         );
     }
 
@@ -482,9 +498,15 @@ mod tests {
             parse_source_ips("127.0.0.9-127.0.0.1"),
             Err(Error::Config(_))
         ));
-        assert!(matches!(parse_source_ips("127.0.0.x"), Err(Error::Config(_))));
+        assert!(matches!(
+            parse_source_ips("127.0.0.x"),
+            Err(Error::Config(_))
+        ));
         assert!(matches!(parse_source_ips(""), Err(Error::Config(_))));
-        assert!(matches!(parse_source_ips("127.0.0.1,"), Err(Error::Config(_))));
+        assert!(matches!(
+            parse_source_ips("127.0.0.1,"),
+            Err(Error::Config(_))
+        ));
         assert!(matches!(
             parse_source_ips("127.0.0.0-127.255.255.255"),
             Err(Error::Config(_))
@@ -519,7 +541,12 @@ mod tests {
         let a = resolve_loopback("--broker", "localhost:8883").expect("localhost is loopback");
         assert!(a.ip().is_loopback());
 
-        for target in ["10.0.0.1:8883", "8.8.8.8:53", "192.168.0.10:1883", "[2001:db8::1]:1"] {
+        for target in [
+            "10.0.0.1:8883",
+            "8.8.8.8:53",
+            "192.168.0.10:1883",
+            "[2001:db8::1]:1",
+        ] {
             match resolve_loopback("--broker", target) {
                 Err(Error::NotLoopback { what, .. }) => assert_eq!(what, "--broker"),
                 other => panic!("{target} must be refused, got {other:?}"),
@@ -561,28 +588,120 @@ mod tests {
     fn validation_bounds() {
         assert!(valid().validate().is_ok());
         let cases: Vec<(&str, Config)> = vec![
-            ("zero devices", Config { devices: 0, ..valid() }),
-            ("too many devices", Config { devices: MAX_DEVICES + 1, ..valid() }),
+            (
+                "zero devices",
+                Config {
+                    devices: 0,
+                    ..valid()
+                },
+            ),
+            (
+                "too many devices",
+                Config {
+                    devices: MAX_DEVICES + 1,
+                    ..valid()
+                },
+            ),
             ("qos 3", Config { qos: 3, ..valid() }),
-            ("tiny payload", Config { payload: 8, ..valid() }),
-            ("zero duration", Config { duration: Duration::ZERO, ..valid() }),
-            ("long duration", Config { duration: Duration::from_secs(7200), ..valid() }),
-            ("no server ca", Config { server_ca: None, ..valid() }),
-            ("negative rate", Config { connect_rate: -1.0, ..valid() }),
-            ("nan rate", Config { connect_rate: f64::NAN, ..valid() }),
-            ("zero concurrency", Config { concurrency: 0, ..valid() }),
-            ("key without cert", Config { ca_cert: None, ..valid() }),
-            ("no-upload without CA", Config { ca_cert: None, ca_key: None, ..valid() }),
-            ("upload without admin", Config { upload: true, ..valid() }),
-            ("revoke without upload", Config { scenario: Scenario::Revoke, ..valid() }),
-            ("bad tenant", Config { tenant: Some("a/b".into()), ..valid() }),
+            (
+                "tiny payload",
+                Config {
+                    payload: 8,
+                    ..valid()
+                },
+            ),
+            (
+                "zero duration",
+                Config {
+                    duration: Duration::ZERO,
+                    ..valid()
+                },
+            ),
+            (
+                "long duration",
+                Config {
+                    duration: Duration::from_secs(7200),
+                    ..valid()
+                },
+            ),
+            (
+                "no server ca",
+                Config {
+                    server_ca: None,
+                    ..valid()
+                },
+            ),
+            (
+                "negative rate",
+                Config {
+                    connect_rate: -1.0,
+                    ..valid()
+                },
+            ),
+            (
+                "nan rate",
+                Config {
+                    connect_rate: f64::NAN,
+                    ..valid()
+                },
+            ),
+            (
+                "zero concurrency",
+                Config {
+                    concurrency: 0,
+                    ..valid()
+                },
+            ),
+            (
+                "key without cert",
+                Config {
+                    ca_cert: None,
+                    ..valid()
+                },
+            ),
+            (
+                "no-upload without CA",
+                Config {
+                    ca_cert: None,
+                    ca_key: None,
+                    ..valid()
+                },
+            ),
+            (
+                "upload without admin",
+                Config {
+                    upload: true,
+                    ..valid()
+                },
+            ),
+            (
+                "revoke without upload",
+                Config {
+                    scenario: Scenario::Revoke,
+                    ..valid()
+                },
+            ),
+            (
+                "bad tenant",
+                Config {
+                    tenant: Some("a/b".into()),
+                    ..valid()
+                },
+            ),
             (
                 "too many messages",
-                Config { devices: 100_000, messages: 1001, ..valid() },
+                Config {
+                    devices: 100_000,
+                    messages: 1001,
+                    ..valid()
+                },
             ),
             (
                 "non-loopback source",
-                Config { source_ips: Some(vec!["10.0.0.1".parse().expect("ip")]), ..valid() },
+                Config {
+                    source_ips: Some(vec!["10.0.0.1".parse().expect("ip")]),
+                    ..valid()
+                },
             ),
         ];
         for (name, c) in cases {
@@ -596,6 +715,11 @@ mod tests {
             ..valid()
         };
         assert!(upload.validate().is_ok());
-        assert!(Config { admin_password: None, ..upload }.validate().is_err());
+        assert!(Config {
+            admin_password: None,
+            ..upload
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use loadtest::{Config, KeyType, MqttVersion, Scenario};
 
 #[derive(Parser)]
-#[command(name = "loadtest", version, about = "Device-fleet load generator for mTLS MQTT brokers (loopback only)")]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Device-fleet load generator for mTLS MQTT brokers (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +23,16 @@ struct Cli {
 enum Command {
     /// Connect a fleet of devices, publish, measure, and report.
     Run(Box<RunArgs>),
+    /// Compare two JSON reports side by side (ratio = candidate / baseline).
+    Compare {
+        /// Report of the reference broker.
+        baseline: PathBuf,
+        /// Report of the broker being compared.
+        candidate: PathBuf,
+        /// Column names, `BASELINE,CANDIDATE`.
+        #[arg(long, default_value = "baseline,candidate")]
+        names: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,9 +215,29 @@ async fn run(a: RunArgs) -> Result<(), loadtest::Error> {
     Ok(())
 }
 
+fn read_report(path: &PathBuf) -> Result<loadtest::Report, loadtest::Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| loadtest::Error::File {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        loadtest::Error::Config(format!("{}: not a loadtest report: {e}", path.display()))
+    })
+}
+
+fn compare(baseline: &PathBuf, candidate: &PathBuf, names: &str) -> Result<(), loadtest::Error> {
+    let (a, b) = names.split_once(',').unwrap_or(("baseline", "candidate"));
+    let text = loadtest::report::compare(&read_report(baseline)?, &read_report(candidate)?, (a, b));
+    print!("{text}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest: error: cannot start the runtime: {e}");
@@ -212,6 +246,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(*args)),
+        Command::Compare {
+            baseline,
+            candidate,
+            names,
+        } => compare(&baseline, &candidate, &names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,7 +168,14 @@ impl Codec {
         debug_assert!(r, "CONNECT encodes");
     }
 
-    pub(crate) fn publish(&self, topic: &str, qos: u8, pkid: u16, payload: Bytes, out: &mut BytesMut) {
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        qos: u8,
+        pkid: u16,
+        payload: Bytes,
+        out: &mut BytesMut,
+    ) {
         let r = match self.version {
             MqttVersion::V311 => {
                 let mut p = m4::v4::Publish::from_bytes(topic, q4(qos), payload);
@@ -251,10 +258,11 @@ impl Codec {
     pub(crate) fn disconnect(&self, out: &mut BytesMut) {
         let r = match self.version {
             MqttVersion::V311 => m4::v4::Disconnect.write(out).is_ok(),
-            MqttVersion::V5 => m5::v5::Disconnect::new(
-                m5::v5::DisconnectReasonCode::NormalDisconnection,
-            )
-            .write(out).is_ok(),
+            MqttVersion::V5 => {
+                m5::v5::Disconnect::new(m5::v5::DisconnectReasonCode::NormalDisconnection)
+                    .write(out)
+                    .is_ok()
+            }
         };
         debug_assert!(r);
     }
@@ -273,8 +281,14 @@ fn from_v4(p: m4::v4::Packet) -> Incoming {
             pkid: p.pkid,
             payload: p.payload,
         },
-        P::PubAck(a) => Incoming::PubAck { pkid: a.pkid, ok: true },
-        P::PubRec(a) => Incoming::PubRec { pkid: a.pkid, ok: true },
+        P::PubAck(a) => Incoming::PubAck {
+            pkid: a.pkid,
+            ok: true,
+        },
+        P::PubRec(a) => Incoming::PubRec {
+            pkid: a.pkid,
+            ok: true,
+        },
         P::PubRel(a) => Incoming::PubRel { pkid: a.pkid },
         P::PubComp(a) => Incoming::PubComp { pkid: a.pkid },
         P::SubAck(s) => Incoming::SubAck {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber, SignatureAlgorithm,
 };
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -120,10 +120,7 @@ impl Ca {
         let cert_pem = read(cert_path)?;
         let key_pem = read(key_path)?;
         let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-            Error::Certificate(format!(
-                "{}: no PEM certificate: {e}",
-                cert_path.display()
-            ))
+            Error::Certificate(format!("{}: no PEM certificate: {e}", cert_path.display()))
         })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| {
             Error::Certificate(format!(
@@ -193,9 +190,8 @@ pub(crate) fn server_verifier(
     })?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| {
-            Error::Certificate(format!("{}: bad PEM: {e}", path.display()))
-        })?;
+        let cert =
+            cert.map_err(|e| Error::Certificate(format!("{}: bad PEM: {e}", path.display())))?;
         roots.add(cert).map_err(|e| {
             Error::Certificate(format!(
                 "{}: not usable as a trust anchor: {e}",
@@ -311,21 +307,19 @@ fn parallel<T: Send>(
 /// Verifies one issued chain against the CA as a broker would, so that a CA key that does
 /// not match its certificate fails here with a clear message rather than as N handshake
 /// errors.
-fn check_chain(
-    provider: &Arc<CryptoProvider>,
-    ca: &Ca,
-    cn: &str,
-) -> Result<(), Error> {
+fn check_chain(provider: &Arc<CryptoProvider>, ca: &Ca, cn: &str) -> Result<(), Error> {
     let key = generate_key(KeyType::P256)?;
     let leaf = ca.issue(provider, cn, u64::MAX - 1, &key)?;
     let mut roots = RootCertStore::empty();
     roots
         .add(ca.der.clone())
         .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
     let now = UnixTime::since_unix_epoch(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -359,7 +353,9 @@ mod tests {
         let cns: Vec<String> = (0..5).map(|i| format!("dev-{i:06}")).collect();
         let configs = issue_fleet(&provider, &verifier, &ca, KeyType::P256, &cns).expect("fleet");
         assert_eq!(configs.len(), 5);
-        assert!(configs.iter().all(|c| c.client_auth_cert_resolver.has_certs()));
+        assert!(configs
+            .iter()
+            .all(|c| c.client_auth_cert_resolver.has_certs()));
     }
 
     #[test]

@@ -325,7 +325,11 @@ impl Report {
             format!(
                 "{:.2} s{}",
                 self.elapsed_s,
-                if self.timed_out { " (hit --duration)" } else { "" }
+                if self.timed_out {
+                    " (hit --duration)"
+                } else {
+                    ""
+                }
             ),
         );
         if self.errors.is_empty() {
@@ -337,6 +341,63 @@ impl Report {
         }
         s
     }
+}
+
+/// A side-by-side table of two reports' key figures with the ratio `candidate / baseline`.
+pub fn compare(baseline: &Report, candidate: &Report, names: (&str, &str)) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<26} {:>14} {:>14} {:>9}",
+        "figure", names.0, names.1, "ratio"
+    );
+    let _ = writeln!(s, "{:-<66}", "");
+    let row = |s: &mut String, name: &str, a: Option<f64>, b: Option<f64>| {
+        let f = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if a != 0.0 => format!("{:.2}", b / a),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(s, "{name:<26} {:>14} {:>14} {ratio:>9}", f(a), f(b));
+    };
+    let pair = |f: &dyn Fn(&Report) -> Option<f64>| (f(baseline), f(candidate));
+    type Pair = (Option<f64>, Option<f64>);
+    let figures: Vec<(&str, Pair)> = vec![
+        ("connect ok", pair(&|r| Some(r.connect.succeeded as f64))),
+        ("connect rate /s", pair(&|r| Some(r.connect.rate_per_s))),
+        ("connect p50 ms", pair(&|r| r.connect.latency_ms.p50)),
+        ("connect p99 ms", pair(&|r| r.connect.latency_ms.p99)),
+        ("connect max ms", pair(&|r| r.connect.latency_ms.max)),
+        ("publish rate /s", pair(&|r| Some(r.publish.rate_per_s))),
+        ("e2e p50 ms", pair(&|r| r.e2e_latency_ms.p50)),
+        ("e2e p99 ms", pair(&|r| r.e2e_latency_ms.p99)),
+        ("messages lost", pair(&|r| Some(r.messages.lost as f64))),
+        (
+            "errors",
+            pair(&|r| Some(r.errors.values().sum::<u64>() as f64)),
+        ),
+        (
+            "broker RSS after KiB",
+            pair(&|r| {
+                r.broker
+                    .rss_kib
+                    .as_ref()
+                    .and_then(|m| m.after)
+                    .map(|v| v as f64)
+            }),
+        ),
+        (
+            "broker RSS growth KiB",
+            pair(&|r| {
+                let m = r.broker.rss_kib.as_ref()?;
+                Some(m.after? as f64 - m.before? as f64)
+            }),
+        ),
+    ];
+    for (name, (a, b)) in figures {
+        row(&mut s, name, a, b);
+    }
+    s
 }
 
 /// Reads `VmRSS` of a process from `/proc/PID/status`, in KiB.
@@ -368,7 +429,10 @@ mod tests {
         // hdrhistogram keeps 3 significant digits: within 0.1 %.
         let close = |got: Option<f64>, want: f64| {
             let got = got.expect("value");
-            assert!((got - want).abs() <= want * 0.001 + 0.001, "{got} vs {want}");
+            assert!(
+                (got - want).abs() <= want * 0.001 + 0.001,
+                "{got} vs {want}"
+            );
         };
         close(l.p50, 50.0);
         close(l.p90, 90.0);

@@ -181,8 +181,11 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     let (host, _) = split_host_port("--broker", &config.broker)?;
     let broker_addr = resolve_loopback("--broker", &config.broker)?;
     let sources = effective_source_ips(config.source_ips.as_deref(), broker_addr)?;
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| Error::Config(format!("--broker host {host:?} is not a valid TLS server name")))?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| {
+        Error::Config(format!(
+            "--broker host {host:?} is not a valid TLS server name"
+        ))
+    })?;
     if let Some(url) = &config.admin {
         crate::admin::resolve_admin_url(url)?;
     }
@@ -370,7 +373,10 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let connect_latency = LatencyMs::from_histogram(
-        &stats.connect_latency.lock().unwrap_or_else(|e| e.into_inner()),
+        &stats
+            .connect_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
     );
     let tls_latency =
         LatencyMs::from_histogram(&stats.tls_latency.lock().unwrap_or_else(|e| e.into_inner()));

@@ -16,7 +16,11 @@ use rcgen::{
 };
 
 fn mosquitto_binary() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
         }
@@ -70,7 +74,9 @@ fn make_pki() -> Pki {
     params
         .subject_alt_names
         .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &issuer).expect("server cert");
@@ -160,9 +166,7 @@ fn base_config(pki: &Pki, broker: &Mosquitto) -> Config {
         ca_key: Some(pki.path("device-ca.key")),
         upload: false,
         server_ca: Some(pki.path("server-ca.pem")),
-        source_ips: Some(
-            loadtest::config::parse_source_ips("127.0.0.1-127.0.0.4").expect("range"),
-        ),
+        source_ips: Some(loadtest::config::parse_source_ips("127.0.0.1-127.0.0.4").expect("range")),
         duration: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(5),
         ..Config::default()
@@ -240,8 +244,14 @@ async fn steady_fleet_qos1_against_mosquitto() {
     for key in REQUIRED_KEYS {
         assert!(json.pointer(key).is_some(), "report lacks {key}: {json}");
     }
-    assert_eq!(json.pointer("/connect/succeeded"), Some(&serde_json::json!(50)));
-    assert_eq!(json.pointer("/messages/received"), Some(&serde_json::json!(500)));
+    assert_eq!(
+        json.pointer("/connect/succeeded"),
+        Some(&serde_json::json!(50))
+    );
+    assert_eq!(
+        json.pointer("/messages/received"),
+        Some(&serde_json::json!(500))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +300,9 @@ async fn untrusted_ca_is_counted_as_failures() {
         ca_key: Some(pki.path("rogue.key")),
         ..base_config(&pki, &broker)
     };
-    let report = loadtest::run(config).await.expect("a run with refused devices still reports");
+    let report = loadtest::run(config)
+        .await
+        .expect("a run with refused devices still reports");
     let summary = report.summary_table();
     assert_eq!(report.connect.attempted, 10, "{summary}");
     assert_eq!(report.connect.succeeded, 0, "{summary}");
