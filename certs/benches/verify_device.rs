@@ -1,1 +1,3 @@
+//! Benchmark of TrustStore::verify_device (written in the benchmark step).
+
 fn main() {}

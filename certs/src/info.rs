@@ -213,7 +213,10 @@ impl CertInfo {
 pub fn rfc3339(ts: i64) -> String {
     ::time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|t| t.format(&::time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ts.to_string())
 }
 
@@ -260,7 +263,8 @@ fn attributes(name: &X509Name<'_>) -> Vec<(String, String)> {
             let short = match short.as_str() {
                 "commonName" => "CN".to_string(),
                 "organizationName" => "O".to_string(),
-                "organizationalUnitName" => "OU".to_string(),
+                // oid-registry names 2.5.4.11 "organizationalUnit".
+                "organizationalUnit" | "organizationalUnitName" => "OU".to_string(),
                 "countryName" => "C".to_string(),
                 "localityName" => "L".to_string(),
                 "stateOrProvinceName" => "ST".to_string(),

@@ -49,7 +49,10 @@ pub struct Issued {
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Issued")
-            .field("fingerprint", &crate::info::fingerprint_sha1(self.cert_der.as_ref()))
+            .field(
+                "fingerprint",
+                &crate::info::fingerprint_sha1(self.cert_der.as_ref()),
+            )
             .field("key", &"<redacted>")
             .finish()
     }
@@ -75,7 +78,8 @@ impl Issued {
     pub fn issuer(&self) -> Result<Issuer<'static, KeyPair>, IssueError> {
         let kp = KeyPair::try_from(self.key_der.secret_pkcs8_der())
             .map_err(|e| IssueError::BadIssuer(e.to_string()))?;
-        Issuer::from_ca_cert_der(&self.cert_der, kp).map_err(|e| IssueError::BadIssuer(e.to_string()))
+        Issuer::from_ca_cert_der(&self.cert_der, kp)
+            .map_err(|e| IssueError::BadIssuer(e.to_string()))
     }
 }
 

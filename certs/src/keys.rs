@@ -21,9 +21,10 @@ pub fn to_pkcs8(key: &PrivateKeyDer<'_>) -> Result<Vec<u8>, ReadError> {
                 &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
                 &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
             ] {
-                if let Ok(kp) =
-                    aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(alg, k.secret_sec1_der())
-                {
+                if let Ok(kp) = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(
+                    alg,
+                    k.secret_sec1_der(),
+                ) {
                     let doc = kp.to_pkcs8v1().map_err(|_| ReadError::NoPrivateKey)?;
                     return Ok(doc.as_ref().to_vec());
                 }

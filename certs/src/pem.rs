@@ -178,7 +178,10 @@ pub fn read_crls(input: &[u8]) -> Result<Vec<CertificateRevocationListDer<'stati
     } else {
         split_der_sequence(input)
     };
-    Ok(ders.into_iter().map(CertificateRevocationListDer::from).collect())
+    Ok(ders
+        .into_iter()
+        .map(CertificateRevocationListDer::from)
+        .collect())
 }
 
 /// Splits concatenated DER SEQUENCEs; garbage yields the input as one element so the
@@ -212,12 +215,11 @@ pub fn read_private_key(
     }
     for block in parse_pem_blocks(input)? {
         match block.label.as_str() {
-            "PRIVATE KEY" => return Ok(PrivatePkcs8KeyDer::from(block.contents).into()),
             "ENCRYPTED PRIVATE KEY" => {
                 let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
                 return decrypt_pkcs8(&block.contents, pw);
             }
-            "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
                 let der = if block
                     .headers
                     .iter()
@@ -230,10 +232,10 @@ pub fn read_private_key(
                 } else {
                     block.contents
                 };
-                return Ok(if block.label == "RSA PRIVATE KEY" {
-                    PrivatePkcs1KeyDer::from(der).into()
-                } else {
-                    PrivateSec1KeyDer::from(der).into()
+                return Ok(match block.label.as_str() {
+                    "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der).into(),
+                    "EC PRIVATE KEY" => PrivateSec1KeyDer::from(der).into(),
+                    _ => PrivatePkcs8KeyDer::from(der).into(),
                 });
             }
             _ => continue,
@@ -324,10 +326,10 @@ fn decrypt_legacy(block: &PemBlock, passphrase: &str) -> Result<Vec<u8>, ReadErr
 /// plaintext is the DER structure the label promises.
 fn check_legacy_plaintext(label: &str, plain: &[u8]) -> Result<(), ReadError> {
     let ok = crate::der::tlv_len(plain) == Some(plain.len()) && plain.first() == Some(&0x30);
-    let parses = if label == "RSA PRIVATE KEY" {
-        aws_lc_rs::rsa::KeyPair::from_der(plain).is_ok()
-    } else {
-        ok
+    let parses = match label {
+        "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(plain).is_ok(),
+        "PRIVATE KEY" => pkcs8::PrivateKeyInfo::try_from(plain).is_ok(),
+        _ => ok,
     };
     if ok && parses {
         Ok(())
@@ -482,18 +484,30 @@ mod tests {
         let key = evp_bytes_to_key(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8], 32);
         assert_eq!(key.len(), 32);
         // Deterministic: same input, same key; differs with the salt.
-        assert_eq!(key, evp_bytes_to_key(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8], 32));
-        assert_ne!(key, evp_bytes_to_key(b"secret", &[0, 2, 3, 4, 5, 6, 7, 8], 32));
+        assert_eq!(
+            key,
+            evp_bytes_to_key(b"secret", &[1, 2, 3, 4, 5, 6, 7, 8], 32)
+        );
+        assert_ne!(
+            key,
+            evp_bytes_to_key(b"secret", &[0, 2, 3, 4, 5, 6, 7, 8], 32)
+        );
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
-        assert_eq!(read_certificates(b"hello"), Err(ReadError::MalformedCertificate(
-            read_certificates(b"hello").err().map(|e| match e {
-                ReadError::MalformedCertificate(m) => m,
-                _ => String::new(),
-            }).unwrap_or_default()
-        )));
+        assert_eq!(
+            read_certificates(b"hello"),
+            Err(ReadError::MalformedCertificate(
+                read_certificates(b"hello")
+                    .err()
+                    .map(|e| match e {
+                        ReadError::MalformedCertificate(m) => m,
+                        _ => String::new(),
+                    })
+                    .unwrap_or_default()
+            ))
+        );
         assert_eq!(read_certificates(b""), Err(ReadError::NoCertificate));
         assert!(matches!(
             read_certificates(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
@@ -503,6 +517,9 @@ mod tests {
             read_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n"),
             Err(ReadError::MalformedPem(_))
         ));
-        assert_eq!(read_private_key(b"junk", None), Err(ReadError::NoPrivateKey));
+        assert_eq!(
+            read_private_key(b"junk", None),
+            Err(ReadError::NoPrivateKey)
+        );
     }
 }

@@ -75,7 +75,8 @@ impl Crl {
             .into_iter()
             .next()
             .ok_or_else(|| CrlError::Malformed("no X509 CRL block found".into()))?;
-        let (_, crl) = parse_x509_crl(der.as_ref()).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let (_, crl) =
+            parse_x509_crl(der.as_ref()).map_err(|e| CrlError::Malformed(e.to_string()))?;
         Ok(Crl {
             issuer_raw: crl.issuer().as_raw().to_vec(),
             issuer: crl.issuer().to_string(),
@@ -94,8 +95,7 @@ impl Crl {
 
     /// Checks that `issuer_der` (a trust anchor) issued and signed this CRL.
     pub fn verify_signed_by(&self, issuer_der: &[u8]) -> Result<(), CrlError> {
-        let (_, crl) =
-            parse_x509_crl(&self.der).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let (_, crl) = parse_x509_crl(&self.der).map_err(|e| CrlError::Malformed(e.to_string()))?;
         let (_, issuer) = X509Certificate::from_der(issuer_der)
             .map_err(|e| CrlError::Malformed(e.to_string()))?;
         if issuer.subject().as_raw() != crl.issuer().as_raw() {
@@ -144,20 +144,45 @@ pub fn distribution_points(cert_der: &[u8]) -> Vec<String> {
 /// Fetches CRLs from `http://` distribution points with a timeout, caching each until
 /// its nextUpdate (or `max_age`, whichever is sooner).
 pub struct CrlFetcher {
-    client: reqwest::Client,
+    /// None only if the HTTP client could not be built (then every fetch is unreachable).
+    client: Option<reqwest::Client>,
     max_age: Duration,
     cache: Mutex<HashMap<String, (Arc<Crl>, Instant)>>,
 }
 
+/// The largest CRL we download.
+const MAX_CRL_BYTES: usize = 32 * 1024 * 1024;
+
 impl CrlFetcher {
     /// A fetcher with the given request timeout and cache lifetime.
     pub fn new(timeout: Duration, max_age: Duration) -> CrlFetcher {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+        // Only http:// is fetched, but reqwest builds a TLS config anyway: hand it one
+        // with our provider so that no process-wide default provider is needed.
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        // Redirects stay on http:// and are few.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 3 || attempt.url().scheme() != "http" {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = tls.ok().and_then(|tls| {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .redirect(redirects)
+                .build()
+                .ok()
+        });
         CrlFetcher {
             client,
             max_age,
@@ -175,8 +200,8 @@ impl CrlFetcher {
                 return Ok(crl);
             }
         }
-        let resp = self
-            .client
+        let client = self.client.as_ref().ok_or(CrlError::Unreachable)?;
+        let mut resp = client
             .get(url)
             .send()
             .await
@@ -184,9 +209,19 @@ impl CrlFetcher {
         if !resp.status().is_success() {
             return Err(CrlError::Unreachable);
         }
-        let body = resp.bytes().await.map_err(|_| CrlError::Unreachable)?;
-        if body.len() > 32 * 1024 * 1024 {
-            return Err(CrlError::Malformed("CRL larger than 32 MiB".into()));
+        let too_large = || CrlError::Malformed("CRL larger than 32 MiB".into());
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_CRL_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|_| CrlError::Unreachable)? {
+            if body.len() + chunk.len() > MAX_CRL_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         let crl = Arc::new(Crl::parse(&body)?);
         if let Ok(mut c) = self.cache.lock() {

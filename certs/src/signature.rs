@@ -56,8 +56,7 @@ pub fn verify_sha256_by_certificate(
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), SignatureError> {
-    let (_, cert) =
-        X509Certificate::from_der(cert_der).map_err(|_| SignatureError::Invalid)?;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| SignatureError::Invalid)?;
     let oid = match crate::info::key_algorithm(cert.public_key()) {
         crate::info::KeyAlgorithm::Rsa { .. } => "1.2.840.113549.1.1.11",
         crate::info::KeyAlgorithm::Ed25519 => "1.3.101.112",

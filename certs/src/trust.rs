@@ -458,10 +458,22 @@ impl TrustStore {
                             ));
                         }
                     }
-                    return self.finish(entry, &leaf_x, leaf.as_ref(), inter.len() + 2, path_serials, now);
+                    return self.finish(
+                        entry,
+                        &leaf_x,
+                        leaf.as_ref(),
+                        inter.len() + 2,
+                        path_serials,
+                        now,
+                    );
                 }
                 Err(e) => {
-                    if first_err.is_none() || matches!(first_err, Some(VerifyError::BadSignature | VerifyError::UnknownIssuer)) {
+                    if first_err.is_none()
+                        || matches!(
+                            first_err,
+                            Some(VerifyError::BadSignature | VerifyError::UnknownIssuer)
+                        )
+                    {
                         first_err = Some(map_webpki(e));
                     }
                 }
@@ -514,7 +526,11 @@ impl TrustStore {
         })
     }
 
-    fn check_revoked(&self, tenant: &Arc<str>, path: &[(Vec<u8>, String)]) -> Result<(), VerifyError> {
+    fn check_revoked(
+        &self,
+        tenant: &Arc<str>,
+        path: &[(Vec<u8>, String)],
+    ) -> Result<(), VerifyError> {
         let Some(policy) = self.tenants.get(tenant) else {
             return Ok(());
         };
@@ -572,10 +588,15 @@ impl TrustStore {
         let Ok((_, x)) = X509Certificate::from_der(cert) else {
             return Vec::new();
         };
-        let aki = x.extensions().iter().find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
-            _ => None,
-        });
+        let aki = x
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
         if let Some(v) = aki.and_then(|k| self.by_ski.get(&k)) {
             return v.clone();
         }
@@ -596,10 +617,12 @@ fn name_contents(raw: &[u8]) -> &[u8] {
 
 fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
     let (_, x) = X509Certificate::from_der(der).ok()?;
-    x.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-        _ => None,
-    })
+    x.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 fn strip_sign(serial: &[u8]) -> &[u8] {
