@@ -4,18 +4,19 @@
 //! up in connect figures.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber, SignatureAlgorithm,
 };
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::config::KeyType;
 use crate::Error;
@@ -183,7 +184,7 @@ fn to_pem(label: &str, der: &[u8]) -> String {
 pub(crate) fn server_verifier(
     provider: &Arc<CryptoProvider>,
     path: &Path,
-) -> Result<Arc<WebPkiServerVerifier>, Error> {
+) -> Result<Arc<CachingVerifier>, Error> {
     let pem = std::fs::read(path).map_err(|source| Error::File {
         path: path.to_path_buf(),
         source,
@@ -205,19 +206,102 @@ pub(crate) fn server_verifier(
             path.display()
         )));
     }
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| Error::Certificate(format!("{}: {e}", path.display())))
+        .map_err(|e| Error::Certificate(format!("{}: {e}", path.display())))?;
+    Ok(CachingVerifier::new(inner))
+}
+
+/// Most distinct (certificate chain, name) pairs remembered as verified.
+const VERIFIED_CACHE: usize = 16;
+
+/// The WebPKI verifier of the broker's certificate, remembering chains it has already
+/// accepted for a name during this run. Thousands of handshakes present the same server
+/// chain; verifying its path once keeps the client side of a handshake cheap (the handshake
+/// signature is still checked every time, so the server must hold the key).
+#[derive(Debug)]
+pub(crate) struct CachingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    verified: Mutex<Vec<(Vec<Vec<u8>>, String)>>,
+}
+
+impl CachingVerifier {
+    fn new(inner: Arc<WebPkiServerVerifier>) -> Arc<CachingVerifier> {
+        Arc::new(CachingVerifier {
+            inner,
+            verified: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl ServerCertVerifier for CachingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        let name = server_name.to_str().into_owned();
+        let known =
+            |v: &Vec<(Vec<Vec<u8>>, String)>| v.iter().any(|(c, n)| *c == chain && *n == name);
+        if known(&self.verified.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if !known(&verified) {
+            if verified.len() >= VERIFIED_CACHE {
+                verified.remove(0);
+            }
+            verified.push((chain, name));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// TLS configuration for the admin API (server verified, no client certificate).
 pub(crate) fn admin_tls_config(
     provider: &Arc<CryptoProvider>,
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Arc<CachingVerifier>,
 ) -> Result<ClientConfig, Error> {
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
@@ -227,7 +311,7 @@ pub(crate) fn admin_tls_config(
 /// TLS client configuration each, presenting the chain `[leaf, CA]`.
 pub(crate) fn issue_fleet(
     provider: &Arc<CryptoProvider>,
-    verifier: &Arc<WebPkiServerVerifier>,
+    verifier: &Arc<CachingVerifier>,
     ca: &Ca,
     key_type: KeyType,
     cns: &[String],
@@ -262,7 +346,8 @@ pub(crate) fn issue_fleet(
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
-            .with_webpki_verifier(verifier.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
             .with_client_auth_cert(vec![leaf, ca.der.clone()], key_der)?;
         // Every connection is a full handshake with its own identity: resuming would skip
         // the client certificate and make the figures (and a revocation test) meaningless.
@@ -346,10 +431,11 @@ mod tests {
         assert!(ca.pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let mut roots = RootCertStore::empty();
         roots.add(ca.der.clone()).expect("anchor");
-        let verifier =
+        let verifier = CachingVerifier::new(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .expect("verifier");
+                .expect("verifier"),
+        );
         let cns: Vec<String> = (0..5).map(|i| format!("dev-{i:06}")).collect();
         let configs = issue_fleet(&provider, &verifier, &ca, KeyType::P256, &cns).expect("fleet");
         assert_eq!(configs.len(), 5);
@@ -372,13 +458,53 @@ mod tests {
         let verifier = {
             let mut roots = RootCertStore::empty();
             roots.add(a.der.clone()).expect("anchor");
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .expect("verifier")
+            CachingVerifier::new(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .expect("verifier"),
+            )
         };
         let err = issue_fleet(&provider, &verifier, &loaded, KeyType::P256, &["d".into()])
             .expect_err("must fail");
         assert!(err.to_string().contains("belong together"), "{err}");
         assert!(Ca::load(&key, &key).is_err());
+    }
+
+    #[test]
+    fn caching_verifier_remembers_only_what_it_verified() {
+        let provider = crypto_provider();
+        let ca = Ca::generate(&provider, KeyType::P256, "srv").expect("ca");
+        let rogue = Ca::generate(&provider, KeyType::P256, "rogue").expect("rogue");
+        let server = |issuer: &Ca| {
+            let key = KeyPair::generate().expect("key");
+            let params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+            params
+                .signed_by(&key, &issuer.issuer)
+                .expect("cert")
+                .der()
+                .clone()
+        };
+        let good = server(&ca);
+        let bad = server(&rogue);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).expect("anchor");
+        let v = CachingVerifier::new(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .expect("verifier"),
+        );
+        let now = UnixTime::now();
+        let localhost = ServerName::try_from("localhost").expect("name");
+        let other = ServerName::try_from("example.test").expect("name");
+        for _ in 0..2 {
+            assert!(v
+                .verify_server_cert(&good, &[], &localhost, &[], now)
+                .is_ok());
+            assert!(v
+                .verify_server_cert(&bad, &[], &localhost, &[], now)
+                .is_err());
+            assert!(v.verify_server_cert(&good, &[], &other, &[], now).is_err());
+        }
+        assert_eq!(v.verified.lock().expect("lock").len(), 1);
     }
 }

@@ -196,6 +196,9 @@ pub struct BrokerReport {
     pub pid: Option<u32>,
     /// Resident memory, when a pid was given.
     pub rss_kib: Option<RssKib>,
+    /// CPU seconds (user + system, all threads) the broker used while devices were
+    /// connecting and publishing, when a pid was given.
+    pub cpu_s: Option<f64>,
 }
 
 /// Everything a run measured. Serializes to the JSON written by `--report`.
@@ -227,6 +230,9 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Whether `--duration` ended the run before its work was done.
     pub timed_out: bool,
+    /// CPU seconds the load generator itself used over the same span as `broker.cpu_s`
+    /// (compare the two to see which side was the bottleneck).
+    pub generator_cpu_s: Option<f64>,
 }
 
 fn opt(x: Option<f64>) -> String {
@@ -311,6 +317,16 @@ impl Report {
                 ),
             );
         }
+        let cpu = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        row(
+            &mut s,
+            "CPU seconds",
+            format!(
+                "broker {}  loadtest {}",
+                cpu(self.broker.cpu_s),
+                cpu(self.generator_cpu_s)
+            ),
+        );
         if let Some(rss) = &self.broker.rss_kib {
             let f = |x: Option<u64>| x.map_or_else(|| "-".to_string(), |v| v.to_string());
             row(
@@ -400,6 +416,23 @@ pub fn compare(baseline: &Report, candidate: &Report, names: (&str, &str)) -> St
     s
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in seconds, from
+/// `/proc/PID/stat` (whose clock ticks are USER_HZ = 100 per second on Linux).
+pub fn read_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&stat)
+}
+
+fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may contain spaces and ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Reads `VmRSS` of a process from `/proc/PID/status`, in KiB.
 pub fn read_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -478,6 +511,14 @@ mod tests {
         assert_eq!(rate_per_s(3, Duration::from_millis(1500)), 2.0);
         // One event in no time is not an infinite rate.
         assert_eq!(rate_per_s(1, Duration::ZERO), 1000.0);
+    }
+
+    #[test]
+    fn cpu_time_parsing() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 1 0 100 1000 200";
+        assert_eq!(parse_stat_cpu(stat), Some(3.25));
+        assert_eq!(parse_stat_cpu("4242 (x) S 1"), None);
+        assert!(read_cpu_seconds(std::process::id()).is_some());
     }
 
     #[test]

@@ -254,6 +254,11 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     }
 
     let rss_before = config.broker_pid.and_then(report::read_rss_kib);
+    let own_pid = std::process::id();
+    let cpu_before = (
+        config.broker_pid.and_then(report::read_cpu_seconds),
+        report::read_cpu_seconds(own_pid),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut device_configs = tls_configs;
@@ -336,6 +341,12 @@ pub async fn run(config: Config) -> Result<Report, Error> {
 
     // Measured while every session is still open.
     let rss_after = config.broker_pid.and_then(report::read_rss_kib);
+    let cpu_used = |before: Option<f64>, pid: Option<u32>| {
+        let after = report::read_cpu_seconds(pid?)?;
+        Some(((after - before?) * 100.0).round() / 100.0)
+    };
+    let broker_cpu = cpu_used(cpu_before.0, config.broker_pid);
+    let generator_cpu = cpu_used(cpu_before.1, Some(own_pid));
     let elapsed = run_start.elapsed();
 
     let _ = stop_tx.send(true);
@@ -444,9 +455,11 @@ pub async fn run(config: Config) -> Result<Report, Error> {
                 before: rss_before,
                 after: rss_after,
             }),
+            cpu_s: broker_cpu,
         },
         elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         timed_out,
+        generator_cpu_s: generator_cpu,
     })
 }
 
