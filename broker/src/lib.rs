@@ -1,1 +1,370 @@
-//! placeholder
+//! The MQTT front-end: devices authenticate with an X.509 client certificate only.
+//!
+//! [`start`] composes everything: the admin API and its SQLite store, the live
+//! `TrustStore`, the mTLS MQTT listener, the backend (embedded rumqttd or an external
+//! broker), the admin HTTPS listener and the Prometheus endpoint. See
+//! `../shared/DESIGN.md` for the life of a device connection.
+//!
+//! - [`config`]: typed configuration and its defaults.
+//! - [`listener`]: accept loops.
+//! - [`tls`]: the client-certificate verifier and the hot-swappable server certificate.
+//! - [`session`]: one device session.
+//! - [`mqtt`]: framing and topic mounting.
+//! - [`backend`]: embedded rumqttd or an external broker.
+//! - [`metrics`]: Prometheus metrics.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod mqtt;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use certs::TrustStore;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub use config::Config;
+
+/// State shared by every session (cheap to reach through an `Arc`).
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The live trust store (swapped on every change).
+    pub trust: Arc<ArcSwap<TrustStore>>,
+    /// Change notifications of the trust store, for live sessions.
+    pub trust_rx: watch::Receiver<Arc<TrustStore>>,
+    /// The admin API handle (store, device registry).
+    pub admin: admin_api::Admin,
+    /// The backend.
+    pub backend: backend::BackendPool,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Identities verified during handshakes.
+    pub cache: Arc<tls::IdentityCache>,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store could not be opened.
+    #[error("admin store: {0}")]
+    Admin(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// TLS setup failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The backend could not be started.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+}
+
+/// A running broker.
+pub struct Broker {
+    /// Bound MQTT address (useful with port 0).
+    pub mqtt_addr: SocketAddr,
+    /// Bound admin HTTPS address.
+    pub admin_addr: SocketAddr,
+    /// Bound metrics address.
+    pub metrics_addr: SocketAddr,
+    /// The admin handle.
+    pub admin: admin_api::Admin,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The server certificate resolver.
+    pub resolver: Arc<tls::ServerCertResolver>,
+    shutdown_tx: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    /// The PEM of the server certificate chain currently served (clients' CA file when
+    /// self-signed).
+    pub fn server_chain_pem(&self) -> String {
+        self.resolver
+            .chain()
+            .iter()
+            .map(|c| certs::pem::to_pem("CERTIFICATE", c.as_ref()))
+            .collect()
+    }
+
+    /// Graceful stop: stop accepting, tell sessions to close (MQTT 5 gets DISCONNECT
+    /// 0x8B), wait up to the grace period for them to drain, then stop the rest.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let max = self.shared.config.limits.max_connections;
+        let grace = Duration::from_millis(self.shared.config.limits.shutdown_grace_ms);
+        let drained = async {
+            while self.permits.available_permits() < max {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("grace period over, closing the remaining sessions");
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Starts everything and returns once all listeners are bound.
+pub async fn start(config: Config, admin_password: Option<String>) -> Result<Broker, StartError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
+    let provider = tls::provider();
+    let metrics = metrics::Metrics::new();
+    let admin = admin_api::Admin::open(admin_api::AdminConfig {
+        data_dir: config.data_dir.clone(),
+        admin_password,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| StartError::Admin(e.to_string()))?;
+
+    // Server certificate: the stored one, or a generated self-signed one.
+    let mut cert_rx = admin.server_certificate();
+    let current = cert_rx.borrow_and_update().clone();
+    let current = match current {
+        Some(c) => c,
+        None => {
+            let host = hostname();
+            tracing::warn!(
+                "no server certificate: generating a self-signed one for {host}; self-signed certificates are for tests only, import a real one with `broker import-certificate`"
+            );
+            let issued = certs::issue::server(
+                &certs::issue::Subject::cn(&host),
+                &[
+                    host.clone(),
+                    "localhost".into(),
+                    "127.0.0.1".into(),
+                    "::1".into(),
+                ],
+                certs::issue::Validity::days(825),
+                certs::issue::KeyType::P256,
+                None,
+                &[],
+            )
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+            admin
+                .import_server_certificate(admin_api::ImportRequest {
+                    name: "self-signed".into(),
+                    crt: issued.cert_pem().into_bytes(),
+                    key: issued.key_pem().into_bytes(),
+                    chain: None,
+                    passphrase: None,
+                    validation: false,
+                    crl_check: false,
+                })
+                .await
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            let c = cert_rx.borrow_and_update().clone();
+            c.ok_or_else(|| StartError::Tls("server certificate not stored".into()))?
+        }
+    };
+    let ck = tls::certified_key(current.chain.clone(), &current.key, &provider)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let resolver = Arc::new(tls::ServerCertResolver::new(ck));
+    write_server_chain(&config.data_dir, &current.chain);
+
+    let trust_rx = admin.trust_store();
+    let initial = trust_rx.borrow().clone();
+    metrics.set_anchors(initial.anchor_count());
+    let trust = Arc::new(ArcSwap::from(initial));
+    let cache = Arc::new(tls::IdentityCache::default());
+    let verifier = Arc::new(tls::DeviceVerifier::new(
+        trust.clone(),
+        provider.clone(),
+        cache.clone(),
+        metrics.clone(),
+    ));
+    let mqtt_tls = tls::mqtt_server_config(provider.clone(), verifier, resolver.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let admin_tls = tls::admin_server_config(provider.clone(), resolver.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+
+    let backend = backend::BackendPool::start(&config).await?;
+
+    let mqtt_l = TcpListener::bind(config.mqtt_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.mqtt_listen, e))?;
+    let admin_l = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+    let metrics_l = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
+    let local = |l: &TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
+    let mqtt_addr = local(&mqtt_l, config.mqtt_listen);
+    let admin_addr = local(&admin_l, config.admin_listen);
+    let metrics_addr = local(&metrics_l, config.metrics_listen);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        trust: trust.clone(),
+        trust_rx: trust_rx.clone(),
+        admin: admin.clone(),
+        backend,
+        metrics: metrics.clone(),
+        cache,
+    });
+
+    let mut tasks = Vec::new();
+    // Trust store changes: swap the verifier's snapshot (sessions watch the channel).
+    {
+        let mut rx = trust_rx.clone();
+        let trust = trust.clone();
+        let metrics = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = rx.borrow_and_update().clone();
+                metrics.set_anchors(s.anchor_count());
+                trust.store(s);
+            }
+        }));
+    }
+    // Server certificate changes: new handshakes use the new certificate.
+    {
+        let resolver = resolver.clone();
+        let provider = provider.clone();
+        let dir = config.data_dir.clone();
+        tasks.push(tokio::spawn(async move {
+            while cert_rx.changed().await.is_ok() {
+                let Some(c) = cert_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                match tls::certified_key(c.chain.clone(), &c.key, &provider) {
+                    Ok(ck) => {
+                        resolver.set(ck);
+                        write_server_chain(&dir, &c.chain);
+                        tracing::info!("server certificate switched");
+                    }
+                    Err(e) => tracing::error!(error = %e, "new server certificate unusable"),
+                }
+            }
+        }));
+    }
+    // Certificates imported by `broker import-certificate` from another process.
+    {
+        let admin = admin.clone();
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = admin.refresh_server_certificate().await {
+                            tracing::warn!(error = %e, "cannot re-read the server certificate");
+                        }
+                    }
+                    _ = crate::stopped(&mut stop) => return,
+                }
+            }
+        }));
+    }
+    let router = admin_router_with_metrics(admin.router(), metrics.clone());
+    tasks.push(tokio::spawn(listener::serve_admin(
+        admin_l,
+        router,
+        admin_tls,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(listener::serve_metrics(
+        metrics_l,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(listener::serve_mqtt(
+        mqtt_l,
+        shared.clone(),
+        mqtt_tls,
+        permits.clone(),
+        shutdown_rx,
+    )));
+    tracing::info!(%mqtt_addr, %admin_addr, %metrics_addr, "broker listening");
+    Ok(Broker {
+        mqtt_addr,
+        admin_addr,
+        metrics_addr,
+        admin,
+        shared,
+        resolver,
+        shutdown_tx,
+        permits,
+        tasks,
+    })
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Runs until `shutdown` resolves, then stops gracefully.
+pub async fn run(
+    config: Config,
+    admin_password: Option<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let broker = start(config, admin_password).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// Writes the served chain to `<data_dir>/server.crt` so clients can use it as their CA
+/// file while the certificate is self-signed.
+fn write_server_chain(dir: &std::path::Path, chain: &[certs::CertificateDer<'static>]) {
+    let pem: String = chain
+        .iter()
+        .map(|c| certs::pem::to_pem("CERTIFICATE", c.as_ref()))
+        .collect();
+    if let Err(e) = std::fs::write(dir.join("server.crt"), pem) {
+        tracing::warn!(error = %e, "cannot write server.crt");
+    }
+}
+
+fn admin_router_with_metrics(router: axum::Router, metrics: metrics::Metrics) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let metrics = metrics.clone();
+            async move {
+                let method = req.method().to_string();
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "unmatched".into());
+                let resp = next.run(req).await;
+                metrics.admin_request(&method, &route, resp.status().as_u16());
+                resp
+            }
+        },
+    ))
+}

@@ -1,0 +1,211 @@
+//! Where sessions are forwarded: the embedded rumqttd (several loopback listeners per
+//! protocol level, so its per-listener accept pacing is not the limit) or an external
+//! broker over `mqtt://` / `mqtts://`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::{Backend, Config};
+use crate::mqtt::Version;
+
+/// A byte stream to the backend.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why the backend could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Local ports for the embedded broker could not be reserved.
+    #[error("cannot reserve loopback ports for the embedded broker: {0}")]
+    Ports(std::io::Error),
+    /// The embedded broker did not start listening in time.
+    #[error("the embedded broker did not start: {0}")]
+    Start(String),
+    /// The backend CA file is unusable.
+    #[error("backend CA: {0}")]
+    Ca(String),
+}
+
+/// Connects sessions to the backend.
+pub struct BackendPool {
+    v4: Vec<String>,
+    v5: Vec<String>,
+    next: AtomicUsize,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl BackendPool {
+    /// Starts the embedded rumqttd or prepares the external backend.
+    pub async fn start(config: &Config) -> Result<BackendPool, BackendError> {
+        match config
+            .backend()
+            .map_err(|e| BackendError::Start(e.to_string()))?
+        {
+            Backend::Embedded => start_embedded(config).await,
+            Backend::Mqtt(addr) => Ok(BackendPool {
+                v4: vec![addr.clone()],
+                v5: vec![addr],
+                next: AtomicUsize::new(0),
+                tls: None,
+            }),
+            Backend::Mqtts(addr) => {
+                let ca_path = config
+                    .backend_ca
+                    .as_ref()
+                    .ok_or_else(|| BackendError::Ca("missing backend_ca".into()))?;
+                let pem = std::fs::read(ca_path)
+                    .map_err(|e| BackendError::Ca(format!("{}: {e}", ca_path.display())))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs::pem::read_certificates(&pem)
+                    .map_err(|e| BackendError::Ca(e.to_string()))?
+                {
+                    roots.add(c).map_err(|e| BackendError::Ca(e.to_string()))?;
+                }
+                let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| BackendError::Ca(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_string();
+                let name = rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| BackendError::Ca(e.to_string()))?;
+                Ok(BackendPool {
+                    v4: vec![addr.clone()],
+                    v5: vec![addr],
+                    next: AtomicUsize::new(0),
+                    tls: Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name)),
+                })
+            }
+        }
+    }
+
+    /// Opens a connection for a session of the given protocol level (TCP_NODELAY set).
+    pub async fn connect(&self, version: Version) -> std::io::Result<Box<dyn Io>> {
+        let addrs = match version {
+            Version::V4 => &self.v4,
+            Version::V5 => &self.v5,
+        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
+        let tcp = TcpStream::connect(addrs[i].as_str()).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some((connector, name)) => {
+                let s = connector.connect(name.clone(), tcp).await?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// The backend listener addresses (for tests and the front-end overhead benchmark).
+    pub fn addresses(&self, version: Version) -> &[String] {
+        match version {
+            Version::V4 => &self.v4,
+            Version::V5 => &self.v5,
+        }
+    }
+}
+
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    StdListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
+    let e = &config.embedded;
+    let conn = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: config.limits.max_packet_size,
+        max_inflight_count: e.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let mut v4 = HashMap::new();
+    let mut v5 = HashMap::new();
+    let mut v4_addrs = Vec::new();
+    let mut v5_addrs = Vec::new();
+    for i in 0..e.v4_listeners {
+        let listen = free_loopback_port().map_err(BackendError::Ports)?;
+        v4_addrs.push(listen.to_string());
+        v4.insert(
+            format!("v4-{i}"),
+            rumqttd::ServerSettings {
+                name: format!("v4-{i}"),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections: conn.clone(),
+            },
+        );
+    }
+    for i in 0..e.v5_listeners {
+        let listen = free_loopback_port().map_err(BackendError::Ports)?;
+        v5_addrs.push(listen.to_string());
+        v5.insert(
+            format!("v5-{i}"),
+            rumqttd::ServerSettings {
+                name: format!("v5-{i}"),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections: conn.clone(),
+            },
+        );
+    }
+    let rconfig = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: e.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(v4),
+        v5: Some(v5),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(rconfig);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|e| BackendError::Start(e.to_string()))?;
+    // Wait until every listener accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for addr in v4_addrs.iter().chain(v5_addrs.iter()) {
+        loop {
+            match TcpStream::connect(addr.as_str()).await {
+                Ok(_) => break,
+                Err(err) if Instant::now() > deadline => {
+                    return Err(BackendError::Start(format!("{addr}: {err}")))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, "embedded rumqttd listening on loopback");
+    Ok(BackendPool {
+        v4: v4_addrs,
+        v5: v5_addrs,
+        next: AtomicUsize::new(0),
+        tls: None,
+    })
+}

@@ -1,0 +1,245 @@
+//! Typed configuration: every field has a default and a doc comment, `validate()` runs
+//! at load, and `broker print-config` prints [`DEFAULT_CONFIG_TOML`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory: SQLite store, generated admin password, current server chain.
+    pub data_dir: PathBuf,
+    /// MQTT over mutual TLS listener.
+    pub mqtt_listen: SocketAddr,
+    /// Admin REST API over HTTPS (same server certificate).
+    pub admin_listen: SocketAddr,
+    /// Prometheus metrics over plain HTTP.
+    pub metrics_listen: SocketAddr,
+    /// Backend: `embedded` (rumqttd in this process), `mqtt://HOST:PORT` or
+    /// `mqtts://HOST:PORT` (an external broker cluster).
+    pub backend: String,
+    /// CA file (PEM) to verify an `mqtts://` backend.
+    pub backend_ca: Option<PathBuf>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// The embedded rumqttd.
+    pub embedded: Embedded,
+}
+
+/// Limits and timeouts of the MQTT listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum simultaneous device connections (a permit is taken before accept).
+    pub max_connections: usize,
+    /// TLS handshake timeout, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Time allowed between handshake and a complete CONNECT, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Maximum MQTT packet size in bytes, both directions.
+    pub max_packet_size: usize,
+    /// Grace period for draining sessions at shutdown, milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Embedded rumqttd settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Embedded {
+    /// MQTT 3.1.1 loopback listeners (each accepts about 1,000 connections/s).
+    pub v4_listeners: usize,
+    /// MQTT 5 loopback listeners.
+    pub v5_listeners: usize,
+    /// Maximum connections of the embedded broker.
+    pub max_connections: usize,
+    /// Maximum in-flight QoS 1/2 messages per connection.
+    pub max_inflight: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            backend: "embedded".into(),
+            backend_ca: None,
+            limits: Limits::default(),
+            embedded: Embedded::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            handshake_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            max_packet_size: 1024 * 1024,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            v4_listeners: 4,
+            v5_listeners: 2,
+            max_connections: 100_000,
+            max_inflight: 100,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// Invalid TOML or unknown keys.
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The backend the front-end forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// rumqttd in this process.
+    Embedded,
+    /// An external broker over plain TCP.
+    Mqtt(String),
+    /// An external broker over TLS.
+    Mqtts(String),
+}
+
+impl Config {
+    /// Reads a TOML file (missing keys take defaults).
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+    }
+
+    /// Checks ranges and the backend URL.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections must be > 0".into(),
+            ));
+        }
+        if l.max_packet_size < 64 || l.max_packet_size > 256 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_packet_size must be between 64 bytes and 256 MiB".into(),
+            ));
+        }
+        if l.handshake_timeout_ms == 0 || l.connect_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("timeouts must be > 0".into()));
+        }
+        if self.embedded.v4_listeners == 0 || self.embedded.v5_listeners == 0 {
+            return Err(ConfigError::Invalid(
+                "embedded.v4_listeners and embedded.v5_listeners must be > 0".into(),
+            ));
+        }
+        if let Backend::Mqtts(_) = self.backend()? {
+            if self.backend_ca.is_none() {
+                return Err(ConfigError::Invalid(
+                    "an mqtts:// backend needs backend_ca (--backend-ca FILE)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed backend.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        let b = self.backend.trim();
+        if b == "embedded" {
+            Ok(Backend::Embedded)
+        } else if let Some(a) = b.strip_prefix("mqtt://") {
+            Ok(Backend::Mqtt(a.trim_end_matches('/').to_string()))
+        } else if let Some(a) = b.strip_prefix("mqtts://") {
+            Ok(Backend::Mqtts(a.trim_end_matches('/').to_string()))
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "backend must be 'embedded', mqtt://HOST:PORT or mqtts://HOST:PORT, got '{b}'"
+            )))
+        }
+    }
+}
+
+/// The defaults, with comments, as `broker print-config` prints them.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# broker configuration (TOML). Every key is optional; shown values are the defaults.
+# Command-line flags (--data-dir, --mqtt-listen, ...) override the file.
+
+# SQLite store, generated admin password (admin-password, mode 0600) and the current
+# server certificate chain (server.crt, for clients' --cafile).
+data_dir = "./data"
+# MQTT over mutual TLS: devices authenticate with their certificate only.
+mqtt_listen = "0.0.0.0:8883"
+# Admin REST API over HTTPS, same server certificate.
+admin_listen = "0.0.0.0:8443"
+# Prometheus metrics, plain HTTP: keep it on loopback or a private network.
+metrics_listen = "127.0.0.1:9464"
+# "embedded" (rumqttd in this process), "mqtt://HOST:PORT" or "mqtts://HOST:PORT".
+backend = "embedded"
+# CA file (PEM) that verifies an mqtts:// backend.
+# backend_ca = "/etc/broker/backend-ca.pem"
+
+[limits]
+# Simultaneous device connections; a permit is taken before accept.
+max_connections = 100000
+# TLS handshake must finish within this many milliseconds.
+handshake_timeout_ms = 10000
+# A complete CONNECT must arrive within this many milliseconds after the handshake.
+connect_timeout_ms = 10000
+# Largest MQTT packet accepted or forwarded, bytes.
+max_packet_size = 1048576
+# SIGTERM / Ctrl-C: sessions get this long to drain before a hard stop.
+shutdown_grace_ms = 5000
+
+[embedded]
+# Loopback listeners of the embedded rumqttd; each accepts about 1,000 connections/s.
+v4_listeners = 4
+v5_listeners = 2
+max_connections = 100000
+max_inflight = 100
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_defaults_are_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = Config {
+            backend: "http://x".into(),
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("backend must be"));
+        c.backend = "mqtts://127.0.0.1:8883".into();
+        assert!(c.validate().unwrap_err().to_string().contains("backend_ca"));
+        assert!(toml::from_str::<Config>("nope = 1").is_err());
+    }
+}

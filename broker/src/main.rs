@@ -1,0 +1,195 @@
+//! `broker`: parse the command line and the config, then call `broker::run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// MQTT front-end: devices authenticate with an X.509 client certificate only.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// TOML config file (see `broker print-config`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite store, admin password file, server.crt).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// MQTT mTLS listen address.
+    #[arg(long)]
+    mqtt_listen: Option<std::net::SocketAddr>,
+    /// Admin HTTPS listen address.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Prometheus metrics listen address (plain HTTP).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Backend: `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    #[arg(long)]
+    backend: Option<String>,
+    /// CA file verifying an `mqtts://` backend.
+    #[arg(long)]
+    backend_ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the default configuration with comments.
+    PrintConfig,
+    /// Import the server certificate (same validation as PUT /system/ssl-certificate).
+    ImportCertificate {
+        /// Certificate (PEM or DER).
+        #[arg(long)]
+        crt: PathBuf,
+        /// Private key (PEM/DER, possibly encrypted).
+        #[arg(long)]
+        key: PathBuf,
+        /// Chain up to the root CA (PEM).
+        #[arg(long)]
+        chain: Option<PathBuf>,
+        /// Passphrase of the key.
+        #[arg(long)]
+        pass: Option<String>,
+        /// Skip the requirements check.
+        #[arg(long)]
+        no_validation: bool,
+    },
+}
+
+fn load_config(args: &RunArgs) -> Result<broker::Config, String> {
+    let mut c = match &args.config {
+        Some(p) => broker::Config::from_file(p).map_err(|e| e.to_string())?,
+        None => broker::Config::default(),
+    };
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = args.mqtt_listen {
+        c.mqtt_listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        c.admin_listen = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        c.metrics_listen = v;
+    }
+    if let Some(v) = &args.backend {
+        c.backend = v.clone();
+    }
+    if let Some(v) = &args.backend_ca {
+        c.backend_ca = Some(v.clone());
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn real_main(cli: Cli) -> Result<(), String> {
+    let password = std::env::var("BROKER_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    match cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", broker::config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+        Some(Command::ImportCertificate {
+            crt,
+            key,
+            chain,
+            pass,
+            no_validation,
+        }) => {
+            let config = load_config(&cli.run)?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
+            let admin = admin_api::Admin::open(admin_api::AdminConfig {
+                data_dir: config.data_dir.clone(),
+                admin_password: password,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let info = admin
+                .import_server_certificate(admin_api::ImportRequest {
+                    name: crt
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "server".into()),
+                    crt: read(&crt)?,
+                    key: read(&key)?,
+                    chain: chain.as_ref().map(read).transpose()?,
+                    passphrase: pass,
+                    validation: !no_validation,
+                    crl_check: false,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "imported server certificate {} (subject {}, valid until {}); a running broker switches to it within seconds",
+                info.fingerprint_sha1,
+                info.subject,
+                info.not_after_rfc3339()
+            );
+            Ok(())
+        }
+        None => {
+            let config = load_config(&cli.run)?;
+            broker::run(config, password, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(real_main(cli)) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,226 @@
+//! Prometheus metrics and the plain-HTTP `/metrics` endpoint.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The product's metrics (cheap to clone).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    connections_open: IntGaugeVec,
+    handshakes: IntCounterVec,
+    handshake_seconds: HistogramVec,
+    connect_seconds: HistogramVec,
+    refused: IntCounterVec,
+    messages: IntCounterVec,
+    bytes: IntCounterVec,
+    revoked_sessions: IntCounterVec,
+    admin_requests: IntCounterVec,
+    anchors: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static: a failure here is a programming error caught by
+    // the first test run, never input-dependent.
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let connections_open = must(IntGaugeVec::new(
+            Opts::new("mqtt_connections_open", "Open device sessions per tenant"),
+            &["tenant"],
+        ));
+        let handshakes = must(IntCounterVec::new(
+            Opts::new(
+                "mqtt_tls_handshakes_total",
+                "TLS handshakes by outcome and reason",
+            ),
+            &["outcome", "reason"],
+        ));
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let handshake_seconds = must(HistogramVec::new(
+            HistogramOpts::new("mqtt_tls_handshake_seconds", "TLS handshake duration")
+                .buckets(buckets.clone()),
+            &["outcome"],
+        ));
+        let connect_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "mqtt_connect_seconds",
+                "Accept to CONNACK duration of accepted sessions",
+            )
+            .buckets(buckets),
+            &["protocol"],
+        ));
+        let refused = must(IntCounterVec::new(
+            Opts::new(
+                "mqtt_connections_refused_total",
+                "Connections or CONNECTs refused, by reason",
+            ),
+            &["reason"],
+        ));
+        let messages = must(IntCounterVec::new(
+            Opts::new("mqtt_packets_total", "MQTT packets forwarded, by direction"),
+            &["direction"],
+        ));
+        let bytes = must(IntCounterVec::new(
+            Opts::new("mqtt_bytes_total", "MQTT bytes forwarded, by direction"),
+            &["direction"],
+        ));
+        let revoked_sessions = must(IntCounterVec::new(
+            Opts::new(
+                "mqtt_sessions_closed_by_revocation_total",
+                "Live sessions closed because their trust was withdrawn",
+            ),
+            &["reason"],
+        ));
+        let admin_requests = must(IntCounterVec::new(
+            Opts::new(
+                "admin_api_requests_total",
+                "Admin API requests by route and status",
+            ),
+            &["method", "route", "status"],
+        ));
+        let anchors = must(IntGauge::new(
+            "trust_store_anchors",
+            "Trusted certificates in the live trust store",
+        ));
+        for c in [
+            Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(handshakes.clone()),
+            Box::new(handshake_seconds.clone()),
+            Box::new(connect_seconds.clone()),
+            Box::new(refused.clone()),
+            Box::new(messages.clone()),
+            Box::new(bytes.clone()),
+            Box::new(revoked_sessions.clone()),
+            Box::new(admin_requests.clone()),
+            Box::new(anchors.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                connections_open,
+                handshakes,
+                handshake_seconds,
+                connect_seconds,
+                refused,
+                messages,
+                bytes,
+                revoked_sessions,
+                admin_requests,
+                anchors,
+            }),
+        }
+    }
+
+    /// A chain refused by the verifier.
+    pub fn handshake_rejected(&self, reason: &str) {
+        self.inner
+            .handshakes
+            .with_label_values(&["rejected", reason])
+            .inc();
+    }
+
+    /// A finished handshake attempt (success or failure other than chain rejection).
+    pub fn handshake(&self, outcome: &str, reason: &str, seconds: f64) {
+        if outcome != "rejected" {
+            self.inner
+                .handshakes
+                .with_label_values(&[outcome, reason])
+                .inc();
+        }
+        self.inner
+            .handshake_seconds
+            .with_label_values(&[outcome])
+            .observe(seconds);
+    }
+
+    /// A connection or CONNECT refused before a session started.
+    pub fn refused(&self, reason: &str) {
+        self.inner.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// An accepted session: accept-to-CONNACK time.
+    pub fn connected(&self, tenant: &str, protocol: &str, seconds: f64) {
+        self.inner
+            .connections_open
+            .with_label_values(&[tenant])
+            .inc();
+        self.inner
+            .connect_seconds
+            .with_label_values(&[protocol])
+            .observe(seconds);
+    }
+
+    /// A session ended.
+    pub fn disconnected(&self, tenant: &str) {
+        self.inner
+            .connections_open
+            .with_label_values(&[tenant])
+            .dec();
+    }
+
+    /// Packets and bytes forwarded in one direction (`up` = device to broker).
+    pub fn forwarded(&self, direction: &str, packets: u64, bytes: u64) {
+        self.inner
+            .messages
+            .with_label_values(&[direction])
+            .inc_by(packets);
+        self.inner
+            .bytes
+            .with_label_values(&[direction])
+            .inc_by(bytes);
+    }
+
+    /// A live session closed by revocation.
+    pub fn revoked_session(&self, reason: &str) {
+        self.inner
+            .revoked_sessions
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// An admin API request.
+    pub fn admin_request(&self, method: &str, route: &str, status: u16) {
+        self.inner
+            .admin_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+    }
+
+    /// Anchors in the live trust store.
+    pub fn set_anchors(&self, n: usize) {
+        self.inner.anchors.set(n as i64);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,714 @@
+//! MQTT wire glue for the front-end: framing, CONNECT/CONNACK/DISCONNECT helpers, and
+//! the byte-level topic mounting of PUBLISH, SUBSCRIBE and UNSUBSCRIBE for MQTT 3.1.1
+//! and 5.0. Only what the front-end rewrites is decoded; every other packet is
+//! forwarded byte for byte. CONNECT is decoded and re-encoded with rumqttd's codec.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttd::protocol::{self, Packet, Protocol};
+
+/// MQTT protocol level of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5.0 (protocol level 5).
+    V5,
+}
+
+/// Why bytes from a peer are not an acceptable MQTT packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MqttError {
+    /// The packet is larger than the configured maximum.
+    #[error("packet of {0} bytes exceeds the maximum packet size")]
+    TooLarge(usize),
+    /// Structurally invalid.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    /// The first packet was not CONNECT.
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    /// Protocol level other than 4 or 5.
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocol(u8),
+    /// A topic the front-end refuses (wildcards in a PUBLISH, `$` prefix, empty).
+    #[error("invalid topic")]
+    InvalidTopic,
+    /// A topic alias that was never defined.
+    #[error("unknown topic alias {0}")]
+    UnknownAlias(u16),
+    /// A packet type that must not appear here (second CONNECT, AUTH, reserved).
+    #[error("unexpected packet type {0}")]
+    Unexpected(u8),
+}
+
+/// Packet type numbers (upper nibble of the first byte).
+pub mod kind {
+    /// CONNECT
+    pub const CONNECT: u8 = 1;
+    /// CONNACK
+    pub const CONNACK: u8 = 2;
+    /// PUBLISH
+    pub const PUBLISH: u8 = 3;
+    /// SUBSCRIBE
+    pub const SUBSCRIBE: u8 = 8;
+    /// UNSUBSCRIBE
+    pub const UNSUBSCRIBE: u8 = 10;
+    /// PINGREQ
+    pub const PINGREQ: u8 = 12;
+    /// PINGRESP
+    pub const PINGRESP: u8 = 13;
+    /// DISCONNECT
+    pub const DISCONNECT: u8 = 14;
+    /// AUTH (MQTT 5 only)
+    pub const AUTH: u8 = 15;
+}
+
+/// If `buf` starts with a complete packet, its total length (fixed header included).
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, MqttError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut len: usize = 0;
+    let mut shift = 0;
+    for i in 1..5 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        len |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            let total = i + 1 + len;
+            if total > max {
+                return Err(MqttError::TooLarge(total));
+            }
+            return Ok((buf.len() >= total).then_some(total));
+        }
+        shift += 7;
+    }
+    Err(MqttError::Malformed("remaining length longer than 4 bytes"))
+}
+
+/// (header length, remaining length) of a complete packet.
+fn header(pkt: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    let mut shift = 0;
+    let mut i = 1;
+    while i < pkt.len() && i < 5 {
+        len |= ((pkt[i] & 0x7f) as usize) << shift;
+        if pkt[i] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        i += 1;
+    }
+    (i + 1, len)
+}
+
+fn put_varint(out: &mut BytesMut, mut v: usize) {
+    loop {
+        let mut b = (v % 128) as u8;
+        v /= 128;
+        if v > 0 {
+            b |= 0x80;
+        }
+        out.put_u8(b);
+        if v == 0 {
+            break;
+        }
+    }
+}
+
+fn read_varint(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut v = 0usize;
+    for (i, b) in buf.iter().take(4).enumerate() {
+        v |= ((b & 0x7f) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn read_str(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let n = u16::from_be_bytes([*buf.first()?, *buf.get(1)?]) as usize;
+    Some((buf.get(2..2 + n)?, 2 + n))
+}
+
+/// Peeks the protocol level of a complete CONNECT packet.
+pub fn connect_version(pkt: &[u8]) -> Result<Version, MqttError> {
+    if pkt.first().map(|b| b >> 4) != Some(kind::CONNECT) {
+        return Err(MqttError::NotConnect);
+    }
+    let (h, _) = header(pkt);
+    let (name, n) = read_str(&pkt[h..]).ok_or(MqttError::Malformed("CONNECT protocol name"))?;
+    if name != b"MQTT" && name != b"MQIsdp" {
+        return Err(MqttError::Malformed("CONNECT protocol name"));
+    }
+    match pkt.get(h + n) {
+        Some(4) => Ok(Version::V4),
+        Some(5) => Ok(Version::V5),
+        Some(l) => Err(MqttError::UnsupportedProtocol(*l)),
+        None => Err(MqttError::Malformed("CONNECT protocol level")),
+    }
+}
+
+/// A decoded CONNECT, as much as the front-end needs.
+pub struct Connect {
+    /// Protocol level.
+    pub version: Version,
+    /// The decoded packet (rumqttd types).
+    pub packet: Packet,
+}
+
+impl Connect {
+    /// Decodes a complete CONNECT packet.
+    pub fn decode(pkt: &[u8], version: Version) -> Result<Connect, MqttError> {
+        let mut buf = BytesMut::from(pkt);
+        let packet = match version {
+            Version::V4 => protocol::v4::V4.read_mut(&mut buf, pkt.len() + 1),
+            Version::V5 => protocol::v5::V5.read_mut(&mut buf, pkt.len() + 1),
+        }
+        .map_err(|_| MqttError::Malformed("CONNECT"))?;
+        match packet {
+            Packet::Connect(..) => Ok(Connect { version, packet }),
+            _ => Err(MqttError::NotConnect),
+        }
+    }
+
+    /// The ClientId the device sent.
+    pub fn client_id(&self) -> &str {
+        match &self.packet {
+            Packet::Connect(c, ..) => &c.client_id,
+            _ => "",
+        }
+    }
+
+    /// Keep-alive in seconds the device asked for.
+    pub fn keep_alive(&self) -> u16 {
+        match &self.packet {
+            Packet::Connect(c, ..) => c.keep_alive,
+            _ => 0,
+        }
+    }
+
+    /// Clean session / clean start flag.
+    pub fn clean_session(&self) -> bool {
+        match &self.packet {
+            Packet::Connect(c, ..) => c.clean_session,
+            _ => true,
+        }
+    }
+
+    /// Re-encodes the CONNECT for the backend: ClientId `backend_client_id`, will topic
+    /// mounted under `prefix`, login dropped, keep-alive `keep_alive`, and no topic
+    /// aliases from the backend (the front-end resolves device aliases itself).
+    pub fn encode_for_backend(
+        self,
+        backend_client_id: &str,
+        prefix: &str,
+        keep_alive: u16,
+    ) -> Result<BytesMut, MqttError> {
+        let Packet::Connect(mut c, mut props, mut will, will_props, _login) = self.packet else {
+            return Err(MqttError::NotConnect);
+        };
+        c.client_id = backend_client_id.to_string();
+        c.keep_alive = keep_alive;
+        if let Some(w) = will.as_mut() {
+            let topic = std::str::from_utf8(&w.topic).map_err(|_| MqttError::InvalidTopic)?;
+            w.topic = Bytes::from(mount_topic(prefix, topic)?);
+        }
+        if let Some(p) = props.as_mut() {
+            p.topic_alias_max = None;
+            p.authentication_method = None;
+            p.authentication_data = None;
+        }
+        let mut out = BytesMut::with_capacity(128);
+        let packet = Packet::Connect(c, props, will, will_props, None);
+        match self.version {
+            Version::V4 => protocol::v4::V4.write(packet, &mut out),
+            Version::V5 => protocol::v5::V5.write(packet, &mut out),
+        }
+        .map_err(|_| MqttError::Malformed("CONNECT re-encoding"))?;
+        Ok(out)
+    }
+}
+
+/// A refusal CONNACK. `code` is the 3.1.1 return code or the 5.0 reason code.
+pub fn connack(version: Version, code: u8) -> [u8; 5] {
+    // v4: 20 02 00 code; v5: 20 03 00 reason 00 (no properties). The fifth byte is
+    // only sent for v5 (see `connack_bytes`).
+    match version {
+        Version::V4 => [0x20, 0x02, 0x00, code, 0],
+        Version::V5 => [0x20, 0x03, 0x00, code, 0x00],
+    }
+}
+
+/// The bytes of a CONNACK to send.
+pub fn connack_bytes(version: Version, code: u8) -> Vec<u8> {
+    let c = connack(version, code);
+    match version {
+        Version::V4 => c[..4].to_vec(),
+        Version::V5 => c.to_vec(),
+    }
+}
+
+/// Reason/return codes the front-end sends.
+pub mod codes {
+    /// 3.1.1: unacceptable protocol version.
+    pub const V4_BAD_PROTOCOL: u8 = 1;
+    /// 3.1.1: identifier rejected.
+    pub const V4_ID_REJECTED: u8 = 2;
+    /// 3.1.1: server unavailable.
+    pub const V4_UNAVAILABLE: u8 = 3;
+    /// 3.1.1: not authorized.
+    pub const V4_NOT_AUTHORIZED: u8 = 5;
+    /// 5.0: unspecified error.
+    pub const V5_UNSPECIFIED: u8 = 0x80;
+    /// 5.0: malformed packet.
+    pub const V5_MALFORMED: u8 = 0x81;
+    /// 5.0: protocol error.
+    pub const V5_PROTOCOL_ERROR: u8 = 0x82;
+    /// 5.0: client identifier not valid.
+    pub const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
+    /// 5.0: not authorized.
+    pub const V5_NOT_AUTHORIZED: u8 = 0x87;
+    /// 5.0: server unavailable.
+    pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
+    /// 5.0: banned.
+    pub const V5_BANNED: u8 = 0x8A;
+    /// 5.0: server shutting down.
+    pub const V5_SHUTTING_DOWN: u8 = 0x8B;
+    /// 5.0: keep alive timeout.
+    pub const V5_KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    /// 5.0: topic name invalid.
+    pub const V5_TOPIC_INVALID: u8 = 0x90;
+    /// 5.0: packet too large.
+    pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
+    /// 5.0: topic alias invalid.
+    pub const V5_TOPIC_ALIAS_INVALID: u8 = 0x94;
+    /// 5.0: quota exceeded.
+    pub const V5_QUOTA_EXCEEDED: u8 = 0x97;
+    /// 5.0: unsupported protocol version.
+    pub const V5_UNSUPPORTED_PROTOCOL: u8 = 0x84;
+}
+
+/// An MQTT 5 DISCONNECT with a reason code and no properties.
+pub fn disconnect_v5(reason: u8) -> [u8; 4] {
+    [0xE0, 0x02, reason, 0x00]
+}
+
+/// The return code of a CONNACK packet (byte 3), if `pkt` is one.
+pub fn connack_code(pkt: &[u8]) -> Option<u8> {
+    if pkt.first().map(|b| b >> 4) != Some(kind::CONNACK) {
+        return None;
+    }
+    let (h, _) = header(pkt);
+    pkt.get(h + 1).copied()
+}
+
+/// Mounts a PUBLISH topic under `prefix` (`<tenant>/`). Wildcards, empty topics, NUL and
+/// topics starting with `$` are refused: a device may not publish into `$SYS` or make
+/// its messages match another scope.
+pub fn mount_topic(prefix: &str, topic: &str) -> Result<String, MqttError> {
+    if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
+        return Err(MqttError::InvalidTopic);
+    }
+    Ok(format!("{prefix}{topic}"))
+}
+
+/// Mounts a subscription filter under `prefix`, keeping `$share/<group>/` in front.
+/// A filter starting with `$` (e.g. `$SYS/#`) is mounted too: it then only matches the
+/// tenant's own `$`-topics, which devices cannot publish to, so it matches nothing.
+pub fn mount_filter(prefix: &str, filter: &str) -> Result<String, MqttError> {
+    if filter.is_empty() || filter.contains('\0') {
+        return Err(MqttError::InvalidTopic);
+    }
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        let (group, f) = rest.split_once('/').ok_or(MqttError::InvalidTopic)?;
+        if group.is_empty() || f.is_empty() || group.contains(['+', '#']) {
+            return Err(MqttError::InvalidTopic);
+        }
+        return Ok(format!("$share/{group}/{prefix}{f}"));
+    }
+    Ok(format!("{prefix}{filter}"))
+}
+
+/// Per-session rewriting state (MQTT 5 topic aliases from the device).
+#[derive(Default)]
+pub struct Mount {
+    /// `<tenant>/`.
+    pub prefix: String,
+    aliases: std::collections::HashMap<u16, String>,
+}
+
+/// Maximum topic aliases the front-end accepts from a device.
+pub const MAX_TOPIC_ALIASES: usize = 64;
+
+impl Mount {
+    /// State for a tenant.
+    pub fn new(tenant: &str) -> Mount {
+        Mount {
+            prefix: format!("{tenant}/"),
+            aliases: Default::default(),
+        }
+    }
+
+    /// Rewrites one complete packet from the device into `out`.
+    pub fn device_to_backend(
+        &mut self,
+        version: Version,
+        pkt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), MqttError> {
+        let t = pkt[0] >> 4;
+        match t {
+            kind::PUBLISH => self.publish_up(version, pkt, out),
+            kind::SUBSCRIBE | kind::UNSUBSCRIBE => self.filters_up(version, pkt, out),
+            kind::CONNECT | kind::CONNACK | 0 => Err(MqttError::Unexpected(t)),
+            kind::AUTH => Err(MqttError::Unexpected(t)),
+            _ => {
+                out.extend_from_slice(pkt);
+                Ok(())
+            }
+        }
+    }
+
+    /// Rewrites one complete packet from the backend into `out`. PUBLISH topics outside
+    /// the prefix (impossible unless the backend is shared carelessly) are dropped.
+    pub fn backend_to_device(
+        &self,
+        version: Version,
+        pkt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), MqttError> {
+        if pkt[0] >> 4 != kind::PUBLISH {
+            out.extend_from_slice(pkt);
+            return Ok(());
+        }
+        let (h, rem) = header(pkt);
+        let body = &pkt[h..h + rem];
+        let (topic, n) = read_str(body).ok_or(MqttError::Malformed("PUBLISH topic"))?;
+        let Some(stripped) = topic.strip_prefix(self.prefix.as_bytes()) else {
+            return Ok(());
+        };
+        let _ = version;
+        write_packet(
+            out,
+            pkt[0],
+            &[&(stripped.len() as u16).to_be_bytes(), stripped, &body[n..]],
+        );
+        Ok(())
+    }
+
+    fn publish_up(
+        &mut self,
+        version: Version,
+        pkt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), MqttError> {
+        let (h, rem) = header(pkt);
+        let body = &pkt[h..h + rem];
+        let qos = (pkt[0] >> 1) & 0x03;
+        if qos == 3 {
+            return Err(MqttError::Malformed("PUBLISH QoS 3"));
+        }
+        let (topic, n) = read_str(body).ok_or(MqttError::Malformed("PUBLISH topic"))?;
+        let topic =
+            std::str::from_utf8(topic).map_err(|_| MqttError::Malformed("PUBLISH topic UTF-8"))?;
+        let pkid_len = if qos > 0 { 2 } else { 0 };
+        let after_topic = body.get(n..).ok_or(MqttError::Malformed("PUBLISH"))?;
+        if after_topic.len() < pkid_len {
+            return Err(MqttError::Malformed("PUBLISH packet id"));
+        }
+        let (pkid, rest) = after_topic.split_at(pkid_len);
+        match version {
+            Version::V4 => {
+                let mounted = mount_topic(&self.prefix, topic)?;
+                write_packet(
+                    out,
+                    pkt[0],
+                    &[
+                        &(mounted.len() as u16).to_be_bytes(),
+                        mounted.as_bytes(),
+                        pkid,
+                        rest,
+                    ],
+                );
+            }
+            Version::V5 => {
+                let (plen, pn) =
+                    read_varint(rest).ok_or(MqttError::Malformed("PUBLISH properties"))?;
+                let props = rest
+                    .get(pn..pn + plen)
+                    .ok_or(MqttError::Malformed("PUBLISH properties"))?;
+                let payload = &rest[pn + plen..];
+                let (alias, kept) = strip_topic_alias(props)?;
+                let full = match (topic.is_empty(), alias) {
+                    (false, Some(a)) => {
+                        if a == 0
+                            || (self.aliases.len() >= MAX_TOPIC_ALIASES
+                                && !self.aliases.contains_key(&a))
+                        {
+                            return Err(MqttError::UnknownAlias(a));
+                        }
+                        self.aliases.insert(a, topic.to_string());
+                        topic.to_string()
+                    }
+                    (true, Some(a)) => self
+                        .aliases
+                        .get(&a)
+                        .cloned()
+                        .ok_or(MqttError::UnknownAlias(a))?,
+                    (false, None) => topic.to_string(),
+                    (true, None) => return Err(MqttError::InvalidTopic),
+                };
+                let mounted = mount_topic(&self.prefix, &full)?;
+                let mut plen_buf = BytesMut::with_capacity(4);
+                put_varint(&mut plen_buf, kept.len());
+                write_packet(
+                    out,
+                    pkt[0],
+                    &[
+                        &(mounted.len() as u16).to_be_bytes(),
+                        mounted.as_bytes(),
+                        pkid,
+                        &plen_buf,
+                        &kept,
+                        payload,
+                    ],
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn filters_up(
+        &self,
+        version: Version,
+        pkt: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), MqttError> {
+        let subscribe = pkt[0] >> 4 == kind::SUBSCRIBE;
+        let (h, rem) = header(pkt);
+        let body = &pkt[h..h + rem];
+        if body.len() < 2 {
+            return Err(MqttError::Malformed("packet id"));
+        }
+        let mut fixed_len = 2;
+        if version == Version::V5 {
+            let (plen, pn) = read_varint(&body[2..]).ok_or(MqttError::Malformed("properties"))?;
+            fixed_len += pn + plen;
+        }
+        let fixed = body
+            .get(..fixed_len)
+            .ok_or(MqttError::Malformed("properties"))?;
+        let mut rest = &body[fixed_len..];
+        let mut payload = BytesMut::with_capacity(rest.len() + 16 * self.prefix.len());
+        if rest.is_empty() {
+            return Err(MqttError::Malformed("no topic filters"));
+        }
+        while !rest.is_empty() {
+            let (f, n) = read_str(rest).ok_or(MqttError::Malformed("topic filter"))?;
+            let f =
+                std::str::from_utf8(f).map_err(|_| MqttError::Malformed("topic filter UTF-8"))?;
+            let mounted = mount_filter(&self.prefix, f)?;
+            payload.put_u16(mounted.len() as u16);
+            payload.extend_from_slice(mounted.as_bytes());
+            rest = &rest[n..];
+            if subscribe {
+                let (&opts, r) = rest
+                    .split_first()
+                    .ok_or(MqttError::Malformed("subscription options"))?;
+                payload.put_u8(opts);
+                rest = r;
+            }
+        }
+        write_packet(out, pkt[0], &[fixed, &payload]);
+        Ok(())
+    }
+}
+
+/// Splits a topic alias (0x23) out of MQTT 5 PUBLISH properties.
+fn strip_topic_alias(props: &[u8]) -> Result<(Option<u16>, Vec<u8>), MqttError> {
+    let mut alias = None;
+    let mut kept = Vec::with_capacity(props.len());
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        let len = property_len(id, &props[i + 1..]).ok_or(MqttError::Malformed("property"))?;
+        let end = i + 1 + len;
+        if end > props.len() {
+            return Err(MqttError::Malformed("property"));
+        }
+        if id == 0x23 {
+            alias = Some(u16::from_be_bytes([props[i + 1], props[i + 2]]));
+        } else {
+            kept.extend_from_slice(&props[i..end]);
+        }
+        i = end;
+    }
+    Ok((alias, kept))
+}
+
+/// Length of a property's value (after its identifier byte).
+fn property_len(id: u8, v: &[u8]) -> Option<usize> {
+    let str_len = |v: &[u8]| -> Option<usize> {
+        Some(2 + u16::from_be_bytes([*v.first()?, *v.get(1)?]) as usize)
+    };
+    match id {
+        0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => Some(1),
+        0x13 | 0x21 | 0x22 | 0x23 => Some(2),
+        0x02 | 0x11 | 0x18 | 0x27 => Some(4),
+        0x0B => read_varint(v).map(|(_, n)| n),
+        0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => str_len(v),
+        0x26 => {
+            let a = str_len(v)?;
+            let b = str_len(v.get(a..)?)?;
+            Some(a + b)
+        }
+        _ => None,
+    }
+}
+
+fn write_packet(out: &mut BytesMut, first: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(len + 5);
+    out.put_u8(first);
+    put_varint(out, len);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish_v4(topic: &str, qos: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let pkid: &[u8] = if qos > 0 { &[0, 7] } else { &[] };
+        write_packet(
+            &mut out,
+            0x30 | (qos << 1),
+            &[
+                &(topic.len() as u16).to_be_bytes(),
+                topic.as_bytes(),
+                pkid,
+                payload,
+            ],
+        );
+        out.to_vec()
+    }
+
+    #[test]
+    fn publish_round_trip_v4() {
+        let mut m = Mount::new("acme");
+        let p = publish_v4("a/b", 1, b"hello");
+        let mut up = BytesMut::new();
+        m.device_to_backend(Version::V4, &p, &mut up).unwrap();
+        assert_eq!(up.to_vec(), publish_v4("acme/a/b", 1, b"hello"));
+        let mut down = BytesMut::new();
+        m.backend_to_device(Version::V4, &up, &mut down).unwrap();
+        assert_eq!(down.to_vec(), p);
+    }
+
+    #[test]
+    fn refused_topics() {
+        let mut m = Mount::new("acme");
+        for t in ["", "$SYS/x", "a/+", "a/#", "a\0b"] {
+            let mut out = BytesMut::new();
+            assert_eq!(
+                m.device_to_backend(Version::V4, &publish_v4(t, 0, b"x"), &mut out),
+                Err(MqttError::InvalidTopic),
+                "{t:?}"
+            );
+        }
+        // Another tenant's prefix is just a topic inside ours.
+        assert_eq!(mount_topic("acme/", "other/x").unwrap(), "acme/other/x");
+        assert_eq!(mount_filter("acme/", "#").unwrap(), "acme/#");
+        assert_eq!(mount_filter("acme/", "$SYS/#").unwrap(), "acme/$SYS/#");
+        assert_eq!(
+            mount_filter("acme/", "$share/g/a/+").unwrap(),
+            "$share/g/acme/a/+"
+        );
+        assert_eq!(
+            mount_filter("acme/", "$share/g"),
+            Err(MqttError::InvalidTopic)
+        );
+    }
+
+    #[test]
+    fn foreign_publish_from_backend_is_dropped() {
+        let m = Mount::new("acme");
+        let mut out = BytesMut::new();
+        m.backend_to_device(Version::V4, &publish_v4("other/x", 0, b"x"), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn subscribe_v5_with_properties() {
+        let m = Mount::new("t1");
+        // pkid 1, properties: subscription identifier 0x0B varint 5, filter "x/#" opts 1
+        let body: Vec<u8> = [&[0u8, 1, 2, 0x0B, 5][..], &[0, 3], b"x/#", &[1]].concat();
+        let mut pkt = BytesMut::new();
+        write_packet(&mut pkt, 0x82, &[&body]);
+        let mut out = BytesMut::new();
+        m.filters_up(Version::V5, &pkt, &mut out).unwrap();
+        let expect: Vec<u8> = [&[0u8, 1, 2, 0x0B, 5][..], &[0, 6], b"t1/x/#", &[1]].concat();
+        let mut e = BytesMut::new();
+        write_packet(&mut e, 0x82, &[&expect]);
+        assert_eq!(out, e);
+    }
+
+    #[test]
+    fn topic_alias_resolved_v5() {
+        let mut m = Mount::new("t");
+        let mk = |topic: &str, alias: Option<u16>| {
+            let mut props = Vec::new();
+            if let Some(a) = alias {
+                props.push(0x23);
+                props.extend_from_slice(&a.to_be_bytes());
+            }
+            let mut out = BytesMut::new();
+            let mut pl = BytesMut::new();
+            put_varint(&mut pl, props.len());
+            write_packet(
+                &mut out,
+                0x30,
+                &[
+                    &(topic.len() as u16).to_be_bytes(),
+                    topic.as_bytes(),
+                    &pl,
+                    &props,
+                    b"p",
+                ],
+            );
+            out
+        };
+        let mut out = BytesMut::new();
+        m.device_to_backend(Version::V5, &mk("a/b", Some(3)), &mut out)
+            .unwrap();
+        let mut out2 = BytesMut::new();
+        m.device_to_backend(Version::V5, &mk("", Some(3)), &mut out2)
+            .unwrap();
+        assert_eq!(out, out2);
+        assert_eq!(out, mk("t/a/b", None));
+        let mut out3 = BytesMut::new();
+        assert_eq!(
+            m.device_to_backend(Version::V5, &mk("", Some(4)), &mut out3),
+            Err(MqttError::UnknownAlias(4))
+        );
+    }
+
+    #[test]
+    fn framing_limits() {
+        assert_eq!(frame_len(&[0x30], 100), Ok(None));
+        assert_eq!(frame_len(&[0x30, 2, 0], 100), Ok(None));
+        assert_eq!(frame_len(&[0x30, 2, 0, 0], 100), Ok(Some(4)));
+        assert_eq!(
+            frame_len(&[0x30, 0xff, 0xff, 0xff, 0x7f], 100),
+            Err(MqttError::TooLarge(268435460))
+        );
+        assert!(frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 1], usize::MAX).is_err());
+    }
+}

@@ -1,0 +1,537 @@
+//! One device session: CONNECT policy (ClientId = CN, registry, blocked devices),
+//! forwarding to the backend with topics mounted under the tenant, and closing the
+//! session when its trust is withdrawn.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use certs::{DeviceIdentity, TrustStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::mqtt::{self, codes, Connect, Mount, MqttError, Version};
+use crate::Shared;
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The device closed the connection.
+    DeviceClosed,
+    /// The backend closed the connection.
+    BackendClosed,
+    /// The device sent something unacceptable.
+    Protocol(MqttError),
+    /// I/O error on either side.
+    Io(#[allow(dead_code)] std::io::Error),
+    /// Trust withdrawn: (MQTT 5 reason code, metric label).
+    Revoked(u8, &'static str),
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// Reads one complete packet into `buf` (which may already hold bytes) and returns its
+/// length, or `None` on a clean EOF.
+async fn read_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<usize>, End> {
+    loop {
+        if let Some(n) = mqtt::frame_len(buf, max).map_err(End::Protocol)? {
+            return Ok(Some(n));
+        }
+        if r.read_buf(buf).await.map_err(End::Io)? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn reason_for(e: &MqttError, version: Version) -> u8 {
+    match (e, version) {
+        (_, Version::V4) => codes::V4_NOT_AUTHORIZED,
+        (MqttError::TooLarge(_), _) => codes::V5_PACKET_TOO_LARGE,
+        (MqttError::InvalidTopic, _) => codes::V5_TOPIC_INVALID,
+        (MqttError::UnknownAlias(_), _) => codes::V5_TOPIC_ALIAS_INVALID,
+        (MqttError::Malformed(_), _) => codes::V5_MALFORMED,
+        _ => codes::V5_PROTOCOL_ERROR,
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    shared: &Shared,
+    version: Version,
+    v4: u8,
+    v5: u8,
+    label: &str,
+) {
+    shared.metrics.refused(label);
+    let code = if version == Version::V4 { v4 } else { v5 };
+    let _ = w.write_all(&mqtt::connack_bytes(version, code)).await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+/// Runs a session on an established mTLS stream whose chain verified as `id`.
+pub async fn run<S>(
+    mut dev: S,
+    id: DeviceIdentity,
+    shared: Arc<Shared>,
+    accepted_at: Instant,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &shared.config.limits;
+    let max = limits.max_packet_size;
+    let mut dbuf = BytesMut::with_capacity(4096);
+
+    // CONNECT, under a timeout (slowloris in CONNECT is closed here).
+    let first = tokio::time::timeout(
+        Duration::from_millis(limits.connect_timeout_ms),
+        read_packet(&mut dev, &mut dbuf, max),
+    )
+    .await;
+    let n = match first {
+        Ok(Ok(Some(n))) => n,
+        Ok(Err(End::Protocol(MqttError::TooLarge(_)))) => {
+            shared.metrics.refused("connect_too_large");
+            return;
+        }
+        Ok(_) => {
+            shared.metrics.refused("no_connect");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused("connect_timeout");
+            return;
+        }
+    };
+    let pkt = dbuf.split_to(n);
+    let version = match mqtt::connect_version(&pkt) {
+        Ok(v) => v,
+        Err(MqttError::UnsupportedProtocol(level)) => {
+            // 3.1 and older get the 3.1.1 refusal; anything newer the 5.0 one.
+            let v = if level < 5 { Version::V4 } else { Version::V5 };
+            refuse(
+                &mut dev,
+                &shared,
+                v,
+                codes::V4_BAD_PROTOCOL,
+                codes::V5_UNSUPPORTED_PROTOCOL,
+                "unsupported_protocol",
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused("not_connect");
+            return;
+        }
+    };
+    let connect = match Connect::decode(&pkt, version) {
+        Ok(c) => c,
+        Err(_) => {
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_ID_REJECTED,
+                codes::V5_MALFORMED,
+                "malformed_connect",
+            )
+            .await;
+            return;
+        }
+    };
+    let tenant: &str = &id.tenant;
+    let cn = id.common_name.as_str();
+    let trust = shared.trust.load_full();
+    let policy_override = trust.policy(tenant).is_some_and(|p| p.client_id_override);
+
+    // ClientId policy: empty -> CN; equal -> ok; otherwise refused unless override.
+    let sent = connect.client_id().to_string();
+    if !sent.is_empty() && sent != cn && !policy_override {
+        tracing::warn!(tenant, cn, client_id = %sent, "ClientId does not match the certificate CN");
+        refuse(
+            &mut dev,
+            &shared,
+            version,
+            codes::V4_NOT_AUTHORIZED,
+            codes::V5_CLIENT_ID_NOT_VALID,
+            "client_id_mismatch",
+        )
+        .await;
+        return;
+    }
+    if trust.is_blocked(tenant, cn) {
+        tracing::warn!(tenant, cn, "blocked device refused");
+        refuse(
+            &mut dev,
+            &shared,
+            version,
+            codes::V4_NOT_AUTHORIZED,
+            codes::V5_BANNED,
+            "device_blocked",
+        )
+        .await;
+        return;
+    }
+    match shared.admin.device_admission(tenant, cn).await {
+        Ok(admin_api::DeviceState::Blocked) => {
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_NOT_AUTHORIZED,
+                codes::V5_BANNED,
+                "device_blocked",
+            )
+            .await;
+            return;
+        }
+        Ok(admin_api::DeviceState::Registered) => {}
+        Ok(admin_api::DeviceState::Unknown) if id.auto_registration => {
+            let admin = shared.admin.clone();
+            let (t, c, fp) = (
+                id.tenant.to_string(),
+                cn.to_string(),
+                id.anchor_fingerprint.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = admin.register_device(&t, &c, &fp).await {
+                    tracing::error!(tenant = %t, cn = %c, error = %e, "device registration failed");
+                }
+            });
+        }
+        Ok(admin_api::DeviceState::Unknown) => {
+            tracing::warn!(
+                tenant,
+                cn,
+                "device not registered and the CA does not auto-register"
+            );
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_NOT_AUTHORIZED,
+                codes::V5_NOT_AUTHORIZED,
+                "device_not_registered",
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(tenant, cn, error = %e, "device registry unavailable");
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_UNAVAILABLE,
+                codes::V5_SERVER_UNAVAILABLE,
+                "registry_unavailable",
+            )
+            .await;
+            return;
+        }
+    }
+
+    // Backend connection and CONNECT.
+    let keep_alive = connect.keep_alive();
+    // rumqttd refuses keep-alive 0: ask for the maximum and ping it ourselves.
+    let backend_keep_alive = if keep_alive == 0 {
+        u16::MAX
+    } else {
+        keep_alive
+    };
+    let mount = Mount::new(tenant);
+    let backend_client_id = format!("{tenant}.{cn}");
+    let out =
+        match connect.encode_for_backend(&backend_client_id, &mount.prefix, backend_keep_alive) {
+            Ok(o) => o,
+            Err(_) => {
+                refuse(
+                    &mut dev,
+                    &shared,
+                    version,
+                    codes::V4_NOT_AUTHORIZED,
+                    codes::V5_TOPIC_INVALID,
+                    "invalid_will_topic",
+                )
+                .await;
+                return;
+            }
+        };
+    let mut backend = match shared.backend.connect(version).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "backend unreachable");
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_UNAVAILABLE,
+                codes::V5_SERVER_UNAVAILABLE,
+                "backend_unavailable",
+            )
+            .await;
+            return;
+        }
+    };
+    let mut bbuf = BytesMut::with_capacity(4096);
+    let connack = async {
+        backend.write_all(&out).await.map_err(End::Io)?;
+        read_packet(&mut backend, &mut bbuf, max).await
+    };
+    let n = match tokio::time::timeout(Duration::from_millis(limits.connect_timeout_ms), connack)
+        .await
+    {
+        Ok(Ok(Some(n))) if mqtt::connack_code(&bbuf[..n]).is_some() => n,
+        _ => {
+            // rumqttd closes without a CONNACK when it refuses: answer properly.
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_UNAVAILABLE,
+                codes::V5_SERVER_UNAVAILABLE,
+                "backend_refused",
+            )
+            .await;
+            return;
+        }
+    };
+    let ack = bbuf.split_to(n);
+    if dev.write_all(&ack).await.is_err() || dev.flush().await.is_err() {
+        return;
+    }
+    if mqtt::connack_code(&ack) != Some(0) {
+        shared.metrics.refused("backend_refused");
+        return;
+    }
+    let proto = if version == Version::V4 { "3.1.1" } else { "5" };
+    shared
+        .metrics
+        .connected(tenant, proto, accepted_at.elapsed().as_secs_f64());
+    shared.admin.device_seen(tenant, cn);
+    tracing::debug!(tenant, cn, protocol = proto, "session started");
+
+    // Packet pump, both ways, plus trust re-checks and shutdown.
+    let own_pings = AtomicU32::new(0);
+    let mut trust_rx = shared.trust_rx.clone();
+    trust_rx.mark_unchanged();
+    let (mut dr, mut dw) = tokio::io::split(dev);
+    let (mut br, mut bw) = tokio::io::split(backend);
+    let mut mount = mount;
+    let down_mount = Mount::new(tenant);
+    let end = {
+        let up = pump_up(
+            &mut dr,
+            &mut bw,
+            dbuf,
+            &mut mount,
+            version,
+            max,
+            keep_alive == 0,
+            &own_pings,
+            &shared,
+        );
+        let down = pump_down(
+            &mut br,
+            &mut dw,
+            bbuf,
+            &down_mount,
+            version,
+            max,
+            &own_pings,
+            &shared,
+        );
+        let watch = watch_trust(&mut trust_rx, &id, version);
+        tokio::select! {
+            e = up => e,
+            e = down => e,
+            e = watch => e,
+            _ = crate::stopped(&mut shutdown) => End::Shutdown,
+        }
+    };
+    match &end {
+        End::Revoked(code, label) => {
+            shared.metrics.revoked_session(label);
+            tracing::warn!(
+                tenant,
+                cn,
+                reason = label,
+                "session closed: trust withdrawn"
+            );
+            if version == Version::V5 {
+                let _ = dw.write_all(&mqtt::disconnect_v5(*code)).await;
+            }
+        }
+        End::Protocol(e) => {
+            shared.metrics.refused("protocol_error");
+            tracing::info!(tenant, cn, error = %e, "session closed: protocol error");
+            if version == Version::V5 {
+                let _ = dw
+                    .write_all(&mqtt::disconnect_v5(reason_for(e, version)))
+                    .await;
+            }
+        }
+        End::Shutdown => {
+            if version == Version::V5 {
+                let _ = dw
+                    .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
+                    .await;
+            }
+        }
+        End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
+    }
+    let _ = dw.flush().await;
+    let _ = dw.shutdown().await;
+    let _ = bw.shutdown().await;
+    shared.metrics.disconnected(tenant);
+    shared.admin.device_seen(tenant, cn);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump_up<R, W>(
+    r: &mut R,
+    w: &mut W,
+    mut buf: BytesMut,
+    mount: &mut Mount,
+    version: Version,
+    max: usize,
+    ping_backend: bool,
+    own_pings: &AtomicU32,
+    shared: &Shared,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(4096);
+    // Keep-alive 0 devices: keep the backend session alive ourselves.
+    let mut ping = tokio::time::interval(Duration::from_secs(3600));
+    ping.tick().await;
+    loop {
+        let mut packets = 0u64;
+        loop {
+            match mqtt::frame_len(&buf, max) {
+                Ok(Some(n)) => {
+                    let pkt = buf.split_to(n);
+                    if let Err(e) = mount.device_to_backend(version, &pkt, &mut out) {
+                        return End::Protocol(e);
+                    }
+                    packets += 1;
+                }
+                Ok(None) => break,
+                Err(e) => return End::Protocol(e),
+            }
+        }
+        if !out.is_empty() {
+            shared.metrics.forwarded("up", packets, out.len() as u64);
+            if let Err(e) = w.write_all(&out).await {
+                return End::Io(e);
+            }
+            if let Err(e) = w.flush().await {
+                return End::Io(e);
+            }
+            out.clear();
+        }
+        tokio::select! {
+            r = r.read_buf(&mut buf) => match r {
+                Ok(0) => return End::DeviceClosed,
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            },
+            _ = ping.tick(), if ping_backend => {
+                own_pings.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = w.write_all(&[0xC0, 0x00]).await {
+                    return End::Io(e);
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump_down<R, W>(
+    r: &mut R,
+    w: &mut W,
+    mut buf: BytesMut,
+    mount: &Mount,
+    version: Version,
+    max: usize,
+    own_pings: &AtomicU32,
+    shared: &Shared,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(4096);
+    loop {
+        let mut packets = 0u64;
+        loop {
+            match mqtt::frame_len(&buf, max) {
+                Ok(Some(n)) => {
+                    let pkt = buf.split_to(n);
+                    if pkt[0] >> 4 == mqtt::kind::PINGRESP
+                        && own_pings
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                                p.checked_sub(1)
+                            })
+                            .is_ok()
+                    {
+                        continue;
+                    }
+                    if mount.backend_to_device(version, &pkt, &mut out).is_err() {
+                        return End::BackendClosed;
+                    }
+                    packets += 1;
+                }
+                Ok(None) => break,
+                // A message larger than the device may receive: drop the session
+                // rather than forward it.
+                Err(_) => return End::BackendClosed,
+            }
+        }
+        if !out.is_empty() {
+            shared.metrics.forwarded("down", packets, out.len() as u64);
+            if let Err(e) = w.write_all(&out).await {
+                return End::Io(e);
+            }
+            if let Err(e) = w.flush().await {
+                return End::Io(e);
+            }
+            out.clear();
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) => return End::BackendClosed,
+            Ok(_) => {}
+            Err(e) => return End::Io(e),
+        }
+    }
+}
+
+/// Resolves when a newer trust store no longer accepts this session.
+async fn watch_trust(
+    rx: &mut watch::Receiver<Arc<TrustStore>>,
+    id: &DeviceIdentity,
+    _version: Version,
+) -> End {
+    loop {
+        if rx.changed().await.is_err() {
+            // The store is gone (shutdown): nothing more to watch.
+            return std::future::pending().await;
+        }
+        let store = rx.borrow_and_update().clone();
+        if store.is_blocked(&id.tenant, &id.common_name) {
+            return End::Revoked(codes::V5_BANNED, "device_blocked");
+        }
+        if let Err(e) = store.recheck(id, certs::UnixTime::now()) {
+            return End::Revoked(codes::V5_NOT_AUTHORIZED, e.label());
+        }
+    }
+}

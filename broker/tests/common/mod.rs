@@ -1,0 +1,327 @@
+//! Test harness: a real broker on loopback port 0 with a real SQLite data dir, a real
+//! HTTPS client for the admin API, and real MQTT clients over mTLS.
+#![allow(dead_code, missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::issue::{self, CaOptions, Issued, KeyType, Subject, Validity};
+use serde_json::{json, Value};
+
+pub const ADMIN_PW: &str = "management-secret-1";
+
+pub struct Env {
+    pub broker: Option<broker::Broker>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub server_ca: String,
+}
+
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub async fn start() -> Env {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(f: impl FnOnce(&mut broker::Config)) -> Env {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir, f).await
+}
+
+pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut broker::Config)) -> Env {
+    let mut config = broker::Config {
+        data_dir: dir.path().to_path_buf(),
+        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    config.embedded.v4_listeners = 1;
+    config.embedded.v5_listeners = 1;
+    config.limits.shutdown_grace_ms = 500;
+    f(&mut config);
+    let b = broker::start(config, Some(ADMIN_PW.into())).await.unwrap();
+    let server_ca = b.server_chain_pem();
+    let http = https_client(&server_ca);
+    let base = format!("https://localhost:{}", b.admin_addr.port());
+    Env {
+        broker: Some(b),
+        dir,
+        http,
+        base,
+        server_ca,
+    }
+}
+
+pub fn roots(pem: &str) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs::pem::read_certificates(pem.as_bytes()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    roots
+}
+
+pub fn https_client(server_ca: &str) -> reqwest::Client {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(server_ca))
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .resolve("localhost", "127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+}
+
+impl Env {
+    pub fn broker(&self) -> &broker::Broker {
+        self.broker.as_ref().unwrap()
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.broker().mqtt_addr.port()
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+        pass: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .basic_auth(user, Some(pass));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates a tenant with admin `admin` / `<tenant>-pw-1`.
+    pub async fn tenant(&self, id: &str) {
+        let (s, b) = self
+            .api(
+                reqwest::Method::POST,
+                "/tenant/tenants",
+                "management/admin",
+                ADMIN_PW,
+                Some(json!({"id": id, "company": id, "adminName": "admin", "adminPass": format!("{id}-pw-1")})),
+            )
+            .await;
+        assert_eq!(s, 201, "create tenant {id}: {b}");
+    }
+
+    pub async fn as_tenant(
+        &self,
+        tenant: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.api(
+            method,
+            path,
+            &format!("{tenant}/admin"),
+            &format!("{tenant}-pw-1"),
+            body,
+        )
+        .await
+    }
+
+    /// Uploads a CA for a tenant; returns its fingerprint.
+    pub async fn upload(&self, tenant: &str, ca: &Issued, auto_registration: bool) -> String {
+        let (s, b) = self
+            .as_tenant(
+                tenant,
+                reqwest::Method::POST,
+                &format!("/tenant/tenants/{tenant}/trusted-certificates"),
+                Some(json!({
+                    "status": "ENABLED",
+                    "name": "ca",
+                    "autoRegistrationEnabled": if auto_registration { "true" } else { "false" },
+                    "certInPemFormat": ca.cert_pem(),
+                })),
+            )
+            .await;
+        assert_eq!(s, 201, "upload: {b}");
+        b["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    pub async fn set_status(&self, tenant: &str, fp: &str, status: &str) {
+        let (s, b) = self
+            .as_tenant(
+                tenant,
+                reqwest::Method::PUT,
+                &format!("/tenant/tenants/{tenant}/trusted-certificates/{fp}"),
+                Some(json!({"status": status})),
+            )
+            .await;
+        assert_eq!(s, 200, "set status: {b}");
+    }
+}
+
+pub fn ca(cn: &str) -> Issued {
+    issue::ca(
+        &Subject::cn(cn),
+        Validity::days(30),
+        KeyType::P256,
+        &CaOptions::default(),
+        None,
+    )
+    .unwrap()
+}
+
+pub fn intermediate(cn: &str, parent: &Issued) -> Issued {
+    issue::ca(
+        &Subject::cn(cn),
+        Validity::days(30),
+        KeyType::P256,
+        &CaOptions::default(),
+        Some(&parent.issuer().unwrap()),
+    )
+    .unwrap()
+}
+
+pub fn device(cn: &str, ca: &Issued) -> Issued {
+    issue::device(
+        cn,
+        Validity::days(30),
+        KeyType::P256,
+        &ca.issuer().unwrap(),
+        &[],
+    )
+    .unwrap()
+}
+
+/// A device's TLS client config: chain = device + `chain` (as devices are told to send).
+pub fn device_tls(server_ca: &str, dev: &Issued, chain: &[&Issued]) -> Arc<rustls::ClientConfig> {
+    let mut certs_chain = vec![dev.cert_der.clone()];
+    certs_chain.extend(chain.iter().map(|c| c.cert_der.clone()));
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(server_ca))
+        .with_client_auth_cert(certs_chain, dev.private_key())
+        .unwrap(),
+    )
+}
+
+pub fn v4_options(
+    client_id: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(client_id, "localhost", port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ));
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+pub fn v5_options(
+    client_id: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, "localhost", port);
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ));
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Connects a 3.1.1 client; returns the client and its event loop after CONNACK, or
+/// the connection error.
+pub async fn connect_v4(
+    opts: rumqttc::MqttOptions,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                return Ok((client, el))
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(rumqttc::ConnectionError::NetworkTimeout),
+        }
+    }
+}
+
+pub async fn connect_v5(
+    opts: rumqttc::v5::MqttOptions,
+) -> Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), rumqttc::v5::ConnectionError> {
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
+                _,
+            )))) => return Ok((client, el)),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(rumqttc::v5::ConnectionError::RequestsDone),
+        }
+    }
+}
+
+/// Polls until a PUBLISH arrives (or `wait` passes): (topic, payload, retain).
+pub async fn next_publish(
+    el: &mut rumqttc::EventLoop,
+    wait: Duration,
+) -> Option<(String, Vec<u8>, bool)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                return Some((p.topic.clone(), p.payload.to_vec(), p.retain))
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// Polls until SUBACK.
+pub async fn wait_suback(el: &mut rumqttc::EventLoop) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => return,
+            Ok(Ok(_)) => continue,
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+}
+
+/// Drives an event loop in the background (for publishers).
+pub fn drive(
+    mut el: rumqttc::EventLoop,
+) -> tokio::task::JoinHandle<Option<rumqttc::ConnectionError>> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = el.poll().await {
+                return Some(e);
+            }
+        }
+    })
+}
