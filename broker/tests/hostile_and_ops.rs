@@ -1,0 +1,281 @@
+//! Bad peers on 8883, the server-certificate hot swap, and `mosquitto_pub`/`mosquitto_sub`
+//! as an independent client.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use rumqttc::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_plain_mqtt_http_and_anonymous_tls_are_refused_cleanly() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let addr = env.broker().mqtt_addr;
+
+    let plain_connect: &[u8] = &[
+        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04, b'd',
+        b'e', b'v', b'1',
+    ];
+    let http: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    for payload in [plain_connect, http, &garbage[..]] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(payload).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        // The server answers with a TLS alert or closes: never an MQTT CONNACK.
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap_or(0);
+        assert!(
+            n == 0 || buf[0] == 0x15,
+            "unexpected answer {:?}",
+            &buf[..n.min(8)]
+        );
+    }
+
+    // A TLS client without a certificate fails the handshake.
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(&env.server_ca))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let res = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await;
+    if let Ok(mut s) = res {
+        // TLS 1.3: the client learns of the refusal on its first read.
+        let _ = s.write_all(plain_connect).await;
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf).await;
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "anonymous client must not get a session"
+        );
+    }
+
+    // The listener still serves devices.
+    let dev = device("dev1", &ca);
+    connect_v4(v4_options(
+        "dev1",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mqtt_tls_handshakes_total{outcome=\"failed\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_hot_swap() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let dev = device("dev1", &ca);
+    let old_ca = env.server_ca.clone();
+
+    // A real server CA and certificate, imported without a restart.
+    let server_root = certs::issue::ca(
+        &certs::issue::Subject {
+            cn: "Ops Root".into(),
+            o: Some("Ops".into()),
+            ou: Some("IoT".into()),
+            c: Some("DE".into()),
+        },
+        certs::issue::Validity::days(365),
+        certs::issue::KeyType::Rsa2048,
+        &Default::default(),
+        None,
+    )
+    .unwrap();
+    let server = certs::issue::server(
+        &certs::issue::Subject {
+            cn: "mqtt.example.test".into(),
+            o: Some("Ops".into()),
+            ou: Some("IoT".into()),
+            c: Some("DE".into()),
+        },
+        &["localhost".into(), "127.0.0.1".into()],
+        certs::issue::Validity::days(365),
+        certs::issue::KeyType::Rsa2048,
+        Some(&server_root.issuer().unwrap()),
+        &[],
+    )
+    .unwrap();
+    env.broker()
+        .admin
+        .import_server_certificate(admin_api::ImportRequest {
+            name: "ops".into(),
+            crt: server.cert_pem().into_bytes(),
+            key: server.key_pem().into_bytes(),
+            chain: Some(server_root.cert_pem().into_bytes()),
+            passphrase: None,
+            validation: true,
+            crl_check: false,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_ca = server_root.cert_pem();
+    connect_v4(v4_options(
+        "dev1",
+        env.mqtt_port(),
+        device_tls(&new_ca, &dev, &[&ca]),
+    ))
+    .await
+    .expect("new handshakes use the imported certificate");
+    assert!(
+        connect_v4(v4_options(
+            "dev1",
+            env.mqtt_port(),
+            device_tls(&old_ca, &dev, &[&ca])
+        ))
+        .await
+        .is_err(),
+        "the old self-signed certificate is no longer served"
+    );
+    let written = std::fs::read_to_string(env.dir.path().join("server.crt")).unwrap();
+    assert!(written.contains(server.cert_pem().trim()));
+}
+
+fn mosquitto(bin: &str) -> std::path::PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = std::path::Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} not found: install mosquitto-clients (.ci/run does)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_as_independent_peers() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let dir = env.dir.path();
+    std::fs::write(dir.join("server-ca.pem"), &env.server_ca).unwrap();
+    for cn in ["mq-sub", "mq-pub", "rs-sub"] {
+        let d = device(cn, &ca);
+        std::fs::write(dir.join(format!("{cn}.crt")), d.cert_pem() + &ca.cert_pem()).unwrap();
+        std::fs::write(dir.join(format!("{cn}.key")), d.key_pem()).unwrap();
+    }
+    let port = env.mqtt_port().to_string();
+    let tls_args = |cn: &str| {
+        vec![
+            "-h".to_string(),
+            "localhost".into(),
+            "-p".into(),
+            port.clone(),
+            "--cafile".into(),
+            dir.join("server-ca.pem").display().to_string(),
+            "--cert".into(),
+            dir.join(format!("{cn}.crt")).display().to_string(),
+            "--key".into(),
+            dir.join(format!("{cn}.key")).display().to_string(),
+            "-i".into(),
+            cn.to_string(),
+        ]
+    };
+
+    for version in ["mqttv311", "mqttv5"] {
+        // mosquitto_sub receives what mosquitto_pub publishes.
+        let sub = tokio::process::Command::new(mosquitto("mosquitto_sub"))
+            .args(tls_args("mq-sub"))
+            .args(["-V", version, "-t", "fleet/#", "-C", "1", "-W", "10", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let status = tokio::process::Command::new(mosquitto("mosquitto_pub"))
+            .args(tls_args("mq-pub"))
+            .args(["-V", version, "-t", "fleet/temp", "-m", "21.5", "-q", "1"])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "mosquitto_pub -V {version}");
+        let out = tokio::time::timeout(Duration::from_secs(15), sub.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mosquitto_sub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "fleet/temp 21.5",
+            "{version}"
+        );
+    }
+
+    // A rumqttc subscriber sees mosquitto_pub's message too, and a ClientId that is not
+    // the CN is refused to mosquitto_pub as well.
+    let rs = device("rs-sub", &ca);
+    let (c, mut el) = connect_v4(v4_options(
+        "rs-sub",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &rs, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    c.subscribe("fleet/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut el).await;
+    let mut args = tls_args("mq-pub");
+    let last = args.len() - 1;
+    args[last] = "not-my-cn".into();
+    let out = tokio::process::Command::new(mosquitto("mosquitto_pub"))
+        .args(&args)
+        .args(["-V", "mqttv311", "-t", "fleet/x", "-m", "nope"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "wrong ClientId must be refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("not authori"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = tokio::process::Command::new(mosquitto("mosquitto_pub"))
+        .args(tls_args("mq-pub"))
+        .args(["-V", "mqttv5", "-t", "fleet/hum", "-m", "40", "-q", "1"])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let (topic, payload, _) = next_publish(&mut el, Duration::from_secs(5))
+        .await
+        .expect("message");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("fleet/hum", &b"40"[..])
+    );
+}
