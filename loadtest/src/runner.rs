@@ -524,10 +524,14 @@ async fn revoke(
     }
     let still = u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0);
     let reconnect_succeeded = stats.reconnect_succeeded.load(Relaxed);
-    let all_closed_after_ms = (still == 0 && reconnect_succeeded == 0).then(|| {
-        let last = stats.last_close_ns.load(Relaxed).max(t0_ns);
-        ((last - t0_ns) as f64 / 1e6 * 1000.0).round() / 1000.0
-    });
+    if sessions_at_disable == 0 {
+        stats.error("revoke: no device session was open when the CA was disabled");
+    }
+    let all_closed_after_ms = (sessions_at_disable > 0 && still == 0 && reconnect_succeeded == 0)
+        .then(|| {
+            let last = stats.last_close_ns.load(Relaxed).max(t0_ns);
+            ((last - t0_ns) as f64 / 1e6 * 1000.0).round() / 1000.0
+        });
     if reconnect_succeeded > 0 {
         stats.error("revoke: a reconnect succeeded after the CA was disabled");
     }

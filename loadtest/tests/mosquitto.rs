@@ -100,6 +100,11 @@ impl Drop for Mosquitto {
 
 impl Mosquitto {
     fn start(pki: &Pki) -> Mosquitto {
+        Mosquitto::start_with(pki, false)
+    }
+
+    /// `debug`: also log every packet (`log_type debug`).
+    fn start_with(pki: &Pki, debug: bool) -> Mosquitto {
         let bin = mosquitto_binary();
         let port = free_port();
         let conf = pki.path("mosquitto.conf");
@@ -113,6 +118,8 @@ impl Mosquitto {
              log_dest file {log}\n\
              log_type error\n\
              log_type warning\n\
+             log_type notice\n\
+             {debug}
              listener {port} 127.0.0.1\n\
              cafile {ca}\n\
              certfile {cert}\n\
@@ -124,6 +131,7 @@ impl Mosquitto {
             ca = pki.path("device-ca.pem").display(),
             cert = pki.path("server.crt").display(),
             key = pki.path("server.key").display(),
+            debug = if debug { "log_type debug\n" } else { "" },
         );
         std::fs::write(&conf, config).expect("write config");
         let mut child = Command::new(&bin)
@@ -240,6 +248,19 @@ async fn steady_fleet_qos1_against_mosquitto() {
     let rss = report.broker.rss_kib.as_ref().expect("rss");
     assert!(rss.before.is_some_and(|k| k > 0) && rss.after.is_some_and(|k| k > 0));
 
+    // Connections came from every configured source address (127.0.0.1-127.0.0.4).
+    let log = broker.log();
+    let sources: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split("New connection from ").nth(1))
+        .filter_map(|rest| rest.split(':').next())
+        .collect();
+    assert_eq!(
+        sources.into_iter().collect::<Vec<_>>(),
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        "mosquitto log:\n{log}"
+    );
+
     let json = serde_json::to_value(&report).expect("json");
     for key in REQUIRED_KEYS {
         assert!(json.pointer(key).is_some(), "report lacks {key}: {json}");
@@ -282,6 +303,37 @@ async fn storm_mqtt5_qos2_two_subscribers() {
     assert_eq!(report.messages.lost, 0, "{summary}");
     assert_eq!(report.messages.duplicated, 0, "{summary}");
     assert!(report.revoke.is_none());
+}
+
+/// Sessions that stay idle longer than the keep-alive must ping (mosquitto logs each
+/// PINGREQ at debug level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_kept_alive_with_pings() {
+    let pki = make_pki();
+    let broker = Mosquitto::start_with(&pki, true);
+    let config = Config {
+        devices: 3,
+        messages: 2,
+        qos: 1,
+        subscribers: 1,
+        keep_alive: Duration::from_secs(1),
+        publish_interval: Duration::from_millis(2600),
+        mqtt: MqttVersion::V5,
+        ..base_config(&pki, &broker)
+    };
+    let report = loadtest::run(config).await.expect("run");
+    let summary = report.summary_table();
+    let log = broker.log();
+    assert!(report.errors.is_empty(), "{summary}\n{log}");
+    assert_eq!(report.publish.acked, 6, "{summary}");
+    assert_eq!(report.messages.received, 6, "{summary}");
+    for client in ["dev-000000", "dev-000001", "dev-000002", "sub-"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Received PINGREQ from") && l.contains(client)),
+            "no PINGREQ from {client}:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
