@@ -198,6 +198,71 @@ impl CertInfo {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A readable multi-line description, in the spirit of `openssl x509 -text`.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut t = String::new();
+        let _ = writeln!(t, "Certificate:");
+        let _ = writeln!(t, "  Version:             {}", self.version);
+        let _ = writeln!(t, "  Serial number:       {}", colon_hex(&self.serial_hex));
+        let _ = writeln!(t, "  Signature algorithm: {}", self.signature_algorithm);
+        let _ = writeln!(t, "  Issuer:              {}", self.issuer);
+        let _ = writeln!(t, "  Validity:");
+        let _ = writeln!(t, "    Not before:        {}", self.not_before_rfc3339());
+        let _ = writeln!(t, "    Not after:         {}", self.not_after_rfc3339());
+        let _ = writeln!(t, "  Subject:             {}", self.subject);
+        let _ = writeln!(t, "  Public key:          {}", self.key);
+        let mut ext = Vec::new();
+        if self.is_ca || self.basic_constraints_critical || self.path_len.is_some() {
+            let mut v = format!("CA:{}", if self.is_ca { "TRUE" } else { "FALSE" });
+            if let Some(n) = self.path_len {
+                v.push_str(&format!(", pathlen:{n}"));
+            }
+            let name = if self.basic_constraints_critical {
+                "Basic constraints (critical)"
+            } else {
+                "Basic constraints"
+            };
+            ext.push((name, v));
+        }
+        if let Some(ku) = &self.key_usage {
+            ext.push(("Key usage", ku.join(", ")));
+        }
+        if let Some(eku) = &self.extended_key_usage {
+            ext.push(("Extended key usage", eku.join(", ")));
+        }
+        if let Some(ski) = &self.subject_key_id {
+            ext.push(("Subject key identifier", colon_hex(ski)));
+        }
+        if let Some(aki) = &self.authority_key_id {
+            ext.push(("Authority key identifier", colon_hex(aki)));
+        }
+        if !self.subject_alt_names.is_empty() {
+            ext.push((
+                "Subject alternative names",
+                self.subject_alt_names.join(", "),
+            ));
+        }
+        if !self.crl_distribution_points.is_empty() {
+            ext.push((
+                "CRL distribution points",
+                self.crl_distribution_points.join(", "),
+            ));
+        }
+        if ext.is_empty() {
+            let _ = writeln!(t, "  Extensions:          none");
+        } else {
+            let _ = writeln!(t, "  Extensions:");
+            for (name, value) in ext {
+                let _ = writeln!(t, "    {name}: {value}");
+            }
+        }
+        let _ = writeln!(t, "  Fingerprints:");
+        let _ = writeln!(t, "    SHA-1:   {}", colon_hex(&self.fingerprint_sha1));
+        let _ = writeln!(t, "    SHA-256: {}", colon_hex(&self.fingerprint_sha256));
+        t
+    }
+
     /// Validity times formatted as RFC 3339.
     pub fn not_before_rfc3339(&self) -> String {
         rfc3339(self.not_before)
@@ -348,6 +413,15 @@ pub fn signature_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
         "1.3.101.112" => "Ed25519".into(),
         other => other.to_string(),
     }
+}
+
+/// `0a1b2c` -> `0A:1B:2C`, as OpenSSL prints serials and key identifiers.
+pub fn colon_hex(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn strip_sign(serial: &[u8]) -> &[u8] {

@@ -48,3 +48,11 @@ pub fn key_matches_certificate(key: &PrivateKeyDer<'_>, cert_der: &[u8]) -> bool
     };
     public_key_spki(key).is_some_and(|spki| spki == cert.public_key().raw)
 }
+
+/// The algorithm (and size) of a private key, from its public half.
+pub fn key_algorithm(key: &PrivateKeyDer<'_>) -> Option<crate::info::KeyAlgorithm> {
+    use x509_parser::prelude::FromDer as _;
+    let spki = public_key_spki(key)?;
+    let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).ok()?;
+    Some(crate::info::key_algorithm(&parsed))
+}

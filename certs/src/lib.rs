@@ -10,12 +10,15 @@
 //! - [`revocation`]: CRL parsing, signature checks and `http://` fetching.
 //! - [`requirements`]: the server-certificate requirements report.
 //! - [`issue`]: generating CAs, devices, servers and CRLs with rcgen.
+//! - [`ca_dir`]: a CA kept in a directory (`ca.crt`, `ca.key`, `revoked.json`), as the
+//!   `certs` command manages it.
 //!
 //! Nothing here does I/O except [`revocation::CrlFetcher`], which fetches the URLs it is
-//! given.
+//! given, and [`ca_dir`], which reads and writes the CA directory it is given.
 
 #![forbid(unsafe_code)]
 
+pub mod ca_dir;
 mod der;
 pub mod info;
 pub mod issue;

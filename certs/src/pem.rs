@@ -214,34 +214,178 @@ pub fn read_private_key(
         return key_from_der(input, passphrase);
     }
     for block in parse_pem_blocks(input)? {
-        match block.label.as_str() {
-            "ENCRYPTED PRIVATE KEY" => {
-                let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
-                return decrypt_pkcs8(&block.contents, pw);
-            }
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
-                let der = if block
-                    .headers
-                    .iter()
-                    .any(|(k, v)| k == "Proc-Type" && v.contains("ENCRYPTED"))
-                {
-                    let pw = passphrase.ok_or(ReadError::PassphraseRequired)?;
-                    let plain = decrypt_legacy(&block, pw)?;
-                    check_legacy_plaintext(&block.label, &plain)?;
-                    plain
-                } else {
-                    block.contents
-                };
-                return Ok(match block.label.as_str() {
-                    "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der).into(),
-                    "EC PRIVATE KEY" => PrivateSec1KeyDer::from(der).into(),
-                    _ => PrivatePkcs8KeyDer::from(der).into(),
-                });
-            }
-            _ => continue,
+        if let Some(key) = key_from_block(block, passphrase) {
+            return key;
         }
     }
     Err(ReadError::NoPrivateKey)
+}
+
+/// The private key in a PEM block, or `None` when the block is not a key.
+fn key_from_block(
+    block: PemBlock,
+    passphrase: Option<&str>,
+) -> Option<Result<PrivateKeyDer<'static>, ReadError>> {
+    let result = match block.label.as_str() {
+        "ENCRYPTED PRIVATE KEY" => passphrase
+            .ok_or(ReadError::PassphraseRequired)
+            .and_then(|pw| decrypt_pkcs8(&block.contents, pw)),
+        "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
+            let encrypted = block
+                .headers
+                .iter()
+                .any(|(k, v)| k == "Proc-Type" && v.contains("ENCRYPTED"));
+            let der = if encrypted {
+                passphrase
+                    .ok_or(ReadError::PassphraseRequired)
+                    .and_then(|pw| decrypt_legacy(&block, pw))
+                    .and_then(|plain| check_legacy_plaintext(&block.label, &plain).map(|_| plain))
+            } else {
+                Ok(block.contents)
+            };
+            der.map(|der| match block.label.as_str() {
+                "RSA PRIVATE KEY" => PrivatePkcs1KeyDer::from(der).into(),
+                "EC PRIVATE KEY" => PrivateSec1KeyDer::from(der).into(),
+                _ => PrivatePkcs8KeyDer::from(der).into(),
+            })
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+/// Everything found in one file: certificates, private keys and CRLs, in file order.
+pub struct Decoded {
+    /// Certificates.
+    pub certificates: Vec<CertificateDer<'static>>,
+    /// Private keys (decrypted).
+    pub keys: Vec<PrivateKeyDer<'static>>,
+    /// CRLs.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded")
+            .field("certificates", &self.certificates.len())
+            .field("keys", &self.keys.len())
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
+impl Decoded {
+    /// Number of objects found.
+    pub fn len(&self) -> usize {
+        self.certificates.len() + self.keys.len() + self.crls.len()
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// PEM of every object: keys first (in their own format, unencrypted), then
+    /// certificates, then CRLs.
+    pub fn to_pem(&self) -> String {
+        let mut out = String::new();
+        for k in &self.keys {
+            out.push_str(&to_pem(key_label(k), k.secret_der()));
+        }
+        for c in &self.certificates {
+            out.push_str(&to_pem("CERTIFICATE", c.as_ref()));
+        }
+        for c in &self.crls {
+            out.push_str(&to_pem("X509 CRL", c.as_ref()));
+        }
+        out
+    }
+
+    /// The DER of the only object, or `None` when there are several (DER holds one).
+    pub fn single_der(&self) -> Option<&[u8]> {
+        if self.len() != 1 {
+            return None;
+        }
+        self.keys
+            .first()
+            .map(|k| k.secret_der())
+            .or_else(|| self.certificates.first().map(|c| c.as_ref()))
+            .or_else(|| self.crls.first().map(|c| c.as_ref()))
+    }
+}
+
+/// Reads whatever `input` holds: PEM blocks (certificates, keys, CRLs; other text
+/// ignored), or DER (certificates, a CRL, a private key, or a PKCS#12 keystore, which
+/// needs `password`). Encrypted keys are decrypted with `password`.
+pub fn decode_any(input: &[u8], password: Option<&str>) -> Result<Decoded, ReadError> {
+    let mut d = Decoded {
+        certificates: Vec::new(),
+        keys: Vec::new(),
+        crls: Vec::new(),
+    };
+    if is_pem(input) {
+        for block in parse_pem_blocks(input)? {
+            match block.label.as_str() {
+                "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => {
+                    x509_parser::parse_x509_certificate(&block.contents)
+                        .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+                    d.certificates.push(CertificateDer::from(block.contents));
+                }
+                "X509 CRL" => {
+                    x509_parser::parse_x509_crl(&block.contents)
+                        .map_err(|e| ReadError::MalformedPem(format!("X509 CRL: {e}")))?;
+                    d.crls
+                        .push(CertificateRevocationListDer::from(block.contents));
+                }
+                _ => {
+                    if let Some(key) = key_from_block(block, password) {
+                        d.keys.push(key?);
+                    }
+                }
+            }
+        }
+        if d.is_empty() {
+            return Err(ReadError::MalformedPem(
+                "no certificate, private key or CRL block found".into(),
+            ));
+        }
+        return Ok(d);
+    }
+    if let Ok(certs) = read_certificates(input) {
+        d.certificates = certs;
+        return Ok(d);
+    }
+    if x509_parser::parse_x509_crl(input).is_ok_and(|(rest, _)| rest.is_empty()) {
+        d.crls
+            .push(CertificateRevocationListDer::from(input.to_vec()));
+        return Ok(d);
+    }
+    if looks_like_pkcs12(input) {
+        let pw = password.ok_or(ReadError::PassphraseRequired)?;
+        let p12 = read_pkcs12(input, pw)?;
+        d.keys.extend(p12.key);
+        d.certificates = p12.certificates;
+        return Ok(d);
+    }
+    match key_from_der(input, password) {
+        Ok(k) => {
+            d.keys.push(k);
+            Ok(d)
+        }
+        Err(ReadError::NoPrivateKey) => Err(ReadError::MalformedPem(
+            "the input is neither PEM nor a DER certificate, CRL, private key or PKCS#12 keystore"
+                .into(),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// A PFX is `SEQUENCE { INTEGER 3, ContentInfo, ... }`.
+pub fn looks_like_pkcs12(input: &[u8]) -> bool {
+    input.first() == Some(&0x30)
+        && crate::der::children(input)
+            .and_then(|c| c.first().map(|v| *v == [0x02, 0x01, 0x03]))
+            .unwrap_or(false)
 }
 
 fn key_from_der(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'static>, ReadError> {

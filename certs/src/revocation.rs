@@ -121,6 +121,37 @@ impl Crl {
         }
     }
 
+    /// A readable multi-line description, in the spirit of `openssl crl -text`.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut t = String::new();
+        let _ = writeln!(t, "Certificate Revocation List:");
+        let _ = writeln!(t, "  Issuer:      {}", self.issuer);
+        let _ = writeln!(
+            t,
+            "  This update: {}",
+            crate::info::rfc3339(self.this_update)
+        );
+        let next = self
+            .next_update
+            .map_or_else(|| "none".to_string(), crate::info::rfc3339);
+        let _ = writeln!(t, "  Next update: {next}");
+        if self.revoked.is_empty() {
+            let _ = writeln!(t, "  Revoked certificates: none");
+        } else {
+            let _ = writeln!(t, "  Revoked certificates:");
+            for r in &self.revoked {
+                let _ = writeln!(
+                    t,
+                    "    Serial {} revoked {}",
+                    crate::info::colon_hex(&r.serial_hex),
+                    crate::info::rfc3339(r.revocation_date)
+                );
+            }
+        }
+        t
+    }
+
     /// True when the serial (lowercase hex) is listed.
     pub fn is_revoked(&self, serial_hex: &str) -> bool {
         self.revoked.iter().any(|r| r.serial_hex == serial_hex)

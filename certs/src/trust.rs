@@ -267,6 +267,57 @@ impl TrustStoreBuilder {
         Ok(self)
     }
 
+    /// Adds a CRL issued by one of the tenant's CAs below an anchor (an intermediate).
+    /// `issuers` holds the CRL's issuer and any CAs between it and one of the tenant's
+    /// anchors (added before); each link is checked by signature. A CRL signed by an
+    /// anchor itself is accepted as [`TrustStoreBuilder::crl`] accepts it.
+    pub fn crl_from_intermediate(
+        &mut self,
+        tenant: &str,
+        crl: Crl,
+        issuers: &[CertificateDer<'_>],
+    ) -> Result<&mut Self, BuildError> {
+        let tenant_anchors: Vec<&[u8]> = self
+            .anchors
+            .iter()
+            .filter(|a| &*a.tenant == tenant)
+            .map(|a| a.der.as_ref())
+            .collect();
+        let reaches_anchor = |start: &[u8]| {
+            let mut current = start;
+            // Bounded walk: a chain is never longer than the largest tenant limit.
+            for _ in 0..=MAX_MAX_CHAIN_LENGTH {
+                if tenant_anchors
+                    .iter()
+                    .any(|a| *a == current || crate::signature::is_signed_by(current, a))
+                {
+                    return true;
+                }
+                match issuers.iter().find(|c| {
+                    c.as_ref() != current && crate::signature::is_signed_by(current, c.as_ref())
+                }) {
+                    Some(next) => current = next.as_ref(),
+                    None => return false,
+                }
+            }
+            false
+        };
+        let signed = tenant_anchors
+            .iter()
+            .any(|a| crl.verify_signed_by(a).is_ok())
+            || issuers.iter().any(|c| {
+                is_ca_cert(c.as_ref())
+                    && crl.verify_signed_by(c.as_ref()).is_ok()
+                    && reaches_anchor(c.as_ref())
+            });
+        if !signed {
+            return Err(BuildError::CrlNotFromTenantAnchor(tenant.to_string()));
+        }
+        let t = self.intern(tenant);
+        self.crls.push((t, crl));
+        Ok(self)
+    }
+
     fn intern(&mut self, tenant: &str) -> Arc<str> {
         if let Some((k, _)) = self.tenants.get_key_value(tenant) {
             return k.clone();
@@ -613,6 +664,10 @@ fn name_contents(raw: &[u8]) -> &[u8] {
             raw.get(hdr..)
         })
         .unwrap_or(raw)
+}
+
+fn is_ca_cert(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, x)| x.is_ca())
 }
 
 fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
