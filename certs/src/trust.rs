@@ -201,6 +201,11 @@ struct AnchorEntry {
     der: CertificateDer<'static>,
     anchor: TrustAnchor<'static>,
     not_after: i64,
+    /// BasicConstraints CA:true, and keyCertSign when KeyUsage is present: webpki takes
+    /// an anchor's word for it, so these are checked here.
+    can_sign_certs: bool,
+    /// The anchor's pathLenConstraint (webpki does not enforce it for anchors).
+    path_len: Option<u32>,
 }
 
 /// Builds a [`TrustStore`].
@@ -238,6 +243,17 @@ impl TrustStoreBuilder {
         let (_, x) = X509Certificate::from_der(der.as_ref())
             .map_err(|e| BuildError::BadAnchor(e.to_string()))?;
         let not_after = x.validity().not_after.timestamp();
+        let key_cert_sign = x
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_none_or(|ku| ku.value.key_cert_sign());
+        let path_len = x
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint);
+        let can_sign_certs = x.is_ca() && key_cert_sign;
         let tenant = self.intern(&spec.tenant);
         self.anchors.push(AnchorEntry {
             tenant,
@@ -247,6 +263,8 @@ impl TrustStoreBuilder {
             der,
             anchor,
             not_after,
+            can_sign_certs,
+            path_len,
         });
         Ok(self)
     }
@@ -542,6 +560,16 @@ impl TrustStore {
         path_serials: Vec<(Vec<u8>, String)>,
         now: UnixTime,
     ) -> Result<DeviceIdentity, VerifyError> {
+        if !entry.can_sign_certs {
+            return Err(VerifyError::IssuerNotCa);
+        }
+        // Intermediates between the device and the anchor: chain_length - 2.
+        if entry
+            .path_len
+            .is_some_and(|n| chain_length.saturating_sub(2) > n as usize)
+        {
+            return Err(VerifyError::PathLenExceeded);
+        }
         let policy = self.tenants.get(&entry.tenant);
         let max = policy.map_or(DEFAULT_MAX_CHAIN_LENGTH, |p| p.max_chain_length);
         if chain_length > max as usize {
@@ -615,6 +643,9 @@ impl TrustStore {
             .ok_or(VerifyError::AnchorRemoved)?;
         if entry.status == AnchorStatus::Disabled {
             return Err(VerifyError::AnchorDisabled);
+        }
+        if (now.as_secs() as i64) > entry.not_after {
+            return Err(VerifyError::AnchorExpired);
         }
         if (now.as_secs() as i64) > id.not_after {
             return Err(VerifyError::Expired);
@@ -709,5 +740,45 @@ fn map_webpki(e: webpki::Error) -> VerifyError {
         },
         E::CertRevoked => VerifyError::Revoked,
         other => VerifyError::Invalid(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::{self, CaOptions, KeyType, Subject, Validity};
+
+    /// webpki's `TrustAnchor::subject` is the Name's contents without the SEQUENCE
+    /// header; the index must use the same bytes, for short and long (multi-byte
+    /// length) names alike.
+    #[test]
+    fn name_contents_matches_webpki_anchor_subject() {
+        for subject in [
+            Subject::cn("CA"),
+            Subject {
+                cn: "A Common Name long enough to need a two byte DER length".into(),
+                o: Some("An Organization With A Rather Long Registered Name GmbH".into()),
+                ou: Some("Devices, Gateways and Other Things".into()),
+                c: Some("DE".into()),
+            },
+        ] {
+            let ca = issue::ca(
+                &subject,
+                Validity::days(1),
+                KeyType::P256,
+                &CaOptions::default(),
+                None,
+            )
+            .expect("ca");
+            let anchor = webpki::anchor_from_trusted_cert(&ca.cert_der).expect("anchor");
+            let (_, x) = X509Certificate::from_der(ca.cert_der.as_ref()).expect("parse");
+            let raw = x.subject().as_raw();
+            assert_eq!(raw.first(), Some(&0x30), "as_raw includes the header");
+            assert_eq!(name_contents(raw), anchor.subject.as_ref());
+            let header = raw.len() - name_contents(raw).len();
+            // The long name really takes the multi-byte length form (0x81 nn).
+            assert_eq!(header, if subject.o.is_some() { 3 } else { 2 });
+        }
+        assert!(name_contents(&[0x30, 0x00]).is_empty());
     }
 }

@@ -1,0 +1,530 @@
+//! `TrustStore::verify_device`: every `VerifyError` variant from generated chains, the
+//! tenant mapping of same-DN anchors, and `recheck` against newer snapshots.
+
+mod common;
+
+use std::collections::HashSet;
+
+use certs::issue::{self, CaOptions, Issued, KeyType, Revocation, Subject};
+use certs::revocation::Crl;
+use certs::trust::{BuildError, TenantPolicy};
+use certs::{AnchorSpec, AnchorStatus, CertificateDer, TrustStore, UnixTime, VerifyError};
+use common::*;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+fn spec(tenant: &str, ca: &Issued, status: AnchorStatus) -> AnchorSpec {
+    AnchorSpec {
+        tenant: tenant.to_string(),
+        status,
+        auto_registration: true,
+        cert_der: ca.cert_der.as_ref().to_vec(),
+    }
+}
+
+/// A store with one enabled anchor for tenant `t` and the given policy.
+fn store(ca: &Issued, policy: TenantPolicy) -> TrustStore {
+    let mut b = TrustStore::builder();
+    b.tenant("t", policy);
+    b.anchor(spec("t", ca, AnchorStatus::Enabled))
+        .expect("anchor");
+    b.build()
+}
+
+fn verify(store: &TrustStore, chain: &[&Issued]) -> Result<certs::DeviceIdentity, VerifyError> {
+    let chain: Vec<CertificateDer<'static>> = chain.iter().map(|i| der(i)).collect();
+    store.verify_device(&chain, UnixTime::now())
+}
+
+fn max_chain(n: u8) -> TenantPolicy {
+    TenantPolicy {
+        max_chain_length: n,
+        ..TenantPolicy::default()
+    }
+}
+
+fn serial(i: &Issued) -> String {
+    certs::CertInfo::parse(i.cert_der.as_ref())
+        .expect("info")
+        .serial_hex
+}
+
+/// A device certificate built directly with rcgen, for shapes `issue::device` does not
+/// make (no AKI, no CN, other EKU).
+fn custom_device(ca: &Issued, edit: impl FnOnce(&mut CertificateParams)) -> Issued {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "custom-device");
+    p.distinguished_name = dn;
+    let v = window(-1, 30);
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    edit(&mut p);
+    let key = KeyPair::generate().expect("key");
+    let cert = p
+        .signed_by(&key, &ca.issuer().expect("issuer"))
+        .expect("sign");
+    Issued {
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der().into(),
+    }
+}
+
+#[test]
+fn leaf_only_and_leaf_with_ca_both_verify() {
+    let ca = root("Tenant CA");
+    let dev = device("dev-1", &ca);
+    let s = store(&ca, TenantPolicy::default());
+    let a = verify(&s, &[&dev]).expect("leaf only");
+    let b = verify(&s, &[&dev, &ca]).expect("leaf + CA");
+    assert_eq!(&*a.tenant, "t");
+    assert_eq!(a.common_name, "dev-1");
+    assert_eq!(a.chain_length, 2);
+    assert!(a.auto_registration);
+    assert_eq!(
+        a.anchor_fingerprint,
+        certs::info::fingerprint_sha1(ca.cert_der.as_ref())
+    );
+    assert_eq!(a.serial_hex, serial(&dev));
+    assert_eq!(a, b);
+    assert!(s.has_candidate_issuer(&[der(&dev)]));
+}
+
+#[test]
+fn no_certificate_and_malformed() {
+    let ca = root("Tenant CA");
+    let s = store(&ca, TenantPolicy::default());
+    assert_eq!(
+        s.verify_device(&[], UnixTime::now()),
+        Err(VerifyError::NoCertificate)
+    );
+    let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+    assert!(matches!(
+        s.verify_device(&[garbage], UnixTime::now()),
+        Err(VerifyError::Malformed(_))
+    ));
+}
+
+#[test]
+fn unknown_issuer() {
+    let ca = root("Tenant CA");
+    let other = root("Other CA");
+    let dev = device("dev-1", &other);
+    let s = store(&ca, TenantPolicy::default());
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::UnknownIssuer));
+    // Sending the unknown CA along does not help.
+    assert_eq!(verify(&s, &[&dev, &other]), Err(VerifyError::UnknownIssuer));
+    assert!(!s.has_candidate_issuer(&[der(&dev), der(&other)]));
+}
+
+#[test]
+fn expired_and_not_yet_valid_devices() {
+    let ca = root("Tenant CA");
+    let issuer = ca.issuer().expect("issuer");
+    let old = issue::device("old", window(-30, -1), KeyType::P256, &issuer, &[]).expect("dev");
+    let early = issue::device("early", window(1, 30), KeyType::P256, &issuer, &[]).expect("dev");
+    let s = store(&ca, TenantPolicy::default());
+    assert_eq!(verify(&s, &[&old]), Err(VerifyError::Expired));
+    assert_eq!(verify(&s, &[&early]), Err(VerifyError::NotYetValid));
+}
+
+#[test]
+fn bad_signature_same_dn_other_key() {
+    let ca = root("Tenant CA");
+    let impostor = root("Tenant CA");
+    let dev = device("dev-1", &impostor);
+    let s = store(&ca, TenantPolicy::default());
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::BadSignature));
+    let no_aki = custom_device(&impostor, |p| {
+        p.use_authority_key_identifier_extension = false
+    });
+    assert_eq!(verify(&s, &[&no_aki]), Err(VerifyError::BadSignature));
+}
+
+#[test]
+fn chain_length_limit() {
+    let r = root("Root");
+    let i = intermediate("Issuing", &r, None);
+    let dev = device("dev-1", &i);
+    let default = store(&r, TenantPolicy::default());
+    assert_eq!(
+        verify(&default, &[&dev, &i]),
+        Err(VerifyError::ChainTooLong { length: 3, max: 2 })
+    );
+    let three = store(&r, max_chain(3));
+    let id = verify(&three, &[&dev, &i]).expect("3 allowed");
+    assert_eq!(id.chain_length, 3);
+    let id = verify(&three, &[&dev, &i, &r]).expect("with root");
+    assert_eq!(id.chain_length, 3);
+    // The intermediate is not sent: no path.
+    assert_eq!(verify(&three, &[&dev]), Err(VerifyError::UnknownIssuer));
+    // More certificates than any tenant may allow are refused before any work.
+    let many: Vec<&Issued> = std::iter::once(&dev)
+        .chain(std::iter::repeat_n(&i, 11))
+        .collect();
+    assert_eq!(
+        verify(&three, &many),
+        Err(VerifyError::ChainTooLong {
+            length: 12,
+            max: 10
+        })
+    );
+}
+
+#[test]
+fn path_len_constraint_of_anchor_and_of_intermediate() {
+    // The anchor says pathlen:0 but an intermediate follows it.
+    let r = root_with(
+        "Root pathlen 0",
+        &CaOptions {
+            path_len: Some(0),
+            ..CaOptions::default()
+        },
+    );
+    let i = intermediate("Issuing", &r, None);
+    let dev = device("dev-1", &i);
+    assert_eq!(
+        verify(&store(&r, max_chain(3)), &[&dev, &i]),
+        Err(VerifyError::PathLenExceeded)
+    );
+    // pathlen:1 allows exactly that.
+    let r1 = root_with(
+        "Root pathlen 1",
+        &CaOptions {
+            path_len: Some(1),
+            ..CaOptions::default()
+        },
+    );
+    let i1 = intermediate("Issuing", &r1, None);
+    let dev1 = device("dev-1", &i1);
+    assert!(verify(&store(&r1, max_chain(3)), &[&dev1, &i1]).is_ok());
+    // An intermediate with pathlen:0 followed by another intermediate.
+    let r2 = root("Root");
+    let i2 = intermediate("Issuing pathlen 0", &r2, Some(0));
+    let sub = intermediate("Sub", &i2, None);
+    let dev2 = device("dev-2", &sub);
+    assert_eq!(
+        verify(&store(&r2, max_chain(4)), &[&dev2, &sub, &i2]),
+        Err(VerifyError::PathLenExceeded)
+    );
+}
+
+#[test]
+fn issuer_not_a_ca() {
+    let r = root("Root");
+    let not_ca = issue::ca(
+        &Subject::cn("Not a CA"),
+        window(-1, 30),
+        KeyType::P256,
+        &CaOptions {
+            is_ca: false,
+            ..CaOptions::default()
+        },
+        Some(&r.issuer().expect("issuer")),
+    )
+    .expect("cert");
+    let dev = device("dev-1", &not_ca);
+    assert_eq!(
+        verify(&store(&r, max_chain(3)), &[&dev, &not_ca]),
+        Err(VerifyError::IssuerNotCa)
+    );
+    // The same certificate uploaded as the anchor itself: webpki trusts any anchor, the
+    // store does not.
+    assert_eq!(
+        verify(&store(&not_ca, TenantPolicy::default()), &[&dev]),
+        Err(VerifyError::IssuerNotCa)
+    );
+}
+
+#[test]
+fn device_that_is_a_ca() {
+    let r = root("Root");
+    let i = intermediate("Sub CA", &r, None);
+    assert_eq!(
+        verify(&store(&r, TenantPolicy::default()), &[&i]),
+        Err(VerifyError::DeviceIsCa)
+    );
+}
+
+#[test]
+fn device_without_client_auth() {
+    let r = root("Root");
+    let server_only = custom_device(&r, |p| {
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+    });
+    assert_eq!(
+        verify(&store(&r, TenantPolicy::default()), &[&server_only]),
+        Err(VerifyError::NotForClientAuth)
+    );
+}
+
+#[test]
+fn disabled_and_expired_anchors() {
+    let ca = root("Tenant CA");
+    let dev = device("dev-1", &ca);
+    let mut b = TrustStore::builder();
+    b.anchor(spec("t", &ca, AnchorStatus::Disabled))
+        .expect("anchor");
+    assert_eq!(
+        verify(&b.build(), &[&dev]),
+        Err(VerifyError::AnchorDisabled)
+    );
+
+    let old = issue::ca(
+        &Subject::cn("Old CA"),
+        window(-365, -1),
+        KeyType::P256,
+        &CaOptions::default(),
+        None,
+    )
+    .expect("ca");
+    let dev = device("dev-2", &old);
+    assert_eq!(
+        verify(&store(&old, TenantPolicy::default()), &[&dev]),
+        Err(VerifyError::AnchorExpired)
+    );
+}
+
+#[test]
+fn revoked_by_manual_serial_list() {
+    let ca = root("Tenant CA");
+    let dev = device("dev-1", &ca);
+    let other = device("dev-2", &ca);
+    let policy = TenantPolicy {
+        revoked_serials: HashSet::from([serial(&dev)]),
+        ..TenantPolicy::default()
+    };
+    let s = store(&ca, policy.clone());
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::Revoked));
+    assert!(verify(&s, &[&other]).is_ok());
+    // Revocation enforcement off: the list is ignored.
+    let off = store(
+        &ca,
+        TenantPolicy {
+            crl_enabled: false,
+            ..policy
+        },
+    );
+    assert!(verify(&off, &[&dev]).is_ok());
+}
+
+fn crl_of(ca: &Issued, revoked: &[&Issued]) -> Crl {
+    let list: Vec<Revocation> = revoked
+        .iter()
+        .map(|i| Revocation {
+            serial_hex: serial(i),
+            revoked_at: time::OffsetDateTime::now_utc(),
+        })
+        .collect();
+    let der = issue::crl(&ca.issuer().expect("issuer"), &list, 1, 7).expect("crl");
+    Crl::parse(&der).expect("parse")
+}
+
+#[test]
+fn revoked_by_crl() {
+    let ca = root("Tenant CA");
+    let dev = device("dev-1", &ca);
+    let other = device("dev-2", &ca);
+    let mut b = TrustStore::builder();
+    b.anchor(spec("t", &ca, AnchorStatus::Enabled))
+        .expect("anchor");
+    b.crl("t", crl_of(&ca, &[&dev])).expect("crl");
+    // A CRL signed by someone else is refused.
+    let stranger = root("Tenant CA");
+    assert_eq!(
+        b.crl("t", crl_of(&stranger, &[&other])).err(),
+        Some(BuildError::CrlNotFromTenantAnchor("t".into()))
+    );
+    let s = b.build();
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::Revoked));
+    assert!(verify(&s, &[&other]).is_ok());
+}
+
+#[test]
+fn revoked_intermediate_and_crl_from_an_intermediate() {
+    let r = root("Root");
+    let i = intermediate("Issuing", &r, None);
+    let dev = device("dev-1", &i);
+    let other = device("dev-2", &i);
+
+    // The root revokes the intermediate: every device below it is refused.
+    let mut b = TrustStore::builder();
+    b.tenant("t", max_chain(3));
+    b.anchor(spec("t", &r, AnchorStatus::Enabled))
+        .expect("anchor");
+    b.crl("t", crl_of(&r, &[&i])).expect("crl");
+    assert_eq!(verify(&b.build(), &[&dev, &i]), Err(VerifyError::Revoked));
+
+    // The intermediate revokes one device.
+    let mut b = TrustStore::builder();
+    b.tenant("t", max_chain(3));
+    b.anchor(spec("t", &r, AnchorStatus::Enabled))
+        .expect("anchor");
+    let crl = crl_of(&i, &[&dev]);
+    assert_eq!(
+        b.crl("t", crl.clone()).err(),
+        Some(BuildError::CrlNotFromTenantAnchor("t".into()))
+    );
+    b.crl_from_intermediate("t", crl, &[der(&i)])
+        .expect("intermediate CRL");
+    let s = b.build();
+    assert_eq!(verify(&s, &[&dev, &i]), Err(VerifyError::Revoked));
+    assert!(verify(&s, &[&other, &i]).is_ok());
+
+    // An intermediate that does not chain to the tenant's anchors cannot add CRLs.
+    let foreign_root = root("Root");
+    let foreign = intermediate("Issuing", &foreign_root, None);
+    let mut b = TrustStore::builder();
+    b.anchor(spec("t", &r, AnchorStatus::Enabled))
+        .expect("anchor");
+    assert_eq!(
+        b.crl_from_intermediate("t", crl_of(&foreign, &[]), &[der(&foreign)])
+            .err(),
+        Some(BuildError::CrlNotFromTenantAnchor("t".into()))
+    );
+}
+
+#[test]
+fn common_name_rules() {
+    let ca = root("Tenant CA");
+    let s = store(&ca, TenantPolicy::default());
+    let no_cn = custom_device(&ca, |p| {
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::DnsName("device.example".try_into().expect("dns"))];
+    });
+    assert_eq!(verify(&s, &[&no_cn]), Err(VerifyError::NoCommonName));
+    let empty_cn = custom_device(&ca, |p| {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "");
+        p.distinguished_name = dn;
+    });
+    assert_eq!(verify(&s, &[&empty_cn]), Err(VerifyError::NoCommonName));
+    for c in ['+', '#', '/', '$'] {
+        let dev = device(&format!("dev{c}1"), &ca);
+        assert_eq!(
+            verify(&s, &[&dev]),
+            Err(VerifyError::ForbiddenCnCharacter(c)),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn two_tenants_same_dn_different_keys() {
+    let ca_a = root("Shared Name CA");
+    let ca_b = root("Shared Name CA");
+    let dev_a = device("dev-a", &ca_a);
+    let dev_b = device("dev-b", &ca_b);
+    let bare_a = custom_device(&ca_a, |p| p.use_authority_key_identifier_extension = false);
+    let bare_b = custom_device(&ca_b, |p| p.use_authority_key_identifier_extension = false);
+    for order in [[("a", &ca_a), ("b", &ca_b)], [("b", &ca_b), ("a", &ca_a)]] {
+        let mut b = TrustStore::builder();
+        for (tenant, ca) in order {
+            b.anchor(spec(tenant, ca, AnchorStatus::Enabled))
+                .expect("anchor");
+        }
+        let s = b.build();
+        for (dev, tenant, chain_with_ca) in [
+            (&dev_a, "a", &ca_a),
+            (&dev_b, "b", &ca_b),
+            (&bare_a, "a", &ca_a),
+            (&bare_b, "b", &ca_b),
+        ] {
+            assert_eq!(&*verify(&s, &[dev]).expect("leaf").tenant, tenant);
+            assert_eq!(
+                &*verify(&s, &[dev, chain_with_ca]).expect("with CA").tenant,
+                tenant
+            );
+        }
+    }
+    // Disabling tenant a's anchor does not let its devices fall through to b.
+    let mut b = TrustStore::builder();
+    b.anchor(spec("a", &ca_a, AnchorStatus::Disabled))
+        .expect("anchor");
+    b.anchor(spec("b", &ca_b, AnchorStatus::Enabled))
+        .expect("anchor");
+    let s = b.build();
+    assert_eq!(verify(&s, &[&bare_a]), Err(VerifyError::AnchorDisabled));
+    assert_eq!(&*verify(&s, &[&bare_b]).expect("b").tenant, "b");
+}
+
+#[test]
+fn recheck_against_newer_snapshots() {
+    let ca = root("Tenant CA");
+    let keep = root("Other CA");
+    let dev = device("dev-1", &ca);
+    let s1 = store(&ca, TenantPolicy::default());
+    let id = verify(&s1, &[&dev]).expect("valid");
+    assert_eq!(s1.recheck(&id, UnixTime::now()), Ok(()));
+
+    let mut b = TrustStore::builder();
+    b.anchor(spec("t", &ca, AnchorStatus::Disabled))
+        .expect("anchor");
+    assert_eq!(
+        b.build().recheck(&id, UnixTime::now()),
+        Err(VerifyError::AnchorDisabled)
+    );
+
+    let removed = store(&keep, TenantPolicy::default());
+    assert_eq!(
+        removed.recheck(&id, UnixTime::now()),
+        Err(VerifyError::AnchorRemoved)
+    );
+
+    // The same certificate now belongs to another tenant: not this session's anchor.
+    let mut b = TrustStore::builder();
+    b.anchor(spec("other", &ca, AnchorStatus::Enabled))
+        .expect("anchor");
+    assert_eq!(
+        b.build().recheck(&id, UnixTime::now()),
+        Err(VerifyError::AnchorRemoved)
+    );
+
+    let revoked = store(
+        &ca,
+        TenantPolicy {
+            revoked_serials: HashSet::from([id.serial_hex.clone()]),
+            ..TenantPolicy::default()
+        },
+    );
+    assert_eq!(
+        revoked.recheck(&id, UnixTime::now()),
+        Err(VerifyError::Revoked)
+    );
+
+    let later =
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs((id.not_after + 1) as u64));
+    assert_eq!(s1.recheck(&id, later), Err(VerifyError::Expired));
+}
+
+#[test]
+fn labels_are_distinct() {
+    let all = [
+        VerifyError::NoCertificate,
+        VerifyError::Malformed(String::new()),
+        VerifyError::UnknownIssuer,
+        VerifyError::BadSignature,
+        VerifyError::Expired,
+        VerifyError::NotYetValid,
+        VerifyError::AnchorExpired,
+        VerifyError::ChainTooLong { length: 3, max: 2 },
+        VerifyError::PathLenExceeded,
+        VerifyError::IssuerNotCa,
+        VerifyError::DeviceIsCa,
+        VerifyError::NotForClientAuth,
+        VerifyError::AnchorDisabled,
+        VerifyError::AnchorRemoved,
+        VerifyError::Revoked,
+        VerifyError::NoCommonName,
+        VerifyError::ForbiddenCnCharacter('#'),
+        VerifyError::Invalid(String::new()),
+    ];
+    let labels: HashSet<&str> = all.iter().map(VerifyError::label).collect();
+    assert_eq!(labels.len(), all.len());
+}
