@@ -553,7 +553,7 @@ fn spawn_progress(ctx: Arc<Ctx>, devices: usize) -> tokio::task::JoinHandle<()> 
         let bar = indicatif::ProgressBar::new(devices as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+                "{elapsed_precise} [{bar:20}] {pos}/{len} {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -575,7 +575,7 @@ fn spawn_progress(ctx: Arc<Ctx>, devices: usize) -> tokio::task::JoinHandle<()> 
                 .sum();
             bar.set_position(done);
             bar.set_message(format!(
-                "connected {} | {:.0}/s | errors {} | sent {} | received {}",
+                "open {} | {:.0}/s | err {} | pub {} | recv {}",
                 s.connected.load(Relaxed),
                 rate,
                 errors,
