@@ -1,0 +1,1022 @@
+//! The `certs` binary end to end, with `openssl` as the independent judge of what it
+//! writes: CAs, chains, CRLs and PKCS#12 keystores, and agreement between
+//! `openssl verify` and `certs verify` on valid and invalid chains.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{openssl, openssl_ok, read, write};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn certs(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_certs"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run certs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn certs_ok(dir: &Path, args: &[&str]) -> String {
+    let r = certs(dir, args);
+    assert_eq!(
+        r.code, 0,
+        "certs {args:?}\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    r.stdout
+}
+
+/// A failed run: the exit code, and stderr as exactly one line naming the problem.
+fn certs_err(dir: &Path, args: &[&str]) -> (i32, String) {
+    let r = certs(dir, args);
+    assert_ne!(
+        r.code, 0,
+        "certs {args:?} should fail\nstdout: {}",
+        r.stdout
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", r.stderr);
+    assert!(lines[0].starts_with("certs: "), "{}", lines[0]);
+    (r.code, lines[0].to_string())
+}
+
+fn pem_certs(dir: &Path, file: &str) -> Vec<Vec<u8>> {
+    certs::pem::read_certificates(&read(dir, file))
+        .expect("certificates")
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
+/// root (pathlen 1) -> inter -> dev-1, dev-2; root -> direct.
+fn pki(p: &Path) {
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Root CA",
+            "--o",
+            "Acme",
+            "--c",
+            "DE",
+            "--pathlen",
+            "1",
+            "--out",
+            "root",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Issuing CA",
+            "--parent-dir",
+            "root",
+            "--pathlen",
+            "0",
+            "--days",
+            "1000",
+            "--out",
+            "inter",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "issue", "--ca-dir", "inter", "--cn", "dev-1", "--out", "devs",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "issue", "--ca-dir", "inter", "--cn", "dev-2", "--out", "devs",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "issue", "--ca-dir", "root", "--cn", "direct", "--days", "30", "--out", "devs",
+        ],
+    );
+}
+
+#[test]
+fn ca_issue_and_chain_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    for f in [
+        "root/ca.crt",
+        "root/ca.key",
+        "inter/ca.crt",
+        "inter/ca.key",
+        "inter/ca-chain.pem",
+        "devs/dev-1.crt",
+        "devs/dev-1.key",
+        "devs/dev-1-chain.pem",
+    ] {
+        assert!(p.join(f).exists(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for f in ["root/ca.key", "inter/ca.key", "devs/dev-1.key"] {
+            let mode = std::fs::metadata(p.join(f))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+    let root = pem_certs(p, "root/ca.crt");
+    let inter = pem_certs(p, "inter/ca.crt");
+    let dev = pem_certs(p, "devs/dev-1.crt");
+    assert_eq!(
+        pem_certs(p, "inter/ca-chain.pem"),
+        [inter[0].clone(), root[0].clone()]
+    );
+    assert_eq!(
+        pem_certs(p, "devs/dev-1-chain.pem"),
+        [dev[0].clone(), inter[0].clone(), root[0].clone()]
+    );
+    // openssl reads what was written: subject, issuer and CA flags.
+    let text = openssl_ok(p, &["x509", "-in", "inter/ca.crt", "-noout", "-text"]);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(
+        text.contains("Issuer: C = DE, O = Acme, CN = Root CA"),
+        "{text}"
+    );
+    let text = openssl_ok(p, &["x509", "-in", "devs/dev-1.crt", "-noout", "-text"]);
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    // A key that belongs to its certificate, per openssl.
+    let a = openssl_ok(p, &["x509", "-in", "devs/dev-1.crt", "-noout", "-pubkey"]);
+    let b = openssl_ok(p, &["pkey", "-in", "devs/dev-1.key", "-pubout"]);
+    assert_eq!(a, b);
+    // An existing CA is not overwritten by accident.
+    let (code, line) = certs_err(p, &["ca", "create", "--cn", "Again", "--out", "root"]);
+    assert_eq!(code, 2);
+    assert!(line.contains("already exists"), "{line}");
+}
+
+/// `openssl verify` and `certs verify` on the same files; returns both verdicts.
+fn judge(p: &Path, openssl_args: &[&str], certs_args: &[&str]) -> (bool, bool, String) {
+    let mut o = vec!["verify", "-x509_strict"];
+    o.extend_from_slice(openssl_args);
+    let (ossl, _) = openssl(p, &o);
+    let mut c = vec!["verify"];
+    c.extend_from_slice(certs_args);
+    let r = certs(p, &c);
+    assert!(
+        r.code == 0 || r.code == 1,
+        "certs verify error: {}",
+        r.stderr
+    );
+    (ossl, r.code == 0, r.stderr)
+}
+
+#[test]
+fn certs_verify_agrees_with_openssl_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    certs_ok(p, &["ca", "create", "--cn", "Other Root", "--out", "other"]);
+    let in_two_years = (certs::now_unix() + 2 * 365 * 86400).to_string();
+    let in_two_years_rfc = certs::info::rfc3339(certs::now_unix() + 2 * 365 * 86400);
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>, bool)> = vec![
+        (
+            "via intermediate",
+            vec![
+                "-CAfile",
+                "root/ca.crt",
+                "-untrusted",
+                "inter/ca.crt",
+                "devs/dev-1.crt",
+            ],
+            vec![
+                "--anchor",
+                "root/ca.crt",
+                "--intermediate",
+                "inter/ca.crt",
+                "--max-chain-length",
+                "3",
+                "devs/dev-1.crt",
+            ],
+            true,
+        ),
+        (
+            "chain file as sent",
+            vec![
+                "-CAfile",
+                "root/ca.crt",
+                "-untrusted",
+                "devs/dev-1-chain.pem",
+                "devs/dev-1.crt",
+            ],
+            vec![
+                "--anchor",
+                "root/ca.crt",
+                "--max-chain-length",
+                "3",
+                "devs/dev-1-chain.pem",
+            ],
+            true,
+        ),
+        (
+            "intermediate as anchor",
+            vec![
+                "-partial_chain",
+                "-CAfile",
+                "inter/ca.crt",
+                "devs/dev-1.crt",
+            ],
+            vec!["--anchor", "inter/ca.crt", "devs/dev-1.crt"],
+            true,
+        ),
+        (
+            "direct",
+            vec!["-CAfile", "root/ca.crt", "devs/direct.crt"],
+            vec!["--anchor", "root/ca.crt", "devs/direct.crt"],
+            true,
+        ),
+        (
+            "wrong root",
+            vec![
+                "-CAfile",
+                "other/ca.crt",
+                "-untrusted",
+                "inter/ca.crt",
+                "devs/dev-1.crt",
+            ],
+            vec![
+                "--anchor",
+                "other/ca.crt",
+                "--intermediate",
+                "inter/ca.crt",
+                "--max-chain-length",
+                "3",
+                "devs/dev-1.crt",
+            ],
+            false,
+        ),
+        (
+            "missing intermediate",
+            vec!["-CAfile", "root/ca.crt", "devs/dev-1.crt"],
+            vec![
+                "--anchor",
+                "root/ca.crt",
+                "--max-chain-length",
+                "3",
+                "devs/dev-1.crt",
+            ],
+            false,
+        ),
+        (
+            "device expired by then",
+            vec![
+                "-attime",
+                &in_two_years,
+                "-CAfile",
+                "root/ca.crt",
+                "devs/direct.crt",
+            ],
+            vec![
+                "--at",
+                &in_two_years_rfc,
+                "--anchor",
+                "root/ca.crt",
+                "devs/direct.crt",
+            ],
+            false,
+        ),
+        (
+            "before it was issued",
+            vec![
+                "-attime",
+                "946684800",
+                "-CAfile",
+                "root/ca.crt",
+                "devs/direct.crt",
+            ],
+            vec![
+                "--at",
+                "2000-01-01T00:00:00Z",
+                "--anchor",
+                "root/ca.crt",
+                "devs/direct.crt",
+            ],
+            false,
+        ),
+    ];
+    for (name, o, c, expected) in &cases {
+        let (ossl, ours, why) = judge(p, o, c);
+        assert_eq!(ossl, *expected, "openssl on {name}");
+        assert_eq!(ours, *expected, "certs on {name}: {why}");
+    }
+    // Where they differ on purpose: the chain-length limit (device + uploaded CA by
+    // default), which openssl does not have.
+    let (ossl, ours, why) = judge(
+        p,
+        &[
+            "-CAfile",
+            "root/ca.crt",
+            "-untrusted",
+            "inter/ca.crt",
+            "devs/dev-1.crt",
+        ],
+        &[
+            "--anchor",
+            "root/ca.crt",
+            "--intermediate",
+            "inter/ca.crt",
+            "devs/dev-1.crt",
+        ],
+    );
+    assert!(ossl && !ours);
+    assert!(why.contains("[chain_too_long]"), "{why}");
+    // And a CA certificate presented as a device: openssl's sslclient purpose allows it,
+    // the broker does not let a CA log in as a device.
+    let (ossl, ours, why) = judge(
+        p,
+        &[
+            "-CAfile",
+            "root/ca.crt",
+            "-purpose",
+            "sslclient",
+            "inter/ca.crt",
+        ],
+        &["--anchor", "root/ca.crt", "inter/ca.crt"],
+    );
+    assert!(ossl && !ours);
+    assert!(why.contains("[device_is_ca]"), "{why}");
+}
+
+#[test]
+fn path_length_constraint_agrees_with_openssl() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Strict Root",
+            "--pathlen",
+            "0",
+            "--out",
+            "root",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Too Deep",
+            "--parent-dir",
+            "root",
+            "--out",
+            "inter",
+        ],
+    );
+    certs_ok(
+        p,
+        &["issue", "--ca-dir", "inter", "--cn", "dev", "--out", "devs"],
+    );
+    let (ossl, ours, why) = judge(
+        p,
+        &[
+            "-CAfile",
+            "root/ca.crt",
+            "-untrusted",
+            "inter/ca.crt",
+            "devs/dev.crt",
+        ],
+        &[
+            "--anchor",
+            "root/ca.crt",
+            "--max-chain-length",
+            "3",
+            "devs/dev-chain.pem",
+        ],
+    );
+    assert!(!ossl && !ours);
+    assert!(why.contains("[path_len_exceeded]"), "{why}");
+}
+
+/// The value under "X509v3 CRL Number:" in `openssl crl -text` output.
+fn crl_number(text: &str) -> Option<String> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.contains("X509v3 CRL Number:"));
+    lines.next()?;
+    lines.next().map(|l| l.trim().to_string())
+}
+
+#[test]
+fn revoke_crl_and_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    let r = certs_ok(
+        p,
+        &["revoke", "--ca-dir", "inter", "--cert", "devs/dev-1.crt"],
+    );
+    assert!(r.contains("revoked serial"), "{r}");
+    let again = certs_ok(
+        p,
+        &["revoke", "--ca-dir", "inter", "--cert", "devs/dev-1.crt"],
+    );
+    assert!(again.contains("already revoked"), "{again}");
+    // Only the issuing CA can revoke.
+    let (code, line) = certs_err(
+        p,
+        &["revoke", "--ca-dir", "root", "--cert", "devs/dev-1.crt"],
+    );
+    assert_eq!(code, 2);
+    assert!(line.contains("was not issued by this CA"), "{line}");
+    certs_ok(
+        p,
+        &[
+            "crl",
+            "--ca-dir",
+            "inter",
+            "--out",
+            "inter.crl",
+            "--days",
+            "7",
+        ],
+    );
+    certs_ok(p, &["crl", "--ca-dir", "root", "--out", "root.crl"]);
+
+    // openssl reads the CRL, lists the serial, and accepts its signature.
+    let serial = openssl_ok(p, &["x509", "-in", "devs/dev-1.crt", "-noout", "-serial"]);
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
+    let text = openssl_ok(p, &["crl", "-in", "inter.crl", "-text", "-noout"]);
+    assert!(
+        text.contains(&format!("Serial Number: {serial}")),
+        "{serial} in {text}"
+    );
+    assert_eq!(crl_number(&text), Some("1".to_string()), "{text}");
+    // CRL numbers increase with every CRL signed.
+    certs_ok(
+        p,
+        &[
+            "crl",
+            "--ca-dir",
+            "inter",
+            "--out",
+            "inter.crl",
+            "--days",
+            "7",
+        ],
+    );
+    let text = openssl_ok(p, &["crl", "-in", "inter.crl", "-text", "-noout"]);
+    assert_eq!(crl_number(&text), Some("2".to_string()), "{text}");
+    openssl_ok(
+        p,
+        &[
+            "crl",
+            "-in",
+            "inter.crl",
+            "-noout",
+            "-CAfile",
+            "inter/ca-chain.pem",
+        ],
+    );
+
+    let crl_args = [
+        "-crl_check_all",
+        "-CRLfile",
+        "inter.crl",
+        "-CRLfile",
+        "root.crl",
+        "-CAfile",
+        "root/ca.crt",
+        "-untrusted",
+        "inter/ca.crt",
+    ];
+    let mut o = crl_args.to_vec();
+    o.push("devs/dev-1.crt");
+    let (ossl, ours, why) = judge(
+        p,
+        &o,
+        &[
+            "--anchor",
+            "root/ca.crt",
+            "--intermediate",
+            "inter/ca.crt",
+            "--crl",
+            "inter.crl",
+            "--crl",
+            "root.crl",
+            "--max-chain-length",
+            "3",
+            "devs/dev-1.crt",
+        ],
+    );
+    assert!(!ossl && !ours);
+    assert!(why.contains("[revoked]"), "{why}");
+    let mut o = crl_args.to_vec();
+    o.push("devs/dev-2.crt");
+    let (ossl, ours, why) = judge(
+        p,
+        &o,
+        &[
+            "--anchor",
+            "root/ca.crt",
+            "--intermediate",
+            "inter/ca.crt",
+            "--crl",
+            "inter.crl",
+            "--crl",
+            "root.crl",
+            "--max-chain-length",
+            "3",
+            "devs/dev-2.crt",
+        ],
+    );
+    assert!(ossl && ours, "{why}");
+
+    // A CRL from a CA the anchors do not cover is refused as input.
+    certs_ok(
+        p,
+        &["ca", "create", "--cn", "Stranger", "--out", "stranger"],
+    );
+    certs_ok(
+        p,
+        &[
+            "crl",
+            "--ca-dir",
+            "stranger",
+            "--out",
+            "stranger.crl",
+            "--der",
+        ],
+    );
+    let (code, line) = certs_err(
+        p,
+        &[
+            "verify",
+            "--anchor",
+            "root/ca.crt",
+            "--crl",
+            "stranger.crl",
+            "devs/direct.crt",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(line.contains("CRL is not signed"), "{line}");
+}
+
+#[test]
+fn bundle_convert_and_inspect() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    certs_ok(
+        p,
+        &[
+            "bundle",
+            "--cert",
+            "devs/dev-1.crt",
+            "--key",
+            "devs/dev-1.key",
+            "--chain",
+            "inter/ca-chain.pem",
+            "--out",
+            "dev-1.p12",
+            "--password",
+            "s3cret",
+        ],
+    );
+    let info = openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-info",
+            "-in",
+            "dev-1.p12",
+            "-passin",
+            "pass:s3cret",
+            "-noout",
+        ],
+    );
+    assert!(info.contains("AES-256-CBC"), "{info}");
+    let (ok, _) = openssl(
+        p,
+        &[
+            "pkcs12",
+            "-info",
+            "-in",
+            "dev-1.p12",
+            "-passin",
+            "pass:wrong",
+            "-noout",
+        ],
+    );
+    assert!(!ok);
+    let dump = openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-in",
+            "dev-1.p12",
+            "-passin",
+            "pass:s3cret",
+            "-nodes",
+        ],
+    );
+    assert_eq!(dump.matches("BEGIN CERTIFICATE").count(), 3, "{dump}");
+    assert!(dump.contains("friendlyName: dev-1"), "{dump}");
+    // A key that is not the certificate's is refused.
+    let (_, line) = certs_err(
+        p,
+        &[
+            "bundle",
+            "--cert",
+            "devs/dev-1.crt",
+            "--key",
+            "devs/dev-2.key",
+            "--out",
+            "x.p12",
+            "--password",
+            "pw",
+        ],
+    );
+    assert!(line.contains("is not the private key of"), "{line}");
+
+    // PKCS#12 -> PEM, and the exact sentence for a wrong password.
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "dev-1.p12",
+            "--out",
+            "dev-1-all.pem",
+            "--password",
+            "s3cret",
+        ],
+    );
+    let all = read(p, "dev-1-all.pem");
+    assert_eq!(certs::pem::read_certificates(&all).expect("certs").len(), 3);
+    assert!(certs::pem::read_private_key(&all, None).is_ok());
+    openssl_ok(p, &["pkey", "-in", "dev-1-all.pem", "-noout"]);
+    let (code, line) = certs_err(
+        p,
+        &[
+            "convert",
+            "--in",
+            "dev-1.p12",
+            "--out",
+            "x.pem",
+            "--password",
+            "nope",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        line,
+        "certs: dev-1.p12: Passphrase does not match to the key"
+    );
+
+    // PEM -> DER -> PEM, checked by openssl.
+    certs_ok(
+        p,
+        &["convert", "--in", "devs/dev-1.crt", "--out", "dev-1.der"],
+    );
+    let ossl_der = openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "devs/dev-1.crt",
+            "-outform",
+            "DER",
+            "-out",
+            "ossl.der",
+        ],
+    );
+    assert!(ossl_der.is_empty());
+    assert_eq!(read(p, "dev-1.der"), read(p, "ossl.der"));
+    certs_ok(p, &["convert", "--in", "dev-1.der", "--out", "dev-1.pem"]);
+    assert_eq!(read(p, "dev-1.pem"), read(p, "devs/dev-1.crt"));
+    let (_, line) = certs_err(
+        p,
+        &[
+            "convert",
+            "--in",
+            "devs/dev-1-chain.pem",
+            "--out",
+            "x.der",
+            "--to",
+            "der",
+        ],
+    );
+    assert!(line.contains("DER holds one"), "{line}");
+
+    // inspect: readable text and JSON that match openssl's view.
+    let text = certs_ok(p, &["inspect", "devs/dev-1.crt"]);
+    for needle in [
+        "Subject:             CN=dev-1",
+        "Issuer:              CN=Issuing CA",
+        "Extended key usage: clientAuth",
+        "Public key:          EC P-256",
+        "SHA256withECDSA",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&certs_ok(p, &["inspect", "--json", "devs/dev-1.crt"])).expect("json");
+    let serial = openssl_ok(p, &["x509", "-in", "devs/dev-1.crt", "-noout", "-serial"]);
+    assert_eq!(
+        json["serialHex"].as_str().map(str::to_ascii_uppercase),
+        Some(serial.trim().trim_start_matches("serial=").to_string())
+    );
+    let fp = openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "devs/dev-1.crt",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ],
+    );
+    let fp = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap_or_default()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(json["fingerprintSha256"].as_str(), Some(fp.as_str()));
+    assert_eq!(json["commonName"], "dev-1");
+    let chain: serde_json::Value =
+        serde_json::from_str(&certs_ok(p, &["inspect", "--json", "devs/dev-1-chain.pem"]))
+            .expect("json");
+    assert_eq!(chain.as_array().map(Vec::len), Some(3));
+    let crl_text = {
+        certs_ok(
+            p,
+            &["revoke", "--ca-dir", "inter", "--cert", "devs/dev-2.crt"],
+        );
+        certs_ok(p, &["crl", "--ca-dir", "inter", "--out", "inter.crl"]);
+        certs_ok(p, &["inspect", "inter.crl"])
+    };
+    assert!(crl_text.contains("Revoked certificates:"), "{crl_text}");
+    let p12_text = certs_ok(p, &["inspect", "dev-1.p12", "--password", "s3cret"]);
+    assert!(p12_text.contains("Private key: EC P-256"), "{p12_text}");
+}
+
+#[test]
+fn check_server_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "RSA Root",
+            "--o",
+            "Acme",
+            "--key-type",
+            "rsa2048",
+            "--out",
+            "root",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "root",
+            "--cn",
+            "mqtt.example.com",
+            "--server",
+            "--san",
+            "mqtt.example.com",
+            "127.0.0.1",
+            "--o",
+            "Acme",
+            "--ou",
+            "IoT",
+            "--c",
+            "DE",
+            "--key-type",
+            "rsa2048",
+            "--out",
+            "srv",
+        ],
+    );
+    let text = openssl_ok(
+        p,
+        &["x509", "-in", "srv/mqtt.example.com.crt", "-noout", "-text"],
+    );
+    assert!(
+        text.contains("DNS:mqtt.example.com, IP Address:127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("sha256WithRSAEncryption"), "{text}");
+    let out = certs_ok(
+        p,
+        &[
+            "check",
+            "--crt",
+            "srv/mqtt.example.com.crt",
+            "--key",
+            "srv/mqtt.example.com.key",
+            "--chain",
+            "root/ca.crt",
+        ],
+    );
+    assert!(
+        out.contains("PASS  Chain of trust matches the Root CA"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    // Same certificate as a PKCS#12 keystore.
+    certs_ok(
+        p,
+        &[
+            "bundle",
+            "--cert",
+            "srv/mqtt.example.com-chain.pem",
+            "--key",
+            "srv/mqtt.example.com.key",
+            "--out",
+            "srv.p12",
+            "--password",
+            "pw",
+        ],
+    );
+    certs_ok(p, &["check", "--crt", "srv.p12", "--pass", "pw"]);
+    let r = certs(p, &["check", "--crt", "srv.p12", "--pass", "bad"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        "certs: requirement not met: Passphrase does not match to the key"
+    );
+    // A chain that does not lead to the given root.
+    certs_ok(p, &["ca", "create", "--cn", "Other", "--out", "other"]);
+    let r = certs(
+        p,
+        &[
+            "check",
+            "--crt",
+            "srv/mqtt.example.com.crt",
+            "--key",
+            "srv/mqtt.example.com.key",
+            "--chain",
+            "other/ca.crt",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let failed: Vec<&str> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|row| row["required"] == true && row["passed"] == false)
+        .filter_map(|row| row["reason"].as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        ["Cannot validate chain of trust. The provided Certificate and Root CA don't match."]
+    );
+    // An ECDSA device certificate is not a server certificate by these rules.
+    certs_ok(p, &["ca", "create", "--cn", "EC Root", "--out", "ec"]);
+    certs_ok(
+        p,
+        &["issue", "--ca-dir", "ec", "--cn", "dev", "--out", "devs"],
+    );
+    let r = certs(
+        p,
+        &[
+            "check",
+            "--crt",
+            "devs/dev.crt",
+            "--key",
+            "devs/dev.key",
+            "--chain",
+            "ec/ca.crt",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("FAIL  Signature algorithm is SHA256RSA"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_nonzero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    write(
+        p,
+        "garbage.bin",
+        b"\x30\x82\x01\x00 definitely not a certificate",
+    );
+    write(p, "empty.pem", b"");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", "missing.pem"],
+        vec!["inspect", "garbage.bin"],
+        vec!["inspect", "empty.pem"],
+        vec!["verify", "--anchor", "garbage.bin", "devs/dev-1.crt"],
+        vec!["verify", "--anchor", "root/ca.crt", "missing.pem"],
+        vec![
+            "verify",
+            "--anchor",
+            "root/ca.crt",
+            "--at",
+            "yesterday",
+            "devs/direct.crt",
+        ],
+        vec![
+            "verify",
+            "--anchor",
+            "root/ca.crt",
+            "--max-chain-length",
+            "11",
+            "devs/direct.crt",
+        ],
+        vec!["issue", "--ca-dir", "missing", "--cn", "x", "--out", "o"],
+        vec!["issue", "--ca-dir", "devs", "--cn", "x", "--out", "o"],
+        vec!["revoke", "--ca-dir", "inter", "--cert", "garbage.bin"],
+        vec![
+            "bundle",
+            "--cert",
+            "garbage.bin",
+            "--key",
+            "devs/dev-1.key",
+            "--out",
+            "x.p12",
+            "--password",
+            "pw",
+        ],
+        vec![
+            "bundle",
+            "--cert",
+            "devs/dev-1.crt",
+            "--key",
+            "garbage.bin",
+            "--out",
+            "x.p12",
+            "--password",
+            "pw",
+        ],
+        vec!["convert", "--in", "garbage.bin", "--out", "x.pem"],
+        vec!["check", "--crt", "missing.crt", "--key", "devs/dev-1.key"],
+        vec![
+            "ca",
+            "create",
+            "--cn",
+            "x",
+            "--parent-dir",
+            "missing",
+            "--out",
+            "y",
+        ],
+    ];
+    for args in cases {
+        let (code, line) = certs_err(p, &args);
+        assert_eq!(code, 2, "{args:?}: {line}");
+    }
+    // A device CA directory (ca.crt missing) names the file.
+    let (_, line) = certs_err(p, &["crl", "--ca-dir", "devs", "--out", "x.crl"]);
+    assert!(line.contains("ca.crt"), "{line}");
+    // An invalid chain is a verdict (exit 1), not an error.
+    let r = certs(
+        p,
+        &["verify", "--anchor", "inter/ca.crt", "devs/direct.crt"],
+    );
+    assert_eq!((r.code, r.stderr.trim()), (1, "certs: invalid: unknown issuer: no trusted certificate issued this chain [unknown_issuer]"));
+}
