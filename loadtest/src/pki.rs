@@ -507,4 +507,67 @@ mod tests {
         }
         assert_eq!(v.verified.lock().expect("lock").len(), 1);
     }
+
+    #[test]
+    fn certificate_profiles() {
+        use x509_parser::extensions::ParsedExtension;
+        use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+
+        let provider = crypto_provider();
+        for key_type in [KeyType::P256, KeyType::Rsa2048] {
+            let ca = Ca::generate(&provider, key_type, "profile").expect("ca");
+            let key = generate_key(key_type).expect("key");
+            let leaf = ca.issue(&provider, "dev-000042", 42, &key).expect("leaf");
+            let (_, ca_x) = X509Certificate::from_der(&ca.der).expect("ca parses");
+            let (_, leaf_x) = X509Certificate::from_der(&leaf).expect("leaf parses");
+
+            assert_eq!(ca_x.version(), X509Version::V3);
+            let bc = ca_x
+                .basic_constraints()
+                .expect("ok")
+                .expect("basicConstraints");
+            assert!(bc.critical && bc.value.ca);
+            let ku = ca_x.key_usage().expect("ok").expect("keyUsage").value;
+            assert!(ku.key_cert_sign() && ku.crl_sign());
+            let mut ca_ski = None;
+            let mut ca_has_aki = false;
+            for ext in ca_x.extensions() {
+                match ext.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(id) => ca_ski = Some(id.0.to_vec()),
+                    ParsedExtension::AuthorityKeyIdentifier(_) => ca_has_aki = true,
+                    _ => {}
+                }
+            }
+            let ca_ski = ca_ski.expect("CA has a subject key identifier");
+            assert!(ca_has_aki, "CA has an authority key identifier");
+
+            assert_eq!(leaf_x.version(), X509Version::V3);
+            let bc = leaf_x
+                .basic_constraints()
+                .expect("ok")
+                .expect("basicConstraints");
+            assert!(!bc.value.ca);
+            let ku = leaf_x.key_usage().expect("ok").expect("keyUsage").value;
+            assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
+            let eku = leaf_x.extended_key_usage().expect("ok").expect("EKU").value;
+            assert!(eku.client_auth && !eku.server_auth);
+            let cn = leaf_x
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok());
+            assert_eq!(cn, Some("dev-000042"));
+            assert_eq!(leaf_x.issuer(), ca_x.subject());
+            let aki = leaf_x
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                });
+            assert_eq!(aki, Some(ca_ski), "device AKI is the CA's SKI");
+        }
+    }
 }
