@@ -13,7 +13,7 @@ pub enum Error {
     Config(String),
 
     /// A target (`--broker`, `--admin`) or source address is not on the loopback network.
-    #[error("{what} {value:?} resolves to {addr}, which is not a loopback address (127.0.0.0/8 or ::1); loadtest only targets this machine")]
+    #[error("{what} {value:?} means {addr}, which is not a loopback address (127.0.0.0/8 or ::1); loadtest only targets this machine")]
     NotLoopback {
         /// Which option carried the address.
         what: &'static str,

@@ -31,8 +31,11 @@ use crate::Error;
 /// Most QoS 1/2 publications a device keeps unacknowledged (lowered to the broker's
 /// MQTT 5 receive maximum).
 const INFLIGHT_WINDOW: usize = 10;
-/// Pause between a revoked device's reconnect attempts.
+/// First pause before a revoked device reconnects; doubled after every failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between two reconnect attempts (shorter than [`REVOKE_WATCH`], so every
+/// device tries again while the watch lasts).
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(1600);
 /// How long "no session open, no reconnect accepted" must hold after a revocation.
 const REVOKE_WATCH: Duration = Duration::from_secs(2);
 /// Longest wait for sessions to close after a revocation.
@@ -692,24 +695,31 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
         return;
     }
 
-    // Revoked: behave like a real device and keep knocking.
+    // Revoked: behave like a real device and keep knocking, backing off, and within the
+    // same bound on attempts in flight as the first connections.
+    let mut pause = RECONNECT_PAUSE;
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = sleep(RECONNECT_PAUSE) => {}
+            _ = sleep(pause) => {}
         }
-        s.reconnect_attempts.fetch_add(1, Relaxed);
+        pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
         let attempt = tokio::select! {
             _ = stopped(&mut stop) => return,
-            r = establish(
-                &ctx.target,
-                tls.clone(),
-                ctx.source(index),
-                ctx.codec,
-                &cn,
-                ctx.keep_alive_secs(),
-                ctx.connect_timeout,
-            ) => r,
+            r = async {
+                let _permit = ctx.connect_permits.acquire().await;
+                s.reconnect_attempts.fetch_add(1, Relaxed);
+                establish(
+                    &ctx.target,
+                    tls.clone(),
+                    ctx.source(index),
+                    ctx.codec,
+                    &cn,
+                    ctx.keep_alive_secs(),
+                    ctx.connect_timeout,
+                )
+                .await
+            } => r,
         };
         if let Ok((conn, _, receive_max)) = attempt {
             s.reconnect_succeeded.fetch_add(1, Relaxed);

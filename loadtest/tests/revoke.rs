@@ -70,6 +70,7 @@ struct StandIn {
     seen: Mutex<Seen>,
     disabled: watch::Sender<bool>,
     close_on_disable: bool,
+    refuse_after_disable: bool,
     pki: ServerPki,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
@@ -301,7 +302,7 @@ async fn serve_mqtt(state: Arc<StandIn>, listener: TcpListener) {
                 .map(|c| c.2.clone());
             let Some(config) = config else { return };
             let is_disabled = *state.disabled.borrow();
-            if is_disabled {
+            if is_disabled && state.refuse_after_disable {
                 // A disabled CA: refuse the handshake outright.
                 return;
             }
@@ -359,12 +360,13 @@ struct Running {
     mqtt: SocketAddr,
 }
 
-async fn start(close_on_disable: bool) -> Running {
+async fn start(close_on_disable: bool, refuse_after_disable: bool) -> Running {
     let (disabled, _) = watch::channel(false);
     let state = Arc::new(StandIn {
         seen: Mutex::new(Seen::default()),
         disabled,
         close_on_disable,
+        refuse_after_disable,
         pki: server_pki(),
         provider: loadtest::crypto_provider(),
     });
@@ -402,7 +404,7 @@ fn config(r: &Running) -> loadtest::Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_measures_until_every_session_is_closed() {
-    let r = start(true).await;
+    let r = start(true, true).await;
     let report = loadtest::run(config(&r)).await.expect("run");
     let summary = report.summary_table();
     eprintln!("{summary}");
@@ -449,7 +451,7 @@ async fn revoke_measures_until_every_session_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_reports_sessions_a_broker_failed_to_close() {
-    let r = start(false).await;
+    let r = start(false, true).await;
     let report = loadtest::run(loadtest::Config {
         devices: 5,
         duration: Duration::from_secs(4),
@@ -466,9 +468,27 @@ async fn revoke_reports_sessions_a_broker_failed_to_close() {
         .contains_key("revoke: sessions still open at the end of the observation"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reports_reconnects_a_broker_accepted() {
+    let r = start(true, false).await;
+    let report = loadtest::run(loadtest::Config {
+        devices: 5,
+        duration: Duration::from_secs(3),
+        ..config(&r)
+    })
+    .await
+    .expect("run");
+    let revoke = report.revoke.as_ref().expect("revoke section");
+    assert!(revoke.reconnect_succeeded > 0, "{}", report.summary_table());
+    assert_eq!(revoke.all_closed_after_ms, None);
+    assert!(report
+        .errors
+        .contains_key("revoke: a reconnect succeeded after the CA was disabled"));
+}
+
 #[tokio::test]
 async fn admin_errors_carry_the_api_message() {
-    let r = start(true).await;
+    let r = start(true, true).await;
     let err = loadtest::run(loadtest::Config {
         admin_password: Some("wrong".into()),
         ..config(&r)
