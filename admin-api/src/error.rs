@@ -1,0 +1,296 @@
+//! [`ApiError`]: every error the REST API can answer, mapped to a status and a JSON body
+//! `{"error": "...", "message": "...", "info": ...}` in one table ([`ApiError::parts`]).
+//! 5xx bodies stay generic; the detail goes to the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::{Conflict, StoreError};
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable kind (`bad_request`, `unauthorized`, `not_found`, ...).
+    pub error: String,
+    /// A sentence for the person reading it.
+    pub message: String,
+    /// Details (the failing row of a report, the index in a bulk request, ...).
+    #[schema(value_type = Object)]
+    pub info: serde_json::Value,
+}
+
+/// An error answered by the REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed (JSON syntax, multipart, base64, chain PEM).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated but not allowed (within the caller's own tenant).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource, or a resource of another tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the change conflicts with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body exceeds the limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body has the wrong content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but refused by a rule; `info` carries details.
+    #[error("{message}")]
+    Unprocessable {
+        /// The rule's sentence.
+        message: String,
+        /// Details, `null` when none.
+        info: serde_json::Value,
+    },
+    /// 429: too many failed logins for this user name.
+    #[error("Too many failed logins; try again in {retry_after_secs} seconds")]
+    TooManyRequests {
+        /// Seconds until the next attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// 500: a bug or a storage failure. The detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 without details.
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable {
+            message: message.into(),
+            info: serde_json::Value::Null,
+        }
+    }
+
+    /// The status, the `error` kind and the message sent to the client.
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            ApiError::MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                m.clone(),
+            ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::PayloadTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                m.clone(),
+            ),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m.clone(),
+            ),
+            ApiError::Unprocessable { message, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                message.clone(),
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                self.to_string(),
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "The server could not complete the request; see the server log".to_string(),
+            ),
+        }
+    }
+
+    /// The body sent to the client.
+    pub fn body(&self) -> ErrorBody {
+        let (_, error, message) = self.parts();
+        let info = match self {
+            ApiError::Unprocessable { info, .. } => info.clone(),
+            ApiError::TooManyRequests { retry_after_secs } => {
+                serde_json::json!({ "retryAfterSeconds": retry_after_secs })
+            }
+            _ => serde_json::Value::Null,
+        };
+        ErrorBody {
+            error: error.to_string(),
+            message,
+            info,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"broker admin\""),
+                );
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::Conflict(c) => ApiError::Conflict(conflict_message(&c)),
+            StoreError::Backend(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+/// The sentence for each store conflict.
+fn conflict_message(c: &Conflict) -> String {
+    match c {
+        Conflict::TenantExists(id) => format!("Tenant {id} already exists"),
+        Conflict::UserExists { tenant, user } => {
+            format!("User {user} already exists in tenant {tenant}")
+        }
+        Conflict::CertificateExists { fingerprint } => format!(
+            "Certificate {fingerprint} is already trusted: a certificate can be trusted by only one tenant, so that every device maps to exactly one tenant"
+        ),
+        Conflict::PublicKeyTrustedElsewhere { fingerprint } => format!(
+            "Certificate {fingerprint} has the same public key as a certificate trusted by another tenant: every device must map to exactly one tenant"
+        ),
+        Conflict::DeviceExists { common_name } => {
+            format!("Device {common_name} is already registered")
+        }
+    }
+}
+
+impl From<certs::UploadError> for ApiError {
+    fn from(e: certs::UploadError) -> Self {
+        ApiError::unprocessable(e.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(r: axum::extract::rejection::BytesRejection) -> Self {
+        from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<axum::extract::multipart::MultipartRejection> for ApiError {
+    fn from(r: axum::extract::multipart::MultipartRejection) -> Self {
+        from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        from_status(e.status(), e.body_text())
+    }
+}
+
+/// Maps an extractor's status and text to our error kinds (never a 5xx for client
+/// input: a body that fails to buffer is the client's problem).
+fn from_status(status: StatusCode, text: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "The request body is larger than the limit ({text})"
+        )),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::unprocessable(text),
+        _ => ApiError::BadRequest(text),
+    }
+}
+
+/// Rewrites any error response that is not already our JSON (axum's 405, a body-limit
+/// 413, a panic's 500) into the JSON error body, so every 4xx/5xx has the same shape.
+pub(crate) async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let err = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {path}"))
+        }
+        StatusCode::NOT_FOUND => ApiError::NotFound(format!("No such resource: {path}")),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("The request body is larger than the limit".into())
+        }
+        s if s.is_server_error() => ApiError::Internal(format!("{status} from {method} {path}")),
+        s => from_status(s, s.canonical_reason().unwrap_or("Bad request").to_string()),
+    };
+    let mut new = err.into_response();
+    // Keep headers such as Allow on a 405.
+    for (k, v) in resp.headers() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            new.headers_mut().entry(k).or_insert(v.clone());
+        }
+    }
+    new
+}
+
+impl From<crate::AdminError> for ApiError {
+    fn from(e: crate::AdminError) -> Self {
+        match e {
+            crate::AdminError::Store(s) => s.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

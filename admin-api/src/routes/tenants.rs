@@ -1,0 +1,399 @@
+//! Tenants (management admin) and their device policy settings.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{
+    display_name, json_status, password, readable_tenant, tenant_id, user_name, writable_tenant,
+    JsonBody, PageQuery, PathParams, QueryParams, Statistics,
+};
+use crate::auth::{Principal, MANAGEMENT_TENANT};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{
+    AuditEntry, ClientIdPolicy, Conflict, Role, StoreError, TenantRecord, TenantSettings,
+    UserRecord,
+};
+use crate::Admin;
+
+/// A tenant's device policy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    /// Maximum chain length including device and trusted certificate (2 to 10).
+    pub max_chain_length: u8,
+    /// Enforce the tenant's manual revocation list and uploaded CRLs.
+    pub crl_offline_enabled: bool,
+    /// Fetch the CRL distribution points named by device certificates.
+    pub crl_online_enabled: bool,
+    /// `strict` refuses a ClientId other than the certificate's CN; `override`
+    /// replaces it with the CN.
+    pub client_id_policy: String,
+}
+
+impl From<&TenantSettings> for Settings {
+    fn from(s: &TenantSettings) -> Self {
+        Settings {
+            max_chain_length: s.max_chain_length,
+            crl_offline_enabled: s.crl_offline_enabled,
+            crl_online_enabled: s.crl_online_enabled,
+            client_id_policy: s.client_id_policy.as_str().to_string(),
+        }
+    }
+}
+
+/// A change of settings: absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsPatch {
+    /// Maximum chain length (2 to 10).
+    pub max_chain_length: Option<i64>,
+    /// Enforce the manual list and uploaded CRLs.
+    pub crl_offline_enabled: Option<bool>,
+    /// Fetch CRL distribution points.
+    pub crl_online_enabled: Option<bool>,
+    /// `strict` or `override`.
+    pub client_id_policy: Option<String>,
+}
+
+impl SettingsPatch {
+    fn apply(&self, s: &mut TenantSettings) -> Result<(), ApiError> {
+        if let Some(n) = self.max_chain_length {
+            let max = certs::trust::MAX_MAX_CHAIN_LENGTH;
+            s.max_chain_length = u8::try_from(n)
+                .ok()
+                .filter(|n| (2..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::unprocessable(format!("maxChainLength must be between 2 and {max}"))
+                })?;
+        }
+        if let Some(b) = self.crl_offline_enabled {
+            s.crl_offline_enabled = b;
+        }
+        if let Some(b) = self.crl_online_enabled {
+            s.crl_online_enabled = b;
+        }
+        if let Some(p) = &self.client_id_policy {
+            s.client_id_policy = ClientIdPolicy::parse(p).ok_or_else(|| {
+                ApiError::unprocessable("clientIdPolicy must be strict or override")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: String,
+    /// Company name.
+    pub company: String,
+    /// Domain.
+    pub domain: Option<String>,
+    /// Always `ACTIVE`.
+    pub status: String,
+    /// Creation time, RFC 3339.
+    pub creation_time: String,
+    /// Device policy.
+    pub settings: Settings,
+}
+
+impl From<&TenantRecord> for Tenant {
+    fn from(t: &TenantRecord) -> Self {
+        Tenant {
+            id: t.id.clone(),
+            company: t.company.clone(),
+            domain: t.domain.clone(),
+            status: "ACTIVE".into(),
+            creation_time: super::time(t.created_at),
+            settings: Settings::from(&t.settings),
+        }
+    }
+}
+
+/// A new tenant and its first admin.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTenant {
+    /// Tenant id; generated when absent.
+    pub id: Option<String>,
+    /// Company name.
+    pub company: String,
+    /// Domain.
+    pub domain: Option<String>,
+    /// The first admin's user name.
+    pub admin_name: String,
+    /// The first admin's password (8 to 256 characters).
+    pub admin_pass: String,
+    /// Initial settings.
+    pub settings: Option<SettingsPatch>,
+}
+
+/// A change of a tenant: absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantUpdate {
+    /// Company name.
+    pub company: Option<String>,
+    /// Domain.
+    pub domain: Option<String>,
+    /// Settings.
+    pub settings: Option<SettingsPatch>,
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantList {
+    /// The tenants of this page.
+    pub tenants: Vec<Tenant>,
+    /// Paging.
+    pub statistics: Statistics,
+}
+
+/// Lists tenants.
+#[utoipa::path(get, path = "/tenant/tenants", tag = "tenants", params(PageQuery),
+    responses(
+        (status = 200, description = "A page of tenants", body = TenantList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn list(
+    State(admin): State<Admin>,
+    who: Principal,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<Response, ApiError> {
+    if !who.is_management() {
+        return Err(ApiError::Forbidden(
+            "Only the management tenant can list tenants".into(),
+        ));
+    }
+    let page = q.page()?;
+    let p = admin.store().tenants(page).await?;
+    Ok(json_status(
+        StatusCode::OK,
+        TenantList {
+            tenants: p.items.iter().map(Tenant::from).collect(),
+            statistics: Statistics::new(page, p.total),
+        },
+    ))
+}
+
+/// Creates a tenant and its first ROLE_TENANT_ADMIN user.
+#[utoipa::path(post, path = "/tenant/tenants", tag = "tenants", request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created", body = Tenant),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn create(
+    State(admin): State<Admin>,
+    who: Principal,
+    JsonBody(body): JsonBody<NewTenant>,
+) -> Result<Response, ApiError> {
+    who.require_management_admin("create tenants")?;
+    if let Some(id) = &body.id {
+        tenant_id(id)?;
+    }
+    let company = display_name("company", &body.company, 256)?;
+    let domain = body
+        .domain
+        .as_deref()
+        .map(|d| display_name("domain", d, 253))
+        .transpose()?;
+    user_name(&body.admin_name)?;
+    password("adminPass", &body.admin_pass)?;
+    let mut settings = TenantSettings::default();
+    if let Some(patch) = &body.settings {
+        patch.apply(&mut settings)?;
+    }
+    let hash = admin.hash_password(body.admin_pass.clone()).await?;
+    let now = admin.now();
+    // A generated id may collide; try a few.
+    let attempts = if body.id.is_some() { 1 } else { 5 };
+    for _ in 0..attempts {
+        let id = body.id.clone().unwrap_or_else(|| {
+            format!(
+                "t{}",
+                rand::thread_rng().gen_range(10_000_000u32..100_000_000)
+            )
+        });
+        let tenant = TenantRecord {
+            id: id.clone(),
+            company: company.clone(),
+            domain: domain.clone(),
+            created_at: now,
+            settings: settings.clone(),
+        };
+        let user = UserRecord {
+            tenant: id.clone(),
+            user_name: body.admin_name.clone(),
+            password_hash: hash.clone(),
+            roles: vec![Role::TenantAdmin],
+            created_at: now,
+        };
+        let audit = AuditEntry::new(&who.actor(), Some(&id), "TENANT_CREATED")
+            .target(&id)
+            .detail(format!(
+                "company {company}, first admin {}",
+                body.admin_name
+            ));
+        match admin
+            .store()
+            .create_tenant(tenant.clone(), user, audit)
+            .await
+        {
+            Ok(()) => {
+                admin.publish().await?;
+                return Ok(json_status(StatusCode::CREATED, Tenant::from(&tenant)));
+            }
+            Err(StoreError::Conflict(Conflict::TenantExists(_))) if body.id.is_none() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Internal(
+        "could not generate an unused tenant id".into(),
+    ))
+}
+
+/// One tenant (the management tenant sees all; a tenant user sees its own).
+#[utoipa::path(get, path = "/tenant/tenants/{tenant_id}", tag = "tenants",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, body = Tenant),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn get(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams(tenant): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let t = readable_tenant(&admin, &who, &tenant).await?;
+    Ok(json_status(StatusCode::OK, Tenant::from(&t)))
+}
+
+/// Changes a tenant's company, domain or settings.
+#[utoipa::path(put, path = "/tenant/tenants/{tenant_id}", tag = "tenants",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request_body = TenantUpdate,
+    responses(
+        (status = 200, body = Tenant),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn update(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams(tenant): PathParams<String>,
+    JsonBody(body): JsonBody<TenantUpdate>,
+) -> Result<Response, ApiError> {
+    let mut t = readable_tenant(&admin, &who, &tenant).await?;
+    who.require_management_admin("change tenants")?;
+    if let Some(c) = &body.company {
+        t.company = display_name("company", c, 256)?;
+    }
+    if let Some(d) = &body.domain {
+        t.domain = Some(display_name("domain", d, 253)?);
+    }
+    if let Some(patch) = &body.settings {
+        patch.apply(&mut t.settings)?;
+    }
+    let audit = AuditEntry::new(&who.actor(), Some(&tenant), "TENANT_UPDATED")
+        .target(&tenant)
+        .detail(settings_detail(&t.settings));
+    admin.store().update_tenant(t.clone(), audit).await?;
+    admin.publish().await?;
+    Ok(json_status(StatusCode::OK, Tenant::from(&t)))
+}
+
+/// Deletes a tenant with its users, trusted certificates, CRLs and devices.
+#[utoipa::path(delete, path = "/tenant/tenants/{tenant_id}", tag = "tenants",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn delete(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams(tenant): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
+    readable_tenant(&admin, &who, &tenant).await?;
+    who.require_management_admin("delete tenants")?;
+    if tenant == MANAGEMENT_TENANT {
+        return Err(ApiError::Conflict(
+            "The management tenant cannot be deleted".into(),
+        ));
+    }
+    let audit = AuditEntry::new(&who.actor(), Some(&tenant), "TENANT_DELETED").target(&tenant);
+    admin.store().delete_tenant(&tenant, audit).await?;
+    admin.publish().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A tenant's device policy.
+#[utoipa::path(get, path = "/tenant/tenants/{tenant_id}/settings", tag = "tenants",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, body = Settings),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn get_settings(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams(tenant): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let t = readable_tenant(&admin, &who, &tenant).await?;
+    Ok(json_status(StatusCode::OK, Settings::from(&t.settings)))
+}
+
+/// Changes a tenant's device policy (the tenant's admin or the management admin).
+#[utoipa::path(put, path = "/tenant/tenants/{tenant_id}/settings", tag = "tenants",
+    params(("tenant_id" = String, Path, description = "Tenant id")),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, body = Settings),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn put_settings(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams(tenant): PathParams<String>,
+    JsonBody(patch): JsonBody<SettingsPatch>,
+) -> Result<Response, ApiError> {
+    let mut t = writable_tenant(&admin, &who, &tenant).await?;
+    patch.apply(&mut t.settings)?;
+    let audit = AuditEntry::new(&who.actor(), Some(&tenant), "TENANT_SETTINGS_UPDATED")
+        .target(&tenant)
+        .detail(settings_detail(&t.settings));
+    admin.store().update_tenant(t.clone(), audit).await?;
+    admin.publish().await?;
+    Ok(json_status(StatusCode::OK, Settings::from(&t.settings)))
+}
+
+fn settings_detail(s: &TenantSettings) -> String {
+    format!(
+        "maxChainLength={}, crlOfflineEnabled={}, crlOnlineEnabled={}, clientIdPolicy={}",
+        s.max_chain_length,
+        s.crl_offline_enabled,
+        s.crl_online_enabled,
+        s.client_id_policy.as_str()
+    )
+}

@@ -1,0 +1,1341 @@
+//! [`SqliteStore`]: the embedded store, one SQLite file in the data directory.
+//!
+//! WAL journal with `synchronous=FULL`: a committed transaction is on disk before the
+//! method returns. All work runs on the blocking thread pool, one connection behind a
+//! mutex (the admin API's writes are rare; readers never wait on the disk long).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use certs::AnchorStatus;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::*;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    company TEXT NOT NULL,
+    domain TEXT,
+    created_at INTEGER NOT NULL,
+    max_chain_length INTEGER NOT NULL,
+    crl_offline_enabled INTEGER NOT NULL,
+    crl_online_enabled INTEGER NOT NULL,
+    client_id_policy TEXT NOT NULL,
+    crl_signer_cert BLOB,
+    crl_signer_key BLOB
+);
+CREATE TABLE IF NOT EXISTS users (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    user_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_name)
+);
+CREATE TABLE IF NOT EXISTS trusted_certificates (
+    fingerprint TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    auto_registration INTEGER NOT NULL,
+    cert_der BLOB NOT NULL,
+    spki_der BLOB NOT NULL,
+    subject TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    serial_hex TEXT NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    algorithm_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    pop_valid INTEGER NOT NULL DEFAULT 0,
+    pop_code TEXT,
+    pop_code_expires INTEGER,
+    created_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trusted_certificates_tenant ON trusted_certificates(tenant_id, seq);
+CREATE INDEX IF NOT EXISTS trusted_certificates_spki ON trusted_certificates(spki_der);
+CREATE TABLE IF NOT EXISTS revoked_serials (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    serial_hex TEXT NOT NULL,
+    revocation_date INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, serial_hex)
+);
+CREATE TABLE IF NOT EXISTS crls (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    issuer_key TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    der BLOB NOT NULL,
+    this_update INTEGER NOT NULL,
+    next_update INTEGER,
+    revoked_count INTEGER NOT NULL,
+    uploaded_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, issuer_key)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    common_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    anchor_fingerprint TEXT,
+    first_connection INTEGER,
+    last_connection INTEGER,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, common_name)
+);
+CREATE INDEX IF NOT EXISTS devices_blocked ON devices(status) WHERE status = 'BLOCKED';
+CREATE TABLE IF NOT EXISTS server_certificate (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    chain_der BLOB NOT NULL,
+    key_pkcs8 BLOB NOT NULL,
+    imported_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    tenant_id TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    fingerprint TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant_id, id);
+"#;
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file: WAL, `synchronous=FULL`, foreign keys on,
+    /// schema created. The file is made readable by its owner only.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let conn = Connection::open(path)?;
+        restrict_permissions(path);
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "could not switch the database to WAL mode (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        conn.execute_batch(SCHEMA)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            restrict_permissions(Path::new(&p));
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("database connection lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` in a transaction that commits when `f` succeeds.
+    async fn tx<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if path.exists() {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+fn insert_audit(c: &Connection, e: &AuditEntry) -> StoreResult<()> {
+    c.execute(
+        "INSERT INTO audit (at, actor, tenant_id, action, target, fingerprint, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            e.at,
+            e.actor,
+            e.tenant,
+            e.action,
+            e.target,
+            e.fingerprint,
+            e.detail
+        ],
+    )?;
+    Ok(())
+}
+
+const TENANT_COLS: &str =
+    "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy";
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
+    let policy: String = r.get(7)?;
+    Ok(TenantRecord {
+        id: r.get(0)?,
+        company: r.get(1)?,
+        domain: r.get(2)?,
+        created_at: r.get(3)?,
+        settings: TenantSettings {
+            max_chain_length: r.get(4)?,
+            crl_offline_enabled: r.get(5)?,
+            crl_online_enabled: r.get(6)?,
+            client_id_policy: ClientIdPolicy::parse(&policy).unwrap_or(ClientIdPolicy::Strict),
+        },
+    })
+}
+
+fn insert_tenant(c: &Connection, t: &TenantRecord) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT OR IGNORE INTO tenants (id, company, domain, created_at, max_chain_length,
+            crl_offline_enabled, crl_online_enabled, client_id_policy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            t.id,
+            t.company,
+            t.domain,
+            t.created_at,
+            t.settings.max_chain_length,
+            t.settings.crl_offline_enabled,
+            t.settings.crl_online_enabled,
+            t.settings.client_id_policy.as_str()
+        ],
+    )
+}
+
+const USER_COLS: &str = "tenant_id, user_name, password_hash, roles, created_at";
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    let roles: String = r.get(3)?;
+    Ok(UserRecord {
+        tenant: r.get(0)?,
+        user_name: r.get(1)?,
+        password_hash: r.get(2)?,
+        roles: roles.split(',').filter_map(Role::parse).collect(),
+        created_at: r.get(4)?,
+    })
+}
+
+fn insert_user(c: &Connection, u: &UserRecord) -> StoreResult<()> {
+    let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+    let n = c.execute(
+        "INSERT OR IGNORE INTO users (tenant_id, user_name, password_hash, roles, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            u.tenant,
+            u.user_name,
+            u.password_hash,
+            roles.join(","),
+            u.created_at
+        ],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Conflict(Conflict::UserExists {
+            tenant: u.tenant.clone(),
+            user: u.user_name.clone(),
+        }));
+    }
+    Ok(())
+}
+
+const CERT_COLS: &str =
+    "tenant_id, fingerprint, name, status, auto_registration, cert_der, spki_der,
+    subject, issuer, serial_hex, not_before, not_after, algorithm_name, version, pop_valid,
+    pop_code, pop_code_expires, created_at";
+
+fn cert_row(r: &Row<'_>) -> rusqlite::Result<TrustedCertRecord> {
+    let status: String = r.get(3)?;
+    Ok(TrustedCertRecord {
+        tenant: r.get(0)?,
+        fingerprint: r.get(1)?,
+        name: r.get(2)?,
+        status: if status == "DISABLED" {
+            AnchorStatus::Disabled
+        } else {
+            AnchorStatus::Enabled
+        },
+        auto_registration: r.get(4)?,
+        cert_der: r.get(5)?,
+        spki_der: r.get(6)?,
+        subject: r.get(7)?,
+        issuer: r.get(8)?,
+        serial_hex: r.get(9)?,
+        not_before: r.get(10)?,
+        not_after: r.get(11)?,
+        algorithm_name: r.get(12)?,
+        version: r.get(13)?,
+        pop_valid: r.get(14)?,
+        pop_code: r.get(15)?,
+        pop_code_expires: r.get(16)?,
+        created_at: r.get(17)?,
+    })
+}
+
+fn status_str(s: AnchorStatus) -> &'static str {
+    match s {
+        AnchorStatus::Enabled => "ENABLED",
+        AnchorStatus::Disabled => "DISABLED",
+    }
+}
+
+fn get_cert(c: &Connection, tenant: &str, fp: &str) -> StoreResult<Option<TrustedCertRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {CERT_COLS} FROM trusted_certificates WHERE tenant_id = ?1 AND fingerprint = ?2"),
+        params![tenant, fp],
+        cert_row,
+    )
+    .optional()?)
+}
+
+fn cert_not_found(fp: &str) -> StoreError {
+    StoreError::NotFound(format!("Trusted certificate {fp} not found"))
+}
+
+const DEVICE_COLS: &str =
+    "tenant_id, common_name, status, anchor_fingerprint, first_connection, last_connection, created_at";
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let status: String = r.get(2)?;
+    Ok(DeviceRecord {
+        tenant: r.get(0)?,
+        common_name: r.get(1)?,
+        status: DeviceStatus::parse(&status).unwrap_or(DeviceStatus::Blocked),
+        anchor_fingerprint: r.get(3)?,
+        first_connection: r.get(4)?,
+        last_connection: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+fn get_device(c: &Connection, tenant: &str, cn: &str) -> StoreResult<Option<DeviceRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND common_name = ?2"),
+        params![tenant, cn],
+        device_row,
+    )
+    .optional()?)
+}
+
+const CRL_COLS: &str =
+    "tenant_id, issuer, issuer_key, der, this_update, next_update, revoked_count, uploaded_at";
+
+fn crl_row(r: &Row<'_>) -> rusqlite::Result<CrlRecord> {
+    Ok(CrlRecord {
+        tenant: r.get(0)?,
+        issuer: r.get(1)?,
+        issuer_key: r.get(2)?,
+        der: r.get(3)?,
+        this_update: r.get(4)?,
+        next_update: r.get(5)?,
+        revoked_count: r.get(6)?,
+        uploaded_at: r.get(7)?,
+    })
+}
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        tenant: r.get(3)?,
+        action: r.get(4)?,
+        target: r.get(5)?,
+        fingerprint: r.get(6)?,
+        detail: r.get(7)?,
+    })
+}
+
+fn tenant_exists(c: &Connection, id: &str) -> StoreResult<bool> {
+    Ok(
+        c.query_row("SELECT 1 FROM tenants WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
+}
+
+fn tenant_not_found(id: &str) -> StoreError {
+    StoreError::NotFound(format!("Tenant {id} not found"))
+}
+
+fn limit(page: PageRequest) -> (i64, i64) {
+    (
+        i64::from(page.size),
+        i64::try_from(page.offset()).unwrap_or(i64::MAX),
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_tenant(
+        &self,
+        tenant: TenantRecord,
+        admin: UserRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.tx(move |tx| {
+            if insert_tenant(tx, &tenant)? == 0 {
+                return Err(StoreError::Conflict(Conflict::TenantExists(tenant.id)));
+            }
+            insert_user(tx, &admin)?;
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn ensure_tenant(&self, tenant: TenantRecord) -> StoreResult<bool> {
+        self.tx(move |tx| Ok(insert_tenant(tx, &tenant)? == 1))
+            .await
+    }
+
+    async fn tenant(&self, id: &str) -> StoreResult<Option<TenantRecord>> {
+        let id = id.to_string();
+        self.run(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"),
+                [id],
+                tenant_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn tenants(&self, page: PageRequest) -> StoreResult<Page<TenantRecord>> {
+        self.run(move |c| {
+            let (lim, off) = limit(page);
+            let mut st = c.prepare(&format!(
+                "SELECT {TENANT_COLS} FROM tenants ORDER BY id LIMIT ?1 OFFSET ?2"
+            ))?;
+            let items = st
+                .query_map(params![lim, off], tenant_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let total: u64 = c.query_row("SELECT COUNT(*) FROM tenants", [], |r| r.get(0))?;
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    async fn update_tenant(&self, t: TenantRecord, audit: AuditEntry) -> StoreResult<()> {
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE tenants SET company = ?2, domain = ?3, max_chain_length = ?4,
+                    crl_offline_enabled = ?5, crl_online_enabled = ?6, client_id_policy = ?7
+                 WHERE id = ?1",
+                params![
+                    t.id,
+                    t.company,
+                    t.domain,
+                    t.settings.max_chain_length,
+                    t.settings.crl_offline_enabled,
+                    t.settings.crl_online_enabled,
+                    t.settings.client_id_policy.as_str()
+                ],
+            )?;
+            if n == 0 {
+                return Err(tenant_not_found(&t.id));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn delete_tenant(&self, id: &str, audit: AuditEntry) -> StoreResult<()> {
+        let id = id.to_string();
+        self.tx(move |tx| {
+            if tx.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
+                return Err(tenant_not_found(&id));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: UserRecord, audit: AuditEntry) -> StoreResult<()> {
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &user.tenant)? {
+                return Err(tenant_not_found(&user.tenant));
+            }
+            insert_user(tx, &user)?;
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn user(&self, tenant: &str, user_name: &str) -> StoreResult<Option<UserRecord>> {
+        let (tenant, user_name) = (tenant.to_string(), user_name.to_string());
+        self.run(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND user_name = ?2"),
+                params![tenant, user_name],
+                user_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn users(&self, tenant: &str) -> StoreResult<Vec<UserRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 ORDER BY user_name"
+            ))?;
+            let users = st
+                .query_map([tenant], user_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(users)
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        tenant: &str,
+        user_name: &str,
+        password_hash: String,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, user_name) = (tenant.to_string(), user_name.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE users SET password_hash = ?3 WHERE tenant_id = ?1 AND user_name = ?2",
+                params![tenant, user_name, password_hash],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("User {user_name} not found")));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        tenant: &str,
+        user_name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, user_name) = (tenant.to_string(), user_name.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM users WHERE tenant_id = ?1 AND user_name = ?2",
+                params![tenant, user_name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("User {user_name} not found")));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn insert_certificates(
+        &self,
+        certs: Vec<TrustedCertRecord>,
+        audit: Vec<AuditEntry>,
+    ) -> StoreResult<()> {
+        self.tx(move |tx| {
+            let mut seq: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM trusted_certificates",
+                [],
+                |r| r.get(0),
+            )?;
+            for c in &certs {
+                if !tenant_exists(tx, &c.tenant)? {
+                    return Err(tenant_not_found(&c.tenant));
+                }
+                let exists = tx
+                    .query_row(
+                        "SELECT 1 FROM trusted_certificates WHERE fingerprint = ?1",
+                        [&c.fingerprint],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if exists {
+                    return Err(StoreError::Conflict(Conflict::CertificateExists {
+                        fingerprint: c.fingerprint.clone(),
+                    }));
+                }
+                let same_key_elsewhere = tx
+                    .query_row(
+                        "SELECT 1 FROM trusted_certificates WHERE spki_der = ?1 AND tenant_id <> ?2",
+                        params![c.spki_der, c.tenant],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if same_key_elsewhere {
+                    return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
+                        fingerprint: c.fingerprint.clone(),
+                    }));
+                }
+                seq += 1;
+                tx.execute(
+                    "INSERT INTO trusted_certificates (tenant_id, fingerprint, name, status,
+                        auto_registration, cert_der, spki_der, subject, issuer, serial_hex,
+                        not_before, not_after, algorithm_name, version, pop_valid, pop_code,
+                        pop_code_expires, created_at, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                        ?16, ?17, ?18, ?19)",
+                    params![
+                        c.tenant,
+                        c.fingerprint,
+                        c.name,
+                        status_str(c.status),
+                        c.auto_registration,
+                        c.cert_der,
+                        c.spki_der,
+                        c.subject,
+                        c.issuer,
+                        c.serial_hex,
+                        c.not_before,
+                        c.not_after,
+                        c.algorithm_name,
+                        c.version,
+                        c.pop_valid,
+                        c.pop_code,
+                        c.pop_code_expires,
+                        c.created_at,
+                        seq
+                    ],
+                )?;
+            }
+            for a in &audit {
+                insert_audit(tx, a)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn certificate(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+    ) -> StoreResult<Option<TrustedCertRecord>> {
+        let (tenant, fp) = (tenant.to_string(), fingerprint.to_string());
+        self.run(move |c| get_cert(c, &tenant, &fp)).await
+    }
+
+    async fn certificates(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<TrustedCertRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let (lim, off) = limit(page);
+            let mut st = c.prepare(&format!(
+                "SELECT {CERT_COLS} FROM trusted_certificates WHERE tenant_id = ?1
+                 ORDER BY seq LIMIT ?2 OFFSET ?3"
+            ))?;
+            let items = st
+                .query_map(params![tenant, lim, off], cert_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let total: u64 = c.query_row(
+                "SELECT COUNT(*) FROM trusted_certificates WHERE tenant_id = ?1",
+                [&tenant],
+                |r| r.get(0),
+            )?;
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    async fn certificate_counts(&self, tenant: &str) -> StoreResult<(u64, u64)> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'ENABLED'), 0)
+                 FROM trusted_certificates WHERE tenant_id = ?1",
+                [&tenant],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .await
+    }
+
+    async fn tenant_anchors(&self, tenant: &str) -> StoreResult<Vec<TrustedCertRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {CERT_COLS} FROM trusted_certificates WHERE tenant_id = ?1 ORDER BY seq"
+            ))?;
+            let items = st
+                .query_map([tenant], cert_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn update_certificate(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        update: CertUpdate,
+        audit: AuditEntry,
+    ) -> StoreResult<TrustedCertRecord> {
+        let (tenant, fp) = (tenant.to_string(), fingerprint.to_string());
+        self.tx(move |tx| {
+            let mut cert = get_cert(tx, &tenant, &fp)?.ok_or_else(|| cert_not_found(&fp))?;
+            if let Some(n) = update.name {
+                cert.name = n;
+            }
+            if let Some(s) = update.status {
+                cert.status = s;
+            }
+            if let Some(a) = update.auto_registration {
+                cert.auto_registration = a;
+            }
+            tx.execute(
+                "UPDATE trusted_certificates SET name = ?3, status = ?4, auto_registration = ?5
+                 WHERE tenant_id = ?1 AND fingerprint = ?2",
+                params![
+                    tenant,
+                    fp,
+                    cert.name,
+                    status_str(cert.status),
+                    cert.auto_registration
+                ],
+            )?;
+            insert_audit(tx, &audit)?;
+            Ok(cert)
+        })
+        .await
+    }
+
+    async fn delete_certificate(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, fp) = (tenant.to_string(), fingerprint.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM trusted_certificates WHERE tenant_id = ?1 AND fingerprint = ?2",
+                params![tenant, fp],
+            )?;
+            if n == 0 {
+                return Err(cert_not_found(&fp));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn set_verification_code(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        code: String,
+        expires: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<TrustedCertRecord> {
+        let (tenant, fp) = (tenant.to_string(), fingerprint.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE trusted_certificates SET pop_code = ?3, pop_code_expires = ?4
+                 WHERE tenant_id = ?1 AND fingerprint = ?2",
+                params![tenant, fp, code, expires],
+            )?;
+            if n == 0 {
+                return Err(cert_not_found(&fp));
+            }
+            insert_audit(tx, &audit)?;
+            get_cert(tx, &tenant, &fp)?.ok_or_else(|| cert_not_found(&fp))
+        })
+        .await
+    }
+
+    async fn set_proof_of_possession(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<TrustedCertRecord> {
+        let (tenant, fp) = (tenant.to_string(), fingerprint.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE trusted_certificates SET pop_valid = 1, pop_code = NULL,
+                    pop_code_expires = NULL
+                 WHERE tenant_id = ?1 AND fingerprint = ?2",
+                params![tenant, fp],
+            )?;
+            if n == 0 {
+                return Err(cert_not_found(&fp));
+            }
+            insert_audit(tx, &audit)?;
+            get_cert(tx, &tenant, &fp)?.ok_or_else(|| cert_not_found(&fp))
+        })
+        .await
+    }
+
+    async fn add_revoked_serials(
+        &self,
+        tenant: &str,
+        serials: Vec<RevokedSerial>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let tenant = tenant.to_string();
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &tenant)? {
+                return Err(tenant_not_found(&tenant));
+            }
+            for s in &serials {
+                tx.execute(
+                    "INSERT INTO revoked_serials (tenant_id, serial_hex, revocation_date)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (tenant_id, serial_hex)
+                     DO UPDATE SET revocation_date = excluded.revocation_date",
+                    params![tenant, s.serial_hex, s.revocation_date],
+                )?;
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn revoked_serials(&self, tenant: &str) -> StoreResult<Vec<RevokedSerial>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT serial_hex, revocation_date FROM revoked_serials WHERE tenant_id = ?1
+                 ORDER BY serial_hex",
+            )?;
+            let items = st
+                .query_map([tenant], |r| {
+                    Ok(RevokedSerial {
+                        serial_hex: r.get(0)?,
+                        revocation_date: r.get(1)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn put_crl(&self, crl: CrlRecord, audit: AuditEntry) -> StoreResult<()> {
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &crl.tenant)? {
+                return Err(tenant_not_found(&crl.tenant));
+            }
+            tx.execute(
+                "INSERT INTO crls (tenant_id, issuer, issuer_key, der, this_update, next_update,
+                    revoked_count, uploaded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (tenant_id, issuer_key) DO UPDATE SET issuer = excluded.issuer,
+                    der = excluded.der, this_update = excluded.this_update,
+                    next_update = excluded.next_update, revoked_count = excluded.revoked_count,
+                    uploaded_at = excluded.uploaded_at",
+                params![
+                    crl.tenant,
+                    crl.issuer,
+                    crl.issuer_key,
+                    crl.der,
+                    crl.this_update,
+                    crl.next_update,
+                    crl.revoked_count,
+                    crl.uploaded_at
+                ],
+            )?;
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn crls(&self, tenant: &str) -> StoreResult<Vec<CrlRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {CRL_COLS} FROM crls WHERE tenant_id = ?1 ORDER BY issuer"
+            ))?;
+            let items = st
+                .query_map([tenant], crl_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn crl_signer(&self, tenant: &str) -> StoreResult<Option<CrlSigner>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = c
+                .query_row(
+                    "SELECT crl_signer_cert, crl_signer_key FROM tenants WHERE id = ?1",
+                    [&tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match row {
+                None => Err(tenant_not_found(&tenant)),
+                Some((Some(cert_der), Some(key_pkcs8))) => Ok(Some(CrlSigner {
+                    cert_der,
+                    key_pkcs8,
+                })),
+                Some(_) => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn init_crl_signer(&self, tenant: &str, signer: CrlSigner) -> StoreResult<CrlSigner> {
+        let tenant = tenant.to_string();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE tenants SET crl_signer_cert = ?2, crl_signer_key = ?3
+                 WHERE id = ?1 AND crl_signer_cert IS NULL",
+                params![tenant, signer.cert_der, signer.key_pkcs8],
+            )?;
+            if n == 1 {
+                return Ok(signer);
+            }
+            let row: Option<(Vec<u8>, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT crl_signer_cert, crl_signer_key FROM tenants WHERE id = ?1",
+                    [&tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (cert_der, key_pkcs8) = row.ok_or_else(|| tenant_not_found(&tenant))?;
+            Ok(CrlSigner {
+                cert_der,
+                key_pkcs8,
+            })
+        })
+        .await
+    }
+
+    async fn devices(&self, tenant: &str, page: PageRequest) -> StoreResult<Page<DeviceRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let (lim, off) = limit(page);
+            let mut st = c.prepare(&format!(
+                "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1
+                 ORDER BY common_name LIMIT ?2 OFFSET ?3"
+            ))?;
+            let items = st
+                .query_map(params![tenant, lim, off], device_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let total: u64 = c.query_row(
+                "SELECT COUNT(*) FROM devices WHERE tenant_id = ?1",
+                [&tenant],
+                |r| r.get(0),
+            )?;
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    async fn device(&self, tenant: &str, common_name: &str) -> StoreResult<Option<DeviceRecord>> {
+        let (tenant, cn) = (tenant.to_string(), common_name.to_string());
+        self.run(move |c| get_device(c, &tenant, &cn)).await
+    }
+
+    async fn preregister_device(&self, d: DeviceRecord, audit: AuditEntry) -> StoreResult<()> {
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &d.tenant)? {
+                return Err(tenant_not_found(&d.tenant));
+            }
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO devices (tenant_id, common_name, status, anchor_fingerprint,
+                    first_connection, last_connection, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.tenant,
+                    d.common_name,
+                    d.status.as_str(),
+                    d.anchor_fingerprint,
+                    d.first_connection,
+                    d.last_connection,
+                    d.created_at
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(Conflict::DeviceExists {
+                    common_name: d.common_name,
+                }));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn set_device_status(
+        &self,
+        tenant: &str,
+        common_name: &str,
+        status: DeviceStatus,
+        now: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<DeviceRecord> {
+        let (tenant, cn) = (tenant.to_string(), common_name.to_string());
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &tenant)? {
+                return Err(tenant_not_found(&tenant));
+            }
+            tx.execute(
+                "INSERT INTO devices (tenant_id, common_name, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, common_name) DO UPDATE SET status = excluded.status",
+                params![tenant, cn, status.as_str(), now],
+            )?;
+            insert_audit(tx, &audit)?;
+            get_device(tx, &tenant, &cn)?
+                .ok_or_else(|| StoreError::Backend("device vanished inside its transaction".into()))
+        })
+        .await
+    }
+
+    async fn register_device(
+        &self,
+        tenant: &str,
+        common_name: &str,
+        anchor_fingerprint: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        let (tenant, cn, fp) = (
+            tenant.to_string(),
+            common_name.to_string(),
+            anchor_fingerprint.to_string(),
+        );
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &tenant)? {
+                return Err(tenant_not_found(&tenant));
+            }
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO devices (tenant_id, common_name, status, anchor_fingerprint,
+                    first_connection, last_connection, created_at)
+                 VALUES (?1, ?2, 'REGISTERED', ?3, ?4, ?4, ?4)",
+                params![tenant, cn, fp, now],
+            )?;
+            let changed = inserted == 1
+                || tx.execute(
+                    "UPDATE devices SET first_connection = ?4, last_connection = ?4,
+                        anchor_fingerprint = ?3
+                     WHERE tenant_id = ?1 AND common_name = ?2 AND status = 'REGISTERED'
+                        AND first_connection IS NULL",
+                    params![tenant, cn, fp, now],
+                )? == 1;
+            if changed {
+                insert_audit(tx, &audit)?;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn record_last_seen(&self, seen: Vec<(String, String, i64)>) -> StoreResult<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.tx(move |tx| {
+            let mut st = tx.prepare(
+                "UPDATE devices SET last_connection = MAX(COALESCE(last_connection, 0), ?3),
+                    first_connection = COALESCE(first_connection, ?3)
+                 WHERE tenant_id = ?1 AND common_name = ?2",
+            )?;
+            for (tenant, cn, at) in &seen {
+                st.execute(params![tenant, cn, at])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_server_certificate(
+        &self,
+        cert: ServerCertRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.tx(move |tx| {
+            let chain = encode_chain(&cert.chain_der);
+            tx.execute(
+                "INSERT INTO server_certificate (id, name, chain_der, key_pkcs8, imported_at)
+                 VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                    chain_der = excluded.chain_der, key_pkcs8 = excluded.key_pkcs8,
+                    imported_at = excluded.imported_at",
+                params![cert.name, chain, cert.key_pkcs8, cert.imported_at],
+            )?;
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn server_certificate(&self) -> StoreResult<Option<ServerCertRecord>> {
+        self.run(|c| {
+            let row: Option<(String, Vec<u8>, Vec<u8>, i64)> = c
+                .query_row(
+                    "SELECT name, chain_der, key_pkcs8, imported_at FROM server_certificate
+                     WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            row.map(|(name, chain, key_pkcs8, imported_at)| {
+                Ok(ServerCertRecord {
+                    name,
+                    chain_der: decode_chain(&chain)?,
+                    key_pkcs8,
+                    imported_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.tx(move |tx| insert_audit(tx, &entry)).await
+    }
+
+    async fn audit(
+        &self,
+        tenant: Option<&str>,
+        page: PageRequest,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let tenant = tenant.map(str::to_string);
+        self.run(move |c| {
+            let (lim, off) = limit(page);
+            let cols = "id, at, actor, tenant_id, action, target, fingerprint, detail";
+            let (items, total) = match &tenant {
+                Some(t) => {
+                    let mut st = c.prepare(&format!(
+                        "SELECT {cols} FROM audit WHERE tenant_id = ?1 ORDER BY id DESC
+                         LIMIT ?2 OFFSET ?3"
+                    ))?;
+                    let items = st
+                        .query_map(params![t, lim, off], audit_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let total: u64 = c.query_row(
+                        "SELECT COUNT(*) FROM audit WHERE tenant_id = ?1",
+                        [t],
+                        |r| r.get(0),
+                    )?;
+                    (items, total)
+                }
+                None => {
+                    let mut st = c.prepare(&format!(
+                        "SELECT {cols} FROM audit ORDER BY id DESC LIMIT ?1 OFFSET ?2"
+                    ))?;
+                    let items = st
+                        .query_map(params![lim, off], audit_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let total: u64 = c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?;
+                    (items, total)
+                }
+            };
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    async fn trust_material(&self) -> StoreResult<TrustMaterial> {
+        self.tx(|tx| {
+            let tenants = tx
+                .prepare(&format!("SELECT {TENANT_COLS} FROM tenants ORDER BY id"))?
+                .query_map([], tenant_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let anchors = tx
+                .prepare(&format!(
+                    "SELECT {CERT_COLS} FROM trusted_certificates ORDER BY seq"
+                ))?
+                .query_map([], cert_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let revoked = tx
+                .prepare("SELECT tenant_id, serial_hex, revocation_date FROM revoked_serials")?
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        RevokedSerial {
+                            serial_hex: r.get(1)?,
+                            revocation_date: r.get(2)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let crls = tx
+                .prepare(&format!(
+                    "SELECT {CRL_COLS} FROM crls ORDER BY tenant_id, issuer"
+                ))?
+                .query_map([], crl_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let blocked = tx
+                .prepare("SELECT tenant_id, common_name FROM devices WHERE status = 'BLOCKED'")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(TrustMaterial {
+                tenants,
+                anchors,
+                revoked,
+                crls,
+                blocked,
+            })
+        })
+        .await
+    }
+}
+
+/// Stores a chain as concatenated DER (each element is a self-delimiting SEQUENCE).
+fn encode_chain(chain: &[Vec<u8>]) -> Vec<u8> {
+    chain.concat()
+}
+
+fn decode_chain(bytes: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
+    certs::pem::read_certificates(bytes)
+        .map(|v| v.into_iter().map(|c| c.as_ref().to_vec()).collect())
+        .map_err(|e| StoreError::Backend(format!("stored server certificate chain: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> TenantRecord {
+        TenantRecord {
+            id: id.into(),
+            company: "ACME".into(),
+            domain: None,
+            created_at: 1,
+            settings: TenantSettings::default(),
+        }
+    }
+
+    fn user(tenant: &str, name: &str) -> UserRecord {
+        UserRecord {
+            tenant: tenant.into(),
+            user_name: name.into(),
+            password_hash: "$argon2id$x".into(),
+            roles: vec![Role::TenantAdmin],
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn wal_and_durable_settings_and_cascade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let (mode, sync): (String, i64) = store
+            .run(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+
+        let audit = AuditEntry::new("system", Some("t1"), "TENANT_CREATED");
+        store
+            .create_tenant(tenant("t1"), user("t1", "admin"), audit.clone())
+            .await
+            .unwrap();
+        let err = store
+            .create_tenant(tenant("t1"), user("t1", "admin"), audit.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(Conflict::TenantExists(ref t)) if t == "t1"));
+        // The failed creation left nothing behind: one audit row, one user.
+        let page = PageRequest { size: 10, page: 1 };
+        assert_eq!(store.audit(None, page).await.unwrap().total, 1);
+        assert_eq!(store.users("t1").await.unwrap().len(), 1);
+
+        store
+            .delete_tenant(
+                "t1",
+                AuditEntry::new("system", Some("t1"), "TENANT_DELETED"),
+            )
+            .await
+            .unwrap();
+        assert!(store.users("t1").await.unwrap().is_empty());
+        assert!(store.user("t1", "admin").await.unwrap().is_none());
+        assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 2);
+    }
+
+    #[tokio::test]
+    async fn last_seen_is_monotonic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store
+            .create_tenant(
+                tenant("t1"),
+                user("t1", "admin"),
+                AuditEntry::new("system", Some("t1"), "TENANT_CREATED"),
+            )
+            .await
+            .unwrap();
+        let a = AuditEntry::new("device", Some("t1"), "DEVICE_REGISTERED");
+        assert!(store
+            .register_device("t1", "d1", "fp", 100, a.clone())
+            .await
+            .unwrap());
+        assert!(!store
+            .register_device("t1", "d1", "fp", 200, a)
+            .await
+            .unwrap());
+        store
+            .record_last_seen(vec![("t1".into(), "d1".into(), 300)])
+            .await
+            .unwrap();
+        store
+            .record_last_seen(vec![("t1".into(), "d1".into(), 250)])
+            .await
+            .unwrap();
+        let d = store.device("t1", "d1").await.unwrap().unwrap();
+        assert_eq!(d.first_connection, Some(100));
+        assert_eq!(d.last_connection, Some(300));
+    }
+}
