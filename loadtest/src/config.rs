@@ -289,14 +289,17 @@ impl Config {
             return bad("--scenario revoke disables the uploaded CA over REST, so it cannot run with --no-upload".into());
         }
         if let Some(t) = &self.tenant {
-            if t.is_empty()
-                || t.len() > 64
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            // The product's rule for tenant ids.
+            let ok = (1..=32).contains(&t.len())
+                && t.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                })
+                && t.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            if !ok {
                 return bad(format!(
-                    "--tenant must be 1-64 characters of [A-Za-z0-9_-], got {t:?}"
+                    "--tenant must be 1-32 characters of [a-z0-9_-] starting with a letter or digit, got {t:?}"
                 ));
             }
         }
@@ -689,6 +692,27 @@ mod tests {
                 },
             ),
             (
+                "upper-case tenant",
+                Config {
+                    tenant: Some("Acme".into()),
+                    ..valid()
+                },
+            ),
+            (
+                "tenant starting with -",
+                Config {
+                    tenant: Some("-acme".into()),
+                    ..valid()
+                },
+            ),
+            (
+                "long tenant",
+                Config {
+                    tenant: Some("a".repeat(33)),
+                    ..valid()
+                },
+            ),
+            (
                 "too many messages",
                 Config {
                     devices: 100_000,
@@ -715,6 +739,11 @@ mod tests {
             ..valid()
         };
         assert!(upload.validate().is_ok());
+        let named = Config {
+            tenant: Some("acme_2-x".into()),
+            ..upload.clone()
+        };
+        assert!(named.validate().is_ok());
         assert!(Config {
             admin_password: None,
             ..upload
