@@ -228,9 +228,20 @@ EOF
 
 run_product() { # key_type
   local kt="$1" d="$WORK/$1/product" mqtt admin metrics pid i
+  mkdir -p "$d/data"
   mkdir -p "$d"
   mqtt=$(free_port); admin=$(free_port); metrics=$(free_port)
   export BROKER_ADMIN_PASSWORD="${BROKER_ADMIN_PASSWORD:-bench-$RANDOM-$RANDOM-$RANDOM}"
+  # Serve the same ($kt) server certificate as mosquitto when the product accepts it;
+  # otherwise it uses the one it generates itself (<data-dir>/server.crt).
+  local server_ca="$d/data/server.crt"
+  if "$BROKER" --data-dir "$d/data" import-certificate --crt "$WORK/$kt/server.crt" \
+      --key "$WORK/$kt/server.key" --chain "$WORK/$kt/server-ca.pem" > "$d/import.log" 2>&1; then
+    server_ca="$WORK/$kt/server-ca.pem"
+  else
+    echo "benchmark: the product did not import the $kt server certificate (see $OUT/product-$kt-import.log); using its own" >&2
+    cp "$d/import.log" "$OUT/product-$kt-import.log" 2>/dev/null || true
+  fi
   "$BROKER" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$mqtt" \
     --admin-listen "127.0.0.1:$admin" --metrics-listen "127.0.0.1:$metrics" \
     > "$d/broker.log" 2>&1 &
@@ -242,12 +253,12 @@ run_product() { # key_type
     stop_pid "$pid"
     return 0
   fi
-  for i in $(seq 1 100); do [ -s "$d/data/server.crt" ] && break; sleep 0.1; done
-  [ -s "$d/data/server.crt" ] || { echo "benchmark: no $d/data/server.crt" >&2; stop_pid "$pid"; return 0; }
+  for i in $(seq 1 100); do [ -s "$server_ca" ] && break; sleep 0.1; done
+  [ -s "$server_ca" ] || { echo "benchmark: no $server_ca" >&2; stop_pid "$pid"; return 0; }
   echo "benchmark: product ($kt) on 127.0.0.1:$mqtt (admin $admin)" >&2
   # shellcheck disable=SC2046
   timeout "$RUN_LIMIT" "$LOADTEST" run --broker "127.0.0.1:$mqtt" $(common_args) \
-    --key-type "$kt" --admin "https://127.0.0.1:$admin" --server-ca "$d/data/server.crt" \
+    --key-type "$kt" --admin "https://127.0.0.1:$admin" --server-ca "$server_ca" \
     --broker-pid "$pid" --report "$OUT/product-$kt.json" \
     || echo "benchmark: loadtest against the product ($kt) failed; see $d/broker.log" >&2
   cp "$d/broker.log" "$OUT/product-$kt.log" 2>/dev/null || true
