@@ -1,3 +1,130 @@
-//! Benchmark of TrustStore::verify_device (written in the benchmark step).
+//! `TrustStore::verify_device` with 1 anchor and with 10,000 anchors spread over 1,000
+//! tenants. The candidate lookup is hash-based (SKI via the device's AKI, or issuer DN),
+//! so the two must cost the same; a scan over anchors would show up here at once.
+//!
+//! Run: `cargo bench -p certs --bench verify_device -- --warm-up-time 1 --measurement-time 5`
 
-fn main() {}
+use std::hint::black_box;
+use std::time::Instant;
+
+use certs::issue::{self, CaOptions, Issued, KeyType, Subject, Validity};
+use certs::{AnchorSpec, AnchorStatus, CertificateDer, TrustStore, UnixTime};
+use criterion::Criterion;
+
+const TENANTS: usize = 1_000;
+const ANCHORS_PER_TENANT: usize = 10;
+
+fn ca(name: &str) -> Issued {
+    issue::ca(
+        &Subject::cn(name),
+        Validity::days(365),
+        KeyType::P256,
+        &CaOptions::default(),
+        None,
+    )
+    .expect("CA")
+}
+
+fn spec(tenant: &str, ca: &Issued) -> AnchorSpec {
+    AnchorSpec {
+        tenant: tenant.to_string(),
+        status: AnchorStatus::Enabled,
+        auto_registration: false,
+        cert_der: ca.cert_der.as_ref().to_vec(),
+    }
+}
+
+/// A device of `ca` without the Authority Key Identifier: found by issuer DN only.
+fn device_without_aki(ca: &Issued) -> CertificateDer<'static> {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "bench-device-dn");
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = false;
+    let key = rcgen::KeyPair::generate().expect("key");
+    p.signed_by(&key, &ca.issuer().expect("issuer"))
+        .expect("device")
+        .der()
+        .clone()
+}
+
+fn bench(c: &mut Criterion) {
+    let started = Instant::now();
+    let mut cas = Vec::with_capacity(TENANTS * ANCHORS_PER_TENANT);
+    for t in 0..TENANTS {
+        for k in 0..ANCHORS_PER_TENANT {
+            cas.push((format!("tenant-{t}"), ca(&format!("Tenant {t} CA {k}"))));
+        }
+    }
+    eprintln!(
+        "generated {} CA certificates in {:.1?}",
+        cas.len(),
+        started.elapsed()
+    );
+    // The device's CA sits in the middle of the big store.
+    let (target_tenant, target) = &cas[cas.len() / 2];
+    let device = issue::device(
+        "bench-device",
+        Validity::days(30),
+        KeyType::P256,
+        &target.issuer().expect("issuer"),
+        &[],
+    )
+    .expect("device")
+    .cert_der;
+    let device_dn = device_without_aki(target);
+
+    let mut one = TrustStore::builder();
+    one.anchor(spec(target_tenant, target)).expect("anchor");
+    let one = one.build();
+
+    let started = Instant::now();
+    let mut many = TrustStore::builder();
+    for (tenant, ca) in &cas {
+        many.anchor(spec(tenant, ca)).expect("anchor");
+    }
+    let many = many.build();
+    eprintln!(
+        "built a store of {} anchors in {:.1?}",
+        many.anchor_count(),
+        started.elapsed()
+    );
+
+    let now = UnixTime::now();
+    for (store, label) in [(&one, "1 anchor"), (&many, "10000 anchors")] {
+        for chain in [
+            vec![device.clone()],
+            vec![device.clone(), target.cert_der.clone()],
+            vec![device_dn.clone()],
+        ] {
+            let id = store.verify_device(&chain, now).expect("valid device");
+            assert_eq!(&*id.tenant, target_tenant.as_str(), "{label}");
+        }
+    }
+
+    let mut g = c.benchmark_group("verify_device");
+    for (label, store) in [("1_anchor", &one), ("10000_anchors_1000_tenants", &many)] {
+        let leaf = [device.clone()];
+        g.bench_function(format!("{label}/leaf_aki"), |b| {
+            b.iter(|| black_box(store.verify_device(black_box(&leaf), now)))
+        });
+        let with_ca = [device.clone(), target.cert_der.clone()];
+        g.bench_function(format!("{label}/leaf_and_ca"), |b| {
+            b.iter(|| black_box(store.verify_device(black_box(&with_ca), now)))
+        });
+        let by_dn = [device_dn.clone()];
+        g.bench_function(format!("{label}/leaf_dn_only"), |b| {
+            b.iter(|| black_box(store.verify_device(black_box(&by_dn), now)))
+        });
+    }
+    g.finish();
+}
+
+// What `criterion_group!`/`criterion_main!` expand to, without their undocumented pub fn.
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}
