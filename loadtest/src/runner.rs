@@ -950,6 +950,9 @@ async fn subscriber_session(ctx: Arc<Ctx>, mut conn: Conn) -> Histogram<u64> {
     let mut hist = new_histogram();
     let per_device = ctx.messages as usize;
     let mut seen = vec![0u64; (ctx.devices * per_device).div_ceil(64)];
+    // QoS 2 packet ids received and not yet released: a resend of one of them is the same
+    // delivery, not a duplicate.
+    let mut unreleased: std::collections::HashSet<u16> = std::collections::HashSet::new();
     let mut last_write = Instant::now();
     loop {
         if !conn.out.is_empty() {
@@ -991,7 +994,12 @@ async fn subscriber_session(ctx: Arc<Ctx>, mut conn: Conn) -> Histogram<u64> {
                         Incoming::Publish { qos, pkid, payload } => {
                             match qos {
                                 1 => codec.puback(pkid, &mut conn.out),
-                                2 => codec.pubrec(pkid, &mut conn.out),
+                                2 => {
+                                    codec.pubrec(pkid, &mut conn.out);
+                                    if !unreleased.insert(pkid) {
+                                        continue;
+                                    }
+                                }
                                 _ => {}
                             }
                             match parse_payload(&payload) {
@@ -1015,7 +1023,10 @@ async fn subscriber_session(ctx: Arc<Ctx>, mut conn: Conn) -> Histogram<u64> {
                                 _ => s.error("subscriber: message with a foreign payload"),
                             }
                         }
-                        Incoming::PubRel { pkid } => codec.pubcomp(pkid, &mut conn.out),
+                        Incoming::PubRel { pkid } => {
+                            unreleased.remove(&pkid);
+                            codec.pubcomp(pkid, &mut conn.out);
+                        }
                         Incoming::PingReq => codec.pingresp(&mut conn.out),
                         Incoming::PingResp => {}
                         Incoming::Disconnect { reason } => {
