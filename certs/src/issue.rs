@@ -76,6 +76,15 @@ impl Issued {
 
     /// An rcgen issuer for signing with this certificate (when it is a CA).
     pub fn issuer(&self) -> Result<Issuer<'static, KeyPair>, IssueError> {
+        // rcgen copies the subject attribute by attribute and panics on an empty RDN
+        // (possible in a CA certificate from elsewhere): refuse such a name first.
+        let (_, x) = x509_parser::parse_x509_certificate(self.cert_der.as_ref())
+            .map_err(|e| IssueError::BadIssuer(e.to_string()))?;
+        if x.subject().iter().any(|rdn| rdn.iter().next().is_none()) {
+            return Err(IssueError::BadIssuer(
+                "the CA subject has an empty RDN".into(),
+            ));
+        }
         let kp = KeyPair::try_from(self.key_der.secret_pkcs8_der())
             .map_err(|e| IssueError::BadIssuer(e.to_string()))?;
         Issuer::from_ca_cert_der(&self.cert_der, kp)

@@ -327,9 +327,14 @@ pub fn decode_any(input: &[u8], password: Option<&str>) -> Result<Decoded, ReadE
         for block in parse_pem_blocks(input)? {
             match block.label.as_str() {
                 "CERTIFICATE" | "X509 CERTIFICATE" | "TRUSTED CERTIFICATE" => {
-                    x509_parser::parse_x509_certificate(&block.contents)
+                    // OpenSSL's TRUSTED CERTIFICATE appends trust settings after the
+                    // certificate: keep the certificate only.
+                    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents)
                         .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
-                    d.certificates.push(CertificateDer::from(block.contents));
+                    let len = cert.as_raw().len();
+                    let mut der = block.contents;
+                    der.truncate(len);
+                    d.certificates.push(CertificateDer::from(der));
                 }
                 "X509 CRL" => {
                     x509_parser::parse_x509_crl(&block.contents)

@@ -229,7 +229,14 @@ pub enum BuildError {
 
 impl TrustStoreBuilder {
     /// Sets a tenant's policy (tenants without one get the default).
-    pub fn tenant(&mut self, tenant: &str, policy: TenantPolicy) -> &mut Self {
+    pub fn tenant(&mut self, tenant: &str, mut policy: TenantPolicy) -> &mut Self {
+        // Serials compare as lowercase hex without separators or leading zero bytes
+        // (as `CertInfo::serial_hex`), whatever form the operator typed.
+        policy.revoked_serials = policy
+            .revoked_serials
+            .iter()
+            .map(|s| crate::info::normalize_serial_hex(s).unwrap_or_else(|| s.clone()))
+            .collect();
         self.tenants.insert(Arc::from(tenant), policy);
         self
     }
@@ -349,7 +356,7 @@ impl TrustStoreBuilder {
     pub fn build(self) -> TrustStore {
         let mut by_subject: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
         let mut by_ski: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
-        let mut by_fingerprint = HashMap::new();
+        let mut by_fingerprint: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, a) in self.anchors.iter().enumerate() {
             by_subject
                 .entry(a.anchor.subject.as_ref().to_vec())
@@ -358,7 +365,11 @@ impl TrustStoreBuilder {
             if let Some(ski) = subject_key_id(a.der.as_ref()) {
                 by_ski.entry(ski).or_default().push(i);
             }
-            by_fingerprint.insert(a.fingerprint.clone(), i);
+            // The same certificate may be uploaded by more than one tenant.
+            by_fingerprint
+                .entry(a.fingerprint.clone())
+                .or_default()
+                .push(i);
         }
         let mut revoked: HashMap<(Arc<str>, Vec<u8>), HashSet<String>> = HashMap::new();
         for (tenant, crl) in self.crls {
@@ -384,7 +395,7 @@ pub struct TrustStore {
     /// Anchor subject DN (the value inside the Name SEQUENCE, as webpki stores it) -> anchors.
     by_subject: HashMap<Vec<u8>, Vec<usize>>,
     by_ski: HashMap<Vec<u8>, Vec<usize>>,
-    by_fingerprint: HashMap<String, usize>,
+    by_fingerprint: HashMap<String, Vec<usize>>,
     tenants: HashMap<Arc<str>, TenantPolicy>,
     /// (tenant, issuer DN raw) -> revoked serials (lowercase hex).
     revoked: HashMap<(Arc<str>, Vec<u8>), HashSet<String>>,
@@ -527,25 +538,21 @@ impl TrustStore {
                             ));
                         }
                     }
-                    return self.finish(
+                    match self.finish(
                         entry,
                         &leaf_x,
                         leaf.as_ref(),
                         inter.len() + 2,
                         path_serials,
                         now,
-                    );
-                }
-                Err(e) => {
-                    if first_err.is_none()
-                        || matches!(
-                            first_err,
-                            Some(VerifyError::BadSignature | VerifyError::UnknownIssuer)
-                        )
-                    {
-                        first_err = Some(map_webpki(e));
+                    ) {
+                        Ok(id) => return Ok(id),
+                        // Another candidate (the same CA uploaded by another tenant)
+                        // may still accept the chain.
+                        Err(e) => keep_most_specific(&mut first_err, e),
                     }
                 }
+                Err(e) => keep_most_specific(&mut first_err, map_webpki(e)),
             }
         }
         Err(first_err.unwrap_or(VerifyError::UnknownIssuer))
@@ -638,8 +645,10 @@ impl TrustStore {
         let entry = self
             .by_fingerprint
             .get(&id.anchor_fingerprint)
+            .into_iter()
+            .flatten()
             .map(|i| &self.anchors[*i])
-            .filter(|e| e.tenant == id.tenant)
+            .find(|e| e.tenant == id.tenant)
             .ok_or(VerifyError::AnchorRemoved)?;
         if entry.status == AnchorStatus::Disabled {
             return Err(VerifyError::AnchorDisabled);
@@ -657,6 +666,7 @@ impl TrustStore {
     pub fn anchor(&self, fingerprint: &str) -> Option<(Arc<str>, AnchorStatus)> {
         self.by_fingerprint
             .get(fingerprint)
+            .and_then(|v| v.first())
             .map(|i| (self.anchors[*i].tenant.clone(), self.anchors[*i].status))
     }
 
@@ -664,8 +674,8 @@ impl TrustStore {
     /// by AKI -> SKI, else by issuer DN.
     fn candidates_for(&self, cert: &[u8]) -> Vec<usize> {
         let fp = crate::info::fingerprint_sha1(cert);
-        if let Some(i) = self.by_fingerprint.get(&fp) {
-            return vec![*i];
+        if let Some(v) = self.by_fingerprint.get(&fp) {
+            return v.clone();
         }
         let Ok((_, x)) = X509Certificate::from_der(cert) else {
             return Vec::new();
@@ -695,6 +705,19 @@ fn name_contents(raw: &[u8]) -> &[u8] {
             raw.get(hdr..)
         })
         .unwrap_or(raw)
+}
+
+/// Keeps the first error that says more than "not this anchor" (bad signature,
+/// unknown issuer): that is the one worth reporting.
+fn keep_most_specific(slot: &mut Option<VerifyError>, e: VerifyError) {
+    if slot.is_none()
+        || matches!(
+            slot,
+            Some(VerifyError::BadSignature | VerifyError::UnknownIssuer)
+        )
+    {
+        *slot = Some(e);
+    }
 }
 
 fn is_ca_cert(der: &[u8]) -> bool {

@@ -528,3 +528,50 @@ fn labels_are_distinct() {
     let labels: HashSet<&str> = all.iter().map(VerifyError::label).collect();
     assert_eq!(labels.len(), all.len());
 }
+
+#[test]
+fn same_certificate_uploaded_by_two_tenants() {
+    let ca = root("Shared CA");
+    let dev = device("dev-1", &ca);
+    // Tenant a disabled it, tenant b trusts it: b's decision admits the device.
+    let mut b = TrustStore::builder();
+    b.anchor(spec("a", &ca, AnchorStatus::Disabled))
+        .expect("anchor");
+    b.anchor(spec("b", &ca, AnchorStatus::Enabled))
+        .expect("anchor");
+    let s = b.build();
+    for chain in [&[&dev][..], &[&dev, &ca][..]] {
+        let id = verify(&s, chain).expect("valid under b");
+        assert_eq!(&*id.tenant, "b");
+        // The re-check finds b's copy, not a's.
+        assert_eq!(s.recheck(&id, UnixTime::now()), Ok(()));
+    }
+    // Both disabled: the specific reason, not "unknown issuer".
+    let mut b = TrustStore::builder();
+    b.anchor(spec("a", &ca, AnchorStatus::Disabled))
+        .expect("anchor");
+    b.anchor(spec("b", &ca, AnchorStatus::Disabled))
+        .expect("anchor");
+    assert_eq!(
+        verify(&b.build(), &[&dev]),
+        Err(VerifyError::AnchorDisabled)
+    );
+}
+
+#[test]
+fn manual_serials_in_any_notation() {
+    let ca = root("Tenant CA");
+    let dev = device("dev-1", &ca);
+    let hex = serial(&dev);
+    let colon_upper = certs::info::colon_hex(&hex);
+    for typed in [hex.to_ascii_uppercase(), colon_upper, format!("00{hex}")] {
+        let s = store(
+            &ca,
+            TenantPolicy {
+                revoked_serials: HashSet::from([typed.clone()]),
+                ..TenantPolicy::default()
+            },
+        );
+        assert_eq!(verify(&s, &[&dev]), Err(VerifyError::Revoked), "{typed}");
+    }
+}
