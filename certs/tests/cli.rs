@@ -1020,3 +1020,136 @@ fn bad_input_is_one_line_and_nonzero() {
     );
     assert_eq!((r.code, r.stderr.trim()), (1, "certs: invalid: unknown issuer: no trusted certificate issued this chain [unknown_issuer]"));
 }
+
+/// Serves the current contents of `file` to every HTTP request on a loopback port, for
+/// as long as the test runs; returns the port.
+fn serve_file(file: std::path::PathBuf) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut sock in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf);
+            let body = std::fs::read(&file).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes());
+            let _ = sock.write_all(&body);
+        }
+    });
+    port
+}
+
+#[test]
+fn check_with_crl_distribution_point() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "RSA Root",
+            "--o",
+            "Acme",
+            "--key-type",
+            "rsa2048",
+            "--out",
+            "root",
+        ],
+    );
+    certs_ok(
+        p,
+        &["crl", "--ca-dir", "root", "--out", "root.crl", "--der"],
+    );
+    let port = serve_file(p.join("root.crl"));
+    let url = format!("http://127.0.0.1:{port}/root.crl");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!(
+            "http://127.0.0.1:{}/gone.crl",
+            l.local_addr().expect("addr").port()
+        )
+    };
+    for (cn, crl_url) in [("live.example.com", &url), ("dead.example.com", &dead)] {
+        certs_ok(
+            p,
+            &[
+                "issue",
+                "--ca-dir",
+                "root",
+                "--cn",
+                cn,
+                "--server",
+                "--o",
+                "Acme",
+                "--ou",
+                "IoT",
+                "--c",
+                "DE",
+                "--key-type",
+                "rsa2048",
+                "--crl-url",
+                crl_url,
+                "--out",
+                "srv",
+            ],
+        );
+    }
+    let check = |cn: &str| {
+        certs(
+            p,
+            &[
+                "check",
+                "--crl",
+                "--crt",
+                &format!("srv/{cn}.crt"),
+                "--key",
+                &format!("srv/{cn}.key"),
+                "--chain",
+                "root/ca.crt",
+            ],
+        )
+    };
+    let r = check("live.example.com");
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("PASS  CRL is reachable"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("PASS  Certificate is not revoked by the CRL"),
+        "{}",
+        r.stdout
+    );
+
+    let r = check("dead.example.com");
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        "certs: requirement not met: The CRL (Certificate Revocation List) location is not reachable. Verify the URL can be accessed from this appliance"
+    );
+
+    certs_ok(
+        p,
+        &[
+            "revoke",
+            "--ca-dir",
+            "root",
+            "--cert",
+            "srv/live.example.com.crt",
+        ],
+    );
+    certs_ok(
+        p,
+        &["crl", "--ca-dir", "root", "--out", "root.crl", "--der"],
+    );
+    let r = check("live.example.com");
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        "certs: requirement not met: This certificate has been revoked by the CRL and can't be trusted for a secure connection"
+    );
+}

@@ -20,7 +20,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "certs",
     version,
-    about = "Certificates for the MQTT front-end: CAs, devices, CRLs, keystores, checks"
+    about = "Certificates for the MQTT front-end: CAs, devices, CRLs, keystores, checks",
+    after_help = "Exit status: 0 success (check, verify: the certificate is valid), \
+                  1 the certificate is refused (check, verify), 2 error."
 )]
 struct Cli {
     #[command(subcommand)]
