@@ -57,7 +57,7 @@ pub enum ApiError {
         info: serde_json::Value,
     },
     /// 429: too many failed logins for this user name.
-    #[error("Too many failed logins; try again in {retry_after_secs} seconds")]
+    #[error("Too many failed logins; try again in {}", seconds(*retry_after_secs))]
     TooManyRequests {
         /// Seconds until the next attempt is allowed.
         retry_after_secs: u64,
@@ -65,6 +65,14 @@ pub enum ApiError {
     /// 500: a bug or a storage failure. The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn seconds(n: u64) -> String {
+    if n == 1 {
+        "1 second".to_string()
+    } else {
+        format!("{n} seconds")
+    }
 }
 
 impl ApiError {

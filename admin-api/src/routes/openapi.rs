@@ -26,7 +26,7 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
         system::put, system::get,
         audit::list,
     ),
-    modifiers(&BasicAuth),
+    modifiers(&DocFixes),
     tags(
         (name = "tenants", description = "Tenants and their device policy"),
         (name = "users", description = "Users of a tenant"),
@@ -39,15 +39,36 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
 )]
 pub struct ApiDoc;
 
-struct BasicAuth;
+/// Adds the Basic security scheme and gives every operation a unique id derived from
+/// its method and path (handler names repeat across modules).
+struct DocFixes;
 
-impl Modify for BasicAuth {
+impl Modify for DocFixes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "basic",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let slug: String = path
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let ops = [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+            ];
+            for (method, op) in ops {
+                if let Some(op) = op {
+                    let id = format!("{method}{slug}");
+                    let id = id.trim_end_matches('_').replace("__", "_");
+                    op.operation_id = Some(id);
+                }
+            }
+        }
     }
 }
 

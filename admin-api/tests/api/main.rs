@@ -1,0 +1,12 @@
+//! The admin API over a real socket against a real SQLite file.
+
+mod chain;
+mod common;
+mod crl;
+mod devices;
+mod persistence;
+mod pop;
+mod robustness;
+mod server_cert;
+mod tenants;
+mod trusted_certificates;
