@@ -89,6 +89,13 @@ impl AdminConfig {
     }
 }
 
+impl Default for AdminConfig {
+    /// Defaults with the data directory `data`.
+    fn default() -> Self {
+        AdminConfig::new("data")
+    }
+}
+
 impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
