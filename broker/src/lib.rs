@@ -119,6 +119,9 @@ impl Broker {
         for t in self.tasks {
             t.abort();
         }
+        if let Err(e) = self.admin.flush_device_seen().await {
+            tracing::warn!(error = %e, "last-seen times not saved");
+        }
     }
 }
 
@@ -138,9 +141,8 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     let provider = tls::provider();
     let metrics = metrics::Metrics::new();
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
-        data_dir: config.data_dir.clone(),
         admin_password,
-        ..Default::default()
+        ..admin_api::AdminConfig::new(config.data_dir.clone())
     })
     .await
     .map_err(|e| StartError::Admin(e.to_string()))?;
@@ -269,20 +271,43 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
             }
         }));
     }
-    // Certificates imported by `broker import-certificate` from another process.
+    // Certificates imported by `broker import-certificate` from another process land in
+    // the shared store: poll it and switch when the stored leaf differs from the served one.
     {
         let admin = admin.clone();
+        let resolver = resolver.clone();
+        let provider = provider.clone();
+        let dir = config.data_dir.clone();
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = admin.refresh_server_certificate().await {
-                            tracing::warn!(error = %e, "cannot re-read the server certificate");
-                        }
-                    }
+                    _ = tick.tick() => {}
                     _ = crate::stopped(&mut stop) => return,
+                }
+                let rec = match admin.store().server_certificate().await {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-read the server certificate");
+                        continue;
+                    }
+                };
+                let served = resolver.chain();
+                if served.first().map(|c| c.as_ref()) == rec.chain_der.first().map(|c| c.as_slice()) {
+                    continue;
+                }
+                let chain: Vec<certs::CertificateDer<'static>> =
+                    rec.chain_der.iter().map(|c| certs::CertificateDer::from(c.clone())).collect();
+                let key = certs::PrivateKeyDer::Pkcs8(rec.key_pkcs8.clone().into());
+                match tls::certified_key(chain.clone(), &key, &provider) {
+                    Ok(ck) => {
+                        resolver.set(ck);
+                        write_server_chain(&dir, &chain);
+                        tracing::info!(name = %rec.name, "server certificate switched (imported by another process)");
+                    }
+                    Err(e) => tracing::error!(error = %e, "stored server certificate unusable"),
                 }
             }
         }));

@@ -134,9 +134,8 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             let config = load_config(&cli.run)?;
             std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
             let admin = admin_api::Admin::open(admin_api::AdminConfig {
-                data_dir: config.data_dir.clone(),
                 admin_password: password,
-                ..Default::default()
+                ..admin_api::AdminConfig::new(config.data_dir.clone())
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -177,8 +176,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+                .unwrap_or_else(|_| "info,rumqttd=off".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {

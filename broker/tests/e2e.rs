@@ -155,6 +155,23 @@ async fn chain_length_limit_and_intermediates() {
             Some(json!({"maxChainLength": 3})),
         )
         .await;
+    assert_eq!(s, 422, "settings live under `settings`: {b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxChainLength"),
+        "{b}"
+    );
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/acme",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"settings": {"maxChainLength": 3}})),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     connect_v4(v4_options("dev-int", env.mqtt_port(), tls))
         .await
@@ -237,10 +254,10 @@ async fn disabling_the_ca_drops_live_sessions_within_a_second() {
     let h5 = tokio::spawn(async move {
         loop {
             match el5.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(
-                    rumqttc::v5::mqttbytes::v5::Packet::Disconnect(d),
-                )) => return Some(d.reason_code),
                 Ok(_) => continue,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return Some(reason_code),
                 Err(_) => return None,
             }
         }

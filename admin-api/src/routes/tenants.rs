@@ -134,9 +134,10 @@ pub struct NewTenant {
     pub settings: Option<SettingsPatch>,
 }
 
-/// A change of a tenant: absent fields stay as they are.
+/// A change of a tenant: absent fields stay as they are. Unknown fields are refused
+/// (a top-level `maxChainLength` silently ignored would look like success).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantUpdate {
     /// Company name.
     pub company: Option<String>,

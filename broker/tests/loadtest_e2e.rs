@@ -1,0 +1,60 @@
+//! `loadtest` against the real product: a small fleet, the CA uploaded through the admin
+//! API, and the report's numbers checked against what the subscribers and the broker saw.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_report_matches_what_was_delivered() {
+    let env = start().await;
+    let ca_file = env.dir.path().join("server-ca.pem");
+    std::fs::write(&ca_file, &env.server_ca).unwrap();
+    let config = loadtest::Config {
+        broker: env.broker().mqtt_addr.to_string(),
+        admin: Some(format!(
+            "https://127.0.0.1:{}",
+            env.broker().admin_addr.port()
+        )),
+        admin_password: Some(ADMIN_PW.into()),
+        server_ca: Some(ca_file),
+        devices: 50,
+        messages: 10,
+        qos: 1,
+        subscribers: 2,
+        publish_interval: Duration::from_millis(20),
+        connect_rate: 500.0,
+        duration: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let report = loadtest::run(config).await.expect("loadtest run");
+    assert_eq!(report.connect.attempted, 50);
+    assert_eq!(report.connect.succeeded, 50, "{:?}", report.errors);
+    assert_eq!(report.publish.sent, 500);
+    assert_eq!(
+        report.messages.received,
+        500 * 2,
+        "each subscriber sees every message"
+    );
+    assert_eq!(report.messages.lost, 0);
+    assert_eq!(report.messages.duplicated, 0);
+    let json = serde_json::to_value(&report).unwrap();
+    for key in ["connect", "publish", "messages", "e2e_latency_ms", "errors"] {
+        assert!(json.get(key).is_some(), "report key {key}");
+    }
+    // The broker agrees: every device and subscriber session was counted.
+    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let connects: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mqtt_connect_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(connects >= 52.0, "broker counted {connects} sessions");
+}
