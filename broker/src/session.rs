@@ -528,7 +528,8 @@ async fn watch_trust(
         }
         let store = rx.borrow_and_update().clone();
         if store.is_blocked(&id.tenant, &id.common_name) {
-            return End::Revoked(codes::V5_BANNED, "device_blocked");
+            // 0x8A (Banned) is a CONNACK code only; DISCONNECT uses 0x87.
+            return End::Revoked(codes::V5_NOT_AUTHORIZED, "device_blocked");
         }
         if let Err(e) = store.recheck(id, certs::UnixTime::now()) {
             return End::Revoked(codes::V5_NOT_AUTHORIZED, e.label());

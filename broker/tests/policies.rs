@@ -1,0 +1,321 @@
+//! Tenant policies and live trust changes: ClientId override, pre-registration, blocked
+//! devices, CRL entries closing live sessions, keep-alive 0, and an external backend
+//! (Debian's mosquitto) instead of the embedded rumqttd.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use rumqttc::{ConnectReturnCode, ConnectionError, QoS};
+use serde_json::json;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, DisconnectReasonCode as V5Reason};
+
+/// Waits for a v5 session to be closed by the server; returns the DISCONNECT reason.
+fn watch_v5(mut el: rumqttc::v5::EventLoop) -> tokio::task::JoinHandle<Option<V5Reason>> {
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(_) => continue,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return Some(reason_code),
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_id_override_policy_uses_the_cn() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/acme",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"settings": {"clientIdPolicy": "override"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let dev = device("meter-7", &ca);
+    let (_c, _el) = connect_v4(v4_options(
+        "whatever-the-firmware-says",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    ))
+    .await
+    .expect("override: accepted under the CN");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, body) = env
+        .as_tenant("acme", Method::GET, "/tenant/tenants/acme/devices", None)
+        .await;
+    assert_eq!(s, 200);
+    let text = body.to_string();
+    assert!(
+        text.contains("meter-7") && !text.contains("whatever"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auto_registration_only_pre_registered_devices_connect() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, false).await;
+    let dev = device("pump-1", &ca);
+    let tls = device_tls(&env.server_ca, &dev, &[&ca]);
+    let err = connect_v4(v4_options("pump-1", env.mqtt_port(), tls.clone()))
+        .await
+        .err()
+        .expect("unregistered device refused");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        ),
+        "{err:?}"
+    );
+    let err = connect_v5(v5_options("pump-1", env.mqtt_port(), tls.clone()))
+        .await
+        .err()
+        .expect("unregistered device refused");
+    assert!(
+        matches!(
+            err,
+            rumqttc::v5::ConnectionError::ConnectionRefused(V5Code::NotAuthorized)
+        ),
+        "{err:?}"
+    );
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::POST,
+            "/tenant/tenants/acme/devices",
+            Some(json!({"commonName": "pump-1"})),
+        )
+        .await;
+    assert!((200..300).contains(&s), "{s} {b}");
+    connect_v4(v4_options("pump-1", env.mqtt_port(), tls))
+        .await
+        .expect("pre-registered device accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_a_device_and_revoking_its_certificate_close_live_sessions() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let port = env.mqtt_port();
+
+    // Blocked: DISCONNECT 0x8A within a second, then refused with Banned.
+    let bad = device("bad-actor", &ca);
+    let tls = device_tls(&env.server_ca, &bad, &[&ca]);
+    let (_c, el) = connect_v5(v5_options("bad-actor", port, tls.clone()))
+        .await
+        .unwrap();
+    let h = watch_v5(el);
+    let t0 = Instant::now();
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::DELETE,
+            "/tenant/tenants/acme/devices/bad-actor",
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&s), "{s} {b}");
+    let reason = tokio::time::timeout(Duration::from_secs(1), h)
+        .await
+        .expect("closed within 1 s")
+        .unwrap();
+    // 0x8A Banned is not a valid DISCONNECT reason: 0x87 Not authorized is sent.
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let err = connect_v5(v5_options("bad-actor", port, tls))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            rumqttc::v5::ConnectionError::ConnectionRefused(V5Code::Banned)
+        ),
+        "{err:?}"
+    );
+
+    // Revoked by the tenant's CRL list while connected: closed within a second.
+    let lost = device("lost-device", &ca);
+    let (_c2, el2) = connect_v5(v5_options(
+        "lost-device",
+        port,
+        device_tls(&env.server_ca, &lost, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    let h2 = watch_v5(el2);
+    let serial = certs::CertInfo::parse(lost.cert_der.as_ref())
+        .unwrap()
+        .serial_hex;
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/trusted-certificates/settings/crl",
+            Some(json!({"crls": [{"serialNumberInHex": serial, "revocationDate": "2026-11-01T00:00:00Z"}]})),
+        )
+        .await;
+    assert!((200..300).contains(&s), "{s} {b}");
+    let reason = tokio::time::timeout(Duration::from_secs(1), h2)
+        .await
+        .expect("closed within 1 s")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_is_accepted_although_rumqttd_refuses_it() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let dev = device("sleepy", &ca);
+    let mut o = v4_options(
+        "sleepy",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    );
+    o.set_keep_alive(Duration::ZERO);
+    let (c, mut el) = connect_v4(o).await.expect("keep-alive 0 accepted");
+    c.subscribe("echo", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut el).await;
+    c.publish("echo", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    let (t, p, _) = next_publish(&mut el, Duration::from_secs(5))
+        .await
+        .expect("echo");
+    assert_eq!((t.as_str(), p.as_slice()), ("echo", &b"hi"[..]));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_backend_mosquitto_gets_mounted_sessions() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto not installed: .ci/run installs Debian's mosquitto");
+    let mut mosq = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let env = start_in(tempfile::tempdir().unwrap(), |c| {
+        c.backend = format!("mqtt://127.0.0.1:{port}");
+    })
+    .await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+
+    // A plain client on the backend sees the mounted topic and the backend ClientId scheme.
+    let mut spy_opts = rumqttc::MqttOptions::new("spy", "127.0.0.1", port);
+    spy_opts.set_keep_alive(Duration::from_secs(30));
+    let (spy, mut spy_el) = rumqttc::AsyncClient::new(spy_opts, 10);
+    spy.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut spy_el).await;
+
+    let (sub_d, pub_d) = (device("sub", &ca), device("pub", &ca));
+    let (s, mut sel) = connect_v5(v5_options(
+        "sub",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &sub_d, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    s.subscribe("line/+/temp", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (p, pel) = connect_v4(v4_options(
+        "pub",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &pub_d, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    let _d = drive(pel);
+    // Wait for SUBACK on the v5 subscriber.
+    loop {
+        if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::SubAck(_)) =
+            tokio::time::timeout(Duration::from_secs(5), sel.poll())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            break;
+        }
+    }
+    p.publish("line/3/temp", QoS::AtLeastOnce, false, "80.1")
+        .await
+        .unwrap();
+
+    let (topic, payload, _) = next_publish(&mut spy_el, Duration::from_secs(5))
+        .await
+        .expect("backend sees the message");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("acme/line/3/temp", &b"80.1"[..])
+    );
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(5), sel.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)) => {
+                break p
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(&got.topic[..], b"line/3/temp", "unmounted on the way back");
+    assert_eq!(&got.payload[..], b"80.1");
+    let _ = mosq.kill().await;
+}
