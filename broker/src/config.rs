@@ -43,6 +43,20 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Grace period for draining sessions at shutdown, milliseconds.
     pub shutdown_grace_ms: u64,
+    /// New TLS handshakes admitted per second, all sources together (token bucket;
+    /// excess connections are closed before any TLS work).
+    pub handshake_rate: u32,
+    /// Burst allowance of the global handshake rate.
+    pub handshake_burst: u32,
+    /// New TLS handshakes admitted per second from one source address.
+    pub handshake_rate_per_source: u32,
+    /// Burst allowance per source address.
+    pub handshake_burst_per_source: u32,
+    /// TLS handshakes in progress at once; excess connections are closed.
+    pub max_concurrent_handshakes: usize,
+    /// Unacknowledged QoS 1/2 PUBLISH packets a device may have in flight towards the
+    /// broker (MQTT 5 devices exceeding it get DISCONNECT 0x93).
+    pub max_inflight: u32,
 }
 
 /// Embedded rumqttd settings.
@@ -82,6 +96,12 @@ impl Default for Limits {
             connect_timeout_ms: 10_000,
             max_packet_size: 1024 * 1024,
             shutdown_grace_ms: 5_000,
+            handshake_rate: 3_000,
+            handshake_burst: 1_000,
+            handshake_rate_per_source: 1_000,
+            handshake_burst_per_source: 1_000,
+            max_concurrent_handshakes: 512,
+            max_inflight: 100,
         }
     }
 }
@@ -141,6 +161,18 @@ impl Config {
         if l.max_packet_size < 64 || l.max_packet_size > 256 * 1024 * 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_packet_size must be between 64 bytes and 256 MiB".into(),
+            ));
+        }
+        if l.handshake_rate == 0
+            || l.handshake_burst == 0
+            || l.handshake_rate_per_source == 0
+            || l.handshake_burst_per_source == 0
+            || l.max_concurrent_handshakes == 0
+            || l.max_inflight == 0
+        {
+            return Err(ConfigError::Invalid(
+                "handshake rates, bursts, max_concurrent_handshakes and max_inflight must be > 0"
+                    .into(),
             ));
         }
         if l.handshake_timeout_ms == 0 || l.connect_timeout_ms == 0 {
@@ -207,6 +239,17 @@ connect_timeout_ms = 10000
 max_packet_size = 1048576
 # SIGTERM / Ctrl-C: sessions get this long to drain before a hard stop.
 shutdown_grace_ms = 5000
+# Admission control: new TLS handshakes per second (token buckets), all sources and
+# per source address. Excess connections are closed before any TLS work, so a
+# reconnect storm cannot starve the devices already connected.
+handshake_rate = 3000
+handshake_burst = 1000
+handshake_rate_per_source = 1000
+handshake_burst_per_source = 1000
+# TLS handshakes in progress at once.
+max_concurrent_handshakes = 512
+# Unacknowledged QoS 1/2 PUBLISH packets per device towards the broker.
+max_inflight = 100
 
 [embedded]
 # Loopback listeners of the embedded rumqttd; each accepts about 1,000 connections/s.

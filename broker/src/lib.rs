@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: typed configuration and its defaults.
 //! - [`listener`]: accept loops.
+//! - [`admission`]: handshake rate and concurrency limits.
 //! - [`tls`]: the client-certificate verifier and the hot-swappable server certificate.
 //! - [`session`]: one device session.
 //! - [`mqtt`]: framing and topic mounting.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod backend;
 pub mod config;
 pub mod listener;

@@ -19,6 +19,7 @@ pub async fn serve_mqtt(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let admission = crate::admission::Admission::new(&shared.config.limits);
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -46,6 +47,15 @@ pub async fn serve_mqtt(
             },
             _ = crate::stopped(&mut shutdown) => return,
         };
+        // Admission before any TLS work: refusing costs a close().
+        let hs_permit = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(r) => {
+                shared.metrics.refused(r.label());
+                drop(sock);
+                continue;
+            }
+        };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
@@ -58,6 +68,7 @@ pub async fn serve_mqtt(
                 acceptor.accept(sock),
             )
             .await;
+            drop(hs_permit);
             let elapsed = accepted_at.elapsed().as_secs_f64();
             let stream = match hs {
                 Ok(Ok(s)) => s,

@@ -31,6 +31,12 @@ enum End {
     Shutdown,
 }
 
+/// Unacknowledged QoS 1/2 PUBLISH packets from the device.
+struct Inflight {
+    count: AtomicU32,
+    max: u32,
+}
+
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
 /// length, or `None` on a clean EOF.
 async fn read_packet<R: AsyncRead + Unpin>(
@@ -54,6 +60,7 @@ fn reason_for(e: &MqttError, version: Version) -> u8 {
         (MqttError::TooLarge(_), _) => codes::V5_PACKET_TOO_LARGE,
         (MqttError::InvalidTopic, _) => codes::V5_TOPIC_INVALID,
         (MqttError::UnknownAlias(_), _) => codes::V5_TOPIC_ALIAS_INVALID,
+        (MqttError::InflightExceeded, _) => codes::V5_RECEIVE_MAXIMUM_EXCEEDED,
         (MqttError::Malformed(_), _) => codes::V5_MALFORMED,
         _ => codes::V5_PROTOCOL_ERROR,
     }
@@ -320,6 +327,10 @@ pub async fn run<S>(
 
     // Packet pump, both ways, plus trust re-checks and shutdown.
     let own_pings = AtomicU32::new(0);
+    let inflight = Inflight {
+        count: AtomicU32::new(0),
+        max: limits.max_inflight,
+    };
     let mut trust_rx = shared.trust_rx.clone();
     trust_rx.mark_unchanged();
     let (mut dr, mut dw) = tokio::io::split(dev);
@@ -336,6 +347,7 @@ pub async fn run<S>(
             max,
             keep_alive == 0,
             &own_pings,
+            &inflight,
             &shared,
         );
         let down = pump_down(
@@ -346,6 +358,7 @@ pub async fn run<S>(
             version,
             max,
             &own_pings,
+            &inflight,
             &shared,
         );
         let watch = watch_trust(&mut trust_rx, &id, version);
@@ -404,6 +417,7 @@ async fn pump_up<R, W>(
     max: usize,
     ping_backend: bool,
     own_pings: &AtomicU32,
+    inflight: &Inflight,
     shared: &Shared,
 ) -> End
 where
@@ -420,6 +434,12 @@ where
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
                     let pkt = buf.split_to(n);
+                    if pkt[0] >> 4 == mqtt::kind::PUBLISH
+                        && pkt[0] & 0x06 != 0
+                        && inflight.count.fetch_add(1, Ordering::Relaxed) >= inflight.max
+                    {
+                        return End::Protocol(MqttError::InflightExceeded);
+                    }
                     if let Err(e) = mount.device_to_backend(version, &pkt, &mut out) {
                         return End::Protocol(e);
                     }
@@ -464,6 +484,7 @@ async fn pump_down<R, W>(
     version: Version,
     max: usize,
     own_pings: &AtomicU32,
+    inflight: &Inflight,
     shared: &Shared,
 ) -> End
 where
@@ -485,6 +506,14 @@ where
                             .is_ok()
                     {
                         continue;
+                    }
+                    // PUBACK / PUBCOMP from the broker end a device's QoS 1 / 2 flow.
+                    if matches!(pkt[0] >> 4, 4 | 7) {
+                        let _ = inflight.count.fetch_update(
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                            |c| c.checked_sub(1),
+                        );
                     }
                     if mount.backend_to_device(version, &pkt, &mut out).is_err() {
                         return End::BackendClosed;

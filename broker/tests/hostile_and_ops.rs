@@ -279,3 +279,90 @@ async fn mosquitto_clients_as_independent_peers() {
         ("fleet/hum", &b"40"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_holds_no_slot_past_the_timeout_and_excess_handshakes_are_refused() {
+    let env = start_with(|c| {
+        c.limits.max_concurrent_handshakes = 1;
+        c.limits.handshake_timeout_ms = 700;
+    })
+    .await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let addr = env.broker().mqtt_addr;
+    // A peer that trickles nothing holds the only handshake slot...
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(&[0x16, 0x03]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a new connection is closed before any TLS work,
+    let dev = device("dev1", &ca);
+    let tls = device_tls(&env.server_ca, &dev, &[&ca]);
+    assert!(connect_v4(v4_options("dev1", env.mqtt_port(), tls.clone()))
+        .await
+        .is_err());
+    // and once the handshake timeout closes the slow peer, devices get in again.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buf))
+        .await
+        .expect("slow peer closed by the handshake timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    connect_v4(v4_options("dev1", env.mqtt_port(), tls))
+        .await
+        .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mqtt_connections_refused_total{reason=\"handshake_concurrency\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mqtt_tls_handshakes_total{outcome=\"failed\",reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_gets_disconnect_0x95() {
+    let env = start_with(|c| c.limits.max_packet_size = 2048).await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let dev = device("big", &ca);
+    let mut o = v5_options(
+        "big",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    );
+    o.set_max_packet_size(Some(1 << 20));
+    let (c, mut el) = connect_v5(o).await.unwrap();
+    c.publish(
+        "blob",
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        false,
+        vec![7u8; 8192],
+    )
+    .await
+    .unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(5), el.poll())
+            .await
+            .expect("closed")
+        {
+            Ok(_) => continue,
+            Err(rumqttc::v5::ConnectionError::MqttState(
+                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+            )) => break Some(reason_code),
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(
+        reason,
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::PacketTooLarge)
+    );
+}
