@@ -182,3 +182,87 @@ mod tests {
         );
     }
 }
+
+/// Per-tenant quotas the broker enforces: devices connected at once and PUBLISH rate.
+#[derive(Default)]
+pub struct TenantQuotas {
+    sessions: Mutex<HashMap<Arc<str>, u32>>,
+    publish: Mutex<HashMap<Arc<str>, Bucket>>,
+}
+
+/// Holds one of a tenant's session slots; released on drop.
+pub struct SessionSlot {
+    quotas: Arc<TenantQuotas>,
+    tenant: Arc<str>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.quotas.sessions.lock() {
+            if let Some(n) = m.get_mut(&self.tenant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.tenant);
+                }
+            }
+        }
+    }
+}
+
+impl TenantQuotas {
+    /// Takes a session slot unless the tenant already has `max` (0: unlimited).
+    pub fn open_session(self: &Arc<Self>, tenant: &Arc<str>, max: u32) -> Option<SessionSlot> {
+        let mut m = self.sessions.lock().ok()?;
+        let n = m.entry(tenant.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            quotas: self.clone(),
+            tenant: tenant.clone(),
+        })
+    }
+
+    /// Takes one PUBLISH token of the tenant's rate (`rate` per second, burst one
+    /// second's worth; 0: unlimited).
+    pub fn publish(&self, tenant: &Arc<str>, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut m) = self.publish.lock() else {
+            return true;
+        };
+        let r = rate as f64;
+        m.entry(tenant.clone())
+            .or_insert_with(|| Bucket::full(r, now))
+            .take(r, r, now)
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn session_slots_are_counted_and_released() {
+        let q = Arc::new(TenantQuotas::default());
+        let t: Arc<str> = Arc::from("acme");
+        let a = q.open_session(&t, 2).unwrap();
+        let _b = q.open_session(&t, 2).unwrap();
+        assert!(q.open_session(&t, 2).is_none());
+        drop(a);
+        assert!(q.open_session(&t, 2).is_some());
+        assert!(q.open_session(&Arc::from("other"), 2).is_some());
+    }
+
+    #[test]
+    fn publish_rate_per_tenant() {
+        let q = TenantQuotas::default();
+        let t: Arc<str> = Arc::from("acme");
+        assert!((0..5).all(|_| q.publish(&t, 5)));
+        assert!(!q.publish(&t, 5));
+        assert!(q.publish(&t, 0), "0 is unlimited");
+    }
+}

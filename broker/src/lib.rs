@@ -52,6 +52,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// Identities verified during handshakes.
     pub cache: Arc<tls::IdentityCache>,
+    /// Per-tenant session and publish-rate quotas.
+    pub quotas: Arc<admission::TenantQuotas>,
 }
 
 /// Why the broker could not start.
@@ -236,6 +238,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         backend,
         metrics: metrics.clone(),
         cache,
+        quotas: Arc::new(admission::TenantQuotas::default()),
     });
 
     let mut tasks = Vec::new();

@@ -36,6 +36,9 @@ pub enum MqttError {
     /// A topic alias that was never defined.
     #[error("unknown topic alias {0}")]
     UnknownAlias(u16),
+    /// The tenant's PUBLISH rate is exhausted.
+    #[error("tenant publish rate exceeded")]
+    RateExceeded,
     /// More unacknowledged QoS 1/2 PUBLISH packets than allowed.
     #[error("too many QoS 1/2 messages in flight")]
     InflightExceeded,
@@ -288,6 +291,8 @@ pub mod codes {
     pub const V5_PACKET_TOO_LARGE: u8 = 0x95;
     /// 5.0: topic alias invalid.
     pub const V5_TOPIC_ALIAS_INVALID: u8 = 0x94;
+    /// 5.0: message rate too high.
+    pub const V5_MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
     /// 5.0: receive maximum exceeded.
     pub const V5_RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
     /// 5.0: quota exceeded.

@@ -31,10 +31,13 @@ enum End {
     Shutdown,
 }
 
-/// Unacknowledged QoS 1/2 PUBLISH packets from the device.
+/// Flow control of one session: unacknowledged QoS 1/2 PUBLISH packets from the
+/// device, and the tenant's publish rate.
 struct Inflight {
     count: AtomicU32,
     max: u32,
+    tenant: Arc<str>,
+    publish_rate: u32,
 }
 
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
@@ -61,6 +64,7 @@ fn reason_for(e: &MqttError, version: Version) -> u8 {
         (MqttError::InvalidTopic, _) => codes::V5_TOPIC_INVALID,
         (MqttError::UnknownAlias(_), _) => codes::V5_TOPIC_ALIAS_INVALID,
         (MqttError::InflightExceeded, _) => codes::V5_RECEIVE_MAXIMUM_EXCEEDED,
+        (MqttError::RateExceeded, _) => codes::V5_MESSAGE_RATE_TOO_HIGH,
         (MqttError::Malformed(_), _) => codes::V5_MALFORMED,
         _ => codes::V5_PROTOCOL_ERROR,
     }
@@ -245,6 +249,28 @@ pub async fn run<S>(
         }
     }
 
+    // Tenant quotas.
+    let settings = shared.admin.tenant_settings(tenant).unwrap_or_default();
+    let Some(_slot) = shared.quotas.open_session(&id.tenant, settings.max_devices) else {
+        tracing::warn!(
+            tenant,
+            cn,
+            max = settings.max_devices,
+            "tenant device limit reached"
+        );
+        refuse(
+            &mut dev,
+            &shared,
+            version,
+            codes::V4_UNAVAILABLE,
+            codes::V5_QUOTA_EXCEEDED,
+            "tenant_device_limit",
+        )
+        .await;
+        return;
+    };
+    let publish_rate = settings.max_publish_rate;
+
     // Backend connection and CONNECT.
     let keep_alive = connect.keep_alive();
     // rumqttd refuses keep-alive 0: ask for the maximum and ping it ourselves.
@@ -330,6 +356,8 @@ pub async fn run<S>(
     let inflight = Inflight {
         count: AtomicU32::new(0),
         max: limits.max_inflight,
+        tenant: id.tenant.clone(),
+        publish_rate,
     };
     let mut trust_rx = shared.trust_rx.clone();
     trust_rx.mark_unchanged();
@@ -434,6 +462,14 @@ where
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
                     let pkt = buf.split_to(n);
+                    if pkt[0] >> 4 == mqtt::kind::PUBLISH
+                        && !shared
+                            .quotas
+                            .publish(&inflight.tenant, inflight.publish_rate)
+                    {
+                        shared.metrics.refused("tenant_publish_rate");
+                        return End::Protocol(MqttError::RateExceeded);
+                    }
                     if pkt[0] >> 4 == mqtt::kind::PUBLISH
                         && pkt[0] & 0x06 != 0
                         && inflight.count.fetch_add(1, Ordering::Relaxed) >= inflight.max

@@ -319,3 +319,98 @@ async fn external_backend_mosquitto_gets_mounted_sessions() {
     assert_eq!(&got.payload[..], b"80.1");
     let _ = mosq.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_limits_devices_anchors_and_publish_rate() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca1 = ca("Acme Root");
+    env.upload("acme", &ca1, true).await;
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/acme",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"settings": {"maxDevices": 1, "maxAnchors": 1, "maxPublishRate": 5}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["settings"]["maxDevices"], 1, "{b}");
+
+    // Anchors: the second upload is refused with the limit in words.
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::POST,
+            "/tenant/tenants/acme/trusted-certificates",
+            Some(
+                json!({"status": "ENABLED", "name": "second", "autoRegistrationEnabled": true,
+                        "certInPemFormat": ca("Acme Root 2").cert_pem()}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(
+        b["message"],
+        "Tenant acme has reached its limit of 1 trusted certificates (1 trusted)"
+    );
+
+    // Devices: one at a time; the second gets CONNACK 0x97 Quota exceeded.
+    let port = env.mqtt_port();
+    let d1 = device("d1", &ca1);
+    let d2 = device("d2", &ca1);
+    let (c1, el1) = connect_v5(v5_options(
+        "d1",
+        port,
+        device_tls(&env.server_ca, &d1, &[&ca1]),
+    ))
+    .await
+    .unwrap();
+    let err = connect_v5(v5_options(
+        "d2",
+        port,
+        device_tls(&env.server_ca, &d2, &[&ca1]),
+    ))
+    .await
+    .err()
+    .expect("second device refused");
+    assert!(
+        matches!(
+            err,
+            rumqttc::v5::ConnectionError::ConnectionRefused(V5Code::QuotaExceeded)
+        ),
+        "{err:?}"
+    );
+
+    // Publish rate: 5/s for the tenant; a burst of 50 gets DISCONNECT 0x96.
+    let h = watch_v5(el1);
+    for i in 0..50 {
+        if c1
+            .publish(
+                "burst",
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), h)
+        .await
+        .expect("closed")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::MessageRateTooHigh));
+    // The slot was released: d2 connects now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connect_v5(v5_options(
+        "d2",
+        port,
+        device_tls(&env.server_ca, &d2, &[&ca1]),
+    ))
+    .await
+    .expect("slot released when d1 was closed");
+}

@@ -32,6 +32,12 @@ pub struct Settings {
     /// `strict` refuses a ClientId other than the certificate's CN; `override`
     /// replaces it with the CN.
     pub client_id_policy: String,
+    /// Maximum devices connected at once (0: unlimited).
+    pub max_devices: u32,
+    /// Maximum trusted certificates (0: unlimited).
+    pub max_anchors: u32,
+    /// Maximum PUBLISH packets per second from all devices together (0: unlimited).
+    pub max_publish_rate: u32,
 }
 
 impl From<&TenantSettings> for Settings {
@@ -41,6 +47,9 @@ impl From<&TenantSettings> for Settings {
             crl_offline_enabled: s.crl_offline_enabled,
             crl_online_enabled: s.crl_online_enabled,
             client_id_policy: s.client_id_policy.as_str().to_string(),
+            max_devices: s.max_devices,
+            max_anchors: s.max_anchors,
+            max_publish_rate: s.max_publish_rate,
         }
     }
 }
@@ -57,6 +66,12 @@ pub struct SettingsPatch {
     pub crl_online_enabled: Option<bool>,
     /// `strict` or `override`.
     pub client_id_policy: Option<String>,
+    /// Maximum devices connected at once (0: unlimited).
+    pub max_devices: Option<i64>,
+    /// Maximum trusted certificates (0: unlimited).
+    pub max_anchors: Option<i64>,
+    /// Maximum PUBLISH packets per second, all devices together (0: unlimited).
+    pub max_publish_rate: Option<i64>,
 }
 
 impl SettingsPatch {
@@ -80,6 +95,25 @@ impl SettingsPatch {
             s.client_id_policy = ClientIdPolicy::parse(p).ok_or_else(|| {
                 ApiError::unprocessable("clientIdPolicy must be strict or override")
             })?;
+        }
+        let limit = |name: &str, v: i64| -> Result<u32, ApiError> {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v <= 100_000_000)
+                .ok_or_else(|| {
+                    ApiError::unprocessable(format!(
+                        "{name} must be between 0 (unlimited) and 100000000"
+                    ))
+                })
+        };
+        if let Some(v) = self.max_devices {
+            s.max_devices = limit("maxDevices", v)?;
+        }
+        if let Some(v) = self.max_anchors {
+            s.max_anchors = limit("maxAnchors", v)?;
+        }
+        if let Some(v) = self.max_publish_rate {
+            s.max_publish_rate = limit("maxPublishRate", v)?;
         }
         Ok(())
     }
@@ -391,10 +425,13 @@ pub async fn put_settings(
 
 fn settings_detail(s: &TenantSettings) -> String {
     format!(
-        "maxChainLength={}, crlOfflineEnabled={}, crlOnlineEnabled={}, clientIdPolicy={}",
+        "maxChainLength={}, crlOfflineEnabled={}, crlOnlineEnabled={}, clientIdPolicy={}, maxDevices={}, maxAnchors={}, maxPublishRate={}",
         s.max_chain_length,
         s.crl_offline_enabled,
         s.crl_online_enabled,
-        s.client_id_policy.as_str()
+        s.client_id_policy.as_str(),
+        s.max_devices,
+        s.max_anchors,
+        s.max_publish_rate
     )
 }

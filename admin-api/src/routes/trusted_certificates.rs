@@ -337,7 +337,8 @@ pub async fn create(
     PathParams(tenant): PathParams<String>,
     JsonBody(body): JsonBody<NewTrustedCertificate>,
 ) -> Result<Response, ApiError> {
-    writable_tenant(&admin, &who, &tenant).await?;
+    let t = writable_tenant(&admin, &who, &tenant).await?;
+    check_anchor_limit(&admin, &t, 1)?;
     let now = admin.now();
     let record = prepare(&tenant, &body, now)?;
     let audit = added_audit(&who, &record);
@@ -372,10 +373,11 @@ pub async fn bulk(
     PathParams(tenant): PathParams<String>,
     JsonBody(body): JsonBody<BulkUpload>,
 ) -> Result<Response, ApiError> {
-    writable_tenant(&admin, &who, &tenant).await?;
+    let t = writable_tenant(&admin, &who, &tenant).await?;
     if body.certificates.is_empty() {
         return Err(ApiError::unprocessable("certificates must not be empty"));
     }
+    check_anchor_limit(&admin, &t, body.certificates.len())?;
     let now = admin.now();
     let mut records = Vec::with_capacity(body.certificates.len());
     for (index, c) in body.certificates.iter().enumerate() {
@@ -521,4 +523,30 @@ pub async fn delete(
         .await?;
     admin.publish().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses an upload that would take the tenant past its `maxAnchors` setting.
+fn check_anchor_limit(
+    admin: &Admin,
+    t: &crate::store::TenantRecord,
+    adding: usize,
+) -> Result<(), ApiError> {
+    let max = t.settings.max_anchors as usize;
+    if max == 0 {
+        return Ok(());
+    }
+    let have = admin
+        .trust_store()
+        .borrow()
+        .anchors_per_tenant()
+        .get(t.id.as_str())
+        .copied()
+        .unwrap_or(0);
+    if have + adding > max {
+        return Err(ApiError::Conflict(format!(
+            "Tenant {} has reached its limit of {max} trusted certificates ({have} trusted)",
+            t.id
+        )));
+    }
+    Ok(())
 }

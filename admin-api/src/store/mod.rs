@@ -101,6 +101,13 @@ pub struct TenantSettings {
     pub crl_online_enabled: bool,
     /// ClientId policy.
     pub client_id_policy: ClientIdPolicy,
+    /// Maximum devices connected at once (0: unlimited). Enforced by the broker.
+    pub max_devices: u32,
+    /// Maximum trusted certificates (0: unlimited). Enforced at upload.
+    pub max_anchors: u32,
+    /// Maximum PUBLISH packets per second from all the tenant's devices together
+    /// (0: unlimited). Enforced by the broker.
+    pub max_publish_rate: u32,
 }
 
 impl Default for TenantSettings {
@@ -110,6 +117,9 @@ impl Default for TenantSettings {
             crl_offline_enabled: true,
             crl_online_enabled: false,
             client_id_policy: ClientIdPolicy::Strict,
+            max_devices: 0,
+            max_anchors: 0,
+            max_publish_rate: 0,
         }
     }
 }

@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS tenants (
     crl_offline_enabled INTEGER NOT NULL,
     crl_online_enabled INTEGER NOT NULL,
     client_id_policy TEXT NOT NULL,
+    max_devices INTEGER NOT NULL DEFAULT 0,
+    max_anchors INTEGER NOT NULL DEFAULT 0,
+    max_publish_rate INTEGER NOT NULL DEFAULT 0,
     crl_signer_cert BLOB,
     crl_signer_key BLOB
 );
@@ -138,6 +141,7 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         for suffix in ["-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();
             p.push(suffix);
@@ -211,7 +215,27 @@ fn insert_audit(c: &Connection, e: &AuditEntry) -> StoreResult<()> {
 }
 
 const TENANT_COLS: &str =
-    "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy";
+    "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices, max_anchors, max_publish_rate";
+
+/// Columns added after the first schema: databases created before get them here.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let mut cols = Vec::new();
+    {
+        let mut stmt = c.prepare("PRAGMA table_info(tenants)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        for r in rows {
+            cols.push(r?);
+        }
+    }
+    for col in ["max_devices", "max_anchors", "max_publish_rate"] {
+        if !cols.iter().any(|c| c == col) {
+            c.execute_batch(&format!(
+                "ALTER TABLE tenants ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
 fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
     let policy: String = r.get(7)?;
@@ -225,6 +249,9 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
             crl_offline_enabled: r.get(5)?,
             crl_online_enabled: r.get(6)?,
             client_id_policy: ClientIdPolicy::parse(&policy).unwrap_or(ClientIdPolicy::Strict),
+            max_devices: r.get(8)?,
+            max_anchors: r.get(9)?,
+            max_publish_rate: r.get(10)?,
         },
     })
 }
@@ -232,8 +259,9 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
 fn insert_tenant(c: &Connection, t: &TenantRecord) -> rusqlite::Result<usize> {
     c.execute(
         "INSERT OR IGNORE INTO tenants (id, company, domain, created_at, max_chain_length,
-            crl_offline_enabled, crl_online_enabled, client_id_policy)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices,
+            max_anchors, max_publish_rate)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             t.id,
             t.company,
@@ -242,7 +270,10 @@ fn insert_tenant(c: &Connection, t: &TenantRecord) -> rusqlite::Result<usize> {
             t.settings.max_chain_length,
             t.settings.crl_offline_enabled,
             t.settings.crl_online_enabled,
-            t.settings.client_id_policy.as_str()
+            t.settings.client_id_policy.as_str(),
+            t.settings.max_devices,
+            t.settings.max_anchors,
+            t.settings.max_publish_rate
         ],
     )
 }
@@ -463,7 +494,8 @@ impl Store for SqliteStore {
         self.tx(move |tx| {
             let n = tx.execute(
                 "UPDATE tenants SET company = ?2, domain = ?3, max_chain_length = ?4,
-                    crl_offline_enabled = ?5, crl_online_enabled = ?6, client_id_policy = ?7
+                    crl_offline_enabled = ?5, crl_online_enabled = ?6, client_id_policy = ?7,
+                    max_devices = ?8, max_anchors = ?9, max_publish_rate = ?10
                  WHERE id = ?1",
                 params![
                     t.id,
@@ -472,7 +504,10 @@ impl Store for SqliteStore {
                     t.settings.max_chain_length,
                     t.settings.crl_offline_enabled,
                     t.settings.crl_online_enabled,
-                    t.settings.client_id_policy.as_str()
+                    t.settings.client_id_policy.as_str(),
+                    t.settings.max_devices,
+                    t.settings.max_anchors,
+                    t.settings.max_publish_rate
                 ],
             )?;
             if n == 0 {
