@@ -54,6 +54,8 @@ pub struct Shared {
     pub cache: Arc<tls::IdentityCache>,
     /// Per-tenant session and publish-rate quotas.
     pub quotas: Arc<admission::TenantQuotas>,
+    /// CRL distribution point fetcher (tenants with online CRL checking), with cache.
+    pub crl_fetcher: certs::revocation::CrlFetcher,
 }
 
 /// Why the broker could not start.
@@ -239,6 +241,10 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         metrics: metrics.clone(),
         cache,
         quotas: Arc::new(admission::TenantQuotas::default()),
+        crl_fetcher: certs::revocation::CrlFetcher::new(
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+        ),
     });
 
     let mut tasks = Vec::new();

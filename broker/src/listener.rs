@@ -103,7 +103,11 @@ pub async fn serve_mqtt(
                     }
                 }
             };
-            crate::session::run(stream, id, shared, accepted_at, shutdown).await;
+            let chain: Vec<certs::CertificateDer<'static>> = conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            crate::session::run(stream, id, chain, shared, accepted_at, shutdown).await;
         });
     }
 }

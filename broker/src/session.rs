@@ -31,6 +31,47 @@ enum End {
     Shutdown,
 }
 
+/// Checks the device certificate against the CRLs at its distribution points (cached by
+/// the fetcher until nextUpdate). Unknown revocation status is denied: an unreachable
+/// or unverifiable CRL refuses the device, as a secure default.
+async fn check_online_crl(
+    shared: &Shared,
+    chain: &[certs::CertificateDer<'static>],
+    id: &DeviceIdentity,
+) -> Result<(), &'static str> {
+    let Some(leaf) = chain.first() else {
+        return Ok(());
+    };
+    let urls = certs::revocation::distribution_points(leaf.as_ref());
+    let now = certs::now_unix();
+    for url in urls
+        .iter()
+        .filter(|u| u.to_ascii_lowercase().starts_with("http://"))
+    {
+        let crl = shared
+            .crl_fetcher
+            .fetch(url, now)
+            .await
+            .map_err(|_| "crl_unreachable")?;
+        crl.check_fresh(now).map_err(|_| "crl_stale")?;
+        // The CRL must be signed by the device certificate's issuer: an intermediate the
+        // device sent, or the tenant's anchor.
+        let anchor = shared.trust.load_full();
+        let signed = chain[1..]
+            .iter()
+            .map(|c| c.as_ref())
+            .chain(anchor.anchor_der(&id.anchor_fingerprint))
+            .any(|c| crl.verify_signed_by(c).is_ok());
+        if !signed {
+            return Err("crl_signature");
+        }
+        if crl.is_revoked(&id.serial_hex) {
+            return Err("revoked_online");
+        }
+    }
+    Ok(())
+}
+
 /// Flow control of one session: unacknowledged QoS 1/2 PUBLISH packets from the
 /// device, and the tenant's publish rate.
 struct Inflight {
@@ -89,6 +130,7 @@ async fn refuse<W: AsyncWrite + Unpin>(
 pub async fn run<S>(
     mut dev: S,
     id: DeviceIdentity,
+    chain: Vec<certs::CertificateDer<'static>>,
     shared: Arc<Shared>,
     accepted_at: Instant,
     mut shutdown: watch::Receiver<bool>,
@@ -249,8 +291,30 @@ pub async fn run<S>(
         }
     }
 
-    // Tenant quotas.
     let settings = shared.admin.tenant_settings(tenant).unwrap_or_default();
+    // Online revocation: the CRL distribution points named by the device certificate.
+    if settings.crl_online_enabled {
+        if let Err(reason) = check_online_crl(&shared, &chain, &id).await {
+            tracing::warn!(
+                tenant,
+                cn,
+                reason,
+                "device refused by its CRL distribution point"
+            );
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_NOT_AUTHORIZED,
+                codes::V5_NOT_AUTHORIZED,
+                reason,
+            )
+            .await;
+            return;
+        }
+    }
+
+    // Tenant quotas.
     let Some(_slot) = shared.quotas.open_session(&id.tenant, settings.max_devices) else {
         tracing::warn!(
             tenant,

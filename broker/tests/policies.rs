@@ -414,3 +414,105 @@ async fn tenant_limits_devices_anchors_and_publish_rate() {
     .await
     .expect("slot released when d1 was closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_crl_distribution_points_are_enforced_when_enabled() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/acme",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"settings": {"crlOnlineEnabled": true}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let issuer = ca.issuer().unwrap();
+    let validity = certs::issue::Validity::days(30);
+    let key = certs::issue::KeyType::P256;
+    // A loopback HTTP server for the CRL; its body is set once the devices exist.
+    let url_holder = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let port = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let holder = url_holder.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let body = holder.lock().unwrap().clone();
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            }
+        });
+        port
+    };
+    let url = format!("http://127.0.0.1:{port}/acme.crl");
+    let good =
+        certs::issue::device("good", validity, key, &issuer, std::slice::from_ref(&url)).unwrap();
+    let bad =
+        certs::issue::device("bad", validity, key, &issuer, std::slice::from_ref(&url)).unwrap();
+    let bad_serial = certs::CertInfo::parse(bad.cert_der.as_ref())
+        .unwrap()
+        .serial_hex;
+    let crl = certs::issue::crl(
+        &issuer,
+        &[certs::issue::Revocation {
+            serial_hex: bad_serial,
+            revoked_at: time::OffsetDateTime::now_utc(),
+        }],
+        1,
+        7,
+    )
+    .unwrap();
+    *url_holder.lock().unwrap() = crl;
+
+    let port_mqtt = env.mqtt_port();
+    connect_v4(v4_options(
+        "good",
+        port_mqtt,
+        device_tls(&env.server_ca, &good, &[&ca]),
+    ))
+    .await
+    .expect("not revoked");
+    let err = connect_v4(v4_options(
+        "bad",
+        port_mqtt,
+        device_tls(&env.server_ca, &bad, &[&ca]),
+    ))
+    .await
+    .err()
+    .expect("revoked at its CRL distribution point");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        ),
+        "{err:?}"
+    );
+    // Unknown revocation status is denied: a distribution point nobody serves.
+    let dead = format!("http://127.0.0.1:{}/none.crl", listener_port_closed().await);
+    let orphan = certs::issue::device("orphan", validity, key, &issuer, &[dead]).unwrap();
+    assert!(connect_v4(v4_options(
+        "orphan",
+        port_mqtt,
+        device_tls(&env.server_ca, &orphan, &[&ca])
+    ))
+    .await
+    .is_err());
+}
+
+async fn listener_port_closed() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}

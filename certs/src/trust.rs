@@ -670,6 +670,14 @@ impl TrustStore {
             .map(|i| (self.anchors[*i].tenant.clone(), self.anchors[*i].status))
     }
 
+    /// The DER of the anchor with this SHA-1 fingerprint (e.g. to check a CRL it signed).
+    pub fn anchor_der(&self, fingerprint: &str) -> Option<&[u8]> {
+        self.by_fingerprint
+            .get(fingerprint)
+            .and_then(|v| v.first())
+            .map(|i| self.anchors[*i].der.as_ref())
+    }
+
     /// Anchors that may have issued `cert` (or that are `cert`): by exact fingerprint,
     /// by AKI -> SKI, else by issuer DN.
     fn candidates_for(&self, cert: &[u8]) -> Vec<usize> {
