@@ -286,12 +286,7 @@ async fn disabling_the_ca_drops_live_sessions_within_a_second() {
     ))
     .await
     .is_err());
-    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("mqtt_sessions_closed_by_revocation_total{reason=\"anchor_disabled\"} 2"),
         "{metrics}"

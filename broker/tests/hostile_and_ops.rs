@@ -76,12 +76,7 @@ async fn garbage_plain_mqtt_http_and_anonymous_tls_are_refused_cleanly() {
     ))
     .await
     .unwrap();
-    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("mqtt_tls_handshakes_total{outcome=\"failed\""),
         "{metrics}"
@@ -311,12 +306,7 @@ async fn slowloris_holds_no_slot_past_the_timeout_and_excess_handshakes_are_refu
     connect_v4(v4_options("dev1", env.mqtt_port(), tls))
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("mqtt_connections_refused_total{reason=\"handshake_concurrency\"} 1"),
         "{metrics}"

@@ -45,12 +45,7 @@ async fn small_fleet_report_matches_what_was_delivered() {
         assert!(json.get(key).is_some(), "report key {key}");
     }
     // The broker agrees: every device and subscriber session was counted.
-    let metrics = reqwest::get(format!("http://{}/metrics", env.broker().metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     let connects: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("mqtt_connect_seconds_count"))

@@ -85,6 +85,16 @@ impl Env {
         self.broker.as_ref().unwrap()
     }
 
+    /// The Prometheus text exposition.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.broker().metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn mqtt_port(&self) -> u16 {
         self.broker().mqtt_addr.port()
     }
