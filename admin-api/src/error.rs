@@ -62,6 +62,9 @@ pub enum ApiError {
         /// Seconds until the next attempt is allowed.
         retry_after_secs: u64,
     },
+    /// 507: the store is full (disk or configured size limit); nothing was changed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 500: a bug or a storage failure. The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -117,6 +120,11 @@ impl ApiError {
                 "too_many_requests",
                 self.to_string(),
             ),
+            ApiError::InsufficientStorage(m) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                m.clone(),
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -146,8 +154,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.parts();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "request failed");
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "request failed"),
+            ApiError::InsufficientStorage(_) => {
+                tracing::error!("request refused: the database is full (disk or size limit)")
+            }
+            _ => {}
         }
         let mut resp = (status, axum::Json(self.body())).into_response();
         match &self {
@@ -173,10 +185,17 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(c) => ApiError::Conflict(conflict_message(&c)),
+            StoreError::Full(detail) => {
+                tracing::error!(%detail, "storage full");
+                ApiError::InsufficientStorage(STORAGE_FULL.into())
+            }
             StoreError::Backend(detail) => ApiError::Internal(detail),
         }
     }
 }
+
+/// The message of a 507: what happened, that nothing changed, what to do.
+pub const STORAGE_FULL: &str = "The database is full (no space left on the disk or the configured size limit reached): the change was not stored and existing data is unchanged. Free space or raise the limit, then retry";
 
 /// The sentence for each store conflict.
 fn conflict_message(c: &Conflict) -> String {
@@ -300,5 +319,21 @@ impl From<crate::AdminError> for ApiError {
             crate::AdminError::Store(s) => s.into(),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_is_507_with_a_clear_message() {
+        let e = ApiError::from(StoreError::Full("database or disk is full".into()));
+        let (status, kind, message) = e.parts();
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(kind, "insufficient_storage");
+        assert_eq!(message, STORAGE_FULL);
+        // The backend's own text stays in the log.
+        assert!(!message.contains("database or disk is full"));
     }
 }

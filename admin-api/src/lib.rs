@@ -69,6 +69,9 @@ pub struct AdminConfig {
     pub max_body_bytes: usize,
     /// How long a proof-of-possession verification code is accepted.
     pub verification_code_ttl: Duration,
+    /// Largest size of the database in bytes (`None`: as much as the disk holds). A
+    /// change that needs more space is refused with 507, as on a full disk.
+    pub max_database_bytes: Option<u64>,
 }
 
 impl AdminConfig {
@@ -85,6 +88,7 @@ impl AdminConfig {
             crl_fetch_timeout: Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
             verification_code_ttl: Duration::from_secs(3600),
+            max_database_bytes: None,
         }
     }
 }
@@ -115,6 +119,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("crl_fetch_timeout", &self.crl_fetch_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("verification_code_ttl", &self.verification_code_ttl)
+            .field("max_database_bytes", &self.max_database_bytes)
             .finish()
     }
 }
@@ -232,9 +237,16 @@ impl Admin {
             source,
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-            .await
-            .map_err(|e| AdminError::Internal(e.to_string()))??;
+        let max_bytes = config.max_database_bytes;
+        let store = tokio::task::spawn_blocking(move || {
+            let store = SqliteStore::open(&path)?;
+            if let Some(max) = max_bytes {
+                store.limit_size(max)?;
+            }
+            Ok::<_, StoreError>(store)
+        })
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))??;
         Admin::with_store(config, Arc::new(store)).await
     }
 

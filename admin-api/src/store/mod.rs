@@ -27,6 +27,10 @@ pub enum StoreError {
     /// The change conflicts with a record that exists.
     #[error("conflict: {0:?}")]
     Conflict(Conflict),
+    /// The disk (or the configured database size limit) is full: the change was not
+    /// stored, and what was stored before is intact.
+    #[error("storage full: {0}")]
+    Full(String),
     /// The backend failed (I/O, corruption, a bug). Never shown to clients.
     #[error("storage error: {0}")]
     Backend(String),

@@ -122,7 +122,14 @@ impl std::fmt::Debug for SqliteStore {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            // SQLITE_FULL: the disk is full (ENOSPC) or `max_page_count` is reached.
+            // SQLite rolls the statement back; the transaction is then dropped.
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Full(e.to_string())
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
     }
 }
 
@@ -150,6 +157,22 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Caps the database at about `max_bytes` (SQLite's `max_page_count`, never below
+    /// the current size): a write that needs more space fails with
+    /// [`StoreError::Full`], as on a full disk. Returns the effective cap in bytes.
+    pub fn limit_size(&self, max_bytes: u64) -> StoreResult<u64> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Backend("database connection lock poisoned".into()))?;
+        let page_size: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (max_bytes / page_size.max(1)).max(1);
+        let set: u64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get(0)
+        })?;
+        Ok(set * page_size)
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -1372,5 +1395,44 @@ mod tests {
         let d = store.device("t1", "d1").await.unwrap().unwrap();
         assert_eq!(d.first_connection, Some(100));
         assert_eq!(d.last_connection, Some(300));
+    }
+
+    #[tokio::test]
+    async fn a_full_database_is_store_error_full_and_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        // Capped at its current size: the first write that needs a page fails.
+        let cap = store.limit_size(1).unwrap();
+        assert!(cap > 0);
+        let mut created = Vec::new();
+        let mut full = None;
+        for i in 0..500 {
+            let id = format!("t{i}");
+            let audit =
+                AuditEntry::new("system", Some(&id), "TENANT_CREATED").detail("x".repeat(512));
+            match store
+                .create_tenant(tenant(&id), user(&id, "admin"), audit)
+                .await
+            {
+                Ok(()) => created.push(id),
+                Err(e) => {
+                    full = Some((id, e));
+                    break;
+                }
+            }
+        }
+        let (refused, err) = full.expect("the capped database fills up");
+        assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+        // The refused change left nothing; earlier ones are intact; reads still work.
+        assert!(store.tenant(&refused).await.unwrap().is_none());
+        assert!(store.user(&refused, "admin").await.unwrap().is_none());
+        for id in &created {
+            assert!(store.tenant(id).await.unwrap().is_some(), "{id}");
+        }
+        let page = PageRequest { size: 10, page: 1 };
+        assert_eq!(
+            store.audit(None, page).await.unwrap().total,
+            created.len() as u64
+        );
     }
 }

@@ -8,5 +8,6 @@ mod persistence;
 mod pop;
 mod robustness;
 mod server_cert;
+mod storage_full;
 mod tenants;
 mod trusted_certificates;
