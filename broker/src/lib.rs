@@ -29,19 +29,35 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use certs::TrustStore;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 pub use config::Config;
 
+/// A read handle on the live trust store: the latest snapshot the admin API published,
+/// with no delay between the publication and the next handshake.
+#[derive(Clone)]
+pub struct TrustView(watch::Receiver<Arc<TrustStore>>);
+
+impl TrustView {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<TrustStore> {
+        self.0.borrow().clone()
+    }
+
+    /// The current snapshot (alias of [`TrustView::load`]).
+    pub fn load_full(&self) -> Arc<TrustStore> {
+        self.load()
+    }
+}
+
 /// State shared by every session (cheap to reach through an `Arc`).
 pub struct Shared {
     /// The configuration.
     pub config: Config,
-    /// The live trust store (swapped on every change).
-    pub trust: Arc<ArcSwap<TrustStore>>,
+    /// The live trust store: always the snapshot the admin API published last.
+    pub trust: TrustView,
     /// Change notifications of the trust store, for live sessions.
     pub trust_rx: watch::Receiver<Arc<TrustStore>>,
     /// The admin API handle (store, device registry).
@@ -199,9 +215,8 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     write_server_chain(&config.data_dir, &current.chain);
 
     let trust_rx = admin.trust_store();
-    let initial = trust_rx.borrow().clone();
-    metrics.set_anchors(initial.anchor_count());
-    let trust = Arc::new(ArcSwap::from(initial));
+    metrics.set_anchors(trust_rx.borrow().anchor_count());
+    let trust = TrustView(trust_rx.clone());
     let cache = Arc::new(tls::IdentityCache::default());
     let verifier = Arc::new(tls::DeviceVerifier::new(
         trust.clone(),
@@ -248,16 +263,15 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     });
 
     let mut tasks = Vec::new();
-    // Trust store changes: swap the verifier's snapshot (sessions watch the channel).
+    // Trust store changes: the verifier reads the channel directly (a change applies
+    // to the very next handshake); here only the anchor gauge follows.
     {
         let mut rx = trust_rx.clone();
-        let trust = trust.clone();
         let metrics = metrics.clone();
         tasks.push(tokio::spawn(async move {
             while rx.changed().await.is_ok() {
-                let s = rx.borrow_and_update().clone();
-                metrics.set_anchors(s.anchor_count());
-                trust.store(s);
+                let n = rx.borrow_and_update().anchor_count();
+                metrics.set_anchors(n);
             }
         }));
     }

@@ -238,6 +238,58 @@ impl Connect {
     }
 }
 
+/// Rewrites a successful MQTT 5 CONNACK from the backend with what the front-end
+/// enforces: Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and no
+/// assigned ClientId (the backend's `<tenant>.<cn>` must not leak to the device).
+pub fn connack_v5_for_device(
+    pkt: &[u8],
+    receive_max: u16,
+    topic_alias_max: u16,
+    max_packet_size: u32,
+) -> Result<BytesMut, MqttError> {
+    // rumqttd's v5 codec does not decode CONNACK (it is a server codec): bytes it is.
+    let bad = || MqttError::Malformed("CONNACK");
+    if pkt.first() != Some(&0x20) {
+        return Err(bad());
+    }
+    let (h, rem) = header(pkt);
+    let body = pkt.get(h..h + rem).ok_or_else(bad)?;
+    let (&flags, rest) = body.split_first().ok_or_else(bad)?;
+    let (&reason, rest) = rest.split_first().ok_or_else(bad)?;
+    let (plen, pn) = if rest.is_empty() {
+        (0, 0)
+    } else {
+        read_varint(rest).ok_or_else(bad)?
+    };
+    let props = rest.get(pn..pn + plen).ok_or_else(bad)?;
+    let mut kept = Vec::with_capacity(props.len() + 16);
+    let (mut recv, mut size) = (receive_max, max_packet_size);
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        let len = property_len(id, &props[i + 1..]).ok_or_else(bad)?;
+        let v = props.get(i + 1..i + 1 + len).ok_or_else(bad)?;
+        match id {
+            0x21 => recv = recv.min(u16::from_be_bytes([v[0], v[1]])),
+            0x27 => size = size.min(u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+            0x22 | 0x12 => {}
+            _ => kept.extend_from_slice(&props[i..i + 1 + len]),
+        }
+        i += 1 + len;
+    }
+    kept.push(0x21);
+    kept.extend_from_slice(&recv.to_be_bytes());
+    kept.push(0x22);
+    kept.extend_from_slice(&topic_alias_max.to_be_bytes());
+    kept.push(0x27);
+    kept.extend_from_slice(&size.to_be_bytes());
+    let mut plen_buf = BytesMut::with_capacity(4);
+    put_varint(&mut plen_buf, kept.len());
+    let mut out = BytesMut::with_capacity(kept.len() + 8);
+    write_packet(&mut out, 0x20, &[&[flags, reason], &plen_buf, &kept]);
+    Ok(out)
+}
+
 /// A refusal CONNACK. `code` is the 3.1.1 return code or the 5.0 reason code.
 pub fn connack(version: Version, code: u8) -> [u8; 5] {
     // v4: 20 02 00 code; v5: 20 03 00 reason 00 (no properties). The fifth byte is
@@ -707,6 +759,42 @@ mod tests {
         assert_eq!(
             m.device_to_backend(Version::V5, &mk("", Some(4)), &mut out3),
             Err(MqttError::UnknownAlias(4))
+        );
+    }
+
+    #[test]
+    fn connack_v5_announces_front_end_limits() {
+        // Success, session present, properties: receive max 20, assigned id "x.y",
+        // user property ("a","b").
+        let props: Vec<u8> = [
+            &[0x21u8, 0, 20][..],
+            &[0x12, 0, 3],
+            b"x.y",
+            &[0x26, 0, 1, b'a', 0, 1, b'b'],
+        ]
+        .concat();
+        let mut pkt = BytesMut::new();
+        write_packet(&mut pkt, 0x20, &[&[1, 0, props.len() as u8], &props]);
+        let out = connack_v5_for_device(&pkt, 100, 64, 2048).unwrap();
+        let expect: Vec<u8> = [
+            &[0x26u8, 0, 1, b'a', 0, 1, b'b'][..],
+            &[0x21, 0, 20],
+            &[0x22, 0, 64],
+            &[0x27, 0, 0, 8, 0],
+        ]
+        .concat();
+        let mut e = BytesMut::new();
+        write_packet(&mut e, 0x20, &[&[1, 0, expect.len() as u8], &expect]);
+        assert_eq!(
+            out, e,
+            "receive max kept at the lower 20, assigned id dropped"
+        );
+        assert_eq!(connack_code(&out), Some(0));
+        // No properties at all.
+        let out = connack_v5_for_device(&[0x20, 0x02, 0x00, 0x00], 100, 64, 2048).unwrap();
+        assert_eq!(out[4], 11, "three properties added (3 + 3 + 5 bytes)");
+        assert!(
+            connack_v5_for_device(&[0x20, 0x05, 0x00, 0x00, 0x03, 0x21, 0x00], 1, 1, 1).is_err()
         );
     }
 

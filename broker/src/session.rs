@@ -400,7 +400,30 @@ pub async fn run<S>(
             return;
         }
     };
-    let ack = bbuf.split_to(n);
+    let mut ack = bbuf.split_to(n);
+    if version == Version::V5 && mqtt::connack_code(&ack) == Some(0) {
+        // Tell the device the limits the front-end enforces.
+        match mqtt::connack_v5_for_device(
+            &ack,
+            u16::try_from(limits.max_inflight).unwrap_or(u16::MAX),
+            mqtt::MAX_TOPIC_ALIASES as u16,
+            u32::try_from(max).unwrap_or(u32::MAX),
+        ) {
+            Ok(a) => ack = a,
+            Err(_) => {
+                refuse(
+                    &mut dev,
+                    &shared,
+                    version,
+                    codes::V4_UNAVAILABLE,
+                    codes::V5_SERVER_UNAVAILABLE,
+                    "backend_connack",
+                )
+                .await;
+                return;
+            }
+        }
+    }
     if dev.write_all(&ack).await.is_err() || dev.flush().await.is_err() {
         return;
     }

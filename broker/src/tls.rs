@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use certs::{DeviceIdentity, TrustStore, VerifyError};
+use certs::{DeviceIdentity, VerifyError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -57,7 +57,7 @@ impl IdentityCache {
 
 /// Verifies device chains against the live trust store.
 pub struct DeviceVerifier {
-    trust: Arc<ArcSwap<TrustStore>>,
+    trust: crate::TrustView,
     provider: Arc<CryptoProvider>,
     cache: Arc<IdentityCache>,
     metrics: Metrics,
@@ -72,7 +72,7 @@ impl std::fmt::Debug for DeviceVerifier {
 impl DeviceVerifier {
     /// A verifier over `trust` (swapped by the caller on every store change).
     pub fn new(
-        trust: Arc<ArcSwap<TrustStore>>,
+        trust: crate::TrustView,
         provider: Arc<CryptoProvider>,
         cache: Arc<IdentityCache>,
         metrics: Metrics,

@@ -324,35 +324,44 @@ async fn oversized_packet_gets_disconnect_0x95() {
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
     let dev = device("big", &ca);
-    let mut o = v5_options(
-        "big",
-        env.mqtt_port(),
-        device_tls(&env.server_ca, &dev, &[&ca]),
+    // A raw MQTT 5 client that ignores the advertised maximum packet size.
+    let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, &dev, &[&ca]));
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let connect: &[u8] = &[
+        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x03,
+        b'b', b'i', b'g',
+    ];
+    tls.write_all(connect).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let connack = &buf[..n];
+    assert_eq!(&connack[..1], &[0x20]);
+    assert_eq!(connack[3], 0x00, "CONNACK success");
+    assert!(
+        connack.windows(5).any(|w| w == [0x27, 0, 0, 8, 0]),
+        "CONNACK announces Maximum Packet Size 2048: {connack:?}"
     );
-    o.set_max_packet_size(Some(1 << 20));
-    let (c, mut el) = connect_v5(o).await.unwrap();
-    c.publish(
-        "blob",
-        rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-        false,
-        vec![7u8; 8192],
-    )
-    .await
-    .unwrap();
-    let reason = loop {
-        match tokio::time::timeout(Duration::from_secs(5), el.poll())
-            .await
-            .expect("closed")
-        {
-            Ok(_) => continue,
-            Err(rumqttc::v5::ConnectionError::MqttState(
-                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
-            )) => break Some(reason_code),
-            Err(_) => break None,
-        }
-    };
+    // PUBLISH QoS 0 "blob" with 8 KiB payload: remaining length 2+4+1+8192 = 8199.
+    let mut publish = vec![0x30, 0x87, 0x40, 0x00, 0x04, b'b', b'l', b'o', b'b', 0x00];
+    publish.extend(std::iter::repeat_n(7u8, 8192));
+    tls.write_all(&publish).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
     assert_eq!(
-        reason,
-        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::PacketTooLarge)
+        got,
+        vec![0xE0, 0x02, 0x95, 0x00],
+        "DISCONNECT 0x95 Packet too large"
     );
 }
