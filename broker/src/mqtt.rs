@@ -425,8 +425,12 @@ impl Mount {
         match t {
             kind::PUBLISH => self.publish_up(version, pkt, out),
             kind::SUBSCRIBE | kind::UNSUBSCRIBE => self.filters_up(version, pkt, out),
-            kind::CONNECT | kind::CONNACK | 0 => Err(MqttError::Unexpected(t)),
-            kind::AUTH => Err(MqttError::Unexpected(t)),
+            // A second CONNECT, server-to-client packets (CONNACK, SUBACK, UNSUBACK,
+            // PINGRESP), AUTH (no enhanced authentication here) and the reserved type 0
+            // never reach the broker.
+            kind::CONNECT | kind::CONNACK | 9 | 11 | kind::PINGRESP | kind::AUTH | 0 => {
+                Err(MqttError::Unexpected(t))
+            }
             _ => {
                 out.extend_from_slice(pkt);
                 Ok(())
@@ -696,6 +700,23 @@ mod tests {
             mount_filter("acme/", "$share/g"),
             Err(MqttError::InvalidTopic)
         );
+    }
+
+    #[test]
+    fn server_packets_from_a_device_are_refused() {
+        let mut m = Mount::new("acme");
+        for first in [0x10u8, 0x20, 0x90, 0xB0, 0xD0, 0xF0, 0x00] {
+            let mut out = BytesMut::new();
+            assert_eq!(
+                m.device_to_backend(Version::V5, &[first, 0], &mut out),
+                Err(MqttError::Unexpected(first >> 4))
+            );
+            assert!(out.is_empty());
+        }
+        let mut out = BytesMut::new();
+        m.device_to_backend(Version::V4, &[0xC0, 0], &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &[0xC0, 0], "PINGREQ passes");
     }
 
     #[test]
