@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, mut rest)) = data.split_first() else {
         return;
     };
-    let version = if sel & 1 == 0 { Version::V4 } else { Version::V5 };
+    let version = if sel & 1 == 0 {
+        Version::V4
+    } else {
+        Version::V5
+    };
     let mut mount = Mount::new("tenant-a");
     let mut out = BytesMut::new();
     while let Ok(Some(n)) = mqtt::frame_len(rest, 1 << 20) {
