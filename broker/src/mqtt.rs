@@ -374,7 +374,17 @@ pub fn mount_topic(prefix: &str, topic: &str) -> Result<String, MqttError> {
     if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
         return Err(MqttError::InvalidTopic);
     }
-    Ok(format!("{prefix}{topic}"))
+    fits_u16(format!("{prefix}{topic}"))
+}
+
+/// A mounted topic or filter must still fit MQTT's 16-bit string length: a device's
+/// 65,535-byte topic plus the prefix would otherwise be written with a wrapped length
+/// and the backend would read the tail of the topic as packet id and payload.
+fn fits_u16(mounted: String) -> Result<String, MqttError> {
+    if mounted.len() > usize::from(u16::MAX) {
+        return Err(MqttError::InvalidTopic);
+    }
+    Ok(mounted)
 }
 
 /// Mounts a subscription filter under `prefix`, keeping `$share/<group>/` in front.
@@ -389,9 +399,9 @@ pub fn mount_filter(prefix: &str, filter: &str) -> Result<String, MqttError> {
         if group.is_empty() || f.is_empty() || group.contains(['+', '#']) {
             return Err(MqttError::InvalidTopic);
         }
-        return Ok(format!("$share/{group}/{prefix}{f}"));
+        return fits_u16(format!("$share/{group}/{prefix}{f}"));
     }
-    Ok(format!("{prefix}{filter}"))
+    fits_u16(format!("{prefix}{filter}"))
 }
 
 /// Per-session rewriting state (MQTT 5 topic aliases from the device).
@@ -829,5 +839,27 @@ mod tests {
             Err(MqttError::TooLarge(268435460))
         );
         assert!(frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 1], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn mounted_names_longer_than_65535_bytes_are_refused() {
+        // Found by review while extending the mqtt_rewrite fuzz target: the prefix
+        // pushed a maximal topic past the 16-bit length, which was then truncated.
+        let long = "a".repeat(usize::from(u16::MAX) - 2);
+        assert_eq!(mount_topic("acme/", &long), Err(MqttError::InvalidTopic));
+        assert_eq!(mount_filter("acme/", &long), Err(MqttError::InvalidTopic));
+        assert_eq!(
+            mount_filter("acme/", &format!("$share/g/{long}")),
+            Err(MqttError::InvalidTopic)
+        );
+        let fits = "a".repeat(usize::from(u16::MAX) - 5);
+        assert_eq!(mount_topic("acme/", &fits).unwrap().len(), 65535);
+        let mut m = Mount::new("acme");
+        let mut out = BytesMut::new();
+        assert_eq!(
+            m.device_to_backend(Version::V4, &publish_v4(&long, 0, b"x"), &mut out),
+            Err(MqttError::InvalidTopic)
+        );
+        assert!(out.is_empty());
     }
 }
