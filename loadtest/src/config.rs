@@ -104,8 +104,14 @@ impl std::fmt::Display for MqttVersion {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// MQTT-over-TLS address of the broker, `HOST:PORT`; must resolve to loopback.
+    /// MQTT-over-TLS address of the broker, `HOST:PORT`; must resolve to loopback. Several
+    /// comma-separated addresses spread the devices round-robin over them (device `i` goes
+    /// to address `i % n`), for brokers with several listeners.
     pub broker: String,
+    /// Plain TCP instead of mutual TLS: no certificates, no upload, ClientIds made unique per
+    /// run. For reaching a broker's loopback-only plain listener directly (the product's
+    /// embedded rumqttd), which has neither TLS nor authentication.
+    pub plain: bool,
     /// Number of simulated devices (1..=[`MAX_DEVICES`]).
     pub devices: usize,
     /// New connections per second in the steady and revoke scenarios.
@@ -161,6 +167,12 @@ pub struct Config {
     /// How long to wait for subscribers to receive outstanding messages after the last
     /// device finished publishing.
     pub drain_timeout: Duration,
+    /// Once every device has connected and published, keep the sessions open (idle) this
+    /// long before the broker's memory is read and the run ends.
+    pub hold: Duration,
+    /// Devices start publishing only once every device's first connection attempt has
+    /// resolved, so the publish figures are taken with the whole fleet connected.
+    pub sync_start: bool,
     /// Show a live progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
 }
@@ -169,6 +181,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             broker: "127.0.0.1:8883".into(),
+            plain: false,
             devices: 100,
             connect_rate: 500.0,
             concurrency: 256,
@@ -194,6 +207,8 @@ impl Default for Config {
             keep_alive: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(3),
+            hold: Duration::ZERO,
+            sync_start: false,
             progress: false,
         }
     }
@@ -254,6 +269,27 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return bad("connect timeout must be positive".into());
         }
+        if self.hold > MAX_DURATION {
+            return bad(format!(
+                "--hold must be at most {} seconds",
+                MAX_DURATION.as_secs()
+            ));
+        }
+        if self.broker.split(',').any(|b| b.trim().is_empty()) {
+            return bad(format!(
+                "--broker must be HOST:PORT[,HOST:PORT...], got {:?}",
+                self.broker
+            ));
+        }
+        if self.plain {
+            if self.upload {
+                return bad("--plain has no certificates: it runs without an upload".into());
+            }
+            if self.scenario == Scenario::Revoke {
+                return bad("--scenario revoke needs certificates, not --plain".into());
+            }
+            return self.validate_common();
+        }
         if self.server_ca.is_none() {
             return bad(
                 "--server-ca is required: the PEM that verifies the broker's TLS certificate"
@@ -288,6 +324,12 @@ impl Config {
         if self.scenario == Scenario::Revoke && !self.upload {
             return bad("--scenario revoke disables the uploaded CA over REST, so it cannot run with --no-upload".into());
         }
+        self.validate_common()
+    }
+
+    /// Checks that hold with and without TLS: the tenant name and the source addresses.
+    fn validate_common(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
         if let Some(t) = &self.tenant {
             // The product's rule for tenant ids.
             let ok = (1..=32).contains(&t.len())
@@ -585,6 +627,51 @@ mod tests {
         let list = parse_source_ips("127.0.0.1-127.0.0.3").expect("ok");
         assert_eq!(effective_source_ips(Some(&list), v4).expect("ok"), list);
         assert!(effective_source_ips(Some(&list), v6).is_err());
+    }
+
+    #[test]
+    fn plain_mode_needs_no_certificates_and_uploads_nothing() {
+        let plain = Config {
+            plain: true,
+            upload: false,
+            server_ca: None,
+            ca_cert: None,
+            ca_key: None,
+            broker: "127.0.0.1:1883,127.0.0.1:1884".into(),
+            ..Config::default()
+        };
+        assert!(plain.validate().is_ok());
+        assert!(Config {
+            upload: true,
+            ..plain.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            scenario: Scenario::Revoke,
+            ..plain.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            broker: "127.0.0.1:1883,".into(),
+            ..plain.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(Config {
+            source_ips: Some(vec!["10.0.0.1".parse().expect("ip")]),
+            ..plain.clone()
+        }
+        .validate()
+        .is_err());
+        // Without --plain the server CA is still required.
+        assert!(Config {
+            plain: false,
+            ..plain
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -58,9 +58,14 @@ enum MqttArg {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// MQTT/TLS address of the broker, HOST:PORT (loopback only).
+    /// MQTT/TLS address of the broker, HOST:PORT (loopback only); several comma-separated
+    /// addresses spread the devices round-robin over them.
     #[arg(long)]
     broker: String,
+    /// Plain TCP, no TLS and no certificates (loopback only): to reach a broker's plain
+    /// listener directly, e.g. the product's embedded rumqttd. ClientIds get the run id.
+    #[arg(long, visible_alias = "no-tls", conflicts_with_all = ["ca_cert", "ca_key", "server_ca", "admin"])]
+    plain: bool,
     /// Number of devices (at most 100000).
     #[arg(long)]
     devices: usize,
@@ -127,15 +132,24 @@ struct RunArgs {
     /// Do not create a tenant nor upload the CA (the broker already trusts --ca-cert).
     #[arg(long)]
     no_upload: bool,
-    /// PEM that verifies the broker's TLS certificate (MQTT and admin API).
-    #[arg(long)]
-    server_ca: PathBuf,
+    /// PEM that verifies the broker's TLS certificate (MQTT and admin API); required
+    /// unless --plain.
+    #[arg(long, required_unless_present = "plain")]
+    server_ca: Option<PathBuf>,
     /// MQTT keep-alive in seconds.
     #[arg(long, default_value_t = 60)]
     keep_alive: u64,
     /// Seconds allowed for one connection attempt (TCP, TLS, CONNACK).
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Once every device has connected and published, hold the idle sessions open this
+    /// many seconds before reading the broker's memory (per-connection memory).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Devices publish only once the whole fleet has connected (throughput with every
+    /// session open, not mixed with handshakes).
+    #[arg(long)]
+    sync_start: bool,
     /// Do not show the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -160,6 +174,7 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
     };
     Ok(Config {
         broker: a.broker.clone(),
+        plain: a.plain,
         devices: a.devices,
         connect_rate: a.connect_rate,
         concurrency: a.concurrency,
@@ -190,8 +205,10 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
         admin_password: a.admin_password.clone(),
         ca_cert: a.ca_cert.clone(),
         ca_key: a.ca_key.clone(),
-        upload: !a.no_upload,
-        server_ca: Some(a.server_ca.clone()),
+        upload: !a.no_upload && !a.plain,
+        server_ca: a.server_ca.clone(),
+        hold: Duration::from_secs(a.hold),
+        sync_start: a.sync_start,
         keep_alive: Duration::from_secs(a.keep_alive),
         connect_timeout: Duration::from_secs(a.connect_timeout),
         progress: !a.quiet,

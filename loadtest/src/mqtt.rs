@@ -2,11 +2,15 @@
 //!
 //! Packets are encoded and decoded with rumqttc's public `mqttbytes` (3.1.1 and 5); the
 //! socket is ours, so it can be bound to a chosen source address, have TCP_NODELAY set, and
-//! time the CONNACK exactly.
+//! time the CONNACK exactly. Sessions normally run over mutual TLS; with `--plain` they run
+//! over plain TCP (loopback only), to reach a broker's unauthenticated listener directly,
+//! for example the product's embedded rumqttd, to measure what the front-end adds.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +18,7 @@ use rumqttc::mqttbytes as m4;
 use rumqttc::v5::mqttbytes as m5;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -30,6 +34,52 @@ const MAX_INCOMING: usize = 1024 * 1024;
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     pub(crate) server_name: ServerName<'static>,
+}
+
+/// The byte stream of a session: mutual TLS, or plain TCP (`--plain`, loopback only).
+pub(crate) enum Stream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A packet received from the broker, reduced to what the load generator acts on.
@@ -367,9 +417,9 @@ fn from_v5(p: m5::v5::Packet) -> Incoming {
     }
 }
 
-/// An established MQTT session over TLS.
+/// An established MQTT session.
 pub(crate) struct Conn {
-    stream: TlsStream<TcpStream>,
+    stream: Stream,
     rbuf: BytesMut,
     /// Packets waiting to be written by [`Conn::flush`].
     pub(crate) out: BytesMut,
@@ -420,8 +470,8 @@ impl Conn {
 pub(crate) struct Timings {
     /// TCP connect start to CONNACK.
     pub(crate) total: Duration,
-    /// TLS handshake alone.
-    pub(crate) tls: Duration,
+    /// TLS handshake alone (`None` over plain TCP).
+    pub(crate) tls: Option<Duration>,
 }
 
 /// Why a connection attempt failed, as a short stable kind for the error table.
@@ -463,12 +513,13 @@ pub(crate) fn describe_io(e: &io::Error) -> String {
     }
 }
 
-/// Connects (optionally from `source`), completes TLS and MQTT CONNECT/CONNACK within
-/// `timeout`. The clock of `Timings::total` starts just before the TCP connect.
+/// Connects (optionally from `source`), completes TLS (unless `tls` is `None`: plain TCP)
+/// and MQTT CONNECT/CONNACK within `timeout`. The clock of `Timings::total` starts just
+/// before the TCP connect.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn establish(
     target: &Target,
-    tls: Arc<ClientConfig>,
+    tls: Option<Arc<ClientConfig>>,
     source: Option<IpAddr>,
     codec: Codec,
     client_id: &str,
@@ -497,15 +548,20 @@ pub(crate) async fn establish(
         .map_err(|_| ConnectError::new("tcp_connect", "timed out"))?
         .map_err(|e| ConnectError::new("tcp_connect", describe_io(&e)))?;
 
-    let tls_start = Instant::now();
-    let stream = tokio::time::timeout_at(
-        deadline,
-        TlsConnector::from(tls).connect(target.server_name.clone(), tcp),
-    )
-    .await
-    .map_err(|_| ConnectError::new("tls_handshake", "timed out"))?
-    .map_err(|e| ConnectError::new("tls_handshake", describe_io(&e)))?;
-    let tls_time = tls_start.elapsed();
+    let (stream, tls_time) = match tls {
+        Some(tls) => {
+            let tls_start = Instant::now();
+            let stream = tokio::time::timeout_at(
+                deadline,
+                TlsConnector::from(tls).connect(target.server_name.clone(), tcp),
+            )
+            .await
+            .map_err(|_| ConnectError::new("tls_handshake", "timed out"))?
+            .map_err(|e| ConnectError::new("tls_handshake", describe_io(&e)))?;
+            (Stream::Tls(Box::new(stream)), Some(tls_start.elapsed()))
+        }
+        None => (Stream::Plain(tcp), None),
+    };
 
     let mut conn = Conn {
         stream,

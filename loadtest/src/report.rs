@@ -98,6 +98,22 @@ pub struct Params {
     pub source_ips: usize,
     /// Configured time limit in seconds.
     pub duration_s: u64,
+    /// Plain TCP instead of mutual TLS (`--plain`): no TLS and no authentication.
+    #[serde(default)]
+    pub plain: bool,
+    /// Broker addresses the devices were spread over.
+    #[serde(default = "one")]
+    pub brokers: usize,
+    /// Seconds the idle sessions were held open before the broker's memory was read.
+    #[serde(default)]
+    pub hold_s: f64,
+    /// Whether devices waited for the whole fleet to connect before publishing.
+    #[serde(default)]
+    pub sync_start: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Certificate preparation (not part of any connect figure).
@@ -158,6 +174,10 @@ pub struct MessagesReport {
     pub lost: u64,
     /// Deliveries of a (device, sequence) a subscriber had already received.
     pub duplicated: u64,
+    /// Distinct deliveries divided by the time from the first PUBLISH written to the last
+    /// new delivery read: the throughput through the broker.
+    #[serde(default)]
+    pub rate_per_s: f64,
 }
 
 /// Outcome of the revoke scenario.
@@ -293,8 +313,8 @@ impl Report {
             &mut s,
             "messages",
             format!(
-                "{} received of {} expected, {} lost, {} duplicated",
-                m.received, m.expected, m.lost, m.duplicated
+                "{} received of {} expected, {} lost, {} duplicated, {:.1}/s delivered",
+                m.received, m.expected, m.lost, m.duplicated, m.rate_per_s
             ),
         );
         let e = &self.e2e_latency_ms;
@@ -384,7 +404,12 @@ pub fn compare(baseline: &Report, candidate: &Report, names: (&str, &str)) -> St
         ("connect p50 ms", pair(&|r| r.connect.latency_ms.p50)),
         ("connect p99 ms", pair(&|r| r.connect.latency_ms.p99)),
         ("connect max ms", pair(&|r| r.connect.latency_ms.max)),
+        (
+            "tls handshake p50 ms",
+            pair(&|r| r.connect.tls_handshake_ms.p50),
+        ),
         ("publish rate /s", pair(&|r| Some(r.publish.rate_per_s))),
+        ("delivered rate /s", pair(&|r| Some(r.messages.rate_per_s))),
         ("e2e p50 ms", pair(&|r| r.e2e_latency_ms.p50)),
         ("e2e p99 ms", pair(&|r| r.e2e_latency_ms.p99)),
         ("messages lost", pair(&|r| Some(r.messages.lost as f64))),
@@ -409,11 +434,22 @@ pub fn compare(baseline: &Report, candidate: &Report, names: (&str, &str)) -> St
                 Some(m.after? as f64 - m.before? as f64)
             }),
         ),
+        ("RSS growth/device KiB", pair(&rss_per_device_kib)),
+        ("broker CPU s", pair(&|r| r.broker.cpu_s)),
+        ("loadtest CPU s", pair(&|r| r.generator_cpu_s)),
     ];
     for (name, (a, b)) in figures {
         row(&mut s, name, a, b);
     }
     s
+}
+
+/// Broker memory growth per device session open at the end: `(after - before) / peak`.
+pub fn rss_per_device_kib(r: &Report) -> Option<f64> {
+    let m = r.broker.rss_kib.as_ref()?;
+    let (after, before) = (m.after?, m.before?);
+    let open = r.connect.peak_connected;
+    (open > 0).then(|| (after as f64 - before as f64) / open as f64)
 }
 
 /// CPU time (user + system, all threads) a process has used so far, in seconds, from

@@ -63,6 +63,7 @@ struct Stats {
     last_connack_ns: AtomicU64,
     first_publish_ns: AtomicU64,
     last_publish_ns: AtomicU64,
+    last_receive_ns: AtomicU64,
     last_close_ns: AtomicU64,
     reconnect_attempts: AtomicU64,
     reconnect_succeeded: AtomicU64,
@@ -91,6 +92,7 @@ impl Stats {
             last_connack_ns: AtomicU64::new(0),
             first_publish_ns: AtomicU64::new(u64::MAX),
             last_publish_ns: AtomicU64::new(0),
+            last_receive_ns: AtomicU64::new(0),
             last_close_ns: AtomicU64::new(0),
             reconnect_attempts: AtomicU64::new(0),
             reconnect_succeeded: AtomicU64::new(0),
@@ -133,7 +135,7 @@ impl Stats {
 /// Everything a device or subscriber task needs, shared.
 struct Ctx {
     stats: Stats,
-    target: Target,
+    targets: Vec<Target>,
     codec: Codec,
     sources: Vec<IpAddr>,
     run_id: String,
@@ -147,14 +149,36 @@ struct Ctx {
     scenario: Scenario,
     connect_permits: Semaphore,
     stop: watch::Receiver<bool>,
+    /// With `sync_start`: turns true once every device's first attempt has resolved.
+    fleet_ready: watch::Sender<bool>,
+    sync_start: bool,
 }
 
 impl Ctx {
+    /// The broker address of device (or subscriber) `index`: round-robin over `--broker`.
+    fn target(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
+    }
+
     fn source(&self, index: usize) -> Option<IpAddr> {
         if self.sources.is_empty() {
             None
         } else {
             Some(self.sources[index % self.sources.len()])
+        }
+    }
+
+    /// Records the outcome of a device's first connection attempt; releases the fleet
+    /// (`--sync-start`) once every device has one.
+    fn resolved(&self, ok: bool) {
+        let s = &self.stats;
+        if ok {
+            s.succeeded.fetch_add(1, Relaxed);
+        } else {
+            s.failed.fetch_add(1, Relaxed);
+        }
+        if s.succeeded.load(Relaxed) + s.failed.load(Relaxed) >= self.devices as u64 {
+            self.fleet_ready.send_replace(true);
         }
     }
 
@@ -173,6 +197,37 @@ pub(crate) fn device_id(i: usize) -> String {
     format!("dev-{i:06}")
 }
 
+/// The ClientId of device `i` over plain TCP: without certificates (and without the
+/// product's tenant prefix) nothing else keeps it apart from other runs' devices.
+fn plain_client_id(run_id: &str, i: usize) -> String {
+    format!("lt-{run_id}-{}", device_id(i))
+}
+
+/// Resolves every address of `--broker` (comma-separated), each to loopback.
+fn resolve_targets(brokers: &str) -> Result<Vec<Target>, Error> {
+    let mut targets = Vec::new();
+    for b in brokers.split(',').map(str::trim) {
+        let (host, _) = split_host_port("--broker", b)?;
+        let addr = resolve_loopback("--broker", b)?;
+        let server_name = ServerName::try_from(host.clone()).map_err(|_| {
+            Error::Config(format!(
+                "--broker host {host:?} is not a valid TLS server name"
+            ))
+        })?;
+        targets.push(Target { addr, server_name });
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|t| t.addr.is_ipv4() != targets[0].addr.is_ipv4())
+    {
+        return Err(Error::Config(format!(
+            "--broker addresses mix IPv4 and IPv6 ({} and {})",
+            targets[0].addr, t.addr
+        )));
+    }
+    Ok(targets)
+}
+
 /// Runs one load test as configured and reports what it measured.
 ///
 /// Certificates are generated first (in parallel, not timed as part of any connect figure);
@@ -181,33 +236,48 @@ pub(crate) fn device_id(i: usize) -> String {
 /// passed, whichever comes first.
 pub async fn run(config: Config) -> Result<Report, Error> {
     config.validate()?;
-    let (host, _) = split_host_port("--broker", &config.broker)?;
-    let broker_addr = resolve_loopback("--broker", &config.broker)?;
+    let targets = resolve_targets(&config.broker)?;
+    let broker_addr = targets[0].addr;
     let sources = effective_source_ips(config.source_ips.as_deref(), broker_addr)?;
-    let server_name = ServerName::try_from(host.clone()).map_err(|_| {
-        Error::Config(format!(
-            "--broker host {host:?} is not a valid TLS server name"
-        ))
-    })?;
     if let Some(url) = &config.admin {
         crate::admin::resolve_admin_url(url)?;
     }
 
     let provider = pki::crypto_provider();
+    let mut id = [0u8; 4];
+    pki::random_bytes(&provider, &mut id)?;
+    let run_id = pki::hex(&id);
+    let subscriber_ids: Vec<String> = (0..config.subscribers)
+        .map(|i| format!("sub-{run_id}-{i:03}"))
+        .collect();
+
+    if config.plain {
+        let device_ids = (0..config.devices)
+            .map(|i| plain_client_id(&run_id, i))
+            .collect();
+        let plain = Prepared {
+            run_id,
+            device_ids,
+            subscriber_ids,
+            device_tls: vec![None; config.devices],
+            subscriber_tls: vec![None; config.subscribers],
+            generation_s: 0.0,
+            ca_generated: false,
+            tenant_auth: None,
+        };
+        return measure(config, targets, sources, plain).await;
+    }
+
     let server_ca = config
         .server_ca
         .clone()
         .ok_or_else(|| Error::Config("--server-ca is required".into()))?;
     let verifier = pki::server_verifier(&provider, &server_ca)?;
 
-    let mut id = [0u8; 4];
-    pki::random_bytes(&provider, &mut id)?;
-    let run_id = pki::hex(&id);
-
     // Certificates, before any clock starts.
     let cert_start = std::time::Instant::now();
     let mut cns: Vec<String> = (0..config.devices).map(device_id).collect();
-    cns.extend((0..config.subscribers).map(|i| format!("sub-{run_id}-{i:03}")));
+    cns.extend(subscriber_ids.iter().cloned());
     let (ca, tls_configs) = {
         let provider = provider.clone();
         let verifier = verifier.clone();
@@ -228,9 +298,7 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     let generation_s = cert_start.elapsed().as_secs_f64();
 
     // Tenant and CA upload.
-    let mut tenant_auth: Option<(Admin, String, String, String)> = None;
-    let mut tenant_name = None;
-    let mut fingerprint = None;
+    let mut tenant_auth: Option<TenantAuth> = None;
     if config.upload {
         let url = config
             .admin
@@ -251,11 +319,62 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         let tenant_password = format!("Lt-{}", pki::hex(&pw));
         admin.create_tenant(&tenant, &tenant_password).await?;
         let fp = admin.upload_ca(&tenant, &tenant_password, &ca.pem).await?;
-        tenant_name = Some(tenant.clone());
-        fingerprint = Some(fp.clone());
         tenant_auth = Some((admin, tenant, tenant_password, fp));
     }
 
+    let mut device_tls: Vec<Option<Arc<ClientConfig>>> =
+        tls_configs.into_iter().map(Some).collect();
+    let subscriber_tls = device_tls.split_off(config.devices);
+    let prepared = Prepared {
+        run_id,
+        device_ids: (0..config.devices).map(device_id).collect(),
+        subscriber_ids,
+        device_tls,
+        subscriber_tls,
+        generation_s,
+        ca_generated: config.ca_cert.is_none(),
+        tenant_auth,
+    };
+    measure(config, targets, sources, prepared).await
+}
+
+/// The admin handle, tenant, tenant password and CA fingerprint of an upload.
+type TenantAuth = (Admin, String, String, String);
+
+/// What a run needs before its clock starts.
+struct Prepared {
+    run_id: String,
+    /// ClientIds (and CNs) of the devices.
+    device_ids: Vec<String>,
+    subscriber_ids: Vec<String>,
+    /// One TLS configuration per device (`None`: plain TCP).
+    device_tls: Vec<Option<Arc<ClientConfig>>>,
+    subscriber_tls: Vec<Option<Arc<ClientConfig>>>,
+    generation_s: f64,
+    ca_generated: bool,
+    tenant_auth: Option<TenantAuth>,
+}
+
+/// Connects subscribers and devices, measures, and stops.
+async fn measure(
+    config: Config,
+    targets: Vec<Target>,
+    sources: Vec<IpAddr>,
+    prepared: Prepared,
+) -> Result<Report, Error> {
+    let Prepared {
+        run_id,
+        device_ids,
+        subscriber_ids,
+        device_tls,
+        subscriber_tls,
+        generation_s,
+        ca_generated,
+        tenant_auth,
+    } = prepared;
+    let broker_addr = targets[0].addr;
+    let tenant_name = tenant_auth.as_ref().map(|t| t.1.clone());
+    let fingerprint = tenant_auth.as_ref().map(|t| t.3.clone());
     let rss_before = config.broker_pid.and_then(report::read_rss_kib);
     let own_pid = std::process::id();
     let cpu_before = (
@@ -264,14 +383,9 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut device_configs = tls_configs;
-    let subscriber_configs = device_configs.split_off(config.devices);
     let ctx = Arc::new(Ctx {
         stats: Stats::new(),
-        target: Target {
-            addr: broker_addr,
-            server_name,
-        },
+        targets,
         codec: Codec::new(config.mqtt),
         sources: sources.clone(),
         run_id: run_id.clone(),
@@ -285,13 +399,14 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         scenario: config.scenario,
         connect_permits: Semaphore::new(config.concurrency),
         stop: stop_rx,
+        fleet_ready: watch::channel(false).0,
+        sync_start: config.sync_start,
     });
     let stats = &ctx.stats;
 
     // Subscribers first: every one must hold its SUBACK before the first device publishes.
     let mut subscribers = JoinSet::new();
-    for (i, tls) in subscriber_configs.into_iter().enumerate() {
-        let cn = format!("sub-{run_id}-{i:03}");
+    for (i, (tls, cn)) in subscriber_tls.into_iter().zip(subscriber_ids).enumerate() {
         let conn = match subscribe(&ctx, i, &cn, tls).await {
             Ok(conn) => conn,
             Err(reason) => {
@@ -308,7 +423,8 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     // Devices.
     let run_start = Instant::now();
     let deadline = run_start + config.duration;
-    let launcher = tokio::spawn(launch(ctx.clone(), device_configs, config.connect_rate));
+    let fleet = device_tls.into_iter().zip(device_ids).collect();
+    let launcher = tokio::spawn(launch(ctx.clone(), fleet, config.connect_rate));
 
     let mut timed_out;
     let mut revoke_report = None;
@@ -339,6 +455,10 @@ pub async fn run(config: Config) -> Result<Report, Error> {
             let drain_deadline = (Instant::now() + config.drain_timeout).min(deadline);
             wait_until(drain_deadline, drained).await;
             timed_out = Instant::now() >= deadline && !drained();
+        }
+        if !config.hold.is_zero() {
+            // Idle sessions: let the broker settle before its memory is read.
+            sleep(config.hold).await;
         }
     }
 
@@ -413,11 +533,19 @@ pub async fn run(config: Config) -> Result<Report, Error> {
             concurrency: config.concurrency,
             source_ips: sources.len(),
             duration_s: config.duration.as_secs(),
+            plain: config.plain,
+            brokers: ctx.targets.len(),
+            hold_s: config.hold.as_secs_f64(),
+            sync_start: config.sync_start,
         },
         certs: CertsReport {
-            issued: config.devices + config.subscribers,
+            issued: if config.plain {
+                0
+            } else {
+                config.devices + config.subscribers
+            },
             generation_s: (generation_s * 1000.0).round() / 1000.0,
-            ca_generated: config.ca_cert.is_none(),
+            ca_generated,
             ca_uploaded: config.upload,
             tenant: tenant_name,
             ca_fingerprint: fingerprint,
@@ -447,6 +575,10 @@ pub async fn run(config: Config) -> Result<Report, Error> {
             received: stats.received.load(Relaxed),
             lost: expected.saturating_sub(unique),
             duplicated: stats.duplicated.load(Relaxed),
+            rate_per_s: rate_per_s(
+                unique,
+                stats.window(&stats.first_publish_ns, &stats.last_receive_ns),
+            ),
         },
         e2e_latency_ms: LatencyMs::from_histogram(&e2e),
         errors,
@@ -595,11 +727,11 @@ fn spawn_progress(ctx: Arc<Ctx>, devices: usize) -> tokio::task::JoinHandle<()> 
 }
 
 /// Starts every device following the scenario; returns when all device tasks have ended.
-async fn launch(ctx: Arc<Ctx>, configs: Vec<Arc<ClientConfig>>, rate: f64) {
+async fn launch(ctx: Arc<Ctx>, fleet: Vec<(Option<Arc<ClientConfig>>, String)>, rate: f64) {
     let mut tasks = JoinSet::new();
     let mut stop = ctx.stop.clone();
     let start = Instant::now();
-    for (i, tls) in configs.into_iter().enumerate() {
+    for (i, (tls, client_id)) in fleet.into_iter().enumerate() {
         if ctx.scenario != Scenario::Storm {
             let at = start + Duration::from_secs_f64(i as f64 / rate);
             tokio::select! {
@@ -609,7 +741,7 @@ async fn launch(ctx: Arc<Ctx>, configs: Vec<Arc<ClientConfig>>, rate: f64) {
         } else if *stop.borrow() {
             break;
         }
-        tasks.spawn(device(ctx.clone(), i, tls));
+        tasks.spawn(device(ctx.clone(), i, tls, client_id));
     }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
@@ -628,9 +760,8 @@ enum End {
 
 /// One device: connect (bounded by the concurrency permits), publish, stay connected until
 /// the run stops; in the revoke scenario, keep trying to reconnect once cut off.
-async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
+async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn: String) {
     let s = &ctx.stats;
-    let cn = device_id(index);
     let mut stop = ctx.stop.clone();
     let mut finished = false;
     let finish = |finished: &mut bool| {
@@ -647,7 +778,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
     s.attempted.fetch_add(1, Relaxed);
     s.first_attempt_ns.fetch_min(s.now_ns(), Relaxed);
     let result = establish(
-        &ctx.target,
+        ctx.target(index),
         tls.clone(),
         ctx.source(index),
         ctx.codec,
@@ -659,20 +790,22 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
     drop(permit);
     let (conn, receive_max) = match result {
         Ok((conn, timings, receive_max)) => {
-            s.succeeded.fetch_add(1, Relaxed);
+            ctx.resolved(true);
             s.last_connack_ns.fetch_max(s.now_ns(), Relaxed);
             report::record(
                 &mut s.connect_latency.lock().unwrap_or_else(|e| e.into_inner()),
                 timings.total,
             );
-            report::record(
-                &mut s.tls_latency.lock().unwrap_or_else(|e| e.into_inner()),
-                timings.tls,
-            );
+            if let Some(tls) = timings.tls {
+                report::record(
+                    &mut s.tls_latency.lock().unwrap_or_else(|e| e.into_inner()),
+                    tls,
+                );
+            }
             (conn, receive_max)
         }
         Err(e) => {
-            s.failed.fetch_add(1, Relaxed);
+            ctx.resolved(false);
             s.error(e.kind);
             finish(&mut finished);
             return;
@@ -710,7 +843,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Arc<ClientConfig>) {
                 let _permit = ctx.connect_permits.acquire().await;
                 s.reconnect_attempts.fetch_add(1, Relaxed);
                 establish(
-                    &ctx.target,
+                    ctx.target(index),
                     tls.clone(),
                     ctx.source(index),
                     ctx.codec,
@@ -749,6 +882,18 @@ async fn publish_session(
     let codec = ctx.codec;
     let mut stop = ctx.stop.clone();
     let window = usize::from(receive_max.unwrap_or(u16::MAX)).clamp(1, INFLIGHT_WINDOW);
+    if publish && ctx.sync_start {
+        // Publish only with the whole fleet connected: the publish window then measures
+        // throughput with every session open, not mixed with handshakes.
+        let mut ready = ctx.fleet_ready.subscribe();
+        tokio::select! {
+            _ = stopped(&mut stop) => {
+                conn.close(true).await;
+                return End::Stopped;
+            }
+            _ = async { ready.wait_for(|r| *r).await.is_ok() } => {}
+        }
+    }
     let total = if publish { ctx.messages } else { 0 };
     let mut seq: u32 = 0;
     // pkid -> waiting for PUBCOMP (QoS 2 after PUBREC) or for PUBACK/PUBREC.
@@ -896,10 +1041,10 @@ async fn subscribe(
     ctx: &Ctx,
     index: usize,
     cn: &str,
-    tls: Arc<ClientConfig>,
+    tls: Option<Arc<ClientConfig>>,
 ) -> Result<Conn, String> {
     let (mut conn, _, _) = establish(
-        &ctx.target,
+        ctx.target(index),
         tls,
         ctx.source(index),
         ctx.codec,
@@ -1014,6 +1159,7 @@ async fn subscriber_session(ctx: Arc<Ctx>, mut conn: Conn) -> Histogram<u64> {
                                     } else {
                                         seen[word] |= mask;
                                         s.unique.fetch_add(1, Relaxed);
+                                        s.last_receive_ns.fetch_max(now_ns, Relaxed);
                                     }
                                     report::record(
                                         &mut hist,
@@ -1063,6 +1209,22 @@ mod tests {
         let p = make_payload(1, 2, 3, 4);
         assert_eq!(p.len(), PAYLOAD_HEADER);
         assert_eq!(parse_payload(&p[..10]), None);
+    }
+
+    #[test]
+    fn broker_lists() {
+        let t = resolve_targets("127.0.0.1:1, 127.0.0.2:2").expect("two loopback targets");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].addr, "127.0.0.2:2".parse().expect("addr"));
+        assert!(matches!(
+            resolve_targets("127.0.0.1:1,10.0.0.1:2"),
+            Err(Error::NotLoopback { .. })
+        ));
+        assert!(matches!(
+            resolve_targets("127.0.0.1:1,[::1]:2"),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(plain_client_id("0a1b2c3d", 7), "lt-0a1b2c3d-dev-000007");
     }
 
     #[test]

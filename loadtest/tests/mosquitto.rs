@@ -416,3 +416,127 @@ async fn non_loopback_targets_are_refused_before_any_traffic() {
         other => panic!("expected NotLoopback for --admin, got {other:?}"),
     }
 }
+
+/// mosquitto with two plain-TCP listeners on 127.0.0.1 and anonymous access: the shape of
+/// the product's embedded rumqttd (several loopback listeners, neither TLS nor auth).
+struct PlainMosquitto {
+    child: Child,
+    ports: [u16; 2],
+    log: PathBuf,
+}
+
+impl Drop for PlainMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_plain_mosquitto(dir: &Path) -> PlainMosquitto {
+    let bin = mosquitto_binary();
+    let ports = [free_port(), free_port()];
+    let conf = dir.join("plain.conf");
+    let log = dir.join("plain.log");
+    let config = format!(
+        "per_listener_settings false\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         user root\n\
+         log_dest file {log}\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         listener {a} 127.0.0.1\n\
+         listener {b} 127.0.0.1\n\
+         set_tcp_nodelay true\n",
+        log = log.display(),
+        a = ports[0],
+        b = ports[1],
+    );
+    std::fs::write(&conf, config).expect("write config");
+    let mut child = Command::new(&bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in ports {
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("mosquitto exited with {status} before listening");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on 127.0.0.1:{port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    PlainMosquitto { child, ports, log }
+}
+
+/// `--plain` over two listeners: no certificates at all, devices spread round-robin,
+/// unique ClientIds carrying the run id, publishing only once the whole fleet is connected
+/// (`sync_start`), idle sessions held before the memory is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_over_two_listeners_with_sync_start_and_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = start_plain_mosquitto(dir.path());
+    let config = Config {
+        broker: format!(
+            "127.0.0.1:{},127.0.0.1:{}",
+            broker.ports[0], broker.ports[1]
+        ),
+        plain: true,
+        upload: false,
+        server_ca: None,
+        devices: 20,
+        messages: 5,
+        qos: 1,
+        subscribers: 1,
+        publish_interval: Duration::ZERO,
+        scenario: Scenario::Storm,
+        concurrency: 8,
+        sync_start: true,
+        hold: Duration::from_millis(1500),
+        broker_pid: Some(broker.child.id()),
+        source_ips: Some(loadtest::config::parse_source_ips("127.0.0.1-127.0.0.2").expect("range")),
+        duration: Duration::from_secs(30),
+        drain_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let started = Instant::now();
+    let report = loadtest::run(config).await.expect("plain run");
+    let summary = report.summary_table();
+    let log = std::fs::read_to_string(&broker.log).unwrap_or_default();
+    assert!(report.errors.is_empty(), "{summary}\n{log}");
+    assert_eq!(report.connect.succeeded, 20, "{summary}");
+    assert_eq!(report.publish.acked, 100, "{summary}");
+    assert_eq!(report.messages.received, 100, "{summary}");
+    assert_eq!(report.messages.lost, 0, "{summary}");
+    assert!(report.messages.rate_per_s > 0.0, "{summary}");
+    assert!(report.params.plain && report.params.sync_start, "{summary}");
+    assert_eq!(report.params.brokers, 2);
+    assert_eq!(report.certs.issued, 0, "no certificate in plain mode");
+    assert!(report.connect.tls_handshake_ms.p50.is_none(), "{summary}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "held");
+    assert!(loadtest::report::rss_per_device_kib(&report).is_some());
+    // Every device connected under a ClientId carrying the run id (mosquitto logs them),
+    // over both listeners.
+    let id = format!("lt-{}-dev-000019", report.run_id);
+    assert!(log.contains(&id), "no {id} in:\n{log}");
+    for port in broker.ports {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("New connection from")
+                    && l.contains(&format!("on port {port}."))),
+            "nothing connected on port {port}:\n{log}"
+        );
+    }
+}
