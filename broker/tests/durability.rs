@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certs::issue::{self, CaOptions, Issued, KeyType, Subject, Validity};
@@ -24,7 +24,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_broker");
 const ADMIN_PW: &str = "durability-admin-1";
 const TENANT: &str = "dura";
 const TENANT_PASS: &str = "dura-pass-123";
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 8;
 const WORKERS: usize = 4;
 /// Certificates per worker; each worker changes only its own.
 const PER_WORKER: usize = 6;
@@ -43,6 +43,14 @@ type Possible = Vec<Option<Stored>>;
 struct Running {
     child: Child,
     admin: SocketAddr,
+}
+
+impl Drop for Running {
+    /// A failing test leaves no broker behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A small deterministic generator (the seed is printed for a rerun).
@@ -110,6 +118,7 @@ fn spawn(dir: &std::path::Path) -> Running {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("no 'broker listening' line within 60 s: {seen:#?}");
 }
 
@@ -197,49 +206,36 @@ fn certs_path() -> String {
     format!("/tenant/tenants/{TENANT}/trusted-certificates")
 }
 
-/// Reads the store back and checks it against the model; returns the model with
-/// every certificate's state now known.
-async fn verify(api: &Api, pool: &[(Issued, String)], model: &[Possible]) -> Vec<Possible> {
-    let mut known = Vec::with_capacity(pool.len());
-    let mut present = HashSet::new();
-    for (i, ((issued, fp), possible)) in pool.iter().zip(model).enumerate() {
-        let (status, body) = api
-            .must(Method::GET, &format!("{}/{fp}", certs_path()), TADMIN, None)
-            .await;
-        let observed = match status {
-            StatusCode::NOT_FOUND => None,
-            StatusCode::OK => {
-                assert_eq!(body["fingerprint"], fp.as_str(), "{body}");
-                let pem = format!(
-                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                    body["certInPemFormat"].as_str().expect("certInPemFormat")
-                );
-                let der = certs::pem::read_certificates(pem.as_bytes()).expect("stored DER");
-                assert_eq!(
-                    der[0].as_ref(),
-                    issued.cert_der.as_ref(),
-                    "certificate {i} stored with other bytes"
-                );
-                let subject = certs::CertInfo::parse(issued.cert_der.as_ref())
-                    .expect("parse")
-                    .subject;
-                assert_eq!(body["subject"], subject, "{body}");
-                present.insert(fp.clone());
-                Some(Stored {
-                    name: body["name"].as_str().expect("name").to_string(),
-                    status: body["status"].as_str().expect("status").to_string(),
-                })
-            }
-            s => panic!("GET certificate {i}: {s} {body}"),
-        };
-        assert!(
-            possible.contains(&observed),
-            "certificate {i}: found {observed:?}, expected one of {possible:?}"
-        );
-        known.push(vec![observed]);
+/// What a listed or fetched certificate says, after checking it is the uploaded one.
+fn observed(i: usize, issued: &Issued, fp: &str, body: &Value) -> Stored {
+    assert_eq!(body["fingerprint"], fp, "{body}");
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        body["certInPemFormat"].as_str().expect("certInPemFormat")
+    );
+    let der = certs::pem::read_certificates(pem.as_bytes()).expect("stored DER");
+    assert_eq!(
+        der[0].as_ref(),
+        issued.cert_der.as_ref(),
+        "certificate {i} stored with other bytes"
+    );
+    let subject = certs::CertInfo::parse(issued.cert_der.as_ref())
+        .expect("parse")
+        .subject;
+    assert_eq!(body["subject"], subject, "{body}");
+    Stored {
+        name: body["name"].as_str().expect("name").to_string(),
+        status: body["status"].as_str().expect("status").to_string(),
     }
+}
 
-    // The list agrees with single reads.
+/// Reads the store back and checks it against the model; returns the model with
+/// every certificate's state now known, and how many cut changes had been applied.
+async fn verify(
+    api: &Api,
+    pool: &[(Issued, String)],
+    model: &[Possible],
+) -> (Vec<Possible>, usize) {
     let (status, body) = api
         .must(
             Method::GET,
@@ -249,14 +245,53 @@ async fn verify(api: &Api, pool: &[(Issued, String)], model: &[Possible]) -> Vec
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let listed: HashSet<String> = body["trustedCertificates"]
+    let listed: BTreeMap<String, Value> = body["trustedCertificates"]
         .as_array()
         .expect("list")
         .iter()
-        .map(|c| c["fingerprint"].as_str().expect("fingerprint").to_string())
+        .map(|c| {
+            (
+                c["fingerprint"].as_str().expect("fingerprint").to_string(),
+                c.clone(),
+            )
+        })
         .collect();
-    assert_eq!(listed, present, "list and single reads disagree");
-    assert_eq!(body["statistics"]["totalElements"], present.len());
+    assert_eq!(body["statistics"]["totalElements"], listed.len());
+    let ours: HashSet<&String> = pool.iter().map(|(_, fp)| fp).collect();
+    assert!(
+        listed.keys().all(|fp| ours.contains(fp)),
+        "unknown certificates listed: {listed:?}"
+    );
+    let mut known = Vec::with_capacity(pool.len());
+    let mut present = HashSet::new();
+    let mut applied = 0;
+    for (i, ((issued, fp), possible)) in pool.iter().zip(model).enumerate() {
+        let seen = listed.get(fp).map(|c| observed(i, issued, fp, c));
+        if possible.len() > 1 {
+            // A change whose answer was lost: the single read agrees with the list.
+            let (status, body) = api
+                .must(Method::GET, &format!("{}/{fp}", certs_path()), TADMIN, None)
+                .await;
+            let single = match status {
+                StatusCode::NOT_FOUND => None,
+                StatusCode::OK => Some(observed(i, issued, fp, &body)),
+                s => panic!("GET certificate {i}: {s} {body}"),
+            };
+            assert_eq!(
+                single, seen,
+                "certificate {i}: list and single read disagree"
+            );
+            applied += usize::from(possible.last() == Some(&seen));
+        }
+        assert!(
+            possible.contains(&seen),
+            "certificate {i}: found {seen:?}, expected one of {possible:?}"
+        );
+        if seen.is_some() {
+            present.insert(fp.clone());
+        }
+        known.push(vec![seen]);
+    }
 
     // The audit log was written in the same transactions: additions minus deletions
     // is 1 exactly for the certificates that are there.
@@ -295,18 +330,26 @@ async fn verify(api: &Api, pool: &[(Issued, String)], model: &[Possible]) -> Vec
             "audit log disagrees with the store for {fp}"
         );
     }
-    known
+    (known, applied)
 }
 
 #[derive(Default)]
 struct Counts {
     acknowledged: AtomicUsize,
     lost: AtomicUsize,
+    /// How long answered changes took, to aim kills at the end of a request (between
+    /// its commit and its answer) rather than only at its start.
+    latencies: Mutex<Vec<Duration>>,
+    /// When each worker's request in flight was sent.
+    inflight: Mutex<[Option<Instant>; WORKERS]>,
+    /// Set for an aimed kill: only worker 0 goes on.
+    quiet: AtomicBool,
 }
 
 /// Changes the certificates `mine` (indexes into `pool`) until `stop`; returns their
 /// possible states. Only certificates whose state is known are changed.
 async fn worker(
+    w: usize,
     api: Arc<Api>,
     pool: Arc<Vec<(Issued, String)>>,
     mut mine: Vec<(usize, Possible)>,
@@ -315,7 +358,9 @@ async fn worker(
     counts: Arc<Counts>,
 ) -> Vec<(usize, Possible)> {
     let mut n = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    // Worker 0 goes on alone for an aimed kill.
+    let go_on = || !stop.load(Ordering::SeqCst) && (w == 0 || !counts.quiet.load(Ordering::SeqCst));
+    while go_on() {
         let known: Vec<usize> = (0..mine.len()).filter(|&k| mine[k].1.len() == 1).collect();
         if known.is_empty() {
             break;
@@ -361,10 +406,15 @@ async fn worker(
                 Some(next),
             ),
         };
-        match api.send(method.clone(), &path, TADMIN, body).await {
+        let sent = Instant::now();
+        counts.inflight.lock().expect("lock")[w] = Some(sent);
+        let answer = api.send(method.clone(), &path, TADMIN, body).await;
+        counts.inflight.lock().expect("lock")[w] = None;
+        match answer {
             Some((s, v)) => {
                 assert_eq!(s, ok, "{method} {path}: {v}");
                 *possible = vec![after];
+                counts.latencies.lock().expect("lock").push(sent.elapsed());
                 counts.acknowledged.fetch_add(1, Ordering::SeqCst);
             }
             None => {
@@ -398,6 +448,10 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
     );
     let mut model: Vec<Possible> = vec![vec![None]; pool.len()];
     let counts = Arc::new(Counts::default());
+    let mut cut_applied = 0;
+    let mut aim: i64 = -6;
+    let mut aimed: Option<bool> = None;
+    let mut aimed_sent = None;
 
     for round in 0..=ROUNDS {
         let t0 = Instant::now();
@@ -418,7 +472,16 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
                 .await;
             assert_eq!(s, StatusCode::CREATED, "{b}");
         }
-        model = verify(&api, &pool, &model).await;
+        let (now_known, applied) = verify(&api, &pool, &model).await;
+        model = now_known;
+        cut_applied += applied;
+        match aimed.take() {
+            // The aimed request was answered: the kill came too late.
+            Some(false) => aim -= 4,
+            // Cut but not applied: too early.
+            Some(true) if applied == 0 => aim += 3,
+            _ => {}
+        }
         eprintln!(
             "round {round}: started in {started:?}, verified in {:?}",
             t0.elapsed() - started
@@ -432,6 +495,7 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
         // Change certificates from several clients; kill the broker once a few
         // changes were answered, at a random moment while others are in flight.
         let stop = Arc::new(AtomicBool::new(false));
+        counts.quiet.store(false, Ordering::SeqCst);
         let before = counts.acknowledged.load(Ordering::SeqCst);
         let mut tasks = Vec::new();
         for w in 0..WORKERS {
@@ -440,6 +504,7 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
                 .map(|i| (i, model[i].clone()))
                 .collect();
             tasks.push(tokio::spawn(worker(
+                w,
                 api.clone(),
                 pool.clone(),
                 mine,
@@ -453,10 +518,54 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
         while counts.acknowledged.load(Ordering::SeqCst) < target && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        if round % 2 == 0 {
+            // A kill among concurrent requests, at a random moment.
+            tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        } else {
+            // An aimed kill: the others stop; worker 0's solo latency is measured, and
+            // its next request is killed in its last tenth, where its commit and the
+            // work after it (snapshot rebuild, answer) are.
+            counts.quiet.store(true, Ordering::SeqCst);
+            while counts.inflight.lock().expect("lock")[1..]
+                .iter()
+                .any(Option::is_some)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let from = counts.latencies.lock().expect("lock").len();
+            let solo = loop {
+                let l = counts.latencies.lock().expect("lock")[from..].to_vec();
+                if l.len() >= 3 {
+                    break l.into_iter().max().expect("two latencies");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            let measured = Instant::now();
+            let sent = loop {
+                if let Some(t) = counts.inflight.lock().expect("lock")[0].filter(|t| *t >= measured)
+                {
+                    break t;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            // `aim` (ms from the typical end) adapts: earlier after an answered
+            // request, later after a cut one that was not applied.
+            let at = sent + solo;
+            let at = if aim >= 0 {
+                at + Duration::from_millis(aim as u64)
+            } else {
+                at - Duration::from_millis(aim.unsigned_abs())
+            };
+            tokio::time::sleep_until(at.into()).await;
+            aimed_sent = Some(sent);
+        }
+        // Requests in flight now are cut by the kill; no new ones start.
+        stop.store(true, Ordering::SeqCst);
+        if let Some(sent) = aimed_sent.take() {
+            aimed = Some(counts.inflight.lock().expect("lock")[0] == Some(sent));
+        }
         running.child.kill().expect("SIGKILL");
         let status = running.child.wait().expect("wait");
-        stop.store(true, Ordering::SeqCst);
         assert!(
             counts.acknowledged.load(Ordering::SeqCst) >= target,
             "round {round}: too few changes answered before the deadline"
@@ -472,7 +581,7 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
         }
     }
     eprintln!(
-        "{ROUNDS} SIGKILL rounds: {} changes answered and found, {} without an answer resolved",
+        "{ROUNDS} SIGKILL rounds: {} changes answered and found; {} cut by a kill, of which {cut_applied} found applied whole and the rest not at all",
         counts.acknowledged.load(Ordering::SeqCst),
         counts.lost.load(Ordering::SeqCst)
     );
