@@ -14,6 +14,10 @@ use tokio::sync::watch;
 use crate::mqtt::{self, codes, Connect, Mount, MqttError, Version};
 use crate::Shared;
 
+/// Initial read buffer per direction. Idle devices dominate a fleet: buffers start
+/// small and grow only for the packets that need it (output buffers start empty).
+const READ_BUF: usize = 1024;
+
 /// How a session ended.
 #[derive(Debug)]
 enum End {
@@ -139,7 +143,7 @@ pub async fn run<S>(
 {
     let limits = &shared.config.limits;
     let max = limits.max_packet_size;
-    let mut dbuf = BytesMut::with_capacity(4096);
+    let mut dbuf = BytesMut::with_capacity(READ_BUF);
 
     // CONNECT, under a timeout (slowloris in CONNECT is closed here).
     let first = tokio::time::timeout(
@@ -377,7 +381,7 @@ pub async fn run<S>(
             return;
         }
     };
-    let mut bbuf = BytesMut::with_capacity(4096);
+    let mut bbuf = BytesMut::with_capacity(READ_BUF);
     let connack = async {
         backend.write_all(&out).await.map_err(End::Io)?;
         read_packet(&mut backend, &mut bbuf, max).await
@@ -539,7 +543,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
     // Keep-alive 0 devices: keep the backend session alive ourselves.
     let mut ping = tokio::time::interval(Duration::from_secs(3600));
     ping.tick().await;
@@ -614,7 +618,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
     loop {
         let mut packets = 0u64;
         loop {
