@@ -1,82 +1,119 @@
 #!/usr/bin/env bash
-# Benchmark the product against Debian's mosquitto with the same device fleet, on loopback.
+# Benchmark the product against Debian's mosquitto, side by side, on this machine, in one run.
 #
-# For each key type (P-256 and RSA-2048) it generates a device CA and a server certificate,
-# starts mosquitto with mutual TLS (require_certificate, use_identity_as_username,
-# set_tcp_nodelay), runs loadtest against it, then starts the product
-# (target/release/broker) and runs the same loadtest parameters against it (the CA is uploaded
-# through the product's admin API), writes one JSON report per run and prints ratios.
+# It installs mosquitto if needed, generates the PKI with openssl (one device CA and one server
+# certificate per key type, the same files for both brokers), starts mosquitto with mutual TLS
+# (require_certificate, use_identity_as_username, set_tcp_nodelay) and the product
+# (target/release/broker, serving the same server certificate), and runs the same loadtest
+# parameters against both. The product's embedded rumqttd is also measured directly
+# ("direct": loadtest --plain on its loopback v4 listeners, which have neither TLS nor
+# authentication) to show what the front-end itself costs.
+#
+# Sections (--sections, default all):
+#   connect     mTLS connect rate (TCP connect + handshake + CONNECT/CONNACK), storm of
+#               --connect-devices at --concurrency attempts in flight, per key type; the product
+#               twice: "product-first" (first connect of each device: auto-registration) and
+#               "product" (the same devices again, already registered); plus "direct" (P-256 run)
+#   throughput  QoS 0 and QoS 1, --devices connected devices publishing --messages each as fast
+#               as their in-flight window allows (10 for QoS 1) once the whole fleet is
+#               connected, one subscriber receiving everything; delivered msg/s and e2e latency
+#   latency     the same fleet paced at one message per --interval ms per device (QoS 0 and 1)
+#   memory      fresh brokers, --memory-devices idle mTLS devices held --hold s: RSS growth per
+#               device (the product with as many devices as its fd limit allows: each device
+#               costs it 3 descriptors, see the summary)
+#   verify      the certs verify_device criterion benchmark (1 vs 10,000 anchors)
+# Every loadtest run is repeated --repeat times, brokers interleaved; the summary shows medians.
 #
 # Usage: loadtest/scripts/benchmark.sh [options]
-#   --devices N         devices per run (default 2000, at most 100000)
-#   --messages M        messages per device (default 5)
-#   --connect-rate R    connections per second for the steady scenario (default 1000)
-#   --concurrency C     connection attempts in flight (default 256)
-#   --qos Q             0, 1 or 2 (default 1)
-#   --subscribers S     subscribers (default 1)
-#   --interval MS       publish interval per device in ms (default 200)
-#   --scenario S        steady or storm (default steady)
-#   --mqtt V            3.1.1 or 5 (default 3.1.1)
-#   --duration SECS     time limit of each loadtest run (default 120, at most 600 here)
-#   --key-types "..."   key types to run (default "p256 rsa2048")
-#   --out DIR           where reports go (default target/benchmark/<date>)
-#   --skip-product      only run mosquitto
-#   --skip-mosquitto    only run the product
+#   --out DIR               reports (default target/benchmark/<date>)
+#   --sections "..."        subset of "connect throughput latency memory verify"
+#   --key-types "..."       connect key types (default "p256 rsa2048")
+#   --repeat R              repetitions of each loadtest run (default 3)
+#   --connect-devices N     devices of a connect run (default 3000)
+#   --concurrency C         connection attempts in flight (default 32)
+#   --devices N             devices of throughput and latency runs (default 1000)
+#   --messages M            messages per device in throughput runs (default 100)
+#   --interval MS           publish interval of latency runs (default 200)
+#   --memory-devices N      idle devices of memory runs (default 10000)
+#   --hold S                seconds idle sessions are held before RSS is read (default 5)
+#   --broker-config FILE    TOML config for the product (e.g. embedded.v4_listeners)
+#   --broker-bin FILE       a product binary built elsewhere (default: build target/release/broker)
+#   --quiet-max PCT         before each run, wait (up to --quiet-wait s) until the machine's
+#                           CPU use by others is below PCT % (default 15); logged in noise.txt
+#   --quiet-wait S          (default 300)
+#   --quick                 small numbers for a smoke test
 #
-# Everything listens and connects on 127.0.0.1 only; each run is bounded in devices and time,
-# and every process started here is stopped on exit.
+# Everything listens and connects on 127.0.0.0/8 only; every run is bounded in devices and
+# time, and every process started here is stopped on exit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-DEVICES=2000
-MESSAGES=5
-RATE=1000
-CONCURRENCY=256
-QOS=1
-SUBSCRIBERS=1
-INTERVAL=200
-SCENARIO=steady
-MQTT=3.1.1
-DURATION=120
-KEY_TYPES="p256 rsa2048"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT=""
-RUN_PRODUCT=1
-RUN_MOSQUITTO=1
+SECTIONS="connect throughput latency memory verify"
+KEY_TYPES="p256 rsa2048"
+REPEAT=3
+CONNECT_DEVICES=3000
+CONCURRENCY=32
+DEVICES=1000
+MESSAGES=100
+INTERVAL=200
+MEMORY_DEVICES=10000
+HOLD=5
+BROKER_CONFIG=""
+BROKER_BIN=""
+QUIET_MAX=15
+QUIET_WAIT=300
 
 die() { echo "benchmark: $*" >&2; exit 1; }
+say() { echo "benchmark: $*" >&2; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    --out) OUT="$2"; shift 2 ;;
+    --sections) SECTIONS="$2"; shift 2 ;;
+    --key-types) KEY_TYPES="$2"; shift 2 ;;
+    --repeat) REPEAT="$2"; shift 2 ;;
+    --connect-devices) CONNECT_DEVICES="$2"; shift 2 ;;
+    --concurrency) CONCURRENCY="$2"; shift 2 ;;
     --devices) DEVICES="$2"; shift 2 ;;
     --messages) MESSAGES="$2"; shift 2 ;;
-    --connect-rate) RATE="$2"; shift 2 ;;
-    --concurrency) CONCURRENCY="$2"; shift 2 ;;
-    --qos) QOS="$2"; shift 2 ;;
-    --subscribers) SUBSCRIBERS="$2"; shift 2 ;;
     --interval) INTERVAL="$2"; shift 2 ;;
-    --scenario) SCENARIO="$2"; shift 2 ;;
-    --mqtt) MQTT="$2"; shift 2 ;;
-    --duration) DURATION="$2"; shift 2 ;;
-    --key-types) KEY_TYPES="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
-    --skip-product) RUN_PRODUCT=0; shift ;;
-    --skip-mosquitto) RUN_MOSQUITTO=0; shift ;;
+    --memory-devices) MEMORY_DEVICES="$2"; shift 2 ;;
+    --hold) HOLD="$2"; shift 2 ;;
+    --broker-config) BROKER_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
+    --broker-bin) BROKER_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
+    --quiet-max) QUIET_MAX="$2"; shift 2 ;;
+    --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
+    --quick) REPEAT=1; CONNECT_DEVICES=300; DEVICES=100; MESSAGES=20; MEMORY_DEVICES=500; HOLD=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 
-case "$DEVICES" in ''|*[!0-9]*) die "--devices must be a number" ;; esac
-case "$DURATION" in ''|*[!0-9]*) die "--duration must be a number of seconds" ;; esac
-[ "$DEVICES" -ge 1 ] && [ "$DEVICES" -le 100000 ] || die "--devices must be between 1 and 100000"
-[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 600 ] || die "--duration must be between 1 and 600"
-case "$SCENARIO" in steady|storm) ;; *) die "--scenario must be steady or storm (revoke has no mosquitto counterpart)" ;; esac
+num() { case "$2" in ''|*[!0-9]*) die "$1 must be a number" ;; esac; }
+num --repeat "$REPEAT"; num --connect-devices "$CONNECT_DEVICES"; num --concurrency "$CONCURRENCY"
+num --devices "$DEVICES"; num --messages "$MESSAGES"; num --interval "$INTERVAL"
+num --memory-devices "$MEMORY_DEVICES"; num --hold "$HOLD"
+num --quiet-max "$QUIET_MAX"; num --quiet-wait "$QUIET_WAIT"
+[ "$REPEAT" -ge 1 ] && [ "$REPEAT" -le 20 ] || die "--repeat must be 1..20"
+for n in "$CONNECT_DEVICES" "$DEVICES" "$MEMORY_DEVICES"; do
+  [ "$n" -ge 1 ] && [ "$n" -le 100000 ] || die "device counts must be 1..100000"
+done
+[ "$HOLD" -le 600 ] || die "--hold must be at most 600"
+for s in $SECTIONS; do
+  case "$s" in connect|throughput|latency|memory|verify) ;; *) die "unknown section $s" ;; esac
+done
 for kt in $KEY_TYPES; do
   case "$kt" in p256|rsa2048) ;; *) die "unknown key type $kt" ;; esac
 done
+[ -z "$BROKER_CONFIG" ] || [ -r "$BROKER_CONFIG" ] || die "cannot read $BROKER_CONFIG"
+[ -z "$BROKER_BIN" ] || [ -x "$BROKER_BIN" ] || die "cannot run $BROKER_BIN"
+section() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 [ -n "$OUT" ] || OUT="$ROOT/target/benchmark/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/loadtest-bench.XXXXXX")"
 PIDS=()
 
@@ -100,8 +137,8 @@ as_root() {
 # --- tools --------------------------------------------------------------------------------
 MOSQUITTO=""
 for p in /usr/sbin/mosquitto /usr/bin/mosquitto; do [ -x "$p" ] && MOSQUITTO="$p" && break; done
-if [ "$RUN_MOSQUITTO" = 1 ] && [ -z "$MOSQUITTO" ]; then
-  echo "benchmark: installing Debian's mosquitto" >&2
+if [ -z "$MOSQUITTO" ]; then
+  say "installing Debian's mosquitto"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
   MOSQUITTO=/usr/sbin/mosquitto
@@ -111,29 +148,53 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
-echo "benchmark: building release binaries" >&2
-(cd "$ROOT" && cargo build --release -p loadtest)
-LOADTEST="$ROOT/target/release/loadtest"
-BROKER="$ROOT/target/release/broker"
-if [ "$RUN_PRODUCT" = 1 ]; then
-  if (cd "$ROOT" && cargo build --release -p broker --bin broker) && [ -x "$BROKER" ]; then
-    :
-  else
-    echo "benchmark: the product binary (target/release/broker) cannot be built yet; running mosquitto only" >&2
-    RUN_PRODUCT=0
-  fi
+LOADTEST="$TARGET/release/loadtest"
+BROKER="${BROKER_BIN:-$TARGET/release/broker}"
+if [ -n "$BROKER_BIN" ]; then
+  say "building the load generator (product binary given: $BROKER_BIN)"
+  (cd "$ROOT" && cargo build --release -p loadtest --bin loadtest)
+else
+  say "building release binaries"
+  (cd "$ROOT" && cargo build --release -p loadtest --bin loadtest -p broker --bin broker)
 fi
+[ -x "$LOADTEST" ] && [ -x "$BROKER" ] || die "no $LOADTEST or $BROKER"
 
-# Many sockets: raise the descriptor limit for everything started from here.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Many sockets: as many descriptors as this machine allows.
+HARD_NOFILE="$(ulimit -Hn)"
+[ "$HARD_NOFILE" = unlimited ] && HARD_NOFILE=1048576
+ulimit -n "$HARD_NOFILE" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
+# The product holds 3 descriptors per device with the embedded backend: the device's
+# socket, its loopback connection to rumqttd, and rumqttd's end of it.
+PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / 3 ))
+
+# --- machine ------------------------------------------------------------------------------
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- broker certs admin-api 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) vCPU ($(lscpu | sed -n 's/^Hypervisor vendor: *//p') guest)"
+  echo "kernel: $(uname -sr)"
+  echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB"}')"
+  echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
+  echo "mosquitto: $(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || "$MOSQUITTO" -h | head -1)"
+  echo "rustc: $(rustc --version)"
+  echo "open files limit: $NOFILE (hard $HARD_NOFILE)"
+  echo "broker config: ${BROKER_CONFIG:-defaults}"
+  echo "broker binary: $BROKER ($(sha256sum "$BROKER" | cut -c1-16))"
+  echo "parameters: repeat=$REPEAT connect_devices=$CONNECT_DEVICES concurrency=$CONCURRENCY devices=$DEVICES messages=$MESSAGES interval_ms=$INTERVAL memory_devices=$MEMORY_DEVICES hold_s=$HOLD"
+} > "$OUT/machine.txt"
+lscpu > "$OUT/lscpu.txt"
+cat "$OUT/machine.txt" >&2
 
 # --- helpers ------------------------------------------------------------------------------
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Listening ports below the ephemeral range, so that no outgoing connection holds them.
+EPHEMERAL_LOW="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
 free_port() {
   local p i
-  for i in $(seq 1 200); do
-    p=$(( (RANDOM % 30000) + 20000 ))
+  for i in $(seq 1 500); do
+    p=$(( (RANDOM % (EPHEMERAL_LOW - 11000)) + 10000 ))
     if ! port_open "$p"; then echo "$p"; return 0; fi
   done
   die "no free port found"
@@ -149,6 +210,7 @@ wait_port() { # port pid seconds
 }
 
 stop_pid() {
+  [ -n "${1:-}" ] || return 0
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
@@ -165,7 +227,7 @@ make_pki() { # key_type dir
   mkdir -p "$d"
   keygen "$kt" "$d/device-ca.key"
   openssl req -x509 -new -key "$d/device-ca.key" -out "$d/device-ca.pem" -days 30 \
-    -subj "/O=loadtest/CN=benchmark device CA $kt" \
+    -subj "/O=loadtest/CN=benchmark device CA $kt $RANDOM$RANDOM" \
     -addext "basicConstraints=critical,CA:true" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" \
     -addext "subjectKeyIdentifier=hash" 2>/dev/null
@@ -182,18 +244,20 @@ make_pki() { # key_type dir
     -CAcreateserial -out "$d/server.crt" -days 30 -extfile "$d/server.ext" 2>/dev/null
 }
 
-common_args() {
-  echo --devices "$DEVICES" --messages "$MESSAGES" --connect-rate "$RATE" \
-    --concurrency "$CONCURRENCY" --qos "$QOS" --subscribers "$SUBSCRIBERS" \
-    --publish-interval "$INTERVAL" --scenario "$SCENARIO" --mqtt "$MQTT" \
-    --duration "$DURATION" --source-ips 127.0.0.1-127.0.0.20 --quiet
+pki_for() { # key_type -> directory with the PKI of that key type (made once)
+  local d="$WORK/pki-$1"
+  [ -s "$d/server.crt" ] || make_pki "$1" "$d"
+  echo "$d"
 }
 
-RUN_LIMIT=$(( DURATION + 300 )) # certificate generation (RSA) comes on top of --duration
-
-run_mosquitto() { # key_type
-  local kt="$1" d="$WORK/$1" port pid
-  port=$(free_port)
+MOSQ_PID="" MOSQ_PORT="" MOSQ_KT=""
+start_mosquitto() { # key_type tag
+  local kt="$1" tag="$2" d pki
+  pki="$(pki_for "$kt")"
+  d="$WORK/mosquitto-$tag"
+  mkdir -p "$d"
+  MOSQ_PORT=$(free_port)
+  MOSQ_KT="$kt"
   cat > "$d/mosquitto.conf" <<EOF
 per_listener_settings false
 allow_anonymous false
@@ -203,10 +267,10 @@ max_inflight_messages 20
 log_dest file $d/mosquitto.log
 log_type error
 log_type warning
-listener $port 127.0.0.1
-cafile $d/device-ca.pem
-certfile $d/server.crt
-keyfile $d/server.key
+listener $MOSQ_PORT 127.0.0.1
+cafile $pki/device-ca.pem
+certfile $pki/server.crt
+keyfile $pki/server.key
 require_certificate true
 use_identity_as_username true
 set_tcp_nodelay true
@@ -214,71 +278,245 @@ EOF
   # mosquitto drops root privileges to the "mosquitto" user, who cannot read $WORK.
   if [ "$(id -u)" -eq 0 ]; then echo "user root" >> "$d/mosquitto.conf"; fi
   "$MOSQUITTO" -c "$d/mosquitto.conf" &
-  pid=$!
-  PIDS+=("$pid")
-  wait_port "$port" "$pid" 15 || { cat "$d/mosquitto.log" >&2 || true; die "mosquitto did not start"; }
-  echo "benchmark: mosquitto ($kt) on 127.0.0.1:$port" >&2
-  # shellcheck disable=SC2046
-  timeout "$RUN_LIMIT" "$LOADTEST" run --broker "127.0.0.1:$port" $(common_args) \
-    --key-type "$kt" --ca-cert "$d/device-ca.pem" --ca-key "$d/device-ca.key" --no-upload \
-    --server-ca "$d/server-ca.pem" --broker-pid "$pid" --report "$OUT/mosquitto-$kt.json" \
-    || echo "benchmark: loadtest against mosquitto ($kt) failed" >&2
-  stop_pid "$pid"
+  MOSQ_PID=$!
+  PIDS+=("$MOSQ_PID")
+  wait_port "$MOSQ_PORT" "$MOSQ_PID" 15 || { cat "$d/mosquitto.log" >&2 || true; die "mosquitto did not start"; }
+  say "mosquitto ($kt, $tag) pid $MOSQ_PID on 127.0.0.1:$MOSQ_PORT"
 }
 
-run_product() { # key_type
-  local kt="$1" d="$WORK/$1/product" mqtt admin metrics pid i
+stop_mosquitto() { stop_pid "$MOSQ_PID"; MOSQ_PID=""; }
+
+PROD_PID="" PROD_PORT="" PROD_ADMIN="" PROD_KT="" DIRECT=""
+start_product() { # key_type tag
+  local kt="$1" tag="$2" d pki metrics i
+  pki="$(pki_for "$kt")"
+  d="$WORK/product-$tag"
   mkdir -p "$d/data"
-  mkdir -p "$d"
-  mqtt=$(free_port); admin=$(free_port); metrics=$(free_port)
+  PROD_PORT=$(free_port); PROD_ADMIN=$(free_port); metrics=$(free_port)
+  PROD_KT="$kt"
   export BROKER_ADMIN_PASSWORD="${BROKER_ADMIN_PASSWORD:-bench-$RANDOM-$RANDOM-$RANDOM}"
-  # Serve the same ($kt) server certificate as mosquitto when the product accepts it;
-  # otherwise it uses the one it generates itself (<data-dir>/server.crt).
-  local server_ca="$d/data/server.crt"
-  if "$BROKER" --data-dir "$d/data" import-certificate --crt "$WORK/$kt/server.crt" \
-      --key "$WORK/$kt/server.key" --chain "$WORK/$kt/server-ca.pem" > "$d/import.log" 2>&1; then
-    server_ca="$WORK/$kt/server-ca.pem"
-  else
-    echo "benchmark: the product did not import the $kt server certificate (see $OUT/product-$kt-import.log); using its own" >&2
-    cp "$d/import.log" "$OUT/product-$kt-import.log" 2>/dev/null || true
-  fi
-  "$BROKER" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$mqtt" \
-    --admin-listen "127.0.0.1:$admin" --metrics-listen "127.0.0.1:$metrics" \
+  local config=()
+  [ -z "$BROKER_CONFIG" ] || config=(--config "$BROKER_CONFIG")
+  # The same server certificate as mosquitto (the requirements table wants RSA; the
+  # benchmark serves P-256 too, so the check is skipped).
+  "$BROKER" import-certificate "${config[@]}" --data-dir "$d/data" --crt "$pki/server.crt" \
+    --key "$pki/server.key" --chain "$pki/server-ca.pem" --no-validation > "$d/import.log" 2>&1 \
+    || { cat "$d/import.log" >&2; die "the product did not import the $kt server certificate"; }
+  "$BROKER" "${config[@]}" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$PROD_PORT" \
+    --admin-listen "127.0.0.1:$PROD_ADMIN" --metrics-listen "127.0.0.1:$metrics" \
     > "$d/broker.log" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  if ! wait_port "$mqtt" "$pid" 30 || ! wait_port "$admin" "$pid" 30; then
+  PROD_PID=$!
+  PIDS+=("$PROD_PID")
+  if ! wait_port "$PROD_PORT" "$PROD_PID" 60 || ! wait_port "$PROD_ADMIN" "$PROD_PID" 60; then
     tail -20 "$d/broker.log" >&2 || true
-    echo "benchmark: the product did not start; skipping it" >&2
-    stop_pid "$pid"
-    return 0
+    die "the product did not start"
   fi
-  for i in $(seq 1 100); do [ -s "$server_ca" ] && break; sleep 0.1; done
-  [ -s "$server_ca" ] || { echo "benchmark: no $server_ca" >&2; stop_pid "$pid"; return 0; }
-  echo "benchmark: product ($kt) on 127.0.0.1:$mqtt (admin $admin)" >&2
-  # shellcheck disable=SC2046
-  timeout "$RUN_LIMIT" "$LOADTEST" run --broker "127.0.0.1:$mqtt" $(common_args) \
-    --key-type "$kt" --admin "https://127.0.0.1:$admin" --server-ca "$server_ca" \
-    --broker-pid "$pid" --report "$OUT/product-$kt.json" \
-    || echo "benchmark: loadtest against the product ($kt) failed; see $d/broker.log" >&2
-  cp "$d/broker.log" "$OUT/product-$kt.log" 2>/dev/null || true
-  stop_pid "$pid"
+  # The embedded rumqttd's MQTT 3.1.1 loopback listeners, for the direct runs.
+  DIRECT=""
+  for i in $(seq 1 100); do
+    DIRECT="$(sed 's/\x1b\[[0-9;]*m//g' "$d/broker.log" \
+      | sed -n 's/.*embedded rumqttd listening on loopback v4=\[\([^]]*\)\].*/\1/p' \
+      | head -1 | tr -d '" ')"
+    [ -n "$DIRECT" ] && break
+    sleep 0.1
+  done
+  [ -n "$DIRECT" ] || die "no rumqttd listener addresses in the product's log"
+  say "product ($kt, $tag) pid $PROD_PID on 127.0.0.1:$PROD_PORT, embedded rumqttd v4 on $DIRECT"
+  PROD_LOG="$d/broker.log"
 }
 
-# --- runs ---------------------------------------------------------------------------------
-for kt in $KEY_TYPES; do
-  make_pki "$kt" "$WORK/$kt"
-  if [ "$RUN_MOSQUITTO" = 1 ]; then run_mosquitto "$kt"; fi
-  if [ "$RUN_PRODUCT" = 1 ]; then run_product "$kt"; fi
-done
+stop_product() {
+  stop_pid "$PROD_PID"
+  [ -z "${PROD_LOG:-}" ] || cp "$PROD_LOG" "$OUT/broker-$PROD_KT-$(basename "$(dirname "$PROD_LOG")").log" 2>/dev/null || true
+  PROD_PID=""
+}
 
+# CPU use of the whole machine over one second, percent of all CPUs (nothing of ours runs
+# then: the brokers are idle between runs).
+cpu_busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  local total=0 idle i
+  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
+  idle=$(( b[4] - a[4] + b[5] - a[5] ))
+  [ "$total" -gt 0 ] || { echo 0; return; }
+  echo $(( 100 * (total - idle) / total ))
+}
+
+# The machine is shared: wait for it to be quiet and log what was seen.
+wait_quiet() { # run-name
+  local start busy
+  start=$(date +%s)
+  busy=$(cpu_busy_pct)
+  while [ "$busy" -gt "$QUIET_MAX" ] && [ $(( $(date +%s) - start )) -lt "$QUIET_WAIT" ]; do
+    sleep 4
+    busy=$(cpu_busy_pct)
+  done
+  echo "$1 busy_before=${busy}% waited=$(( $(date +%s) - start ))s" >> "$OUT/noise.txt"
+}
+
+RUN_LIMIT=900
+lt() { # report-name broker(mosquitto|product|product-first|direct) loadtest-args...
+  local name="$1" who="$2" kt pki
+  shift 2
+  local target=()
+  case "$who" in
+    mosquitto)
+      kt="$MOSQ_KT"; pki="$(pki_for "$kt")"
+      target=(--broker "127.0.0.1:$MOSQ_PORT" --no-upload --server-ca "$pki/server-ca.pem"
+        --ca-cert "$pki/device-ca.pem" --ca-key "$pki/device-ca.key" --key-type "$kt"
+        --broker-pid "$MOSQ_PID") ;;
+    product)
+      kt="$PROD_KT"; pki="$(pki_for "$kt")"
+      target=(--broker "127.0.0.1:$PROD_PORT" --no-upload --server-ca "$pki/server-ca.pem"
+        --ca-cert "$pki/device-ca.pem" --ca-key "$pki/device-ca.key" --key-type "$kt"
+        --broker-pid "$PROD_PID") ;;
+    product-first)
+      kt="$PROD_KT"; pki="$(pki_for "$kt")"
+      target=(--broker "127.0.0.1:$PROD_PORT" --admin "https://127.0.0.1:$PROD_ADMIN"
+        --server-ca "$pki/server-ca.pem" --ca-cert "$pki/device-ca.pem"
+        --ca-key "$pki/device-ca.key" --key-type "$kt" --broker-pid "$PROD_PID") ;;
+    direct)
+      target=(--broker "$DIRECT" --plain --broker-pid "$PROD_PID") ;;
+    *) die "unknown broker $who" ;;
+  esac
+  local report="$OUT/$name.json"
+  wait_quiet "$name"
+  if timeout "$RUN_LIMIT" "$LOADTEST" run "${target[@]}" --source-ips 127.0.0.1-127.0.0.20 \
+      --quiet --report "$report" "$@" > "$WORK/lt.out" 2> "$WORK/lt.err"; then
+    say "$name: $(sed -n 's/^connect  *//p' "$WORK/lt.out" | head -1) | $(sed -n 's/^messages  *//p' "$WORK/lt.out" | head -1)"
+  else
+    cat "$WORK/lt.err" >&2
+    say "$name: loadtest failed"
+    rm -f "$report"
+  fi
+}
+
+connect_args() { # devices
+  echo --devices "$1" --messages 0 --subscribers 0 --scenario storm --concurrency "$CONCURRENCY" \
+    --duration 300
+}
+
+# --- connect ------------------------------------------------------------------------------
+if section connect; then
+  for kt in $KEY_TYPES; do
+    start_mosquitto "$kt" "connect-$kt"
+    start_product "$kt" "connect-$kt"
+    # shellcheck disable=SC2046
+    lt "connect-$kt.product-first.1" product-first $(connect_args "$CONNECT_DEVICES")
+    for r in $(seq 1 "$REPEAT"); do
+      # shellcheck disable=SC2046
+      lt "connect-$kt.mosquitto.$r" mosquitto $(connect_args "$CONNECT_DEVICES")
+      # shellcheck disable=SC2046
+      lt "connect-$kt.product.$r" product $(connect_args "$CONNECT_DEVICES")
+      if [ "$kt" = p256 ]; then
+        # shellcheck disable=SC2046
+        lt "connect-$kt.direct.$r" direct $(connect_args "$CONNECT_DEVICES")
+      fi
+    done
+    stop_product
+    stop_mosquitto
+  done
+fi
+
+# --- throughput and latency ---------------------------------------------------------------
+if section throughput || section latency; then
+  start_mosquitto p256 traffic
+  start_product p256 traffic
+  # Registers the fleet (first connects), so that every later run is a reconnect.
+  # shellcheck disable=SC2046
+  lt "register.product-first.1" product-first $(connect_args "$DEVICES")
+  for qos in 0 1; do
+    if section throughput; then
+      for r in $(seq 1 "$REPEAT"); do
+        for who in mosquitto product direct; do
+          lt "throughput-qos$qos.$who.$r" "$who" --devices "$DEVICES" --messages "$MESSAGES" \
+            --publish-interval 0 --qos "$qos" --subscribers 1 --scenario storm \
+            --concurrency "$CONCURRENCY" --sync-start --drain-timeout 30 --duration 300
+        done
+      done
+    fi
+    if section latency; then
+      for r in $(seq 1 "$REPEAT"); do
+        for who in mosquitto product direct; do
+          lt "latency-qos$qos.$who.$r" "$who" --devices "$DEVICES" --messages 25 \
+            --publish-interval "$INTERVAL" --qos "$qos" --subscribers 1 --scenario storm \
+            --concurrency "$CONCURRENCY" --sync-start --drain-timeout 30 --duration 300
+        done
+      done
+    fi
+  done
+  stop_product
+  stop_mosquitto
+fi
+
+# --- memory -------------------------------------------------------------------------------
+if section memory; then
+  PRODUCT_MEMORY_DEVICES=$MEMORY_DEVICES
+  if [ "$PRODUCT_MEMORY_DEVICES" -gt "$PRODUCT_MAX_DEVICES" ]; then
+    PRODUCT_MEMORY_DEVICES=$PRODUCT_MAX_DEVICES
+    say "memory: the product gets $PRODUCT_MEMORY_DEVICES devices (open files limit $NOFILE, 3 per device)"
+  fi
+  echo "product memory devices: $PRODUCT_MEMORY_DEVICES (open files limit $NOFILE; the product holds 3 descriptors per device with the embedded backend)" >> "$OUT/machine.txt"
+  mem_args() { # devices
+    echo --devices "$1" --messages 0 --subscribers 0 --scenario storm --concurrency "$CONCURRENCY" \
+      --hold "$HOLD" --duration 300
+  }
+  # Fresh processes for every run: RSS only grows back slowly after sessions close.
+  start_mosquitto p256 memory
+  # shellcheck disable=SC2046
+  lt "memory.mosquitto.1" mosquitto $(mem_args "$MEMORY_DEVICES")
+  stop_mosquitto
+  start_product p256 memory-mtls
+  # shellcheck disable=SC2046
+  lt "memory.product.1" product-first $(mem_args "$PRODUCT_MEMORY_DEVICES")
+  stop_product
+  start_product p256 memory-direct
+  # shellcheck disable=SC2046
+  lt "memory.direct.1" direct $(mem_args "$MEMORY_DEVICES")
+  stop_product
+  if [ "$PRODUCT_MEMORY_DEVICES" -lt "$MEMORY_DEVICES" ]; then
+    # The same count as the product, for a like-for-like comparison.
+    start_mosquitto p256 memory-same-n
+    # shellcheck disable=SC2046
+    lt "memory-same-n.mosquitto.1" mosquitto $(mem_args "$PRODUCT_MEMORY_DEVICES")
+    stop_mosquitto
+    start_product p256 memory-direct-same-n
+    # shellcheck disable=SC2046
+    lt "memory-same-n.direct.1" direct $(mem_args "$PRODUCT_MEMORY_DEVICES")
+    stop_product
+    cp "$OUT/memory.product.1.json" "$OUT/memory-same-n.product.1.json"
+  fi
+fi
+
+# --- verify_device ------------------------------------------------------------------------
+if section verify; then
+  say "verify_device benchmark (criterion)"
+  (cd "$ROOT" && cargo bench -p certs --bench verify_device -- --warm-up-time 1 \
+    --measurement-time 5) > "$OUT/verify_device.txt" 2>&1 \
+    || say "verify_device benchmark failed (see $OUT/verify_device.txt)"
+fi
+
+# --- summary ------------------------------------------------------------------------------
+{
+  echo "## Machine"
+  echo
+  sed 's/^/    /' "$OUT/machine.txt"
+  echo
+  if [ -s "$OUT/noise.txt" ]; then
+    echo "Machine CPU use by others just before each run (noise.txt): $(awk '{sub(/busy_before=/, "", $2); sub(/%/, "", $2); if ($2+0 > m) m = $2+0; s += $2; n++} END {printf "mean %.0f %%, max %d %%, over %d runs", s/n, m, n}' "$OUT/noise.txt")."
+    echo
+  fi
+  echo "## Results"
+  echo
+  "$LOADTEST" summary "$OUT" || true
+  if [ -s "$OUT/verify_device.txt" ]; then
+    echo "### verify_device"
+    echo
+    grep -E "time:|ratio|anchor" "$OUT/verify_device.txt" | sed 's/^/    /' || true
+  fi
+} > "$OUT/summary.md"
+echo
+cat "$OUT/summary.md"
 echo
 echo "reports in $OUT"
-for kt in $KEY_TYPES; do
-  m="$OUT/mosquitto-$kt.json" p="$OUT/product-$kt.json"
-  if [ -s "$m" ] && [ -s "$p" ]; then
-    echo
-    echo "== $kt: ratio = product / mosquitto =="
-    "$LOADTEST" compare "$m" "$p" --names mosquitto,product
-  fi
-done

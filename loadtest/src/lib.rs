@@ -29,7 +29,7 @@
 //! ```
 //!
 //! Modules: [`config`] (what to run, validation, the loopback rule), [`report`] (what was
-//! measured), `pki` (certificates), `admin` (REST), `mqtt` (the client), `runner` (the run).
+//! measured), [`summary`] (benchmark tables), `pki` (certificates), `admin` (REST), `mqtt` (the client), `runner` (the run).
 
 mod admin;
 pub mod config;
@@ -38,6 +38,7 @@ mod mqtt;
 mod pki;
 pub mod report;
 mod runner;
+pub mod summary;
 
 pub use config::{Config, KeyType, MqttVersion, Scenario};
 pub use error::Error;

@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, default_value = "baseline,candidate")]
         names: String,
     },
+    /// Markdown tables of a benchmark run: every `<test>.<broker>.<repetition>.json` of a
+    /// directory, medians over repetitions, ratios product/mosquitto, product/direct and
+    /// product-first/mosquitto.
+    Summary {
+        /// Directory with the reports.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +149,10 @@ struct RunArgs {
     /// Seconds allowed for one connection attempt (TCP, TLS, CONNACK).
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Seconds to wait, after the last device finished publishing, for the subscribers to
+    /// receive what is still on its way (undelivered messages then count as lost).
+    #[arg(long, default_value_t = 3)]
+    drain_timeout: u64,
     /// Once every device has connected and published, hold the idle sessions open this
     /// many seconds before reading the broker's memory (per-connection memory).
     #[arg(long, default_value_t = 0)]
@@ -208,11 +219,11 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
         upload: !a.no_upload && !a.plain,
         server_ca: a.server_ca.clone(),
         hold: Duration::from_secs(a.hold),
+        drain_timeout: Duration::from_secs(a.drain_timeout),
         sync_start: a.sync_start,
         keep_alive: Duration::from_secs(a.keep_alive),
         connect_timeout: Duration::from_secs(a.connect_timeout),
         progress: !a.quiet,
-        ..Config::default()
     })
 }
 
@@ -268,6 +279,7 @@ fn main() -> ExitCode {
             candidate,
             names,
         } => compare(&baseline, &candidate, &names),
+        Command::Summary { dir } => loadtest::summary::summarize_dir(&dir).map(|t| print!("{t}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
