@@ -29,6 +29,6 @@ for src in fuzz_targets/*.rs; do
   runs=$(grep -o 'number_of_executed_units: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$')
   eps=$(grep -o 'average_exec_per_sec: *[0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$')
   files=$(find "corpus/$t" -type f | wc -l)
-  size=$(du -sh "corpus/$t" | cut -f1)
-  echo "| $t | $elapsed s | $runs | $eps | $files, $size |"
+  kib=$(( $(du -sb "corpus/$t" | cut -f1) / 1024 ))
+  echo "| $t | $elapsed s | $runs | $eps | $files, $kib KiB |"
 done
