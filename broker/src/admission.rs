@@ -1,11 +1,17 @@
 //! Handshake admission control: token buckets (global and per source address) and a
 //! cap on handshakes in progress. Checked right after accept, before any TLS work, so
 //! refusing costs a `close()` and nothing else.
+//!
+//! The global rate follows [`Pressure`]: while established sessions are forwarding
+//! packets and the runtime that serves them starts to lag, the admitted share of the
+//! configured rate is halved every probe; it grows back when the lag is gone. New
+//! connections get the CPU that the connected devices leave.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -61,10 +67,137 @@ impl Refusal {
     }
 }
 
+/// Feedback from the established sessions to handshake admission: the share of the
+/// configured handshake rate admitted right now, in 1/[`Pressure::FULL`].
+pub struct Pressure {
+    share: AtomicU32,
+    forwarded: AtomicU64,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Pressure {
+            share: AtomicU32::new(Pressure::FULL),
+            forwarded: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Pressure {
+    /// The whole configured rate.
+    pub const FULL: u32 = 1024;
+    /// The least share admitted under pressure (1/64 of the configured rate).
+    pub const MIN: u32 = Pressure::FULL / 64;
+    /// Growth of the share per probe without lag (from the least to the whole rate in
+    /// about 1.3 s).
+    pub const STEP: u32 = Pressure::FULL / 256;
+    /// Interval between two probes of the sessions' runtime.
+    pub const PROBE: Duration = Duration::from_millis(5);
+
+    /// Notes packets forwarded by a session (the probe only acts while there is traffic
+    /// to protect).
+    pub fn note_forwarded(&self, packets: u64) {
+        self.forwarded.fetch_add(packets, Ordering::Relaxed);
+    }
+
+    /// The share of the configured rate admitted now, 0.0..=1.0.
+    pub fn share(&self) -> f64 {
+        self.share.load(Ordering::Relaxed) as f64 / Pressure::FULL as f64
+    }
+
+    /// One probe result: `lag` is how late the sessions' runtime ran a ready task.
+    /// Returns the new share.
+    pub fn update(&self, lag: Duration, target: Duration) -> u32 {
+        let active = self.forwarded.swap(0, Ordering::Relaxed) > 0;
+        let share = self.share.load(Ordering::Relaxed);
+        let next = if active && lag > target {
+            (share / 2).max(Pressure::MIN)
+        } else {
+            (share + Pressure::STEP).min(Pressure::FULL)
+        };
+        self.share.store(next, Ordering::Relaxed);
+        next
+    }
+
+    /// Probes every [`Pressure::PROBE`], until `stop` resolves, how late the sessions'
+    /// runtime (the one it runs on) runs a ready task and how long a message takes
+    /// through the embedded broker beyond its usual time ([`crate::backend::Echo`]); the longer
+    /// of the two is the lag. Every new share goes to the metrics.
+    pub async fn probe(
+        self: Arc<Self>,
+        target: Duration,
+        shared: Arc<crate::Shared>,
+        stop: impl std::future::Future,
+    ) {
+        let mut stop = std::pin::pin!(stop);
+        let mut last = Pressure::FULL;
+        shared.metrics.set_admission_share(1.0);
+        // Only through the embedded broker: an external cluster's wildcard subscribers
+        // must not see the probe's messages.
+        let embedded = matches!(
+            shared.config.backend(),
+            Ok(crate::config::Backend::Embedded)
+        );
+        let mut echo: Option<crate::backend::Echo> = None;
+        let mut retry_at = tokio::time::Instant::now();
+        // The usual round trip: the least seen in this window and the previous one.
+        let mut base = [Duration::MAX; 2];
+        let mut window = tokio::time::Instant::now();
+        let mut deadline = tokio::time::Instant::now() + Pressure::PROBE;
+        let mut smooth = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = &mut stop => return,
+            }
+            let woke = tokio::time::Instant::now();
+            // The timer wheel has a 1 ms resolution: lateness within it is not lag.
+            let late = woke
+                .saturating_duration_since(deadline)
+                .saturating_sub(Duration::from_millis(1));
+            tokio::task::yield_now().await;
+            let mut lag = late.max(woke.elapsed());
+            if embedded && echo.is_none() && woke >= retry_at {
+                let connect = crate::backend::Echo::connect(&shared.backend);
+                match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                    Ok(Ok(e)) => echo = Some(e),
+                    _ => retry_at = woke + Duration::from_secs(1),
+                }
+            }
+            if let Some(e) = echo.as_mut() {
+                match tokio::time::timeout(Duration::from_secs(1), e.round_trip()).await {
+                    Ok(Ok(rtt)) => {
+                        if woke.duration_since(window) > Duration::from_secs(5) {
+                            base = [base[1], Duration::MAX];
+                            window = woke;
+                        }
+                        base[1] = base[1].min(rtt);
+                        lag = lag.max(rtt.saturating_sub(base[0].min(base[1])));
+                    }
+                    Ok(Err(_)) => echo = None,
+                    Err(_) => {
+                        lag = lag.max(Duration::from_secs(1));
+                        echo = None;
+                    }
+                }
+            }
+            // Smoothed over about four probes: one late probe is noise, not pressure.
+            smooth = (smooth * 3 + lag) / 4;
+            let now = self.update(smooth, target);
+            if now != last {
+                last = now;
+                shared.metrics.set_admission_share(self.share());
+            }
+            deadline = tokio::time::Instant::now() + Pressure::PROBE;
+        }
+    }
+}
+
 /// Admission state shared by the accept loop.
 pub struct Admission {
     rate: f64,
     burst: f64,
+    pressure: Arc<Pressure>,
     source_rate: f64,
     source_burst: f64,
     global: Mutex<Bucket>,
@@ -76,12 +209,13 @@ pub struct Admission {
 const MAX_SOURCES: usize = 65_536;
 
 impl Admission {
-    /// From the configured limits.
-    pub fn new(l: &Limits) -> Admission {
+    /// From the configured limits; the global rate follows `pressure`.
+    pub fn new(l: &Limits, pressure: Arc<Pressure>) -> Admission {
         let now = Instant::now();
         Admission {
             rate: l.handshake_rate as f64,
             burst: l.handshake_burst as f64,
+            pressure,
             source_rate: l.handshake_rate_per_source as f64,
             source_burst: l.handshake_burst_per_source as f64,
             global: Mutex::new(Bucket::full(l.handshake_burst as f64, now)),
@@ -115,8 +249,12 @@ impl Admission {
                 return Err(Refusal::SourceRate);
             }
         }
+        let share = self.pressure.share();
         let mut g = self.global.lock().map_err(|_| Refusal::Concurrency)?;
-        if !g.take(self.rate, self.burst, now) {
+        // Under pressure, tokens saved up earlier do not count beyond the reduced burst.
+        let burst = (self.burst * share).max(1.0);
+        g.tokens = g.tokens.min(burst);
+        if !g.take(self.rate * share, burst, now) {
             return Err(Refusal::GlobalRate);
         }
         Ok(permit)
@@ -153,7 +291,7 @@ mod tests {
 
     #[test]
     fn per_source_limit_does_not_punish_other_sources() {
-        let a = Admission::new(&limits(1000, 1000, 1, 3, 100));
+        let a = Admission::new(&limits(1000, 1000, 1, 3, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         let y: IpAddr = "127.0.0.3".parse().unwrap();
         let mut held = Vec::new();
@@ -166,13 +304,13 @@ mod tests {
 
     #[test]
     fn global_rate_and_concurrency() {
-        let a = Admission::new(&limits(1, 2, 100, 100, 100));
+        let a = Admission::new(&limits(1, 2, 100, 100, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         let _p1 = a.admit(x).unwrap();
         let _p2 = a.admit(x).unwrap();
         assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
 
-        let c = Admission::new(&limits(100, 100, 100, 100, 1));
+        let c = Admission::new(&limits(100, 100, 100, 100, 1), Default::default());
         let p = c.admit(x).unwrap();
         assert_eq!(c.admit(x).err(), Some(Refusal::Concurrency));
         drop(p);
@@ -180,6 +318,45 @@ mod tests {
             c.admit(x).is_ok(),
             "the permit returns when the handshake ends"
         );
+    }
+
+    #[test]
+    fn pressure_halves_under_lag_with_traffic_and_recovers() {
+        let p = Pressure::default();
+        let target = Duration::from_millis(1);
+        let lag = Duration::from_millis(3);
+        // No traffic to protect: lag alone does not reduce admission.
+        assert_eq!(p.update(lag, target), Pressure::FULL);
+        p.note_forwarded(10);
+        assert_eq!(p.update(lag, target), Pressure::FULL / 2);
+        p.note_forwarded(1);
+        assert_eq!(p.update(lag, target), Pressure::FULL / 4);
+        for _ in 0..10 {
+            p.note_forwarded(1);
+            p.update(lag, target);
+        }
+        assert_eq!(
+            p.update(Duration::ZERO, target),
+            Pressure::MIN + Pressure::STEP
+        );
+        for _ in 0..300 {
+            p.update(Duration::ZERO, target);
+        }
+        assert_eq!(p.share(), 1.0);
+    }
+
+    #[test]
+    fn admission_follows_pressure() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Admission::new(&limits(1, 64, 1000, 1000, 1000), pressure.clone());
+        let x: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..6 {
+            pressure.note_forwarded(1);
+            pressure.update(Duration::from_secs(1), Duration::from_millis(1));
+        }
+        // 1/64 of a burst of 64: one handshake, then the global rate refuses.
+        let _p = a.admit(x).unwrap();
+        assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
     }
 }
 

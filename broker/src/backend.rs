@@ -209,3 +209,85 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
         tls: None,
     })
 }
+
+/// A connection of the front-end's own to the backend that measures how long a message
+/// takes through it right now: it subscribes to a topic no tenant can reach (tenant
+/// prefixes never start with `!`) and times QoS 0 PUBLISH packets to itself. The
+/// admission feedback ([`crate::admission::Pressure`]) uses it, because a message's
+/// delay through the broker is what connected devices feel.
+pub struct Echo {
+    io: Box<dyn Io>,
+    topic: Vec<u8>,
+    buf: bytes::BytesMut,
+}
+
+impl Echo {
+    /// Connects with MQTT 3.1.1 and subscribes.
+    pub async fn connect(pool: &BackendPool) -> std::io::Result<Echo> {
+        use tokio::io::AsyncWriteExt;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let client_id = format!("front-end-echo-{nonce:x}");
+        let topic = format!("!front-end/echo/{nonce:x}").into_bytes();
+        let mut io = pool.connect(Version::V4).await?;
+        let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        push_str(&mut connect, client_id.as_bytes());
+        connect[1] = (connect.len() - 2) as u8;
+        let mut subscribe = vec![0x82, 0, 0, 1];
+        push_str(&mut subscribe, &topic);
+        subscribe.push(0);
+        subscribe[1] = (subscribe.len() - 2) as u8;
+        io.write_all(&connect).await?;
+        io.write_all(&subscribe).await?;
+        let mut echo = Echo {
+            io,
+            topic,
+            buf: bytes::BytesMut::with_capacity(256),
+        };
+        // CONNACK, then SUBACK.
+        for expected in [0x20, 0x90] {
+            let first = echo.next_packet().await?;
+            if first & 0xf0 != expected {
+                return Err(std::io::Error::other("unexpected answer from the backend"));
+            }
+        }
+        Ok(echo)
+    }
+
+    /// Publishes one message to itself and returns how long it took to come back.
+    pub async fn round_trip(&mut self) -> std::io::Result<Duration> {
+        use tokio::io::AsyncWriteExt;
+        let mut publish = vec![0x30, 0];
+        push_str(&mut publish, &self.topic);
+        publish.extend_from_slice(b"echo");
+        publish[1] = (publish.len() - 2) as u8;
+        let sent = Instant::now();
+        self.io.write_all(&publish).await?;
+        while self.next_packet().await? & 0xf0 != 0x30 {}
+        Ok(sent.elapsed())
+    }
+
+    /// Reads one packet and returns its first byte.
+    async fn next_packet(&mut self) -> std::io::Result<u8> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match crate::mqtt::frame_len(&self.buf, 4096) {
+                Ok(Some(n)) => {
+                    let p = self.buf.split_to(n);
+                    return Ok(p[0]);
+                }
+                Ok(None) => {}
+                Err(_) => return Err(std::io::Error::other("oversized packet")),
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}

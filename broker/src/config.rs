@@ -54,6 +54,18 @@ pub struct Limits {
     pub handshake_burst_per_source: u32,
     /// TLS handshakes in progress at once; excess connections are closed.
     pub max_concurrent_handshakes: usize,
+    /// Worker threads of the handshake runtime (0: one per CPU core).
+    pub handshake_threads: usize,
+    /// How many nice levels below the rest of the process the handshake threads run
+    /// (0..=19). Under a reconnect storm the kernel then serves the established
+    /// sessions first; when the node is otherwise idle, handshakes get every core.
+    pub handshake_nice: i32,
+    /// While devices are forwarding packets and the sessions' runtime runs a ready task
+    /// later than this (microseconds), the admitted handshake rate is halved, every
+    /// 5 ms, down to 1/64; it grows back by 1/256 every 5 ms. The lag is the longer of
+    /// the runtime's own and a message's extra time through the backend, smoothed over
+    /// about four probes. 0 turns the feedback off.
+    pub session_lag_target_us: u64,
     /// Unacknowledged QoS 1/2 PUBLISH packets a device may have in flight towards the
     /// broker (MQTT 5 devices exceeding it get DISCONNECT 0x93).
     pub max_inflight: u32,
@@ -97,10 +109,13 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             shutdown_grace_ms: 5_000,
             handshake_rate: 3_000,
-            handshake_burst: 1_000,
+            handshake_burst: 250,
             handshake_rate_per_source: 1_000,
             handshake_burst_per_source: 1_000,
             max_concurrent_handshakes: 512,
+            handshake_threads: 0,
+            handshake_nice: 10,
+            session_lag_target_us: 500,
             max_inflight: 100,
         }
     }
@@ -175,6 +190,11 @@ impl Config {
                     .into(),
             ));
         }
+        if !(0..=19).contains(&l.handshake_nice) {
+            return Err(ConfigError::Invalid(
+                "limits.handshake_nice must be between 0 and 19".into(),
+            ));
+        }
         if l.handshake_timeout_ms == 0 || l.connect_timeout_ms == 0 {
             return Err(ConfigError::Invalid("timeouts must be > 0".into()));
         }
@@ -243,11 +263,20 @@ shutdown_grace_ms = 5000
 # per source address. Excess connections are closed before any TLS work, so a
 # reconnect storm cannot starve the devices already connected.
 handshake_rate = 3000
-handshake_burst = 1000
+handshake_burst = 250
 handshake_rate_per_source = 1000
 handshake_burst_per_source = 1000
 # TLS handshakes in progress at once.
 max_concurrent_handshakes = 512
+# TLS handshakes run on their own threads (0: one per CPU core), this many nice levels
+# below the sessions, so that a storm of new connections takes only the CPU the
+# connected devices leave.
+handshake_threads = 0
+handshake_nice = 10
+# While devices are forwarding packets and the sessions' runtime runs a ready task later
+# than this many microseconds, the admitted handshake rate is halved (every 5 ms, down to
+# 1/64); it grows back by 1/256 every 5 ms. 0 turns this feedback off.
+session_lag_target_us = 500
 # Unacknowledged QoS 1/2 PUBLISH packets per device towards the broker.
 max_inflight = 100
 

@@ -70,6 +70,8 @@ pub struct Shared {
     pub cache: Arc<tls::IdentityCache>,
     /// Per-tenant session and publish-rate quotas.
     pub quotas: Arc<admission::TenantQuotas>,
+    /// Feedback from the sessions to handshake admission.
+    pub pressure: Arc<admission::Pressure>,
     /// CRL distribution point fetcher (tenants with online CRL checking), with cache.
     pub crl_fetcher: certs::revocation::CrlFetcher,
 }
@@ -111,6 +113,8 @@ pub struct Broker {
     shutdown_tx: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    // Dropped last: stops the handshake threads.
+    _background: listener::Background,
 }
 
 impl Broker {
@@ -256,6 +260,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         metrics: metrics.clone(),
         cache,
         quotas: Arc::new(admission::TenantQuotas::default()),
+        pressure: Arc::new(admission::Pressure::default()),
         crl_fetcher: certs::revocation::CrlFetcher::new(
             Duration::from_secs(5),
             Duration::from_secs(300),
@@ -337,23 +342,40 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
             }
         }));
     }
+    if config.limits.session_lag_target_us > 0 {
+        let target = Duration::from_micros(config.limits.session_lag_target_us);
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(shared.pressure.clone().probe(
+            target,
+            shared.clone(),
+            async move { stopped(&mut stop).await },
+        )));
+    }
+    let background = listener::Background::new(
+        config.limits.handshake_threads,
+        config.limits.handshake_nice,
+    )
+    .map_err(|e| StartError::Tls(format!("cannot start the background threads: {e}")))?;
+    // The admin API and the metrics endpoint run on the background runtime too: an
+    // upload's argon2 check or trust rebuild never delays a device's packets.
     let router = admin_router_with_metrics(admin.router(), metrics.clone());
-    tasks.push(tokio::spawn(listener::serve_admin(
+    tasks.push(background.handle().spawn(listener::serve_admin(
         admin_l,
         router,
         admin_tls,
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(listener::serve_metrics(
+    tasks.push(background.handle().spawn(listener::serve_metrics(
         metrics_l,
         metrics.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(listener::serve_mqtt(
+    tasks.push(background.handle().spawn(listener::serve_mqtt(
         mqtt_l,
         shared.clone(),
         mqtt_tls,
         permits.clone(),
+        tokio::runtime::Handle::current(),
         shutdown_rx,
     )));
     tracing::info!(%mqtt_addr, %admin_addr, %metrics_addr, "broker listening");
@@ -367,6 +389,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         shutdown_tx,
         permits,
         tasks,
+        _background: background,
     })
 }
 

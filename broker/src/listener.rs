@@ -1,25 +1,174 @@
-//! Accept loops: the MQTT mTLS listener (a permit is taken before accept, the handshake
-//! and CONNECT run in the spawned task under timeouts, accept errors back off), the
-//! admin HTTPS listener and the plain-HTTP metrics listener.
+//! Accept loops: the MQTT mTLS listener (a permit is taken before accept, admission is
+//! decided right after it, the handshake and the session set-up run on the
+//! [`Background`] runtime under timeouts, the established session on the sessions'
+//! runtime; accept errors back off), the admin HTTPS listener and the plain-HTTP
+//! metrics listener.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Semaphore};
 
 use crate::Shared;
 
-/// Runs the MQTT accept loop until `shutdown` turns true.
+/// The background runtime: accepting devices, TLS handshakes, session set-up, the admin
+/// API and the metrics endpoint run on its own worker threads, a few nice levels below
+/// the sessions' runtime. The kernel then gives the CPU to the established sessions
+/// (and the embedded broker) first and to new connections what is left, so a reconnect
+/// storm slows new connections down instead of every connected device.
+pub struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    /// Starts `threads` workers (0: one per core) at `nice` levels below the caller.
+    pub fn new(threads: usize, nice: i32) -> io::Result<Self> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("background")
+            .on_thread_start(move || lower_priority(nice))
+            .enable_all()
+            .build()?;
+        Ok(Background(Some(rt)))
+    }
+
+    /// A handle to spawn on.
+    pub fn handle(&self) -> Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime is only taken in drop"),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks; from inside another runtime it must not.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Raises the calling thread's nice value by `by` (capped at 19). Raising needs no
+/// privilege; failing only costs the isolation, so it is logged, not fatal.
+fn lower_priority(by: i32) {
+    if by == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), (now + by).min(19)) {
+            tracing::warn!(error = %e, "cannot lower the priority of a background thread");
+        }
+    }
+}
+
+/// A device's TCP socket. It is registered with the runtime that accepted it (the
+/// background runtime) and moved to the sessions' runtime once the session is
+/// established ([`DeviceSocket::move_to`]), so that its readiness events are handled
+/// there.
+pub struct DeviceSocket(Option<TcpStream>);
+
+impl DeviceSocket {
+    /// Re-registers the socket with `runtime`.
+    pub fn move_to(&mut self, runtime: &Handle) -> io::Result<()> {
+        let Some(s) = self.0.take() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let std = s.into_std()?;
+        let _entered = runtime.enter();
+        self.0 = Some(TcpStream::from_std(std)?);
+        Ok(())
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.0 {
+            Some(s) => Ok(Pin::new(s)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl AsyncRead for DeviceSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for DeviceSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().stream() {
+            Ok(s) => s.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => s.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => s.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Runs the MQTT accept loop until `shutdown` turns true. Run it on the
+/// [`Background`] runtime: accepting, the handshake and the session set-up run there;
+/// established sessions are spawned on `sessions`.
 pub async fn serve_mqtt(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Arc<rustls::ServerConfig>,
     permits: Arc<Semaphore>,
+    sessions: Handle,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let admission = crate::admission::Admission::new(&shared.config.limits);
+    let admission =
+        crate::admission::Admission::new(&shared.config.limits, shared.pressure.clone());
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -57,11 +206,12 @@ pub async fn serve_mqtt(
             }
         };
         let _ = sock.set_nodelay(true);
+        let sock = DeviceSocket(Some(sock));
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let sessions = sessions.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let accepted_at = Instant::now();
             let hs = tokio::time::timeout(
                 Duration::from_millis(shared.config.limits.handshake_timeout_ms),
@@ -107,7 +257,20 @@ pub async fn serve_mqtt(
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
-            crate::session::run(stream, id, chain, shared, accepted_at, shutdown).await;
+            let Some(mut session) =
+                crate::session::establish(stream, id, chain, shared, accepted_at, &sessions).await
+            else {
+                return;
+            };
+            // From here on, the device's packets are handled on the sessions' runtime.
+            if let Err(e) = session.device_mut().get_mut().0.move_to(&sessions) {
+                tracing::warn!(%peer, error = %e, "cannot hand the session over");
+                return;
+            }
+            sessions.spawn(async move {
+                let _permit = permit;
+                session.serve(shutdown).await;
+            });
         });
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The product's metrics (cheap to clone).
@@ -25,6 +25,7 @@ struct Inner {
     revoked_sessions: IntCounterVec,
     admin_requests: IntCounterVec,
     anchors: IntGauge,
+    admission_share: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,8 +107,13 @@ impl Metrics {
             "trust_store_anchors",
             "Trusted certificates in the live trust store",
         ));
+        let admission_share = must(Gauge::new(
+            "handshake_admission_share",
+            "Share of the configured handshake rate admitted now (lower while connected devices' traffic lags)",
+        ));
         for c in [
             Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(admission_share.clone()),
             Box::new(handshakes.clone()),
             Box::new(handshake_seconds.clone()),
             Box::new(connect_seconds.clone()),
@@ -133,6 +139,7 @@ impl Metrics {
                 revoked_sessions,
                 admin_requests,
                 anchors,
+                admission_share,
             }),
         }
     }
@@ -215,6 +222,11 @@ impl Metrics {
     /// Anchors in the live trust store.
     pub fn set_anchors(&self, n: usize) {
         self.inner.anchors.set(n as i64);
+    }
+
+    /// Share of the configured handshake rate admitted now.
+    pub fn set_admission_share(&self, share: f64) {
+        self.inner.admission_share.set(share);
     }
 
     /// The text exposition.

@@ -130,15 +130,55 @@ async fn refuse<W: AsyncWrite + Unpin>(
     let _ = w.shutdown().await;
 }
 
-/// Runs a session on an established mTLS stream whose chain verified as `id`.
+/// A session whose CONNECT passed every policy, was accepted by the backend and was
+/// answered to the device: ready to forward packets ([`Established::serve`]).
+pub struct Established<S> {
+    dev: S,
+    backend: Box<dyn crate::backend::Io>,
+    dbuf: BytesMut,
+    bbuf: BytesMut,
+    id: DeviceIdentity,
+    shared: Arc<Shared>,
+    version: Version,
+    keep_alive: u16,
+    publish_rate: u32,
+    mount: Mount,
+    _slot: crate::admission::SessionSlot,
+}
+
+/// Runs a whole session on an established mTLS stream whose chain verified as `id`:
+/// [`establish`], then [`Established::serve`] on the same task.
 pub async fn run<S>(
+    dev: S,
+    id: DeviceIdentity,
+    chain: Vec<certs::CertificateDer<'static>>,
+    shared: Arc<Shared>,
+    accepted_at: Instant,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let here = tokio::runtime::Handle::current();
+    if let Some(s) = establish(dev, id, chain, shared, accepted_at, &here).await {
+        s.serve(shutdown).await;
+    }
+}
+
+/// Sets a session up on an mTLS stream whose chain verified as `id`: reads the CONNECT
+/// (under the CONNECT timeout), applies the policies (ClientId = CN, registry, blocked
+/// devices, online CRL, tenant quotas), connects to the backend and relays its CONNACK.
+/// Refusals are answered to the device here. The backend connection is opened on
+/// `sessions`, the runtime that will run [`Established::serve`], so that its socket is
+/// driven there.
+pub async fn establish<S>(
     mut dev: S,
     id: DeviceIdentity,
     chain: Vec<certs::CertificateDer<'static>>,
     shared: Arc<Shared>,
     accepted_at: Instant,
-    mut shutdown: watch::Receiver<bool>,
-) where
+    sessions: &tokio::runtime::Handle,
+) -> Option<Established<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let limits = &shared.config.limits;
@@ -155,15 +195,15 @@ pub async fn run<S>(
         Ok(Ok(Some(n))) => n,
         Ok(Err(End::Protocol(MqttError::TooLarge(_)))) => {
             shared.metrics.refused("connect_too_large");
-            return;
+            return None;
         }
         Ok(_) => {
             shared.metrics.refused("no_connect");
-            return;
+            return None;
         }
         Err(_) => {
             shared.metrics.refused("connect_timeout");
-            return;
+            return None;
         }
     };
     let pkt = dbuf.split_to(n);
@@ -181,11 +221,11 @@ pub async fn run<S>(
                 "unsupported_protocol",
             )
             .await;
-            return;
+            return None;
         }
         Err(_) => {
             shared.metrics.refused("not_connect");
-            return;
+            return None;
         }
     };
     let connect = match Connect::decode(&pkt, version) {
@@ -200,7 +240,7 @@ pub async fn run<S>(
                 "malformed_connect",
             )
             .await;
-            return;
+            return None;
         }
     };
     let tenant: &str = &id.tenant;
@@ -221,7 +261,7 @@ pub async fn run<S>(
             "client_id_mismatch",
         )
         .await;
-        return;
+        return None;
     }
     if trust.is_blocked(tenant, cn) {
         tracing::warn!(tenant, cn, "blocked device refused");
@@ -234,7 +274,7 @@ pub async fn run<S>(
             "device_blocked",
         )
         .await;
-        return;
+        return None;
     }
     match shared.admin.device_admission(tenant, cn).await {
         Ok(admin_api::DeviceState::Blocked) => {
@@ -247,7 +287,7 @@ pub async fn run<S>(
                 "device_blocked",
             )
             .await;
-            return;
+            return None;
         }
         Ok(admin_api::DeviceState::Registered) => {}
         Ok(admin_api::DeviceState::Unknown) if id.auto_registration => {
@@ -278,7 +318,7 @@ pub async fn run<S>(
                 "device_not_registered",
             )
             .await;
-            return;
+            return None;
         }
         Err(e) => {
             tracing::error!(tenant, cn, error = %e, "device registry unavailable");
@@ -291,7 +331,7 @@ pub async fn run<S>(
                 "registry_unavailable",
             )
             .await;
-            return;
+            return None;
         }
     }
 
@@ -314,7 +354,7 @@ pub async fn run<S>(
                 reason,
             )
             .await;
-            return;
+            return None;
         }
     }
 
@@ -335,7 +375,7 @@ pub async fn run<S>(
             "tenant_device_limit",
         )
         .await;
-        return;
+        return None;
     };
     let publish_rate = settings.max_publish_rate;
 
@@ -362,10 +402,18 @@ pub async fn run<S>(
                     "invalid_will_topic",
                 )
                 .await;
-                return;
+                return None;
             }
         };
-    let mut backend = match shared.backend.connect(version).await {
+    let connecting = {
+        let shared = shared.clone();
+        sessions.spawn(async move { shared.backend.connect(version).await })
+    };
+    let connected = match connecting.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    let mut backend = match connected {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "backend unreachable");
@@ -378,7 +426,7 @@ pub async fn run<S>(
                 "backend_unavailable",
             )
             .await;
-            return;
+            return None;
         }
     };
     let mut bbuf = BytesMut::with_capacity(READ_BUF);
@@ -401,7 +449,7 @@ pub async fn run<S>(
                 "backend_refused",
             )
             .await;
-            return;
+            return None;
         }
     };
     let mut ack = bbuf.split_to(n);
@@ -424,16 +472,16 @@ pub async fn run<S>(
                     "backend_connack",
                 )
                 .await;
-                return;
+                return None;
             }
         }
     }
     if dev.write_all(&ack).await.is_err() || dev.flush().await.is_err() {
-        return;
+        return None;
     }
     if mqtt::connack_code(&ack) != Some(0) {
         shared.metrics.refused("backend_refused");
-        return;
+        return None;
     }
     let proto = if version == Version::V4 { "3.1.1" } else { "5" };
     shared
@@ -441,89 +489,134 @@ pub async fn run<S>(
         .connected(tenant, proto, accepted_at.elapsed().as_secs_f64());
     shared.admin.device_seen(tenant, cn);
     tracing::debug!(tenant, cn, protocol = proto, "session started");
-
-    // Packet pump, both ways, plus trust re-checks and shutdown.
-    let own_pings = AtomicU32::new(0);
-    let inflight = Inflight {
-        count: AtomicU32::new(0),
-        max: limits.max_inflight,
-        tenant: id.tenant.clone(),
+    Some(Established {
+        dev,
+        backend,
+        dbuf,
+        bbuf,
+        mount,
+        version,
+        keep_alive,
         publish_rate,
-    };
-    let mut trust_rx = shared.trust_rx.clone();
-    trust_rx.mark_unchanged();
-    let (mut dr, mut dw) = tokio::io::split(dev);
-    let (mut br, mut bw) = tokio::io::split(backend);
-    let mut mount = mount;
-    let down_mount = Mount::new(tenant);
-    let end = {
-        let up = pump_up(
-            &mut dr,
-            &mut bw,
-            dbuf,
-            &mut mount,
-            version,
-            max,
-            keep_alive == 0,
-            &own_pings,
-            &inflight,
-            &shared,
-        );
-        let down = pump_down(
-            &mut br,
-            &mut dw,
-            bbuf,
-            &down_mount,
-            version,
-            max,
-            &own_pings,
-            &inflight,
-            &shared,
-        );
-        let watch = watch_trust(&mut trust_rx, &id, version);
-        tokio::select! {
-            e = up => e,
-            e = down => e,
-            e = watch => e,
-            _ = crate::stopped(&mut shutdown) => End::Shutdown,
-        }
-    };
-    match &end {
-        End::Revoked(code, label) => {
-            shared.metrics.revoked_session(label);
-            tracing::warn!(
-                tenant,
-                cn,
-                reason = label,
-                "session closed: trust withdrawn"
-            );
-            if version == Version::V5 {
-                let _ = dw.write_all(&mqtt::disconnect_v5(*code)).await;
-            }
-        }
-        End::Protocol(e) => {
-            shared.metrics.refused("protocol_error");
-            tracing::info!(tenant, cn, error = %e, "session closed: protocol error");
-            if version == Version::V5 {
-                let _ = dw
-                    .write_all(&mqtt::disconnect_v5(reason_for(e, version)))
-                    .await;
-            }
-        }
-        End::Shutdown => {
-            if version == Version::V5 {
-                let _ = dw
-                    .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
-                    .await;
-            }
-        }
-        End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
+        _slot,
+        id,
+        shared,
+    })
+}
+
+impl<S> Established<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// The device's stream.
+    pub fn device_mut(&mut self) -> &mut S {
+        &mut self.dev
     }
-    let _ = dw.flush().await;
-    let _ = dw.shutdown().await;
-    let _ = bw.shutdown().await;
-    shared.metrics.disconnected(tenant);
-    shared.admin.device_seen(tenant, cn);
+
+    /// Forwards packets both ways until either side closes, trust in the device is
+    /// withdrawn, or `shutdown` turns true.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+        let Established {
+            dev,
+            backend,
+            dbuf,
+            bbuf,
+            id,
+            shared,
+            version,
+            keep_alive,
+            publish_rate,
+            mount,
+            _slot,
+        } = self;
+        let limits = &shared.config.limits;
+        let max = limits.max_packet_size;
+        let tenant: &str = &id.tenant;
+        let cn = id.common_name.as_str();
+
+        // Packet pump, both ways, plus trust re-checks and shutdown.
+        let own_pings = AtomicU32::new(0);
+        let inflight = Inflight {
+            count: AtomicU32::new(0),
+            max: limits.max_inflight,
+            tenant: id.tenant.clone(),
+            publish_rate,
+        };
+        let mut trust_rx = shared.trust_rx.clone();
+        trust_rx.mark_unchanged();
+        let (mut dr, mut dw) = tokio::io::split(dev);
+        let (mut br, mut bw) = tokio::io::split(backend);
+        let mut mount = mount;
+        let down_mount = Mount::new(tenant);
+        let end = {
+            let up = pump_up(
+                &mut dr,
+                &mut bw,
+                dbuf,
+                &mut mount,
+                version,
+                max,
+                keep_alive == 0,
+                &own_pings,
+                &inflight,
+                &shared,
+            );
+            let down = pump_down(
+                &mut br,
+                &mut dw,
+                bbuf,
+                &down_mount,
+                version,
+                max,
+                &own_pings,
+                &inflight,
+                &shared,
+            );
+            let watch = watch_trust(&mut trust_rx, &id, version);
+            tokio::select! {
+                e = up => e,
+                e = down => e,
+                e = watch => e,
+                _ = crate::stopped(&mut shutdown) => End::Shutdown,
+            }
+        };
+        match &end {
+            End::Revoked(code, label) => {
+                shared.metrics.revoked_session(label);
+                tracing::warn!(
+                    tenant,
+                    cn,
+                    reason = label,
+                    "session closed: trust withdrawn"
+                );
+                if version == Version::V5 {
+                    let _ = dw.write_all(&mqtt::disconnect_v5(*code)).await;
+                }
+            }
+            End::Protocol(e) => {
+                shared.metrics.refused("protocol_error");
+                tracing::info!(tenant, cn, error = %e, "session closed: protocol error");
+                if version == Version::V5 {
+                    let _ = dw
+                        .write_all(&mqtt::disconnect_v5(reason_for(e, version)))
+                        .await;
+                }
+            }
+            End::Shutdown => {
+                if version == Version::V5 {
+                    let _ = dw
+                        .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
+                        .await;
+                }
+            }
+            End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
+        }
+        let _ = dw.flush().await;
+        let _ = dw.shutdown().await;
+        let _ = bw.shutdown().await;
+        shared.metrics.disconnected(tenant);
+        shared.admin.device_seen(tenant, cn);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -578,6 +671,7 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("up", packets, out.len() as u64);
+            shared.pressure.note_forwarded(packets);
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }
@@ -655,6 +749,7 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("down", packets, out.len() as u64);
+            shared.pressure.note_forwarded(packets);
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }

@@ -365,3 +365,86 @@ async fn oversized_packet_gets_disconnect_0x95() {
         "DISCONNECT 0x95 Packet too large"
     );
 }
+
+/// The value of a metric line without labels.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_back_off_while_connected_devices_lag_then_recover() {
+    // Any measurable lag counts as pressure, so the feedback is certain to engage.
+    let env = start_with(|c| {
+        c.limits.session_lag_target_us = 1;
+        c.limits.handshake_rate = 64;
+        c.limits.handshake_burst = 64;
+    })
+    .await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let port = env.mqtt_port();
+    let tls_for = |cn: &str| device_tls(&env.server_ca, &device(cn, &ca), &[&ca]);
+
+    // A connected device keeps publishing.
+    let (client, el) = connect_v4(v4_options("pub", port, tls_for("pub")))
+        .await
+        .unwrap();
+    let driver = drive(el);
+    let publishing = tokio::spawn(async move {
+        loop {
+            if client
+                .publish("t", rumqttc::QoS::AtMostOnce, false, vec![0u8; 16])
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&env.metrics().await, "handshake_admission_share") > 0.05 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admission never backed off"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 1/64 of the rate and burst: about one handshake a second gets through.
+    let mut refused = 0;
+    for i in 0..8 {
+        let cn = format!("new{i}");
+        if connect_v4(v4_options(&cn, port, tls_for(&cn)))
+            .await
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 5, "only {refused} of 8 refused under pressure");
+    let metrics = env.metrics().await;
+    assert!(
+        metrics.contains("mqtt_connections_refused_total{reason=\"handshake_rate\"}"),
+        "{metrics}"
+    );
+
+    // The traffic stops: the share grows back and devices get in again.
+    publishing.abort();
+    driver.abort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&env.metrics().await, "handshake_admission_share") < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admission never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    connect_v4(v4_options("late", port, tls_for("late")))
+        .await
+        .unwrap();
+}

@@ -9,7 +9,9 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_fleet_report_matches_what_was_delivered() {
-    let env = start().await;
+    // The report's accounting is under test, not admission: with the lag feedback on, a
+    // slow debug build may refuse a few devices that connect while others publish.
+    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
     let ca_file = env.dir.path().join("server-ca.pem");
     std::fs::write(&ca_file, &env.server_ca).unwrap();
     let config = loadtest::Config {
