@@ -44,6 +44,10 @@
 #   --nice N                run everything started here at this nice value (e.g. -10 on a
 #                           shared machine, so that others' background work yields to the
 #                           brokers and the load generator; needs root for N < 0)
+#   --generator-nice N      run the load generator at this nice value (default 10, the
+#                           product's default handshake_nice): the generator's client
+#                           handshakes, which a real fleet runs elsewhere, then do not
+#                           take the CPU ahead of the broker's own handshakes
 #   --quick                 small numbers for a smoke test
 #
 # Everything listens and connects on 127.0.0.0/8 only; every run is bounded in devices and
@@ -68,6 +72,7 @@ BROKER_BIN=""
 QUIET_MAX=15
 QUIET_WAIT=300
 NICE=0
+GEN_NICE=10
 
 die() { echo "benchmark: $*" >&2; exit 1; }
 say() { echo "benchmark: $*" >&2; }
@@ -90,6 +95,7 @@ while [ $# -gt 0 ]; do
     --quiet-max) QUIET_MAX="$2"; shift 2 ;;
     --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
+    --generator-nice) GEN_NICE="$2"; shift 2 ;;
     --quick) REPEAT=1; CONNECT_DEVICES=300; DEVICES=100; MESSAGES=20; MEMORY_DEVICES=500; HOLD=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -102,6 +108,7 @@ num --devices "$DEVICES"; num --messages "$MESSAGES"; num --interval "$INTERVAL"
 num --memory-devices "$MEMORY_DEVICES"; num --hold "$HOLD"
 num --quiet-max "$QUIET_MAX"; num --quiet-wait "$QUIET_WAIT"
 case "$NICE" in -[0-9]*|[0-9]*) ;; *) die "--nice must be a number" ;; esac
+case "$GEN_NICE" in [0-9]|1[0-9]) ;; *) die "--generator-nice must be 0..19" ;; esac
 [ "$REPEAT" -ge 1 ] && [ "$REPEAT" -le 20 ] || die "--repeat must be 1..20"
 for n in "$CONNECT_DEVICES" "$DEVICES" "$MEMORY_DEVICES"; do
   [ "$n" -ge 1 ] && [ "$n" -le 100000 ] || die "device counts must be 1..100000"
@@ -189,7 +196,7 @@ PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / 3 ))
   echo "mosquitto: $(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || "$MOSQUITTO" -h | head -1)"
   echo "rustc: $(rustc --version)"
   echo "open files limit: $NOFILE (hard $HARD_NOFILE)"
-  echo "nice: $(ps -o ni= -p $$ | tr -d ' ')"
+  echo "nice: $(ps -o ni= -p $$ | tr -d ' '), load generator: +$GEN_NICE"
   echo "broker config: ${BROKER_CONFIG:-defaults}"
   echo "broker binary: $BROKER ($(sha256sum "$BROKER" | cut -c1-16))"
   echo "parameters: repeat=$REPEAT connect_devices=$CONNECT_DEVICES concurrency=$CONCURRENCY devices=$DEVICES messages=$MESSAGES interval_ms=$INTERVAL memory_devices=$MEMORY_DEVICES hold_s=$HOLD"
@@ -393,7 +400,7 @@ lt() { # report-name broker(mosquitto|product|product-first|direct) loadtest-arg
   esac
   local report="$OUT/$name.json"
   wait_quiet "$name"
-  if timeout "$RUN_LIMIT" "$LOADTEST" run "${target[@]}" --source-ips 127.0.0.1-127.0.0.20 \
+  if timeout "$RUN_LIMIT" nice -n "$GEN_NICE" "$LOADTEST" run "${target[@]}" --source-ips 127.0.0.1-127.0.0.20 \
       --quiet --report "$report" "$@" > "$WORK/lt.out" 2> "$WORK/lt.err"; then
     say "$name: $(sed -n 's/^connect  *//p' "$WORK/lt.out" | head -1) | $(sed -n 's/^messages  *//p' "$WORK/lt.out" | head -1)"
   else
