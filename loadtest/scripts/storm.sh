@@ -102,5 +102,5 @@ print(rep, f"{c:.2f}", f"{s:.2f}", f"{s / c:.1f}", a["messages"]["lost"],
 EOF
   sleep 2
 done
-curl -s "http://127.0.0.1:$METRICS/metrics" | grep -E '^broker_(handshakes|refused)' >"$OUT/metrics.txt" || true
+curl -s "http://127.0.0.1:$METRICS/metrics" | grep -E '^(mqtt_tls_handshakes_total|mqtt_connections_refused_total|handshake_admission_share)' >"$OUT/metrics.txt" || true
 echo "reports in $OUT" >&2
