@@ -94,10 +94,12 @@ impl Pressure {
     /// Interval between two probes of the sessions' runtime.
     pub const PROBE: Duration = Duration::from_millis(5);
 
-    /// Notes packets forwarded by a session (the probe only acts while there is traffic
-    /// to protect).
+    /// Notes message packets (PUBLISH and its acknowledgements) forwarded by a session:
+    /// the probe only acts while there is such traffic to protect.
     pub fn note_forwarded(&self, packets: u64) {
-        self.forwarded.fetch_add(packets, Ordering::Relaxed);
+        if packets > 0 {
+            self.forwarded.fetch_add(packets, Ordering::Relaxed);
+        }
     }
 
     /// The share of the configured rate admitted now, 0.0..=1.0.

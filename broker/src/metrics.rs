@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The product's metrics (cheap to clone).
@@ -20,8 +20,8 @@ struct Inner {
     handshake_seconds: HistogramVec,
     connect_seconds: HistogramVec,
     refused: IntCounterVec,
-    messages: IntCounterVec,
-    bytes: IntCounterVec,
+    /// Forwarded packets and bytes, resolved once per direction: [up, down].
+    forwarded: [(IntCounter, IntCounter); 2],
     revoked_sessions: IntCounterVec,
     admin_requests: IntCounterVec,
     anchors: IntGauge,
@@ -134,8 +134,16 @@ impl Metrics {
                 handshake_seconds,
                 connect_seconds,
                 refused,
-                messages,
-                bytes,
+                forwarded: [
+                    (
+                        messages.with_label_values(&["up"]),
+                        bytes.with_label_values(&["up"]),
+                    ),
+                    (
+                        messages.with_label_values(&["down"]),
+                        bytes.with_label_values(&["down"]),
+                    ),
+                ],
                 revoked_sessions,
                 admin_requests,
                 anchors,
@@ -191,16 +199,11 @@ impl Metrics {
             .dec();
     }
 
-    /// Packets and bytes forwarded in one direction (`up` = device to broker).
+    /// Packets and bytes forwarded in one direction (`up` = device to broker, `down`).
     pub fn forwarded(&self, direction: &str, packets: u64, bytes: u64) {
-        self.inner
-            .messages
-            .with_label_values(&[direction])
-            .inc_by(packets);
-        self.inner
-            .bytes
-            .with_label_values(&[direction])
-            .inc_by(bytes);
+        let (p, b) = &self.inner.forwarded[usize::from(direction != "up")];
+        p.inc_by(packets);
+        b.inc_by(bytes);
     }
 
     /// A live session closed by revocation.

@@ -619,6 +619,12 @@ where
     }
 }
 
+/// PUBLISH and its acknowledgements: the traffic that admission protects (a wave of
+/// DISCONNECT or PINGREQ packets is not).
+fn is_message_flow(first_byte: u8) -> bool {
+    (mqtt::kind::PUBLISH..=7).contains(&(first_byte >> 4))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pump_up<R, W>(
     r: &mut R,
@@ -642,6 +648,7 @@ where
     ping.tick().await;
     loop {
         let mut packets = 0u64;
+        let mut flows = 0u64;
         loop {
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
@@ -664,6 +671,7 @@ where
                         return End::Protocol(e);
                     }
                     packets += 1;
+                    flows += u64::from(is_message_flow(pkt[0]));
                 }
                 Ok(None) => break,
                 Err(e) => return End::Protocol(e),
@@ -671,7 +679,7 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("up", packets, out.len() as u64);
-            shared.pressure.note_forwarded(packets);
+            shared.pressure.note_forwarded(flows);
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }
@@ -715,6 +723,7 @@ where
     let mut out = BytesMut::new();
     loop {
         let mut packets = 0u64;
+        let mut flows = 0u64;
         loop {
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
@@ -740,6 +749,7 @@ where
                         return End::BackendClosed;
                     }
                     packets += 1;
+                    flows += u64::from(is_message_flow(pkt[0]));
                 }
                 Ok(None) => break,
                 // A message larger than the device may receive: drop the session
@@ -749,7 +759,7 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("down", packets, out.len() as u64);
-            shared.pressure.note_forwarded(packets);
+            shared.pressure.note_forwarded(flows);
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }

@@ -221,19 +221,19 @@ fn restrict_permissions(path: &Path) {
 }
 
 fn insert_audit(c: &Connection, e: &AuditEntry) -> StoreResult<()> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO audit (at, actor, tenant_id, action, target, fingerprint, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            e.at,
-            e.actor,
-            e.tenant,
-            e.action,
-            e.target,
-            e.fingerprint,
-            e.detail
-        ],
-    )?;
+    )?
+    .execute(params![
+        e.at,
+        e.actor,
+        e.tenant,
+        e.action,
+        e.target,
+        e.fingerprint,
+        e.detail
+    ])?;
     Ok(())
 }
 
@@ -406,11 +406,11 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
 }
 
 fn get_device(c: &Connection, tenant: &str, cn: &str) -> StoreResult<Option<DeviceRecord>> {
-    Ok(c.query_row(
-        &format!("SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND common_name = ?2"),
-        params![tenant, cn],
-        device_row,
-    )
+    // Every connect asks: the statement is parsed once and cached.
+    Ok(c.prepare_cached(&format!(
+        "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND common_name = ?2"
+    ))?
+    .query_row(params![tenant, cn], device_row)
     .optional()?)
 }
 
@@ -444,11 +444,10 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
 }
 
 fn tenant_exists(c: &Connection, id: &str) -> StoreResult<bool> {
-    Ok(
-        c.query_row("SELECT 1 FROM tenants WHERE id = ?1", [id], |_| Ok(()))
-            .optional()?
-            .is_some(),
-    )
+    Ok(c.prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn tenant_not_found(id: &str) -> StoreError {
@@ -1110,20 +1109,23 @@ impl Store for SqliteStore {
             if !tenant_exists(tx, &tenant)? {
                 return Err(tenant_not_found(&tenant));
             }
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO devices (tenant_id, common_name, status, anchor_fingerprint,
-                    first_connection, last_connection, created_at)
-                 VALUES (?1, ?2, 'REGISTERED', ?3, ?4, ?4, ?4)",
-                params![tenant, cn, fp, now],
-            )?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO devices (tenant_id, common_name, status,
+                        anchor_fingerprint, first_connection, last_connection, created_at)
+                     VALUES (?1, ?2, 'REGISTERED', ?3, ?4, ?4, ?4)",
+                )?
+                .execute(params![tenant, cn, fp, now])?;
             let changed = inserted == 1
-                || tx.execute(
-                    "UPDATE devices SET first_connection = ?4, last_connection = ?4,
-                        anchor_fingerprint = ?3
-                     WHERE tenant_id = ?1 AND common_name = ?2 AND status = 'REGISTERED'
-                        AND first_connection IS NULL",
-                    params![tenant, cn, fp, now],
-                )? == 1;
+                || tx
+                    .prepare_cached(
+                        "UPDATE devices SET first_connection = ?4, last_connection = ?4,
+                            anchor_fingerprint = ?3
+                         WHERE tenant_id = ?1 AND common_name = ?2 AND status = 'REGISTERED'
+                            AND first_connection IS NULL",
+                    )?
+                    .execute(params![tenant, cn, fp, now])?
+                    == 1;
             if changed {
                 insert_audit(tx, &audit)?;
             }
