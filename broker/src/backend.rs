@@ -93,6 +93,27 @@ impl BackendPool {
 
     /// Opens a connection for a session of the given protocol level (TCP_NODELAY set).
     pub async fn connect(&self, version: Version) -> std::io::Result<Box<dyn Io>> {
+        let tcp = self.connect_tcp(version).await?;
+        self.wrap(tcp).await
+    }
+
+    /// Like [`BackendPool::connect`], but the socket is registered with `runtime`, the
+    /// runtime that will carry the session's packets, while the connect (and the TLS
+    /// handshake of an `mqtts://` backend) runs on the caller's.
+    pub async fn connect_for(
+        &self,
+        version: Version,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<Box<dyn Io>> {
+        let tcp = self.connect_tcp(version).await?.into_std()?;
+        let tcp = {
+            let _entered = runtime.enter();
+            TcpStream::from_std(tcp)?
+        };
+        self.wrap(tcp).await
+    }
+
+    async fn connect_tcp(&self, version: Version) -> std::io::Result<TcpStream> {
         let addrs = match version {
             Version::V4 => &self.v4,
             Version::V5 => &self.v5,
@@ -100,6 +121,10 @@ impl BackendPool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
         let tcp = TcpStream::connect(addrs[i].as_str()).await?;
         tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    async fn wrap(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
         match &self.tls {
             None => Ok(Box::new(tcp)),
             Some((connector, name)) => {

@@ -167,9 +167,9 @@ pub async fn run<S>(
 /// Sets a session up on an mTLS stream whose chain verified as `id`: reads the CONNECT
 /// (under the CONNECT timeout), applies the policies (ClientId = CN, registry, blocked
 /// devices, online CRL, tenant quotas), connects to the backend and relays its CONNACK.
-/// Refusals are answered to the device here. The backend connection is opened on
-/// `sessions`, the runtime that will run [`Established::serve`], so that its socket is
-/// driven there.
+/// Refusals are answered to the device here. The backend socket is registered with
+/// `sessions`, the runtime that will run [`Established::serve`], so that its packets are
+/// handled there.
 pub async fn establish<S>(
     mut dev: S,
     id: DeviceIdentity,
@@ -405,15 +405,7 @@ where
                 return None;
             }
         };
-    let connecting = {
-        let shared = shared.clone();
-        sessions.spawn(async move { shared.backend.connect(version).await })
-    };
-    let connected = match connecting.await {
-        Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(e)),
-    };
-    let mut backend = match connected {
+    let mut backend = match shared.backend.connect_for(version, sessions).await {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "backend unreachable");
