@@ -54,11 +54,12 @@ pub struct Limits {
     pub handshake_burst_per_source: u32,
     /// TLS handshakes in progress at once; excess connections are closed.
     pub max_concurrent_handshakes: usize,
-    /// Worker threads of the handshake runtime (0: one per CPU core).
+    /// Worker threads of the background runtime, which accepts devices and runs TLS
+    /// handshakes, session set-up, the admin API and `/metrics` (0: one per CPU core).
     pub handshake_threads: usize,
-    /// How many nice levels below the rest of the process the handshake threads run
-    /// (0..=19). Under a reconnect storm the kernel then serves the established
-    /// sessions first; when the node is otherwise idle, handshakes get every core.
+    /// How many nice levels below the sessions the background threads run (0..=19).
+    /// Under a reconnect storm the kernel then serves the established sessions first;
+    /// when the node is otherwise idle, handshakes get every core.
     pub handshake_nice: i32,
     /// While devices are forwarding packets and the sessions' runtime runs a ready task
     /// later than this (microseconds), the admitted handshake rate is halved, every
@@ -268,9 +269,9 @@ handshake_rate_per_source = 1000
 handshake_burst_per_source = 1000
 # TLS handshakes in progress at once.
 max_concurrent_handshakes = 512
-# TLS handshakes run on their own threads (0: one per CPU core), this many nice levels
-# below the sessions, so that a storm of new connections takes only the CPU the
-# connected devices leave.
+# Accepting devices, TLS handshakes, session set-up, the admin API and /metrics run on
+# background threads (0: one per CPU core), this many nice levels below the sessions,
+# so that a storm of new connections takes only the CPU the connected devices leave.
 handshake_threads = 0
 handshake_nice = 10
 # While devices are forwarding packets and the sessions' runtime runs a ready task later
