@@ -401,9 +401,52 @@ fn key_from_der(der: &[u8], passphrase: Option<&str>) -> Result<PrivateKeyDer<'s
     PrivateKeyDer::try_from(der.to_vec()).map_err(|_| ReadError::NoPrivateKey)
 }
 
+/// Most PBKDF2 iterations accepted in an encrypted key: far above any tool's default
+/// (OpenSSL's 2,048; 600,000 in current advice), low enough that a hostile key cannot
+/// hold a thread for more than a few seconds.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+/// Most memory scrypt may ask for to decrypt a key (128 · r · N bytes), and most
+/// parallel lanes: a hostile key must not exhaust memory.
+pub const MAX_SCRYPT_BYTES: u64 = 256 << 20;
+const MAX_SCRYPT_LANES: u16 = 16;
+
+/// Refuses key-derivation parameters that would cost more than the caps above, before
+/// any derivation runs.
+fn check_kdf_cost(scheme: &pkcs5::EncryptionScheme<'_>) -> Result<(), ReadError> {
+    let Some(pbes2) = scheme.pbes2() else {
+        return Ok(());
+    };
+    match &pbes2.kdf {
+        pkcs5::pbes2::Kdf::Pbkdf2(k) if k.iteration_count > MAX_PBKDF2_ITERATIONS => {
+            Err(ReadError::UnsupportedEncryption(format!(
+                "PBKDF2 with {} iterations (at most {MAX_PBKDF2_ITERATIONS} accepted)",
+                k.iteration_count
+            )))
+        }
+        pkcs5::pbes2::Kdf::Scrypt(k) => {
+            let bytes = 128u64
+                .saturating_mul(u64::from(k.block_size))
+                .saturating_mul(k.cost_parameter);
+            if bytes > MAX_SCRYPT_BYTES || k.parallelization > MAX_SCRYPT_LANES {
+                Err(ReadError::UnsupportedEncryption(format!(
+                    "scrypt with N={}, r={}, p={} (at most {} MiB and {MAX_SCRYPT_LANES} lanes accepted)",
+                    k.cost_parameter,
+                    k.block_size,
+                    k.parallelization,
+                    MAX_SCRYPT_BYTES >> 20
+                )))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>, ReadError> {
     let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der)
         .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
+    check_kdf_cost(&info.encryption_algorithm)?;
     let doc = info.decrypt(passphrase).map_err(|e| match e {
         pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
             ReadError::UnsupportedEncryption(oid.to_string())

@@ -456,3 +456,53 @@ fn garbage_inputs_are_errors_not_panics() {
         assert!(pem::decode_any(j, Some("pw")).is_err());
     }
 }
+
+/// An encrypted PKCS#8 key with the given key-derivation function (the ciphertext is
+/// never reached: the parameters are refused first).
+fn encrypted_key_with(kdf: pkcs5::pbes2::Kdf<'_>) -> Vec<u8> {
+    use pkcs8::der::Encode;
+    let params = pkcs5::pbes2::Parameters {
+        kdf,
+        encryption: pkcs5::pbes2::EncryptionScheme::Aes256Cbc { iv: &[7u8; 16] },
+    };
+    pkcs8::EncryptedPrivateKeyInfo {
+        encryption_algorithm: pkcs5::EncryptionScheme::Pbes2(params),
+        encrypted_data: &[0u8; 48],
+    }
+    .to_der()
+    .unwrap()
+}
+
+#[test]
+fn hostile_key_derivation_costs_are_refused_before_deriving() {
+    let salt = [1u8; 16];
+    // 50 million rounds: about 20 s of one core, refused before any of them runs.
+    let mut pbkdf2 = pkcs5::pbes2::Pbkdf2Params::hmac_with_sha256(50_000_000, &salt).unwrap();
+    let der = encrypted_key_with(pkcs5::pbes2::Kdf::Pbkdf2(pbkdf2));
+    assert_eq!(
+        read_private_key(&der, Some("pw")).unwrap_err().to_string(),
+        "Unsupported key encryption: PBKDF2 with 50000000 iterations (at most 10000000 accepted)"
+    );
+
+    // At the cap, the parameters pass and the (garbage) ciphertext is what fails.
+    pbkdf2.iteration_count = 1_000;
+    let der = encrypted_key_with(pkcs5::pbes2::Kdf::Pbkdf2(pbkdf2));
+    assert_eq!(
+        read_private_key(&der, Some("pw")).unwrap_err().to_string(),
+        WRONG
+    );
+
+    // scrypt asking for 128 GiB (N = 2^27, r = 8) must not allocate it.
+    let scrypt = pkcs5::pbes2::ScryptParams {
+        salt: &salt,
+        cost_parameter: 1 << 27,
+        block_size: 8,
+        parallelization: 1,
+        key_length: None,
+    };
+    let der = encrypted_key_with(pkcs5::pbes2::Kdf::Scrypt(scrypt));
+    assert_eq!(
+        read_private_key(&der, Some("pw")).unwrap_err().to_string(),
+        "Unsupported key encryption: scrypt with N=134217728, r=8, p=1 (at most 256 MiB and 16 lanes accepted)"
+    );
+}
