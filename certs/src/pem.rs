@@ -443,6 +443,137 @@ fn check_kdf_cost(scheme: &pkcs5::EncryptionScheme<'_>) -> Result<(), ReadError>
     }
 }
 
+/// One DER element: (tag, contents, rest of the input).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The children of a constructed element, or `None` if they do not parse.
+fn der_children(mut contents: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !contents.is_empty() {
+        let (tag, c, rest) = der_element(contents)?;
+        out.push((tag, c));
+        contents = rest;
+    }
+    Some(out)
+}
+
+/// A non-negative DER INTEGER that fits in 64 bits (larger ones saturate).
+fn der_uint(contents: &[u8]) -> u64 {
+    let digits = match contents {
+        [0, rest @ ..] => rest,
+        all => all,
+    };
+    if digits.len() > 8 {
+        return u64::MAX;
+    }
+    digits.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b))
+}
+
+const OID_PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
+const OID_SCRYPT: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x04, 0x0b];
+/// pkcs-12PbeIds (1.2.840.113549.1.12.1.x): parameters { salt, iterations }.
+const OID_PKCS12_PBE: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01];
+
+fn too_many_iterations(what: &str, n: u64) -> ReadError {
+    ReadError::UnsupportedEncryption(format!(
+        "{what} with {n} iterations (at most {MAX_PBKDF2_ITERATIONS} accepted)"
+    ))
+}
+
+/// Walks a PKCS#12 file (into OCTET STRINGs that hold DER too) and refuses it when a
+/// MAC, PBE or PBES2 parameter set would cost more than the caps of encrypted keys,
+/// before the keystore library derives anything.
+fn check_pkcs12_cost(pfx: &[u8]) -> Result<(), ReadError> {
+    // PFX ::= SEQUENCE { version, authSafe, macData SEQUENCE { mac, macSalt, iterations } }
+    if let Some((0x30, contents, _)) = der_element(pfx) {
+        if let Some(children) = der_children(contents) {
+            if let Some(&(0x30, mac_data)) = children.get(2) {
+                if let Some(m) = der_children(mac_data) {
+                    if let Some(&(0x02, n)) = m.get(2) {
+                        if der_uint(n) > u64::from(MAX_PBKDF2_ITERATIONS) {
+                            return Err(too_many_iterations("PKCS#12 MAC", der_uint(n)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    walk_kdf_parameters(pfx, 0)
+}
+
+fn walk_kdf_parameters(input: &[u8], depth: u32) -> Result<(), ReadError> {
+    if depth > 24 {
+        return Ok(());
+    }
+    let Some(elements) = der_children(input) else {
+        return Ok(());
+    };
+    for (tag, contents) in elements {
+        if tag == 0x30 {
+            check_algorithm(contents)?;
+        }
+        if tag & 0x20 != 0 || tag == 0x04 {
+            walk_kdf_parameters(contents, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// If `seq` is an AlgorithmIdentifier of PBKDF2, scrypt or a PKCS#12 PBE, checks its cost.
+fn check_algorithm(seq: &[u8]) -> Result<(), ReadError> {
+    let Some(children) = der_children(seq) else {
+        return Ok(());
+    };
+    let (Some(&(0x06, oid)), Some(&(0x30, params))) = (children.first(), children.get(1)) else {
+        return Ok(());
+    };
+    let Some(p) = der_children(params) else {
+        return Ok(());
+    };
+    let int = |i: usize| match p.get(i) {
+        Some(&(0x02, n)) => Some(der_uint(n)),
+        _ => None,
+    };
+    if oid == OID_PBKDF2 || (oid.len() == 10 && oid.starts_with(OID_PKCS12_PBE)) {
+        if let Some(n) = int(1).filter(|&n| n > u64::from(MAX_PBKDF2_ITERATIONS)) {
+            let what = if oid == OID_PBKDF2 {
+                "PBKDF2"
+            } else {
+                "PKCS#12 PBE"
+            };
+            return Err(too_many_iterations(what, n));
+        }
+    } else if oid == OID_SCRYPT {
+        if let (Some(n), Some(r), Some(lanes)) = (int(1), int(2), int(3)) {
+            if 128u64.saturating_mul(r).saturating_mul(n) > MAX_SCRYPT_BYTES
+                || lanes > u64::from(MAX_SCRYPT_LANES)
+            {
+                return Err(ReadError::UnsupportedEncryption(format!(
+                    "scrypt with N={n}, r={r}, p={lanes} (at most {} MiB and {MAX_SCRYPT_LANES} lanes accepted)",
+                    MAX_SCRYPT_BYTES >> 20
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>, ReadError> {
     let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der)
         .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
@@ -603,6 +734,7 @@ pub fn read_pkcs12(input: &[u8], password: &str) -> Result<Pkcs12Contents, ReadE
     if input.first() != Some(&0x30) {
         return Err(ReadError::MalformedPkcs12("not a DER PKCS#12 file".into()));
     }
+    check_pkcs12_cost(input)?;
     let ks = p12_keystore::KeyStore::from_pkcs12(input, password).map_err(|e| match e {
         p12_keystore::error::Error::MacError(_)
         | p12_keystore::error::Error::UnpadError

@@ -506,3 +506,74 @@ fn hostile_key_derivation_costs_are_refused_before_deriving() {
         "Unsupported key encryption: scrypt with N=134217728, r=8, p=1 (at most 256 MiB and 16 lanes accepted)"
     );
 }
+
+/// A DER element (definite length, long form when needed).
+fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match contents.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(contents);
+    out
+}
+
+/// A PFX skeleton: version 3, an authSafe whose data holds `inner`, and MacData with
+/// `mac_iterations`.
+fn pfx(inner: &[u8], mac_iterations: u32) -> Vec<u8> {
+    let oid_data = tlv(
+        0x06,
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01],
+    );
+    let auth_safe = tlv(
+        0x30,
+        &[oid_data, tlv(0xa0, &tlv(0x04, &tlv(0x30, inner)))].concat(),
+    );
+    let sha256 = tlv(
+        0x30,
+        &[
+            tlv(
+                0x06,
+                &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01],
+            ),
+            tlv(0x05, &[]),
+        ]
+        .concat(),
+    );
+    let mut iterations = mac_iterations.to_be_bytes().to_vec();
+    iterations.insert(0, 0);
+    let mac_data = tlv(
+        0x30,
+        &[
+            tlv(0x30, &[sha256, tlv(0x04, &[0u8; 32])].concat()),
+            tlv(0x04, &[1u8; 8]),
+            tlv(0x02, &iterations),
+        ]
+        .concat(),
+    );
+    tlv(0x30, &[tlv(0x02, &[3]), auth_safe, mac_data].concat())
+}
+
+#[test]
+fn hostile_pkcs12_iteration_counts_are_refused_before_deriving() {
+    assert_eq!(
+        read_pkcs12(&pfx(&[], 50_000_000), "pw").unwrap_err().to_string(),
+        "Unsupported key encryption: PKCS#12 MAC with 50000000 iterations (at most 10000000 accepted)"
+    );
+    // A key bag deep inside, encrypted with PBES2 / PBKDF2 at 50 million rounds.
+    let salt = [1u8; 16];
+    let kdf = pkcs5::pbes2::Pbkdf2Params::hmac_with_sha256(50_000_000, &salt).unwrap();
+    let bag = encrypted_key_with(pkcs5::pbes2::Kdf::Pbkdf2(kdf));
+    assert_eq!(
+        read_pkcs12(&pfx(&tlv(0x04, &bag), 2048), "pw")
+            .unwrap_err()
+            .to_string(),
+        "Unsupported key encryption: PBKDF2 with 50000000 iterations (at most 10000000 accepted)"
+    );
+    // Within the caps, the skeleton reaches the keystore parser (and is refused there).
+    assert!(matches!(
+        read_pkcs12(&pfx(&[], 2048), "pw").unwrap_err(),
+        ReadError::MalformedPkcs12(_) | ReadError::Passphrase
+    ));
+}
