@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,14 +71,15 @@ impl Refusal {
 /// configured handshake rate admitted right now, in 1/[`Pressure::FULL`].
 pub struct Pressure {
     share: AtomicU32,
-    forwarded: AtomicU64,
+    /// Message traffic since the last probe (set by sessions, taken by the probe).
+    traffic: AtomicBool,
 }
 
 impl Default for Pressure {
     fn default() -> Self {
         Pressure {
             share: AtomicU32::new(Pressure::FULL),
-            forwarded: AtomicU64::new(0),
+            traffic: AtomicBool::new(false),
         }
     }
 }
@@ -94,11 +95,12 @@ impl Pressure {
     /// Interval between two probes of the sessions' runtime.
     pub const PROBE: Duration = Duration::from_millis(5);
 
-    /// Notes message packets (PUBLISH and its acknowledgements) forwarded by a session:
-    /// the probe only acts while there is such traffic to protect.
-    pub fn note_forwarded(&self, packets: u64) {
-        if packets > 0 {
-            self.forwarded.fetch_add(packets, Ordering::Relaxed);
+    /// Notes that a session forwarded message packets (PUBLISH and its
+    /// acknowledgements): the probe only acts while there is such traffic to protect.
+    /// Sessions call it per batch, so it writes the shared flag only when it is unset.
+    pub fn note_traffic(&self) {
+        if !self.traffic.load(Ordering::Relaxed) {
+            self.traffic.store(true, Ordering::Relaxed);
         }
     }
 
@@ -110,7 +112,7 @@ impl Pressure {
     /// One probe result: `lag` is how late the sessions' runtime ran a ready task.
     /// Returns the new share.
     pub fn update(&self, lag: Duration, target: Duration) -> u32 {
-        let active = self.forwarded.swap(0, Ordering::Relaxed) > 0;
+        let active = self.traffic.swap(false, Ordering::Relaxed);
         let share = self.share.load(Ordering::Relaxed);
         let next = if active && lag > target {
             (share / 2).max(Pressure::MIN)
@@ -121,16 +123,17 @@ impl Pressure {
         next
     }
 
-    /// Probes every [`Pressure::PROBE`], until `stop` resolves, how late the sessions'
-    /// runtime (the one it runs on) runs a ready task and how long a message takes
-    /// through the embedded broker beyond its usual time ([`crate::backend::Echo`]); the longer
-    /// of the two is the lag. Every new share goes to the metrics.
+    /// Feeds `shared.pressure` until `stop` resolves. Every [`Pressure::PROBE`] it
+    /// measures how late the sessions' runtime (the one it runs on) runs a ready task, and
+    /// how much longer than usual a message takes through the embedded broker
+    /// ([`crate::backend::Echo`]); the longer of the two is the lag. Every new share goes
+    /// to the metrics.
     pub async fn probe(
-        self: Arc<Self>,
-        target: Duration,
         shared: Arc<crate::Shared>,
+        target: Duration,
         stop: impl std::future::Future,
     ) {
+        let pressure = &shared.pressure;
         let mut stop = std::pin::pin!(stop);
         let mut last = Pressure::FULL;
         shared.metrics.set_admission_share(1.0);
@@ -185,10 +188,10 @@ impl Pressure {
             }
             // Smoothed over about four probes: one late probe is noise, not pressure.
             smooth = (smooth * 3 + lag) / 4;
-            let now = self.update(smooth, target);
+            let now = pressure.update(smooth, target);
             if now != last {
                 last = now;
-                shared.metrics.set_admission_share(self.share());
+                shared.metrics.set_admission_share(pressure.share());
             }
             deadline = tokio::time::Instant::now() + Pressure::PROBE;
         }
@@ -329,12 +332,12 @@ mod tests {
         let lag = Duration::from_millis(3);
         // No traffic to protect: lag alone does not reduce admission.
         assert_eq!(p.update(lag, target), Pressure::FULL);
-        p.note_forwarded(10);
+        p.note_traffic();
         assert_eq!(p.update(lag, target), Pressure::FULL / 2);
-        p.note_forwarded(1);
+        p.note_traffic();
         assert_eq!(p.update(lag, target), Pressure::FULL / 4);
         for _ in 0..10 {
-            p.note_forwarded(1);
+            p.note_traffic();
             p.update(lag, target);
         }
         assert_eq!(
@@ -353,7 +356,7 @@ mod tests {
         let a = Admission::new(&limits(1, 64, 1000, 1000, 1000), pressure.clone());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..6 {
-            pressure.note_forwarded(1);
+            pressure.note_traffic();
             pressure.update(Duration::from_secs(1), Duration::from_millis(1));
         }
         // 1/64 of a burst of 64: one handshake, then the global rate refuses.

@@ -251,7 +251,7 @@ pub struct Echo {
 }
 
 impl Echo {
-    /// Connects with MQTT 3.1.1 and subscribes.
+    /// Connects with MQTT 3.1.1 (clean session, keep-alive 60 s) and subscribes.
     pub async fn connect(pool: &BackendPool) -> std::io::Result<Echo> {
         use tokio::io::AsyncWriteExt;
         let nonce = std::time::SystemTime::now()
@@ -259,16 +259,15 @@ impl Echo {
             .map_or(0, |d| d.as_nanos() as u64);
         let client_id = format!("front-end-echo-{nonce:x}");
         let topic = format!("!front-end/echo/{nonce:x}").into_bytes();
+        let mut out = bytes::BytesMut::new();
+        let variable_header = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        let id = client_id.as_bytes();
+        let id_len = (id.len() as u16).to_be_bytes();
+        crate::mqtt::write_packet(&mut out, 0x10, &[&variable_header, &id_len, id]);
+        let topic_len = (topic.len() as u16).to_be_bytes();
+        crate::mqtt::write_packet(&mut out, 0x82, &[&[0, 1], &topic_len, &topic, &[0]]);
         let mut io = pool.connect(Version::V4).await?;
-        let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-        push_str(&mut connect, client_id.as_bytes());
-        connect[1] = (connect.len() - 2) as u8;
-        let mut subscribe = vec![0x82, 0, 0, 1];
-        push_str(&mut subscribe, &topic);
-        subscribe.push(0);
-        subscribe[1] = (subscribe.len() - 2) as u8;
-        io.write_all(&connect).await?;
-        io.write_all(&subscribe).await?;
+        io.write_all(&out).await?;
         let mut echo = Echo {
             io,
             topic,
@@ -276,21 +275,19 @@ impl Echo {
         };
         // CONNACK, then SUBACK.
         for expected in [0x20, 0x90] {
-            let first = echo.next_packet().await?;
-            if first & 0xf0 != expected {
+            if echo.next_packet().await? & 0xf0 != expected {
                 return Err(std::io::Error::other("unexpected answer from the backend"));
             }
         }
         Ok(echo)
     }
 
-    /// Publishes one message to itself and returns how long it took to come back.
+    /// Publishes one QoS 0 message to itself and returns how long it took to come back.
     pub async fn round_trip(&mut self) -> std::io::Result<Duration> {
         use tokio::io::AsyncWriteExt;
-        let mut publish = vec![0x30, 0];
-        push_str(&mut publish, &self.topic);
-        publish.extend_from_slice(b"echo");
-        publish[1] = (publish.len() - 2) as u8;
+        let mut publish = bytes::BytesMut::new();
+        let topic_len = (self.topic.len() as u16).to_be_bytes();
+        crate::mqtt::write_packet(&mut publish, 0x30, &[&topic_len, &self.topic, b"echo"]);
         let sent = Instant::now();
         self.io.write_all(&publish).await?;
         while self.next_packet().await? & 0xf0 != 0x30 {}
@@ -299,24 +296,10 @@ impl Echo {
 
     /// Reads one packet and returns its first byte.
     async fn next_packet(&mut self) -> std::io::Result<u8> {
-        use tokio::io::AsyncReadExt;
-        loop {
-            match crate::mqtt::frame_len(&self.buf, 4096) {
-                Ok(Some(n)) => {
-                    let p = self.buf.split_to(n);
-                    return Ok(p[0]);
-                }
-                Ok(None) => {}
-                Err(_) => return Err(std::io::Error::other("oversized packet")),
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+        match crate::session::read_packet(&mut self.io, &mut self.buf, 4096).await {
+            Ok(Some(n)) => Ok(self.buf.split_to(n)[0]),
+            Ok(None) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => Err(std::io::Error::other(format!("{e:?}"))),
         }
     }
-}
-
-fn push_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
 }

@@ -91,6 +91,9 @@ pub enum StartError {
     /// TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The background runtime's threads could not be started.
+    #[error("cannot start the background threads: {0}")]
+    Runtime(std::io::Error),
     /// The backend could not be started.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
@@ -345,9 +348,9 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     if config.limits.session_lag_target_us > 0 {
         let target = Duration::from_micros(config.limits.session_lag_target_us);
         let mut stop = shutdown_rx.clone();
-        tasks.push(tokio::spawn(shared.pressure.clone().probe(
-            target,
+        tasks.push(tokio::spawn(admission::Pressure::probe(
             shared.clone(),
+            target,
             async move { stopped(&mut stop).await },
         )));
     }
@@ -355,7 +358,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         config.limits.handshake_threads,
         config.limits.handshake_nice,
     )
-    .map_err(|e| StartError::Tls(format!("cannot start the background threads: {e}")))?;
+    .map_err(StartError::Runtime)?;
     // The admin API and the metrics endpoint run on the background runtime too: an
     // upload's argon2 check or trust rebuild never delays a device's packets.
     let router = admin_router_with_metrics(admin.router(), metrics.clone());

@@ -22,7 +22,10 @@ use crate::Shared;
 /// the sessions' runtime. The kernel then gives the CPU to the established sessions
 /// (and the embedded broker) first and to new connections what is left, so a reconnect
 /// storm slows new connections down instead of every connected device.
-pub struct Background(Option<tokio::runtime::Runtime>);
+pub struct Background {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: Handle,
+}
 
 impl Background {
     /// Starts `threads` workers (0: one per core) at `nice` levels below the caller.
@@ -37,22 +40,22 @@ impl Background {
             .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()?;
-        Ok(Background(Some(rt)))
+        Ok(Background {
+            handle: rt.handle().clone(),
+            runtime: Some(rt),
+        })
     }
 
     /// A handle to spawn on.
     pub fn handle(&self) -> Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            None => unreachable!("the runtime is only taken in drop"),
-        }
+        self.handle.clone()
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
         // Dropping a runtime blocks; from inside another runtime it must not.
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
     }
@@ -137,7 +140,7 @@ impl AsyncWrite for DeviceSocket {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -55,6 +55,8 @@ pub mod kind {
     pub const CONNACK: u8 = 2;
     /// PUBLISH
     pub const PUBLISH: u8 = 3;
+    /// PUBCOMP (the last acknowledgement of a QoS 2 flow)
+    pub const PUBCOMP: u8 = 7;
     /// SUBSCRIBE
     pub const SUBSCRIBE: u8 = 8;
     /// UNSUBSCRIBE
@@ -645,7 +647,8 @@ fn property_len(id: u8, v: &[u8]) -> Option<usize> {
     }
 }
 
-fn write_packet(out: &mut BytesMut, first: u8, parts: &[&[u8]]) {
+/// Writes one packet: `first` byte, remaining length, then `parts` in order.
+pub(crate) fn write_packet(out: &mut BytesMut, first: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve(len + 5);
     out.put_u8(first);

@@ -20,7 +20,7 @@ const READ_BUF: usize = 1024;
 
 /// How a session ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// The device closed the connection.
     DeviceClosed,
     /// The backend closed the connection.
@@ -87,7 +87,7 @@ struct Inflight {
 
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
 /// length, or `None` on a clean EOF.
-async fn read_packet<R: AsyncRead + Unpin>(
+pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
@@ -144,24 +144,6 @@ pub struct Established<S> {
     publish_rate: u32,
     mount: Mount,
     _slot: crate::admission::SessionSlot,
-}
-
-/// Runs a whole session on an established mTLS stream whose chain verified as `id`:
-/// [`establish`], then [`Established::serve`] on the same task.
-pub async fn run<S>(
-    dev: S,
-    id: DeviceIdentity,
-    chain: Vec<certs::CertificateDer<'static>>,
-    shared: Arc<Shared>,
-    accepted_at: Instant,
-    shutdown: watch::Receiver<bool>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let here = tokio::runtime::Handle::current();
-    if let Some(s) = establish(dev, id, chain, shared, accepted_at, &here).await {
-        s.serve(shutdown).await;
-    }
 }
 
 /// Sets a session up on an mTLS stream whose chain verified as `id`: reads the CONNECT
@@ -614,7 +596,7 @@ where
 /// PUBLISH and its acknowledgements: the traffic that admission protects (a wave of
 /// DISCONNECT or PINGREQ packets is not).
 fn is_message_flow(first_byte: u8) -> bool {
-    (mqtt::kind::PUBLISH..=7).contains(&(first_byte >> 4))
+    (mqtt::kind::PUBLISH..=mqtt::kind::PUBCOMP).contains(&(first_byte >> 4))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -640,7 +622,7 @@ where
     ping.tick().await;
     loop {
         let mut packets = 0u64;
-        let mut flows = 0u64;
+        let mut traffic = false;
         loop {
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
@@ -663,7 +645,7 @@ where
                         return End::Protocol(e);
                     }
                     packets += 1;
-                    flows += u64::from(is_message_flow(pkt[0]));
+                    traffic |= is_message_flow(pkt[0]);
                 }
                 Ok(None) => break,
                 Err(e) => return End::Protocol(e),
@@ -671,7 +653,9 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("up", packets, out.len() as u64);
-            shared.pressure.note_forwarded(flows);
+            if traffic {
+                shared.pressure.note_traffic();
+            }
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }
@@ -715,7 +699,7 @@ where
     let mut out = BytesMut::new();
     loop {
         let mut packets = 0u64;
-        let mut flows = 0u64;
+        let mut traffic = false;
         loop {
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
@@ -741,7 +725,7 @@ where
                         return End::BackendClosed;
                     }
                     packets += 1;
-                    flows += u64::from(is_message_flow(pkt[0]));
+                    traffic |= is_message_flow(pkt[0]);
                 }
                 Ok(None) => break,
                 // A message larger than the device may receive: drop the session
@@ -751,7 +735,9 @@ where
         }
         if !out.is_empty() {
             shared.metrics.forwarded("down", packets, out.len() as u64);
-            shared.pressure.note_forwarded(flows);
+            if traffic {
+                shared.pressure.note_traffic();
+            }
             if let Err(e) = w.write_all(&out).await {
                 return End::Io(e);
             }

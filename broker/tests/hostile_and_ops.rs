@@ -448,3 +448,33 @@ async fn handshakes_back_off_while_connected_devices_lag_then_recover() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_probe_round_trips_through_the_embedded_broker_unseen_by_tenants() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    // A device subscribed to everything its tenant may see.
+    let tls = device_tls(&env.server_ca, &device("spy", &ca), &[&ca]);
+    let (spy, mut el) = connect_v4(v4_options("spy", env.mqtt_port(), tls))
+        .await
+        .unwrap();
+    spy.subscribe("#", QoS::AtMostOnce).await.unwrap();
+    wait_suback(&mut el).await;
+
+    let mut echo = broker::backend::Echo::connect(&env.broker().shared.backend)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(5), echo.round_trip())
+            .await
+            .expect("the echo comes back")
+            .unwrap();
+    }
+    // Neither this echo nor the broker's own probe reaches a tenant.
+    assert_eq!(
+        next_publish(&mut el, Duration::from_millis(500)).await,
+        None
+    );
+}
