@@ -399,8 +399,18 @@ fn cert_not_found(fp: &str) -> StoreError {
     StoreError::NotFound(format!("Trusted certificate {fp} not found"))
 }
 
-const DEVICE_COLS: &str =
-    "tenant_id, common_name, status, anchor_fingerprint, first_connection, last_connection, created_at";
+macro_rules! device_cols {
+    () => {
+        "tenant_id, common_name, status, anchor_fingerprint, first_connection, last_connection, created_at"
+    };
+}
+const DEVICE_COLS: &str = device_cols!();
+/// The lookup every device connect makes, as one constant string: no formatting per call.
+const GET_DEVICE_SQL: &str = concat!(
+    "SELECT ",
+    device_cols!(),
+    " FROM devices WHERE tenant_id = ?1 AND common_name = ?2"
+);
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let status: String = r.get(2)?;
@@ -417,11 +427,9 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
 
 fn get_device(c: &Connection, tenant: &str, cn: &str) -> StoreResult<Option<DeviceRecord>> {
     // Every connect asks: the statement is parsed once and cached.
-    Ok(c.prepare_cached(&format!(
-        "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = ?1 AND common_name = ?2"
-    ))?
-    .query_row(params![tenant, cn], device_row)
-    .optional()?)
+    Ok(c.prepare_cached(GET_DEVICE_SQL)?
+        .query_row(params![tenant, cn], device_row)
+        .optional()?)
 }
 
 const CRL_COLS: &str =
