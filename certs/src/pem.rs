@@ -410,39 +410,6 @@ pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
 pub const MAX_SCRYPT_BYTES: u64 = 256 << 20;
 const MAX_SCRYPT_LANES: u16 = 16;
 
-/// Refuses key-derivation parameters that would cost more than the caps above, before
-/// any derivation runs.
-fn check_kdf_cost(scheme: &pkcs5::EncryptionScheme<'_>) -> Result<(), ReadError> {
-    let Some(pbes2) = scheme.pbes2() else {
-        return Ok(());
-    };
-    match &pbes2.kdf {
-        pkcs5::pbes2::Kdf::Pbkdf2(k) if k.iteration_count > MAX_PBKDF2_ITERATIONS => {
-            Err(ReadError::UnsupportedEncryption(format!(
-                "PBKDF2 with {} iterations (at most {MAX_PBKDF2_ITERATIONS} accepted)",
-                k.iteration_count
-            )))
-        }
-        pkcs5::pbes2::Kdf::Scrypt(k) => {
-            let bytes = 128u64
-                .saturating_mul(u64::from(k.block_size))
-                .saturating_mul(k.cost_parameter);
-            if bytes > MAX_SCRYPT_BYTES || k.parallelization > MAX_SCRYPT_LANES {
-                Err(ReadError::UnsupportedEncryption(format!(
-                    "scrypt with N={}, r={}, p={} (at most {} MiB and {MAX_SCRYPT_LANES} lanes accepted)",
-                    k.cost_parameter,
-                    k.block_size,
-                    k.parallelization,
-                    MAX_SCRYPT_BYTES >> 20
-                )))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
 /// One DER element: (tag, contents, rest of the input).
 fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
@@ -496,9 +463,8 @@ fn too_many_iterations(what: &str, n: u64) -> ReadError {
     ))
 }
 
-/// Walks a PKCS#12 file (into OCTET STRINGs that hold DER too) and refuses it when a
-/// MAC, PBE or PBES2 parameter set would cost more than the caps of encrypted keys,
-/// before the keystore library derives anything.
+/// Refuses a PKCS#12 file whose MAC, PBE or PBES2 parameters would cost more than the
+/// caps of encrypted keys, before the keystore library derives anything.
 fn check_pkcs12_cost(pfx: &[u8]) -> Result<(), ReadError> {
     // PFX ::= SEQUENCE { version, authSafe, macData SEQUENCE { mac, macSalt, iterations } }
     if let Some((0x30, contents, _)) = der_element(pfx) {
@@ -517,6 +483,8 @@ fn check_pkcs12_cost(pfx: &[u8]) -> Result<(), ReadError> {
     walk_kdf_parameters(pfx, 0)
 }
 
+/// Walks DER (into constructed elements and OCTET STRINGs that hold DER too) and checks
+/// every PBKDF2, scrypt or PKCS#12 PBE AlgorithmIdentifier against the caps.
 fn walk_kdf_parameters(input: &[u8], depth: u32) -> Result<(), ReadError> {
     if depth > 24 {
         return Ok(());
@@ -577,7 +545,8 @@ fn check_algorithm(seq: &[u8]) -> Result<(), ReadError> {
 fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>, ReadError> {
     let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der)
         .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
-    check_kdf_cost(&info.encryption_algorithm)?;
+    // The same walk as for PKCS#12: the PBES2 parameters' PBKDF2 or scrypt costs.
+    walk_kdf_parameters(der, 0)?;
     let doc = info.decrypt(passphrase).map_err(|e| match e {
         pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
             ReadError::UnsupportedEncryption(oid.to_string())
