@@ -14,6 +14,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# free_port, wait_port, stop_pid.
+# shellcheck source=loadtest/scripts/lib.sh
+. "$ROOT/loadtest/scripts/lib.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BASE=""
 HEAD="HEAD"
@@ -39,7 +42,7 @@ case "$DEVICES" in ''|*[!0-9]*) die "--devices must be a number" ;; esac
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/compare-builds.XXXXXX")"
 PID=""
 cleanup() {
-  [ -z "$PID" ] || { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+  stop_pid "$PID"
   for w in "$WORK"/tree-*; do [ -d "$w" ] && git -C "$ROOT" worktree remove --force "$w" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
@@ -61,25 +64,22 @@ LOADTEST="$TARGET/release/loadtest"
 # A device CA shared by every run, so that later runs reconnect registered devices.
 "$TARGET/release/certs" ca create --cn "compare-builds CA" --out "$WORK/ca" >/dev/null
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 export BROKER_ADMIN_PASSWORD="compare-$RANDOM-$RANDOM-$RANDOM"
 
 start() { # name
   local d="$WORK/run"
   rm -rf "$d"; mkdir -p "$d"
-  MQTT=$(port); ADMIN=$(port); METRICS=$(port)
+  MQTT=$(free_port); ADMIN=$(free_port); METRICS=$(free_port)
   "$WORK/broker-$1" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$MQTT" \
     --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" >"$d/log" 2>&1 &
   PID=$!
-  for _ in $(seq 100); do [ -s "$d/data/server.crt" ] && break; sleep 0.1; done
-  [ -s "$d/data/server.crt" ] || die "$1 did not start"
-  sleep 0.5
+  wait_port "$MQTT" "$PID" 30 && wait_port "$ADMIN" "$PID" 30 || die "$1 did not start"
   COMMON=(--broker "127.0.0.1:$MQTT" --server-ca "$d/data/server.crt" --quiet
           --source-ips 127.0.0.1-127.0.0.20 --ca-cert "$WORK/ca/ca.crt" --ca-key "$WORK/ca/ca.key"
           --scenario storm --concurrency 32)
 }
-stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
+stop() { stop_pid "$PID"; PID=""; }
 lt() { nice -n 10 "$LOADTEST" run "${COMMON[@]}" "$@"; }
 field() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"r": r}))' "$@"; }
 

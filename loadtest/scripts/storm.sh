@@ -20,6 +20,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# free_port, wait_port, stop_pid.
+# shellcheck source=loadtest/scripts/lib.sh
+. "$ROOT/loadtest/scripts/lib.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 CONFIG=""
 STORM=5000
@@ -55,23 +58,21 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/storm.XXXXXX")"
 PID=""
 cleanup() {
-  [ -z "$PID" ] || { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+  stop_pid "$PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MQTT=$(port); ADMIN=$(port); METRICS=$(port)
+MQTT=$(free_port); ADMIN=$(free_port); METRICS=$(free_port)
 export BROKER_ADMIN_PASSWORD="storm-$RANDOM-$RANDOM-$RANDOM"
 args=(--data-dir "$WORK/data" --mqtt-listen "127.0.0.1:$MQTT" --admin-listen "127.0.0.1:$ADMIN"
       --metrics-listen "127.0.0.1:$METRICS")
 [ -z "$CONFIG" ] || args=(--config "$CONFIG" "${args[@]}")
 "$BROKER" "${args[@]}" >"$OUT/broker.log" 2>&1 &
 PID=$!
-for _ in $(seq 100); do [ -s "$WORK/data/server.crt" ] && break; sleep 0.1; done
-[ -s "$WORK/data/server.crt" ] || die "the broker did not start (see $OUT/broker.log)"
-sleep 0.5
+wait_port "$MQTT" "$PID" 30 && wait_port "$ADMIN" "$PID" 30 \
+  || die "the broker did not start (see $OUT/broker.log)"
 "$BROKER" print-config ${CONFIG:+--config "$CONFIG"} >"$OUT/broker-config.toml"
 
 COMMON=(--broker "127.0.0.1:$MQTT" --admin "https://127.0.0.1:$ADMIN"
