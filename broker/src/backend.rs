@@ -1,6 +1,7 @@
-//! Where sessions are forwarded: the embedded rumqttd (several loopback listeners per
-//! protocol level, so its per-listener accept pacing is not the limit) or an external
-//! broker over `mqtt://` / `mqtts://`.
+//! Where sessions are forwarded: the embedded rumqttd, reached in-process through
+//! [`crate::link`] (or over several loopback listeners per protocol level, so its
+//! per-listener accept pacing is not the limit), or an external broker over `mqtt://` /
+//! `mqtts://`.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Transport};
+use crate::link::Hub;
 use crate::mqtt::Version;
 
 /// A byte stream to the backend.
@@ -34,6 +36,8 @@ pub enum BackendError {
 
 /// Connects sessions to the backend.
 pub struct BackendPool {
+    /// The embedded rumqttd's router, when sessions reach it in-process.
+    hub: Option<Arc<Hub>>,
     v4: Vec<String>,
     v5: Vec<String>,
     next: AtomicUsize,
@@ -52,6 +56,7 @@ impl BackendPool {
         {
             Backend::Embedded => start_embedded(config).await,
             Backend::Mqtt(addr) => Ok(BackendPool {
+                hub: None,
                 v4: vec![addr.clone()],
                 v5: vec![addr],
                 next: AtomicUsize::new(0),
@@ -82,6 +87,7 @@ impl BackendPool {
                 let name = rustls::pki_types::ServerName::try_from(host)
                     .map_err(|e| BackendError::Ca(e.to_string()))?;
                 Ok(BackendPool {
+                    hub: None,
                     v4: vec![addr.clone()],
                     v5: vec![addr],
                     next: AtomicUsize::new(0),
@@ -91,8 +97,12 @@ impl BackendPool {
         }
     }
 
-    /// Opens a connection for a session of the given protocol level (TCP_NODELAY set).
+    /// Opens a connection for a session of the given protocol level: an in-process link,
+    /// or a TCP connection (TCP_NODELAY set).
     pub async fn connect(&self, version: Version) -> std::io::Result<Box<dyn Io>> {
+        if let Some(hub) = &self.hub {
+            return Ok(Box::new(hub.session(version == Version::V5)));
+        }
         let tcp = self.connect_tcp(version).await?;
         self.wrap(tcp).await
     }
@@ -105,6 +115,9 @@ impl BackendPool {
         version: Version,
         runtime: &tokio::runtime::Handle,
     ) -> std::io::Result<Box<dyn Io>> {
+        if let Some(hub) = &self.hub {
+            return Ok(Box::new(hub.session(version == Version::V5)));
+        }
         let tcp = self.connect_tcp(version).await?.into_std()?;
         let tcp = {
             let _entered = runtime.enter();
@@ -208,14 +221,10 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
         v5: Some(v5),
         ..Default::default()
     };
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(rconfig);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })
+    // The mount prefix makes a session's packets longer than the device's.
+    let max_packet = config.limits.max_packet_size.saturating_add(64 * 1024);
+    let hub = Hub::start(rconfig, max_packet)
+        .await
         .map_err(|e| BackendError::Start(e.to_string()))?;
     // Wait until every listener accepts.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -230,8 +239,9 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
             }
         }
     }
-    tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, "embedded rumqttd listening on loopback");
+    tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, "embedded rumqttd listening on loopback");
     Ok(BackendPool {
+        hub: (e.transport == Transport::InProcess).then_some(hub),
         v4: v4_addrs,
         v5: v5_addrs,
         next: AtomicUsize::new(0),

@@ -84,6 +84,21 @@ pub struct Embedded {
     pub max_connections: usize,
     /// Maximum in-flight QoS 1/2 messages per connection.
     pub max_inflight: usize,
+    /// How sessions reach it: `in_process` (a link into its router, default) or
+    /// `loopback` (a TCP connection to one of its listeners, as an external broker
+    /// would be reached; for comparison).
+    pub transport: Transport,
+}
+
+/// How sessions reach the embedded rumqttd.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A link into rumqttd's router: no second socket per session.
+    #[default]
+    InProcess,
+    /// A loopback TCP connection to one of its listeners.
+    Loopback,
 }
 
 impl Default for Config {
@@ -129,6 +144,7 @@ impl Default for Embedded {
             v5_listeners: 2,
             max_connections: 100_000,
             max_inflight: 100,
+            transport: Transport::InProcess,
         }
     }
 }

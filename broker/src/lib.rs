@@ -12,6 +12,7 @@
 //! - [`session`]: one device session.
 //! - [`mqtt`]: framing and topic mounting.
 //! - [`backend`]: embedded rumqttd or an external broker.
+//! - [`link`]: sessions' in-process links into the embedded rumqttd.
 //! - [`metrics`]: Prometheus metrics.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;

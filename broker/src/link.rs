@@ -1,0 +1,660 @@
+//! The embedded rumqttd reached in-process: each session gets a link into rumqttd's router,
+//! the same kind its own network connections use, instead of a loopback TCP connection
+//! to one of its listeners. A message then crosses one socket (the device's) instead of
+//! three, and a session costs no second TCP connection, accept or per-connection task.
+//!
+//! [`LinkIo`] keeps the byte-stream interface of the other backends: the session writes
+//! MQTT packets (already mounted under the tenant) and reads the broker's answers. It
+//! decodes what the session writes with rumqttd's own codec into its router, and
+//! encodes what the router sends back. It also does the few things rumqttd's network
+//! layer does around a link and its local links cannot: it publishes a session's will
+//! (honouring the MQTT 5 will delay), and it tells the router when the session ends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol,
+    PublishProperties, QoS,
+};
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+
+/// A link as the router hands it out: sending half, receiving half, and the CONNACK.
+type Link = (LinkTx, LinkRx, Notification);
+
+/// The client ID of the front-end's own link that publishes wills.
+const WILLS_CLIENT_ID: &str = "!front-end.wills";
+
+/// A request for a new link, served by the connector thread.
+struct LinkRequest {
+    client_id: String,
+    clean: bool,
+    topic_alias_max: u16,
+    reply: oneshot::Sender<Result<Link, LinkError>>,
+}
+
+/// A will to publish, with its MQTT 5 properties.
+type Will = (LastWill, Option<LastWillProperties>);
+
+/// rumqttd's router, started by the front-end, and what sessions need to reach it.
+pub struct Hub {
+    /// To the thread that registers links with the router. Registration waits for the
+    /// router's answer, so it runs on its own thread and never blocks a runtime worker.
+    requests: std::sync::mpsc::Sender<LinkRequest>,
+    /// To the task that publishes wills through the front-end's own link.
+    wills: mpsc::UnboundedSender<Will>,
+    /// Wills waiting out their delay, by client ID: a generation, and a sender that
+    /// fires (`true`) or cancels (`false`) the will early.
+    delayed: Mutex<HashMap<String, (u64, oneshot::Sender<bool>)>>,
+    generation: AtomicU64,
+    /// Largest packet rumqttd's codec accepts from a session: the device limit plus room
+    /// for the tenant mount prefix.
+    max_packet: usize,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("max_packet", &self.max_packet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Starts rumqttd's router and its loopback listeners (each on its own thread, as
+    /// `rumqttd::Broker::start` does), the link registration thread and the will
+    /// publisher. Must run inside a tokio runtime (the will publisher is a task).
+    pub async fn start(config: rumqttd::Config, max_packet: usize) -> io::Result<Arc<Hub>> {
+        let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
+        let listeners = config
+            .v4
+            .iter()
+            .flatten()
+            .map(|(_, s)| (s.clone(), false))
+            .chain(config.v5.iter().flatten().map(|(_, s)| (s.clone(), true)));
+        for (settings, v5) in listeners {
+            let router_tx = router_tx.clone();
+            std::thread::Builder::new()
+                .name(settings.name.clone())
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "embedded broker listener not started");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let result = if v5 {
+                            rumqttd::Server::new(settings, router_tx, V5)
+                                .start(rumqttd::LinkType::Remote)
+                                .await
+                        } else {
+                            rumqttd::Server::new(settings, router_tx, V4)
+                                .start(rumqttd::LinkType::Remote)
+                                .await
+                        };
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "embedded broker listener stopped");
+                        }
+                    });
+                })?;
+        }
+
+        let (requests, queue) = std::sync::mpsc::channel::<LinkRequest>();
+        std::thread::Builder::new()
+            .name("rumqttd-links".into())
+            .spawn(move || {
+                while let Ok(r) = queue.recv() {
+                    let link = LinkBuilder::new(&r.client_id, router_tx.clone())
+                        .clean_session(r.clean)
+                        .dynamic_filters(true)
+                        .topic_alias_max(r.topic_alias_max)
+                        .build();
+                    let _ = r.reply.send(link);
+                }
+            })?;
+
+        let (wills, pending) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub {
+            requests,
+            wills,
+            delayed: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            max_packet,
+        });
+        let (tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
+        tokio::spawn(publish_wills(tx, pending));
+        tokio::spawn(drain(rx));
+        Ok(hub)
+    }
+
+    /// Registers a link with the router (from any runtime).
+    async fn link(&self, client_id: String, clean: bool, topic_alias_max: u16) -> io::Result<Link> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(LinkRequest {
+                client_id,
+                clean,
+                topic_alias_max,
+                reply,
+            })
+            .map_err(|_| io::Error::other("the embedded broker's link thread stopped"))?;
+        match answer.await {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(e)) => Err(io::Error::other(format!(
+                "embedded broker refused the link: {e}"
+            ))),
+            Err(_) => Err(io::Error::other(
+                "the embedded broker's link thread stopped",
+            )),
+        }
+    }
+
+    /// A new session stream for a device speaking `v5` (MQTT 5) or 3.1.1.
+    pub fn session(self: &Arc<Self>, v5: bool) -> LinkIo {
+        LinkIo {
+            hub: self.clone(),
+            v5,
+            state: State::Idle,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            read_waker: None,
+            will: None,
+            will_delay: 0,
+            client_id: String::new(),
+            disconnect_sent: false,
+            router_closed: false,
+            wake_router: false,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Publishes `will` for `client_id` now, or after `delay` seconds unless a session
+    /// with that client ID connects again first (MQTT 5, 3.1.3.2.2).
+    fn publish_will(self: &Arc<Self>, client_id: String, will: Will, delay: u32) {
+        if delay == 0 {
+            let _ = self.wills.send(will);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = self.wills.send(will);
+            return;
+        };
+        let (fire, early) = oneshot::channel();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let replaced = self
+            .delayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone(), (generation, fire));
+        // An older will of the same client is due now (its sender fires on drop).
+        drop(replaced);
+        let hub = self.clone();
+        runtime.spawn(async move {
+            let publish = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => true,
+                // Cancelled by a resumed session, fired by a new clean one or a newer will.
+                early = early => early.unwrap_or(true),
+            };
+            let mut delayed = hub.delayed.lock().unwrap_or_else(|p| p.into_inner());
+            if delayed
+                .get(&client_id)
+                .is_some_and(|(g, _)| *g == generation)
+            {
+                delayed.remove(&client_id);
+            }
+            drop(delayed);
+            if publish {
+                let _ = hub.wills.send(will);
+            }
+        });
+    }
+
+    /// A session with `client_id` connects: a will still waiting for its delay is
+    /// published if the new session starts clean (the old session ended), and dropped if
+    /// it resumes the session.
+    fn reconnected(&self, client_id: &str, clean: bool) {
+        let waiting = self
+            .delayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+        if let Some((_, fire)) = waiting {
+            let _ = fire.send(clean);
+        }
+    }
+}
+
+/// Publishes wills through the front-end's own link, in order.
+async fn publish_wills(mut tx: LinkTx, mut pending: mpsc::UnboundedReceiver<Will>) {
+    let mut pkid: u16 = 0;
+    while let Some((will, props)) = pending.recv().await {
+        pkid = pkid.checked_add(1).unwrap_or(1);
+        let Some(publish) = will_publish(will, props, pkid) else {
+            continue;
+        };
+        if tx.send(publish).await.is_err() {
+            tracing::error!("the embedded broker's router stopped: wills are not published");
+            return;
+        }
+    }
+}
+
+/// Reads (and drops) what the router sends to a link of the front-end's own.
+async fn drain(mut rx: LinkRx) {
+    loop {
+        match rx.next().await {
+            Ok(Some(Notification::Unschedule)) => {
+                if rx.wake().await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The PUBLISH a will turns into. rumqttd's `Publish` keeps its QoS private, so the
+/// packet is decoded from its wire form. QoS 2 wills go out at QoS 1: the front-end's
+/// will link completes QoS 1 flows only.
+fn will_publish(will: LastWill, props: Option<LastWillProperties>, pkid: u16) -> Option<Packet> {
+    let qos = match will.qos {
+        QoS::AtMostOnce => 0u8,
+        _ => 1,
+    };
+    let topic_len = u16::try_from(will.topic.len()).ok()?.to_be_bytes();
+    let id = pkid.to_be_bytes();
+    let mut parts: Vec<&[u8]> = vec![&topic_len, &will.topic];
+    if qos > 0 {
+        parts.push(&id);
+    }
+    parts.push(&will.message);
+    let mut wire = BytesMut::new();
+    crate::mqtt::write_packet(&mut wire, 0x30 | (qos << 1) | u8::from(will.retain), &parts);
+    let Ok(Packet::Publish(publish, _)) = V4.read_mut(&mut wire, usize::MAX >> 4) else {
+        return None;
+    };
+    let props = props.map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    Some(Packet::Publish(publish, props))
+}
+
+/// Polls a future once. For rumqttd's `LinkTx::send`, whose body never awaits (it
+/// queues the packet and blocks on the router's channel if that is full, as all of
+/// rumqttd's links do), so it completes on the first poll.
+fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// The next notifications of a link: waits for the first, then takes what the router
+/// handed over with it. Owns the receiver while it waits, and gives it back.
+type NextBatch =
+    Pin<Box<dyn Future<Output = (LinkRx, Vec<Notification>, Result<(), LinkError>)> + Send>>;
+
+async fn next_batch(
+    mut rx: LinkRx,
+    mut batch: Vec<Notification>,
+    wake: bool,
+) -> (LinkRx, Vec<Notification>, Result<(), LinkError>) {
+    if wake {
+        if let Err(e) = rx.wake().await {
+            return (rx, batch, Err(e));
+        }
+    }
+    loop {
+        match rx.next().await {
+            Ok(Some(n)) => {
+                batch.push(n);
+                break;
+            }
+            Ok(None) => continue,
+            Err(e) => return (rx, batch, Err(e)),
+        }
+    }
+    while let Some(Ok(Some(n))) = poll_once(rx.next()) {
+        batch.push(n);
+    }
+    (rx, batch, Ok(()))
+}
+
+enum Receiver {
+    Ready(LinkRx),
+    Waiting(NextBatch),
+}
+
+enum State {
+    /// Nothing written yet: the session's CONNECT comes first.
+    Idle,
+    /// CONNECT sent to the link thread; packets written meanwhile wait in `pending`.
+    Connecting {
+        answer: oneshot::Receiver<Result<Link, LinkError>>,
+        pending: Vec<Packet>,
+    },
+    Connected {
+        tx: LinkTx,
+        rx: Option<Receiver>,
+    },
+    /// The router refused or dropped the session, or the session ended.
+    Closed,
+}
+
+/// One session's stream into the embedded broker (see the module docs).
+pub struct LinkIo {
+    hub: Arc<Hub>,
+    v5: bool,
+    state: State,
+    /// Written by the session, not yet a whole packet.
+    input: BytesMut,
+    /// Encoded for the session to read.
+    output: BytesMut,
+    read_waker: Option<Waker>,
+    will: Option<Will>,
+    will_delay: u32,
+    client_id: String,
+    disconnect_sent: bool,
+    router_closed: bool,
+    /// The router stopped scheduling this link because its queue was full; tell it when
+    /// the queue has been taken.
+    wake_router: bool,
+    batch: Vec<Notification>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl LinkIo {
+    fn decode(&mut self) -> Result<Option<Packet>, io::Error> {
+        if self.input.is_empty() {
+            return Ok(None);
+        }
+        let max = self.hub.max_packet;
+        let decoded = if self.v5 {
+            V5.read_mut(&mut self.input, max)
+        } else {
+            V4.read_mut(&mut self.input, max)
+        };
+        match decoded {
+            Ok(p) => Ok(Some(p)),
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(invalid(e)),
+        }
+    }
+
+    fn encode(&mut self, packet: Packet) -> io::Result<()> {
+        let written = if self.v5 {
+            V5.write(packet, &mut self.output)
+        } else {
+            V4.write(packet, &mut self.output)
+        };
+        written.map(|_| ()).map_err(invalid)
+    }
+
+    /// Takes the whole packets the session wrote to the router.
+    fn absorb(&mut self) -> io::Result<()> {
+        let mut ready = Vec::new();
+        while let Some(packet) = self.decode()? {
+            match packet {
+                Packet::Connect(connect, props, will, will_props, _) => {
+                    if !matches!(self.state, State::Idle) {
+                        return Err(invalid("second CONNECT"));
+                    }
+                    let session_expiry = props
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval)
+                        .unwrap_or(0);
+                    let delay = will_props
+                        .as_ref()
+                        .and_then(|p| p.delay_interval)
+                        .unwrap_or(0);
+                    self.will_delay = session_expiry.min(delay);
+                    self.will = will.map(|w| (w, will_props));
+                    self.client_id = connect.client_id.clone();
+                    self.hub
+                        .reconnected(&connect.client_id, connect.clean_session);
+                    let topic_alias_max = props.and_then(|p| p.topic_alias_max).unwrap_or(0);
+                    let (reply, answer) = oneshot::channel();
+                    self.hub
+                        .requests
+                        .send(LinkRequest {
+                            client_id: connect.client_id,
+                            clean: connect.clean_session,
+                            topic_alias_max,
+                            reply,
+                        })
+                        .map_err(|_| {
+                            io::Error::other("the embedded broker's link thread stopped")
+                        })?;
+                    self.state = State::Connecting {
+                        answer,
+                        pending: Vec::new(),
+                    };
+                    if let Some(w) = self.read_waker.take() {
+                        w.wake();
+                    }
+                }
+                Packet::Disconnect(d, props) => {
+                    if d.reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
+                        self.will = None;
+                    }
+                    self.disconnect_sent = true;
+                    ready.push(Packet::Disconnect(d, props));
+                }
+                p => ready.push(p),
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        match &mut self.state {
+            State::Connecting { pending, .. } => pending.append(&mut ready),
+            State::Connected { tx, .. } => send(tx, ready)?,
+            State::Idle => return Err(invalid("a packet before CONNECT")),
+            State::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
+        }
+        Ok(())
+    }
+
+    /// The router answered the CONNECT: the CONNACK goes to the session, the packets
+    /// written meanwhile to the router.
+    fn connected(&mut self, link: Link, pending: Vec<Packet>) -> io::Result<()> {
+        let (mut tx, rx, connack) = link;
+        if let Some(p) = Option::<Packet>::from(connack) {
+            self.encode(p)?;
+        }
+        if !pending.is_empty() {
+            send(&mut tx, pending)?;
+        }
+        self.state = State::Connected {
+            tx,
+            rx: Some(Receiver::Ready(rx)),
+        };
+        Ok(())
+    }
+
+    /// Ends the session with the router: the will unless the device disconnected
+    /// cleanly, then DISCONNECT (unless the router already dropped the link).
+    fn finish(&mut self) {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Connected { mut tx, .. } => {
+                if let Some(will) = self.will.take() {
+                    self.hub.publish_will(
+                        std::mem::take(&mut self.client_id),
+                        will,
+                        self.will_delay,
+                    );
+                }
+                if !self.disconnect_sent && !self.router_closed {
+                    let bye = Packet::Disconnect(
+                        Disconnect {
+                            reason_code: DisconnectReasonCode::NormalDisconnection,
+                        },
+                        None,
+                    );
+                    let _ = poll_once(tx.send(bye));
+                }
+            }
+            // The session ended before the router answered: take the link down once it
+            // exists.
+            State::Connecting { answer, .. } => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if let Ok(Ok((mut tx, _rx, _))) = answer.await {
+                            let bye = Packet::Disconnect(
+                                Disconnect {
+                                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                                },
+                                None,
+                            );
+                            let _ = tx.send(bye).await;
+                        }
+                    });
+                }
+            }
+            State::Idle | State::Closed => {}
+        }
+    }
+}
+
+/// Queues `packets` for the router and tells it once.
+fn send(tx: &mut LinkTx, mut packets: Vec<Packet>) -> io::Result<()> {
+    let Some(last) = packets.pop() else {
+        return Ok(());
+    };
+    if !packets.is_empty() {
+        tx.buffer().extend(packets);
+    }
+    match poll_once(tx.send(last)) {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(io::ErrorKind::BrokenPipe.into()),
+    }
+}
+
+impl AsyncRead for LinkIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.output.is_empty() {
+                let n = this.output.len().min(buf.remaining());
+                buf.put_slice(&this.output[..n]);
+                this.output.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match &mut this.state {
+                State::Idle => {
+                    this.read_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                State::Connecting { answer, pending } => {
+                    let link = match Pin::new(answer).poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(Ok(link))) => link,
+                        // Refused (rumqttd drops a link it has no room for): end of stream,
+                        // which the session answers as a refusal.
+                        Poll::Ready(_) => {
+                            this.state = State::Closed;
+                            this.router_closed = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                    };
+                    let pending = std::mem::take(pending);
+                    this.connected(link, pending)?;
+                }
+                State::Connected { rx, .. } => {
+                    let mut future = match rx.take() {
+                        Some(Receiver::Ready(r)) => {
+                            let batch = std::mem::take(&mut this.batch);
+                            let wake = std::mem::take(&mut this.wake_router);
+                            Box::pin(next_batch(r, batch, wake)) as NextBatch
+                        }
+                        Some(Receiver::Waiting(f)) => f,
+                        None => return Poll::Ready(Ok(())),
+                    };
+                    let (r, mut batch, result) = match future.as_mut().poll(cx) {
+                        Poll::Pending => {
+                            *rx = Some(Receiver::Waiting(future));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(v) => v,
+                    };
+                    if result.is_err() {
+                        // The router dropped the link (a newer session took the client ID
+                        // over): end of stream. The will still goes out when the session
+                        // ends.
+                        this.router_closed = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    *rx = Some(Receiver::Ready(r));
+                    for n in batch.drain(..) {
+                        match Option::<Packet>::from(n) {
+                            Some(p) => this.encode(p)?,
+                            None => this.wake_router = true,
+                        }
+                    }
+                    this.batch = batch;
+                }
+                State::Closed => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for LinkIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.input.extend_from_slice(buf);
+        Poll::Ready(this.absorb().map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LinkIo {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
