@@ -31,6 +31,8 @@ pub(crate) enum End {
     Io(#[allow(dead_code)] std::io::Error),
     /// Trust withdrawn: (MQTT 5 reason code, metric label).
     Revoked(u8, &'static str),
+    /// Nothing came from the device for one and a half keep-alive periods.
+    KeepAliveTimeout,
     /// The broker is shutting down.
     Shutdown,
 }
@@ -524,16 +526,8 @@ where
         let down_mount = Mount::new(tenant);
         let end = {
             let up = pump_up(
-                &mut dr,
-                &mut bw,
-                dbuf,
-                &mut mount,
-                version,
-                max,
-                keep_alive == 0,
-                &own_pings,
-                &inflight,
-                &shared,
+                &mut dr, &mut bw, dbuf, &mut mount, version, max, keep_alive, &own_pings,
+                &inflight, &shared,
             );
             let down = pump_down(
                 &mut br,
@@ -576,6 +570,15 @@ where
                         .await;
                 }
             }
+            End::KeepAliveTimeout => {
+                shared.metrics.refused("keep_alive_timeout");
+                tracing::info!(tenant, cn, keep_alive, "session closed: keep-alive expired");
+                if version == Version::V5 {
+                    let _ = dw
+                        .write_all(&mqtt::disconnect_v5(codes::V5_KEEP_ALIVE_TIMEOUT))
+                        .await;
+                }
+            }
             End::Shutdown => {
                 if version == Version::V5 {
                     let _ = dw
@@ -607,7 +610,7 @@ async fn pump_up<R, W>(
     mount: &mut Mount,
     version: Version,
     max: usize,
-    ping_backend: bool,
+    keep_alive: u16,
     own_pings: &AtomicU32,
     inflight: &Inflight,
     shared: &Shared,
@@ -618,8 +621,16 @@ where
 {
     let mut out = BytesMut::new();
     // Keep-alive 0 devices: keep the backend session alive ourselves.
+    let ping_backend = keep_alive == 0;
     let mut ping = tokio::time::interval(Duration::from_secs(3600));
     ping.tick().await;
+    // The device must send something within one and a half keep-alive periods
+    // (MQTT 3.1.1 3.1.2.10, MQTT 5 3.1.2.11). The timer is re-armed only when it fires,
+    // not on every read.
+    let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
+    let mut last_read = tokio::time::Instant::now();
+    let expiry = tokio::time::sleep(idle_limit);
+    tokio::pin!(expiry);
     loop {
         let mut packets = 0u64;
         let mut traffic = false;
@@ -667,9 +678,16 @@ where
         tokio::select! {
             r = r.read_buf(&mut buf) => match r {
                 Ok(0) => return End::DeviceClosed,
-                Ok(_) => {}
+                Ok(_) => last_read = tokio::time::Instant::now(),
                 Err(e) => return End::Io(e),
             },
+            _ = &mut expiry, if keep_alive > 0 => {
+                let due = last_read + idle_limit;
+                if tokio::time::Instant::now() >= due {
+                    return End::KeepAliveTimeout;
+                }
+                expiry.as_mut().reset(due);
+            }
             _ = ping.tick(), if ping_backend => {
                 own_pings.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = w.write_all(&[0xC0, 0x00]).await {

@@ -366,6 +366,65 @@ async fn oversized_packet_gets_disconnect_0x95() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_device_is_closed_after_one_and_a_half_keep_alives() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let dev = device("quiet", &ca);
+    // A raw MQTT 5 client that asks for a 1 s keep-alive and then sends nothing, not even
+    // PINGREQ (a device whose network vanished looks the same from here).
+    let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, &dev, &[&ca]));
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let connect: &[u8] = &[
+        0x10, 0x12, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x01, 0x00, 0x00, 0x05,
+        b'q', b'u', b'i', b'e', b't',
+    ];
+    tls.write_all(connect).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (buf[0], buf[3]),
+        (0x20, 0x00),
+        "CONNACK success: {:?}",
+        &buf[..n]
+    );
+    let silent_since = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+        .await
+        .expect("closed within 10 s")
+        .unwrap();
+    let after = silent_since.elapsed();
+    assert_eq!(
+        got,
+        vec![0xE0, 0x02, 0x8D, 0x00],
+        "DISCONNECT 0x8D Keep Alive timeout"
+    );
+    assert!(
+        after >= Duration::from_millis(1400),
+        "closed after {after:?}, before 1.5 keep-alive periods"
+    );
+    let metrics = env.metrics().await;
+    assert!(
+        metrics.contains("reason=\"keep_alive_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// The value of a metric line without labels.
 fn gauge(metrics: &str, name: &str) -> f64 {
     metrics
