@@ -414,7 +414,7 @@ impl LinkIo {
         let written = if self.v5 {
             V5.write(packet, &mut self.output)
         } else {
-            V4.write(packet, &mut self.output)
+            V4.write(without_properties(packet), &mut self.output)
         };
         written.map(|_| ()).map_err(invalid)
     }
@@ -542,6 +542,27 @@ impl LinkIo {
             }
             State::Idle | State::Closed => {}
         }
+    }
+}
+
+/// The packet without MQTT 5 properties, for a 3.1.1 session. The router attaches them
+/// to messages from MQTT 5 publishers (a will's, say), and rumqttd's 3.1.1 encoder
+/// panics on them.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(c, _, will, _, login) => Packet::Connect(c, None, will, None, login),
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::Subscribe(p, _) => Packet::Subscribe(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::Unsubscribe(p, _) => Packet::Unsubscribe(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        p @ (Packet::PingReq(_) | Packet::PingResp(_)) => p,
     }
 }
 

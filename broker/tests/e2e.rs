@@ -417,3 +417,120 @@ async fn will_and_persistent_session() {
         ("inbox/sleeper", &b"while you slept"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_delay_is_honoured_and_a_resumed_session_cancels_the_will() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let port = env.mqtt_port();
+    let watcher = device("watcher", &ca);
+    let (w, mut wel) = connect_v4(v4_options(
+        "watcher",
+        port,
+        device_tls(&env.server_ca, &watcher, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    w.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut wel).await;
+
+    // An MQTT 5 device with a persistent session and a will delayed by 2 s.
+    let lazarus = device("lazarus", &ca);
+    let mut o = v5_options(
+        "lazarus",
+        port,
+        device_tls(&env.server_ca, &lazarus, &[&ca]),
+    );
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let props = LastWillProperties {
+        delay_interval: Some(2),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    o.set_last_will(LastWill::new(
+        "status/lazarus",
+        "gone",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
+
+    // It vanishes, and resumes its session within the delay: no will.
+    let (_l, lel) = connect_v5(o.clone()).await.unwrap();
+    drop(lel);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_l, lel) = connect_v5(o.clone()).await.unwrap();
+    assert_eq!(
+        next_publish(&mut wel, Duration::from_secs(3)).await,
+        None,
+        "will cancelled by the resumed session"
+    );
+
+    // It vanishes for good: the will comes after the delay, not before.
+    drop(lel);
+    let gone = Instant::now();
+    let (topic, payload, _) = next_publish(&mut wel, WAIT).await.expect("delayed will");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("status/lazarus", &b"gone"[..])
+    );
+    let after = gone.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "will published {after:?} after the device vanished, before its 2 s delay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_again_takes_its_session_over() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let port = env.mqtt_port();
+    let twin = device("twin", &ca);
+    let tls = device_tls(&env.server_ca, &twin, &[&ca]);
+    let (_first, first_el) = connect_v4(v4_options("twin", port, tls.clone()))
+        .await
+        .unwrap();
+    let first = drive(first_el);
+
+    // The same device again (say, after a network change the first never noticed).
+    let (second, mut second_el) = connect_v4(v4_options("twin", port, tls)).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("the first session is closed")
+        .unwrap();
+    assert!(ended.is_some(), "the first session's event loop ended");
+
+    // The second session works after the first one's end was handled.
+    second.subscribe("twin/in", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut second_el).await;
+    let sender = device("sender", &ca);
+    let (s, sel) = connect_v4(v4_options(
+        "sender",
+        port,
+        device_tls(&env.server_ca, &sender, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    let _sender = drive(sel);
+    s.publish("twin/in", QoS::AtLeastOnce, false, "for the second")
+        .await
+        .unwrap();
+    let (topic, payload, _) = next_publish(&mut second_el, WAIT)
+        .await
+        .expect("the second session receives");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("twin/in", &b"for the second"[..])
+    );
+}
