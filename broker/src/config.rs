@@ -124,7 +124,7 @@ impl Default for Limits {
             connect_timeout_ms: 10_000,
             max_packet_size: 1024 * 1024,
             shutdown_grace_ms: 5_000,
-            handshake_rate: 3_000,
+            handshake_rate: 10_000,
             handshake_burst: 250,
             handshake_rate_per_source: 1_000,
             handshake_burst_per_source: 1_000,
@@ -278,8 +278,10 @@ max_packet_size = 1048576
 shutdown_grace_ms = 5000
 # Admission control: new TLS handshakes per second (token buckets), all sources and
 # per source address. Excess connections are closed before any TLS work, so a
-# reconnect storm cannot starve the devices already connected.
-handshake_rate = 3000
+# reconnect storm cannot starve the devices already connected. The rate is a ceiling
+# for an otherwise idle node: while devices are connected and forwarding, the admitted
+# share follows their lag (session_lag_target_us).
+handshake_rate = 10000
 handshake_burst = 250
 handshake_rate_per_source = 1000
 handshake_burst_per_source = 1000
@@ -298,7 +300,11 @@ session_lag_target_us = 500
 max_inflight = 100
 
 [embedded]
-# Loopback listeners of the embedded rumqttd; each accepts about 1,000 connections/s.
+# Sessions reach the embedded rumqttd in-process ("in_process", a link into its router)
+# or over a loopback TCP connection each ("loopback", for comparison).
+transport = "in_process"
+# Loopback listeners of the embedded rumqttd (used by "loopback" sessions and by clients
+# reaching rumqttd directly); each accepts about 1,000 connections/s.
 v4_listeners = 4
 v5_listeners = 2
 max_connections = 100000

@@ -20,7 +20,7 @@
 #   latency     the same fleet paced at one message per --interval ms per device (QoS 0 and 1)
 #   memory      fresh brokers, --memory-devices idle mTLS devices held --hold s: RSS growth per
 #               device (the product with as many devices as its fd limit allows: each device
-#               costs it 3 descriptors, see the summary)
+#               costs it one descriptor, 3 with embedded.transport = "loopback")
 #   verify      the certs verify_device criterion benchmark (1 vs 10,000 anchors)
 # Every loadtest run is repeated --repeat times, brokers interleaved; the summary shows medians.
 #
@@ -181,9 +181,14 @@ HARD_NOFILE="$(ulimit -Hn)"
 [ "$HARD_NOFILE" = unlimited ] && HARD_NOFILE=1048576
 ulimit -n "$HARD_NOFILE" 2>/dev/null || true
 NOFILE="$(ulimit -n)"
-# The product holds 3 descriptors per device with the embedded backend: the device's
-# socket, its loopback connection to rumqttd, and rumqttd's end of it.
-PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / 3 ))
+# The product holds one descriptor per device (the device's socket) when sessions reach
+# the embedded rumqttd in-process (the default), and 3 with embedded.transport = "loopback"
+# (plus the loopback connection to rumqttd and rumqttd's end of it).
+FDS_PER_DEVICE=1
+if [ -n "$BROKER_CONFIG" ] && grep -Eq '^[[:space:]]*transport[[:space:]]*=[[:space:]]*"loopback"' "$BROKER_CONFIG"; then
+  FDS_PER_DEVICE=3
+fi
+PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / FDS_PER_DEVICE ))
 
 # --- machine ------------------------------------------------------------------------------
 {
@@ -449,9 +454,9 @@ if section memory; then
   PRODUCT_MEMORY_DEVICES=$MEMORY_DEVICES
   if [ "$PRODUCT_MEMORY_DEVICES" -gt "$PRODUCT_MAX_DEVICES" ]; then
     PRODUCT_MEMORY_DEVICES=$PRODUCT_MAX_DEVICES
-    say "memory: the product gets $PRODUCT_MEMORY_DEVICES devices (open files limit $NOFILE, 3 per device)"
+    say "memory: the product gets $PRODUCT_MEMORY_DEVICES devices (open files limit $NOFILE, $FDS_PER_DEVICE per device)"
   fi
-  echo "product memory devices: $PRODUCT_MEMORY_DEVICES (open files limit $NOFILE; the product holds 3 descriptors per device with the embedded backend)" >> "$OUT/machine.txt"
+  echo "product memory devices: $PRODUCT_MEMORY_DEVICES (open files limit $NOFILE; the product holds $FDS_PER_DEVICE descriptor(s) per device)" >> "$OUT/machine.txt"
   mem_args() { # devices
     echo --devices "$1" --messages 0 --subscribers 0 --scenario storm --concurrency "$CONCURRENCY" \
       --hold "$HOLD" --duration 300
