@@ -13,7 +13,18 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_all_qos_and_retained() {
-    let env = start().await;
+    publish_subscribe_all_qos_and_retained_on(start().await).await;
+}
+
+/// The same with sessions reaching the embedded rumqttd over loopback TCP instead of
+/// in-process: the path an external broker is reached by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_all_qos_and_retained_over_loopback() {
+    let env = start_with(|c| c.embedded.transport = broker::config::Transport::Loopback).await;
+    publish_subscribe_all_qos_and_retained_on(env).await;
+}
+
+async fn publish_subscribe_all_qos_and_retained_on(env: Env) {
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
