@@ -205,7 +205,8 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     let rconfig = rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: e.max_connections,
+            // Plus the front-end's own: the will publisher and the echo probe.
+            max_connections: e.max_connections.saturating_add(2),
             max_outgoing_packet_count: 200,
             // Each subscription filter's log is a ring of segments, allocated as it fills:
             // a subscriber that falls further behind than the ring loses the oldest

@@ -545,3 +545,43 @@ async fn a_device_connecting_again_takes_its_session_over() {
         ("twin/in", &b"for the second"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_embedded_broker_refuses_with_server_unavailable() {
+    let env = start_with(|c| c.embedded.max_connections = 2).await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let port = env.mqtt_port();
+    let opts = |cn: &str| {
+        let dev = device(cn, &ca);
+        v4_options(cn, port, device_tls(&env.server_ca, &dev, &[&ca]))
+    };
+    let (first, first_el) = connect_v4(opts("one")).await.expect("first device");
+    let first_el = drive(first_el);
+    let (_second, second_el) = connect_v4(opts("two")).await.expect("second device");
+    let _second = drive(second_el);
+
+    // The broker's own links (wills, echo probe) do not take the devices' places.
+    let third = opts("three");
+    match connect_v4(third.clone()).await {
+        Err(ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::ServiceUnavailable)
+        }
+        Err(other) => panic!("expected CONNACK 3 (server unavailable), got {other:?}"),
+        Ok(_) => panic!("a third device connected to a broker full with two"),
+    }
+    let metrics = env.metrics().await;
+    assert!(
+        metrics.contains("reason=\"backend_refused\"} 1"),
+        "{metrics}"
+    );
+
+    // A place frees up when a device leaves.
+    first.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(WAIT, first_el).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    connect_v4(third)
+        .await
+        .expect("third device after the first left");
+}
