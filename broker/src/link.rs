@@ -58,6 +58,9 @@ pub struct Hub {
     /// Wills waiting out their delay, by client ID: a generation, and a sender that
     /// fires (`true`) or cancels (`false`) the will early.
     delayed: Mutex<HashMap<String, (u64, oneshot::Sender<bool>)>>,
+    /// Live sessions by client ID: the generation of the newest, and whether it started
+    /// clean. A session that ends and finds a newer generation here was taken over.
+    live: Mutex<HashMap<String, (u64, bool)>>,
     generation: AtomicU64,
     /// Largest packet rumqttd's codec accepts from a session: the device limit plus room
     /// for the tenant mount prefix.
@@ -135,6 +138,7 @@ impl Hub {
             requests,
             wills,
             delayed: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             max_packet,
         });
@@ -178,6 +182,7 @@ impl Hub {
             will: None,
             will_delay: 0,
             client_id: String::new(),
+            generation: None,
             disconnect_sent: false,
             router_closed: false,
             wake_router: false,
@@ -226,10 +231,16 @@ impl Hub {
         });
     }
 
-    /// A session with `client_id` connects: a will still waiting for its delay is
-    /// published if the new session starts clean (the old session ended), and dropped if
-    /// it resumes the session.
-    fn reconnected(&self, client_id: &str, clean: bool) {
+    /// A session with `client_id` connects (`clean`: it starts a new session). A will
+    /// still waiting for its delay is published if the new session starts clean (the old
+    /// session ended), and dropped if it resumes the session. Returns the session's
+    /// generation.
+    fn connecting(&self, client_id: &str, clean: bool) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.to_owned(), (generation, clean));
         let waiting = self
             .delayed
             .lock()
@@ -237,6 +248,21 @@ impl Hub {
             .remove(client_id);
         if let Some((_, fire)) = waiting {
             let _ = fire.send(clean);
+        }
+        generation
+    }
+
+    /// The session `generation` of `client_id` ends. `Some(clean)` if a newer session
+    /// with the same client ID took it over, and how that one started.
+    fn ended(&self, client_id: &str, generation: u64) -> Option<bool> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match live.get(client_id) {
+            Some(&(newest, _)) if newest == generation => {
+                live.remove(client_id);
+                None
+            }
+            Some(&(_, clean)) => Some(clean),
+            None => None,
         }
     }
 }
@@ -380,6 +406,8 @@ pub struct LinkIo {
     will: Option<Will>,
     will_delay: u32,
     client_id: String,
+    /// Set once the CONNECT went to the router (see [`Hub::connecting`]).
+    generation: Option<u64>,
     disconnect_sent: bool,
     router_closed: bool,
     /// The router stopped scheduling this link because its queue was full; tell it when
@@ -439,8 +467,10 @@ impl LinkIo {
                     self.will_delay = session_expiry.min(delay);
                     self.will = will.map(|w| (w, will_props));
                     self.client_id = connect.client_id.clone();
-                    self.hub
-                        .reconnected(&connect.client_id, connect.clean_session);
+                    self.generation = Some(
+                        self.hub
+                            .connecting(&connect.client_id, connect.clean_session),
+                    );
                     let topic_alias_max = props.and_then(|p| p.topic_alias_max).unwrap_or(0);
                     let (reply, answer) = oneshot::channel();
                     self.hub
@@ -503,15 +533,25 @@ impl LinkIo {
 
     /// Ends the session with the router: the will unless the device disconnected
     /// cleanly, then DISCONNECT (unless the router already dropped the link).
+    ///
+    /// The will of a session taken over by a newer one with the same client ID goes
+    /// out at once if the newer one started clean (this session ended), and never if it
+    /// resumed this session, as rumqttd does for its own connections and as MQTT 5's
+    /// will delay intends: a device back on a new connection is not gone.
     fn finish(&mut self) {
+        let taken_over = match self.generation.take() {
+            Some(g) => self.hub.ended(&self.client_id, g),
+            None => None,
+        };
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Connected { mut tx, .. } => {
                 if let Some(will) = self.will.take() {
-                    self.hub.publish_will(
-                        std::mem::take(&mut self.client_id),
-                        will,
-                        self.will_delay,
-                    );
+                    let client_id = std::mem::take(&mut self.client_id);
+                    match taken_over {
+                        None => self.hub.publish_will(client_id, will, self.will_delay),
+                        Some(true) => self.hub.publish_will(client_id, will, 0),
+                        Some(false) => {}
+                    }
                 }
                 if !self.disconnect_sent && !self.router_closed {
                     let bye = Packet::Disconnect(

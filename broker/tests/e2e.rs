@@ -430,7 +430,7 @@ async fn will_and_persistent_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn will_delay_is_honoured_and_a_resumed_session_cancels_the_will() {
+async fn will_delay_is_honoured_and_a_resumed_or_taken_over_session_cancels_the_will() {
     use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
     let env = start().await;
     env.tenant("acme").await;
@@ -485,8 +485,18 @@ async fn will_delay_is_honoured_and_a_resumed_session_cancels_the_will() {
         "will cancelled by the resumed session"
     );
 
-    // It vanishes for good: the will comes after the delay, not before.
+    // It comes back on a new connection while the old one is still open (its network
+    // changed, say): the new session takes the old one over and resumes it. No will.
+    let (_l, lel_new) = connect_v5(o.clone()).await.unwrap();
     drop(lel);
+    assert_eq!(
+        next_publish(&mut wel, Duration::from_secs(3)).await,
+        None,
+        "no will for a session taken over and resumed"
+    );
+
+    // It vanishes for good: the will comes after the delay, not before.
+    drop(lel_new);
     let gone = Instant::now();
     let (topic, payload, _) = next_publish(&mut wel, WAIT).await.expect("delayed will");
     assert_eq!(

@@ -5,11 +5,14 @@
 //! Beyond "no panic", what the mounting promises: a rewritten packet is exactly one
 //! well-formed frame; every topic and filter sent up is inside the tenant's prefix
 //! (`$share/<group>/` kept in front); a 3.1.1 PUBLISH comes back down as it went up.
+//! Everything sent up is also decoded with rumqttd's codec, as the in-process link
+//! (`broker::link`) does in the session's task: it must not panic there.
 #![no_main]
 
 use broker::mqtt::{self, kind, Connect, Mount, Version};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use rumqttd::protocol::Protocol;
 
 const TENANT: &str = "tenant-a";
 const PREFIX: &str = "tenant-a/";
@@ -84,6 +87,16 @@ fn check_up(version: Version, up: &[u8]) {
     }
 }
 
+/// Decodes what the front-end sends up as the embedded broker's link does (an error is
+/// fine: the session ends; a panic is not).
+fn rumqttd_decode(version: Version, up: &[u8]) {
+    let mut buf = BytesMut::from(up);
+    let _ = match version {
+        Version::V4 => rumqttd::protocol::v4::V4.read_mut(&mut buf, 1 << 21),
+        Version::V5 => rumqttd::protocol::v5::V5.read_mut(&mut buf, 1 << 21),
+    };
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, mut rest)) = data.split_first() else {
         return;
@@ -102,6 +115,7 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(c) = Connect::decode(pkt, v) {
                     let _ = c.client_id().len();
                     if let Ok(up) = c.encode_for_backend("tenant-a.dev", &mount.prefix, 60) {
+                        rumqttd_decode(v, &up);
                         let decoded = Connect::decode(&up, v).expect("re-encoded CONNECT decodes");
                         assert_eq!(decoded.client_id(), "tenant-a.dev");
                     }
@@ -111,6 +125,7 @@ fuzz_target!(|data: &[u8]| {
             let up = out.split();
             if !up.is_empty() {
                 check_up(version, &up);
+                rumqttd_decode(version, &up);
             }
             if up.first().map(|b| b >> 4) == Some(kind::PUBLISH) {
                 // What went up comes back down intact.
