@@ -366,6 +366,25 @@ async fn tenants_are_isolated() {
     assert_eq!(s, 404);
 }
 
+/// A device "watcher" subscribed to `status/#` (where the will tests' devices leave their
+/// wills).
+async fn watch_status(
+    env: &Env,
+    ca: &certs::issue::Issued,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let watcher = device("watcher", ca);
+    let (w, mut wel) = connect_v4(v4_options(
+        "watcher",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &watcher, &[ca]),
+    ))
+    .await
+    .unwrap();
+    w.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut wel).await;
+    (w, wel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_and_persistent_session() {
     let env = start().await;
@@ -373,16 +392,7 @@ async fn will_and_persistent_session() {
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
     let port = env.mqtt_port();
-    let watcher = device("watcher", &ca);
-    let (w, mut wel) = connect_v4(v4_options(
-        "watcher",
-        port,
-        device_tls(&env.server_ca, &watcher, &[&ca]),
-    ))
-    .await
-    .unwrap();
-    w.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
-    wait_suback(&mut wel).await;
+    let (w, mut wel) = watch_status(&env, &ca).await;
 
     // Will: published when the device vanishes without DISCONNECT.
     let mortal = device("mortal", &ca);
@@ -437,16 +447,7 @@ async fn will_delay_is_honoured_and_a_resumed_or_taken_over_session_cancels_the_
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
     let port = env.mqtt_port();
-    let watcher = device("watcher", &ca);
-    let (w, mut wel) = connect_v4(v4_options(
-        "watcher",
-        port,
-        device_tls(&env.server_ca, &watcher, &[&ca]),
-    ))
-    .await
-    .unwrap();
-    w.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
-    wait_suback(&mut wel).await;
+    let (_w, mut wel) = watch_status(&env, &ca).await;
 
     // An MQTT 5 device with a persistent session and a will delayed by 2 s.
     let lazarus = device("lazarus", &ca);

@@ -317,6 +317,25 @@ async fn slowloris_holds_no_slot_past_the_timeout_and_excess_handshakes_are_refu
     );
 }
 
+/// A device's mTLS connection with no MQTT client on it: the test writes the bytes.
+async fn raw_tls(
+    env: &Env,
+    dev: &certs::issue::Issued,
+    ca: &certs::issue::Issued,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, dev, &[ca]));
+    connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_packet_gets_disconnect_0x95() {
     let env = start_with(|c| c.limits.max_packet_size = 2048).await;
@@ -325,17 +344,7 @@ async fn oversized_packet_gets_disconnect_0x95() {
     env.upload("acme", &ca, true).await;
     let dev = device("big", &ca);
     // A raw MQTT 5 client that ignores the advertised maximum packet size.
-    let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, &dev, &[&ca]));
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = raw_tls(&env, &dev, &ca).await;
     let connect: &[u8] = &[
         0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x03,
         b'b', b'i', b'g',
@@ -375,17 +384,7 @@ async fn silent_device_is_closed_after_one_and_a_half_keep_alives() {
     let dev = device("quiet", &ca);
     // A raw MQTT 5 client that asks for a 1 s keep-alive and then sends nothing, not even
     // PINGREQ (a device whose network vanished looks the same from here).
-    let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
-        .await
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, &dev, &[&ca]));
-    let mut tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = raw_tls(&env, &dev, &ca).await;
     let connect: &[u8] = &[
         0x10, 0x12, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x01, 0x00, 0x00, 0x05,
         b'q', b'u', b'i', b'e', b't',
