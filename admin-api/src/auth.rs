@@ -250,6 +250,10 @@ pub fn parse_basic(header: &str) -> Result<(String, String, String), ApiError> {
 
 const INVALID_CREDENTIALS: &str = "Invalid credentials";
 
+/// A source address may fail this many times more logins than one user name, across
+/// names, before it is locked (people behind one NAT share an address).
+pub const SOURCE_FAILURES_FACTOR: u32 = 10;
+
 impl FromRequestParts<Admin> for Principal {
     type Rejection = ApiError;
 
@@ -267,23 +271,42 @@ impl FromRequestParts<Admin> for Principal {
                 ApiError::Unauthorized("The Authorization header must be ASCII".into())
             })?;
         let (tenant, user, password) = parse_basic(header)?;
-        admin.authenticate(&tenant, &user, &password).await
+        // The server puts the peer's address here (axum's `ConnectInfo`).
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        admin.authenticate(&tenant, &user, &password, source).await
     }
 }
 
 impl Admin {
-    /// Checks credentials under the failed-login limiter.
+    /// Checks credentials under the failed-login limiters (per user name, and per source
+    /// address when the server tells it), at most one check per core at a time.
     pub(crate) async fn authenticate(
         &self,
         tenant: &str,
         user: &str,
         password: &str,
+        source: Option<std::net::IpAddr>,
     ) -> Result<Principal, ApiError> {
         let key = format!("{tenant}/{user}");
+        let source_key = source.map(|ip| ip.to_string());
         let limiter = &self.inner.limiter;
+        let source_limiter = &self.inner.source_limiter;
         if let Err(retry_after_secs) = limiter.check(&key) {
             return Err(ApiError::TooManyRequests { retry_after_secs });
         }
+        if let Some(Err(retry_after_secs)) = source_key.as_deref().map(|k| source_limiter.check(k))
+        {
+            return Err(ApiError::TooManyRequests { retry_after_secs });
+        }
+        let _permit = self
+            .inner
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal("password checks closed".into()))?;
         let record = self.inner.store.user(tenant, user).await?;
         // Verify against a dummy hash for unknown users so timing does not reveal names.
         let hash = record
@@ -305,7 +328,10 @@ impl Admin {
             }
             _ => {
                 limiter.failure(&key);
-                tracing::warn!(login = %key, "failed login");
+                if let Some(k) = source_key.as_deref() {
+                    source_limiter.failure(k);
+                }
+                tracing::warn!(login = %key, source = ?source, "failed login");
                 Err(ApiError::Unauthorized(INVALID_CREDENTIALS.into()))
             }
         }

@@ -55,7 +55,8 @@ pub struct AdminConfig {
     pub admin_password: Option<String>,
     /// Argon2id cost of new password hashes.
     pub password_hashing: PasswordHashing,
-    /// Failed logins of one user name before it is locked.
+    /// Failed logins of one user name before it is locked. A source address is locked
+    /// after ten times as many, whatever names it tries.
     pub login_max_failures: u32,
     /// The window in which failed logins are counted.
     pub login_window: Duration,
@@ -207,6 +208,12 @@ struct Inner {
     trust_tx: watch::Sender<Arc<TrustStore>>,
     server_tx: watch::Sender<Option<Arc<ServerCertificate>>>,
     limiter: auth::LoginLimiter,
+    /// Failed logins per source address, across user names.
+    source_limiter: auth::LoginLimiter,
+    /// Password checks running at once. Each argon2 check holds its memory cost (19 MiB
+    /// by default) on a blocking thread: without a bound, a burst of logins (many in
+    /// one HTTP/2 connection, say) could take gigabytes.
+    password_checks: tokio::sync::Semaphore,
     dummy_hash: String,
     seen: Mutex<HashMap<(String, String), i64>>,
     rebuild: tokio::sync::Mutex<()>,
@@ -269,6 +276,16 @@ impl Admin {
                 config.login_max_failures,
                 config.login_window,
                 config.login_lockout,
+            ),
+            source_limiter: auth::LoginLimiter::new(
+                config
+                    .login_max_failures
+                    .saturating_mul(auth::SOURCE_FAILURES_FACTOR),
+                config.login_window,
+                config.login_lockout,
+            ),
+            password_checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             crl_fetcher: certs::revocation::CrlFetcher::new(
                 config.crl_fetch_timeout,

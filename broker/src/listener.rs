@@ -312,9 +312,9 @@ pub async fn serve_admin(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = crate::stopped(&mut shutdown) => return,
         };
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(accepted) => accepted,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -324,7 +324,10 @@ pub async fn serve_admin(
         };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        // The peer's address, for the per-source failed-login limit.
+        let router = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
             let _permit = permit;
             let Ok(Ok(tls)) =

@@ -57,12 +57,16 @@ pub(crate) async fn start_with(config: AdminConfig) -> Server {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = admin.router();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("serve");
+        // With the peer address, as the broker serves it (per-source login limits).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("serve");
     });
     Server {
         base,

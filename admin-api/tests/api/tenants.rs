@@ -91,6 +91,41 @@ async fn failed_logins_are_rate_limited_per_user() {
 }
 
 #[tokio::test]
+async fn failed_logins_are_rate_limited_per_source_address_across_user_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    // One address guessing a different name each time: no name reaches its own limit
+    // (3 in the tests), but the address does after 10 times as many.
+    for i in 0..30 {
+        let r = s
+            .get("/tenant/tenants", (&*format!("management/guess-{i}"), "x"))
+            .await;
+        assert_eq!(r.0, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let (status, body) = s.get("/tenant/tenants", MGMT).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Too many failed logins; try again in"),
+        "{body}"
+    );
+    // Another address is not affected.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = other
+        .get(s.url("/tenant/tenants"))
+        .basic_auth(ADMIN_USER, Some(ADMIN_PASS))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn generated_admin_password_is_written_once_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
