@@ -39,9 +39,26 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
 )]
 pub struct ApiDoc;
 
-/// Adds the Basic security scheme and gives every operation a unique id derived from
-/// its method and path (handler names repeat across modules).
+/// Adds the Basic security scheme, gives every operation a unique id derived from its
+/// method and path (handler names repeat across modules), and documents 507 (the store
+/// is full) on every operation that changes something.
 struct DocFixes;
+
+/// The one POST that changes nothing.
+const READ_ONLY_POST: &str = "/tenant/trusted-certificates/verify-cert-chain";
+
+fn insufficient_storage() -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description("The store is full (disk or configured size limit); nothing was changed")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
 
 impl Modify for DocFixes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -66,6 +83,12 @@ impl Modify for DocFixes {
                     let id = format!("{method}{slug}");
                     let id = id.trim_end_matches('_').replace("__", "_");
                     op.operation_id = Some(id);
+                    if method != "get" && path != READ_ONLY_POST {
+                        op.responses
+                            .responses
+                            .entry("507".into())
+                            .or_insert_with(|| insufficient_storage().into());
+                    }
                 }
             }
         }
