@@ -100,8 +100,8 @@ impl BackendPool {
     /// Opens a connection for a session of the given protocol level: an in-process link,
     /// or a TCP connection (TCP_NODELAY set).
     pub async fn connect(&self, version: Version) -> std::io::Result<Box<dyn Io>> {
-        if let Some(hub) = &self.hub {
-            return Ok(Box::new(hub.session(version == Version::V5)));
+        if let Some(link) = self.in_process(version) {
+            return Ok(link);
         }
         let tcp = self.connect_tcp(version).await?;
         self.wrap(tcp).await
@@ -115,8 +115,8 @@ impl BackendPool {
         version: Version,
         runtime: &tokio::runtime::Handle,
     ) -> std::io::Result<Box<dyn Io>> {
-        if let Some(hub) = &self.hub {
-            return Ok(Box::new(hub.session(version == Version::V5)));
+        if let Some(link) = self.in_process(version) {
+            return Ok(link);
         }
         let tcp = self.connect_tcp(version).await?.into_std()?;
         let tcp = {
@@ -124,6 +124,12 @@ impl BackendPool {
             TcpStream::from_std(tcp)?
         };
         self.wrap(tcp).await
+    }
+
+    /// A session's in-process link, when sessions reach the embedded broker that way.
+    fn in_process(&self, version: Version) -> Option<Box<dyn Io>> {
+        let hub = self.hub.as_ref()?;
+        Some(Box::new(hub.session(version == Version::V5)))
     }
 
     async fn connect_tcp(&self, version: Version) -> std::io::Result<TcpStream> {

@@ -45,6 +45,8 @@ struct LinkRequest {
     reply: oneshot::Sender<Result<Link, LinkError>>,
 }
 
+const LINK_THREAD_STOPPED: &str = "the embedded broker's link thread stopped";
+
 /// A will to publish, with its MQTT 5 properties.
 type Will = (LastWill, Option<LastWillProperties>);
 
@@ -148,8 +150,14 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Registers a link with the router (from any runtime).
-    async fn link(&self, client_id: String, clean: bool, topic_alias_max: u16) -> io::Result<Link> {
+    /// Asks the link thread to register a link with the router; the answer comes on the
+    /// returned receiver.
+    fn request(
+        &self,
+        client_id: String,
+        clean: bool,
+        topic_alias_max: u16,
+    ) -> io::Result<oneshot::Receiver<Result<Link, LinkError>>> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(LinkRequest {
@@ -158,15 +166,18 @@ impl Hub {
                 topic_alias_max,
                 reply,
             })
-            .map_err(|_| io::Error::other("the embedded broker's link thread stopped"))?;
-        match answer.await {
+            .map_err(|_| io::Error::other(LINK_THREAD_STOPPED))?;
+        Ok(answer)
+    }
+
+    /// Registers a link with the router (from any runtime).
+    async fn link(&self, client_id: String, clean: bool, topic_alias_max: u16) -> io::Result<Link> {
+        match self.request(client_id, clean, topic_alias_max)?.await {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(e)) => Err(io::Error::other(format!(
                 "embedded broker refused the link: {e}"
             ))),
-            Err(_) => Err(io::Error::other(
-                "the embedded broker's link thread stopped",
-            )),
+            Err(_) => Err(io::Error::other(LINK_THREAD_STOPPED)),
         }
     }
 
@@ -184,9 +195,9 @@ impl Hub {
             client_id: String::new(),
             generation: None,
             disconnect_sent: false,
-            router_closed: false,
             wake_router: false,
             batch: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -409,11 +420,13 @@ pub struct LinkIo {
     /// Set once the CONNECT went to the router (see [`Hub::connecting`]).
     generation: Option<u64>,
     disconnect_sent: bool,
-    router_closed: bool,
     /// The router stopped scheduling this link because its queue was full; tell it when
     /// the queue has been taken.
     wake_router: bool,
+    /// Reused between reads: notifications taken from the router.
     batch: Vec<Notification>,
+    /// Reused between writes: packets decoded for the router.
+    outbox: Vec<Packet>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -449,7 +462,7 @@ impl LinkIo {
 
     /// Takes the whole packets the session wrote to the router.
     fn absorb(&mut self) -> io::Result<()> {
-        let mut ready = Vec::new();
+        let mut ready = std::mem::take(&mut self.outbox);
         while let Some(packet) = self.decode()? {
             match packet {
                 Packet::Connect(connect, props, will, will_props, _) => {
@@ -472,18 +485,11 @@ impl LinkIo {
                             .connecting(&connect.client_id, connect.clean_session),
                     );
                     let topic_alias_max = props.and_then(|p| p.topic_alias_max).unwrap_or(0);
-                    let (reply, answer) = oneshot::channel();
-                    self.hub
-                        .requests
-                        .send(LinkRequest {
-                            client_id: connect.client_id,
-                            clean: connect.clean_session,
-                            topic_alias_max,
-                            reply,
-                        })
-                        .map_err(|_| {
-                            io::Error::other("the embedded broker's link thread stopped")
-                        })?;
+                    let answer = self.hub.request(
+                        connect.client_id,
+                        connect.clean_session,
+                        topic_alias_max,
+                    )?;
                     self.state = State::Connecting {
                         answer,
                         pending: Vec::new(),
@@ -502,16 +508,20 @@ impl LinkIo {
                 p => ready.push(p),
             }
         }
-        if ready.is_empty() {
-            return Ok(());
-        }
-        match &mut self.state {
-            State::Connecting { pending, .. } => pending.append(&mut ready),
-            State::Connected { tx, .. } => send(tx, ready)?,
-            State::Idle => return Err(invalid("a packet before CONNECT")),
-            State::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
-        }
-        Ok(())
+        let result = match &mut self.state {
+            _ if ready.is_empty() => Ok(()),
+            State::Connecting { pending, .. } => {
+                pending.append(&mut ready);
+                Ok(())
+            }
+            State::Connected { tx, .. } => send(tx, &mut ready),
+            State::Idle => Err(invalid("a packet before CONNECT")),
+            State::Closed => Err(io::ErrorKind::BrokenPipe.into()),
+        };
+        // The (now empty) vector is kept for the next write: no allocation per packet.
+        ready.clear();
+        self.outbox = ready;
+        result
     }
 
     /// The router answered the CONNECT: the CONNACK goes to the session, the packets
@@ -521,9 +531,8 @@ impl LinkIo {
         if let Some(p) = Option::<Packet>::from(connack) {
             self.encode(p)?;
         }
-        if !pending.is_empty() {
-            send(&mut tx, pending)?;
-        }
+        let mut pending = pending;
+        send(&mut tx, &mut pending)?;
         self.state = State::Connected {
             tx,
             rx: Some(Receiver::Ready(rx)),
@@ -544,7 +553,7 @@ impl LinkIo {
             None => None,
         };
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Connected { mut tx, .. } => {
+            State::Connected { mut tx, rx } => {
                 if let Some(will) = self.will.take() {
                     let client_id = std::mem::take(&mut self.client_id);
                     match taken_over {
@@ -553,14 +562,9 @@ impl LinkIo {
                         Some(false) => {}
                     }
                 }
-                if !self.disconnect_sent && !self.router_closed {
-                    let bye = Packet::Disconnect(
-                        Disconnect {
-                            reason_code: DisconnectReasonCode::NormalDisconnection,
-                        },
-                        None,
-                    );
-                    let _ = poll_once(tx.send(bye));
+                // No receiver left: the router dropped the link itself.
+                if !self.disconnect_sent && rx.is_some() {
+                    let _ = poll_once(tx.send(bye()));
                 }
             }
             // The session ended before the router answered: take the link down once it
@@ -569,13 +573,7 @@ impl LinkIo {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         if let Ok(Ok((mut tx, _rx, _))) = answer.await {
-                            let bye = Packet::Disconnect(
-                                Disconnect {
-                                    reason_code: DisconnectReasonCode::NormalDisconnection,
-                                },
-                                None,
-                            );
-                            let _ = tx.send(bye).await;
+                            let _ = tx.send(bye()).await;
                         }
                     });
                 }
@@ -583,6 +581,16 @@ impl LinkIo {
             State::Idle | State::Closed => {}
         }
     }
+}
+
+/// The DISCONNECT that ends a link normally.
+fn bye() -> Packet {
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
 }
 
 /// The packet without MQTT 5 properties, for a 3.1.1 session. The router attaches them
@@ -606,13 +614,13 @@ fn without_properties(packet: Packet) -> Packet {
     }
 }
 
-/// Queues `packets` for the router and tells it once.
-fn send(tx: &mut LinkTx, mut packets: Vec<Packet>) -> io::Result<()> {
+/// Queues `packets` (leaving the vector empty) for the router and tells it once.
+fn send(tx: &mut LinkTx, packets: &mut Vec<Packet>) -> io::Result<()> {
     let Some(last) = packets.pop() else {
         return Ok(());
     };
     if !packets.is_empty() {
-        tx.buffer().extend(packets);
+        tx.buffer().extend(packets.drain(..));
     }
     match poll_once(tx.send(last)) {
         Some(Ok(_)) => Ok(()),
@@ -647,7 +655,6 @@ impl AsyncRead for LinkIo {
                         // which the session answers as a refusal.
                         Poll::Ready(_) => {
                             this.state = State::Closed;
-                            this.router_closed = true;
                             return Poll::Ready(Ok(()));
                         }
                     };
@@ -673,9 +680,8 @@ impl AsyncRead for LinkIo {
                     };
                     if result.is_err() {
                         // The router dropped the link (a newer session took the client ID
-                        // over): end of stream. The will still goes out when the session
-                        // ends.
-                        this.router_closed = true;
+                        // over): end of stream, and no receiver left (`finish` reads
+                        // that). The will still goes out when the session ends.
                         return Poll::Ready(Ok(()));
                     }
                     *rx = Some(Receiver::Ready(r));
@@ -717,5 +723,75 @@ impl AsyncWrite for LinkIo {
 impl Drop for LinkIo {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A router without listeners, with room for `max_connections` links (the will
+    /// publisher takes one).
+    async fn hub(max_connections: usize) -> Arc<Hub> {
+        let config = rumqttd::Config {
+            router: rumqttd::RouterConfig {
+                max_connections,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024 * 1024,
+                max_segment_count: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Hub::start(config, 1 << 20).await.unwrap()
+    }
+
+    /// A 3.1.1 CONNECT: clean session, keep-alive 60 s.
+    fn connect(client_id: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        let id = client_id.as_bytes();
+        let id_len = (id.len() as u16).to_be_bytes();
+        let header = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        crate::mqtt::write_packet(&mut out, 0x10, &[&header, &id_len, id]);
+        out
+    }
+
+    #[tokio::test]
+    async fn connect_comes_first_and_only_once() {
+        let hub = hub(10).await;
+        let mut early = hub.session(false);
+        let err = early.write_all(&[0xC0, 0x00]).await.unwrap_err();
+        assert_eq!(
+            (err.kind(), err.to_string().as_str()),
+            (io::ErrorKind::InvalidData, "a packet before CONNECT")
+        );
+
+        let mut io = hub.session(false);
+        io.write_all(&connect("dev-1")).await.unwrap();
+        let mut connack = [0u8; 4];
+        io.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        // PINGREQ through the router and back.
+        io.write_all(&[0xC0, 0x00]).await.unwrap();
+        let mut pong = [0u8; 2];
+        io.read_exact(&mut pong).await.unwrap();
+        assert_eq!(pong, [0xD0, 0x00]);
+        let err = io.write_all(&connect("dev-1")).await.unwrap_err();
+        assert_eq!(err.to_string(), "second CONNECT");
+    }
+
+    #[tokio::test]
+    async fn a_link_the_router_has_no_room_for_ends_the_stream() {
+        // Room for the will publisher only.
+        let hub = hub(1).await;
+        let mut io = hub.session(false);
+        io.write_all(&connect("dev-1")).await.unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest))
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        assert_eq!(n, 0, "no CONNACK: {rest:?}");
     }
 }
