@@ -317,23 +317,45 @@ async fn slowloris_holds_no_slot_past_the_timeout_and_excess_handshakes_are_refu
     );
 }
 
-/// A device's mTLS connection with no MQTT client on it: the test writes the bytes.
-async fn raw_tls(
+/// A raw MQTT 5 session over the device's mTLS connection, with no MQTT client on it:
+/// CONNECT (ClientId = `cn`, clean start, `keep_alive` seconds, no properties) is sent,
+/// and the CONNACK's bytes returned; after that the test writes the bytes.
+async fn raw_v5_session(
     env: &Env,
-    dev: &certs::issue::Issued,
+    cn: &str,
     ca: &certs::issue::Issued,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    keep_alive: u16,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    let dev = device(cn, ca);
     let tcp = tokio::net::TcpStream::connect(env.broker().mqtt_addr)
         .await
         .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, dev, &[ca]));
-    connector
+    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, &dev, &[ca]));
+    let mut tls = connector
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,
         )
         .await
+        .unwrap();
+    let id = cn.as_bytes();
+    let mut connect = vec![0x10, (13 + id.len()) as u8, 0x00, 0x04];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[0x05, 0x02]);
+    connect.extend_from_slice(&keep_alive.to_be_bytes());
+    connect.extend_from_slice(&[0x00, 0x00, id.len() as u8]);
+    connect.extend_from_slice(id);
+    tls.write_all(&connect).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
         .unwrap()
+        .unwrap();
+    buf.truncate(n);
+    (tls, buf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,20 +364,8 @@ async fn oversized_packet_gets_disconnect_0x95() {
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
-    let dev = device("big", &ca);
     // A raw MQTT 5 client that ignores the advertised maximum packet size.
-    let mut tls = raw_tls(&env, &dev, &ca).await;
-    let connect: &[u8] = &[
-        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x03,
-        b'b', b'i', b'g',
-    ];
-    tls.write_all(connect).await.unwrap();
-    let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let connack = &buf[..n];
+    let (mut tls, connack) = raw_v5_session(&env, "big", &ca, 60).await;
     assert_eq!(&connack[..1], &[0x20]);
     assert_eq!(connack[3], 0x00, "CONNACK success");
     assert!(
@@ -381,25 +391,13 @@ async fn silent_device_is_closed_after_one_and_a_half_keep_alives() {
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
-    let dev = device("quiet", &ca);
     // A raw MQTT 5 client that asks for a 1 s keep-alive and then sends nothing, not even
     // PINGREQ (a device whose network vanished looks the same from here).
-    let mut tls = raw_tls(&env, &dev, &ca).await;
-    let connect: &[u8] = &[
-        0x10, 0x12, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x01, 0x00, 0x00, 0x05,
-        b'q', b'u', b'i', b'e', b't',
-    ];
-    tls.write_all(connect).await.unwrap();
-    let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut tls, connack) = raw_v5_session(&env, "quiet", &ca, 1).await;
     assert_eq!(
-        (buf[0], buf[3]),
+        (connack[0], connack[3]),
         (0x20, 0x00),
-        "CONNACK success: {:?}",
-        &buf[..n]
+        "CONNACK success: {connack:?}"
     );
     let silent_since = std::time::Instant::now();
     let mut got = Vec::new();
