@@ -383,7 +383,13 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         tokio::runtime::Handle::current(),
         shutdown_rx,
     )));
-    tracing::info!(%mqtt_addr, %admin_addr, %metrics_addr, "broker listening");
+    tracing::info!(
+        %mqtt_addr,
+        %admin_addr,
+        %metrics_addr,
+        session_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "broker listening"
+    );
     Ok(Broker {
         mqtt_addr,
         admin_addr,

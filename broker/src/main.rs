@@ -115,7 +115,8 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn real_main(cli: Cli) -> Result<(), String> {
+/// `config`: the loaded configuration, for every command but `print-config`.
+async fn real_main(cli: Cli, config: Option<broker::Config>) -> Result<(), String> {
     let password = std::env::var("BROKER_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -131,7 +132,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             pass,
             no_validation,
         }) => {
-            let config = load_config(&cli.run)?;
+            let config = config.ok_or("no configuration")?;
             std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
             let admin = admin_api::Admin::open(admin_api::AdminConfig {
                 admin_password: password,
@@ -163,7 +164,7 @@ async fn real_main(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         None => {
-            let config = load_config(&cli.run)?;
+            let config = config.ok_or("no configuration")?;
             broker::run(config, password, shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())
@@ -181,14 +182,30 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    let config = match cli.command {
+        Some(Command::PrintConfig) => None,
+        _ => match load_config(&cli.run) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    // The sessions' runtime: the devices' packets run on its workers (see
+    // `limits.session_threads`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.as_ref().map_or(1, broker::Config::session_threads))
+        .enable_all()
+        .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(real_main(cli)) {
+    if let Err(e) = rt.block_on(real_main(cli, config)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
