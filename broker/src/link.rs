@@ -64,6 +64,8 @@ pub struct Hub {
     /// clean. A session that ends and finds a newer generation here was taken over.
     live: Mutex<HashMap<String, (u64, bool)>>,
     generation: AtomicU64,
+    /// Links with packets for the router it has not been told of yet.
+    announcer: Arc<Announcer>,
     /// Largest packet rumqttd's codec accepts from a session: the device limit plus room
     /// for the tenant mount prefix.
     max_packet: usize,
@@ -136,12 +138,15 @@ impl Hub {
             })?;
 
         let (wills, pending) = mpsc::unbounded_channel();
+        let announcer = Arc::new(Announcer::default());
+        tokio::spawn(announcer.clone().run());
         let hub = Arc::new(Hub {
             requests,
             wills,
             delayed: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            announcer,
             max_packet,
         });
         let (tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
@@ -278,6 +283,72 @@ impl Hub {
     }
 }
 
+/// A session's sending half, and its packets the router has not been told of yet.
+struct Door {
+    tx: LinkTx,
+    held: Vec<Packet>,
+    /// In the announcer's queue.
+    queued: bool,
+}
+
+type SharedDoor = Arc<Mutex<Door>>;
+
+fn lock(door: &SharedDoor) -> std::sync::MutexGuard<'_, Door> {
+    door.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tells the router of the sessions' packets in batches.
+///
+/// The router is a thread of its own, which sleeps whenever its channel is empty and
+/// must be woken (a futex call on each side, and two context switches) by the next
+/// link that has packets. Told by each session as it writes, the router wakes for a
+/// few packets at a time and sleeps again. The sessions' packets therefore wait (in
+/// their link's [`Door`]) until the runtime has run the other ready sessions, and the
+/// router is then told of all of them at once.
+#[derive(Default)]
+struct Announcer {
+    queue: Mutex<Vec<SharedDoor>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Announcer {
+    /// Queues `packets` (leaving the vector empty) for the next batch.
+    fn hold(&self, door: &SharedDoor, packets: &mut Vec<Packet>) {
+        let mut d = lock(door);
+        d.held.append(packets);
+        if d.queued {
+            return;
+        }
+        d.queued = true;
+        drop(d);
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.push(door.clone());
+        if queue.len() == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut doors = Vec::new();
+        loop {
+            self.wake.notified().await;
+            // The sessions already ready run first, and add their packets to this batch.
+            tokio::task::yield_now().await;
+            std::mem::swap(
+                &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+                &mut doors,
+            );
+            for door in doors.drain(..) {
+                let mut d = lock(&door);
+                d.queued = false;
+                let Door { tx, held, .. } = &mut *d;
+                // A link the router dropped: its session learns it from its receiver.
+                let _ = send(tx, held);
+            }
+        }
+    }
+}
+
 /// Publishes wills through the front-end's own link, in order.
 async fn publish_wills(mut tx: LinkTx, mut pending: mpsc::UnboundedReceiver<Will>) {
     let mut pkid: u16 = 0;
@@ -397,7 +468,7 @@ enum State {
         pending: Vec<Packet>,
     },
     Connected {
-        tx: LinkTx,
+        door: SharedDoor,
         rx: Option<Receiver>,
     },
     /// The router refused or dropped the session, or the session ended.
@@ -514,7 +585,10 @@ impl LinkIo {
                 pending.append(&mut ready);
                 Ok(())
             }
-            State::Connected { tx, .. } => send(tx, &mut ready),
+            State::Connected { door, .. } => {
+                self.hub.announcer.hold(door, &mut ready);
+                Ok(())
+            }
             State::Idle => Err(invalid("a packet before CONNECT")),
             State::Closed => Err(io::ErrorKind::BrokenPipe.into()),
         };
@@ -534,7 +608,11 @@ impl LinkIo {
         let mut pending = pending;
         send(&mut tx, &mut pending)?;
         self.state = State::Connected {
-            tx,
+            door: Arc::new(Mutex::new(Door {
+                tx,
+                held: Vec::new(),
+                queued: false,
+            })),
             rx: Some(Receiver::Ready(rx)),
         };
         Ok(())
@@ -553,7 +631,7 @@ impl LinkIo {
             None => None,
         };
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Connected { mut tx, rx } => {
+            State::Connected { door, rx } => {
                 if let Some(will) = self.will.take() {
                     let client_id = std::mem::take(&mut self.client_id);
                     match taken_over {
@@ -562,10 +640,14 @@ impl LinkIo {
                         Some(false) => {}
                     }
                 }
-                // No receiver left: the router dropped the link itself.
+                // What the session wrote last goes first; no receiver left: the router
+                // dropped the link itself.
+                let mut d = lock(&door);
+                let Door { tx, held, .. } = &mut *d;
                 if !self.disconnect_sent && rx.is_some() {
-                    let _ = poll_once(tx.send(bye()));
+                    held.push(bye());
                 }
+                let _ = send(tx, held);
             }
             // The session ended before the router answered: take the link down once it
             // exists.
