@@ -849,11 +849,7 @@ mod tests {
             (io::ErrorKind::InvalidData, "a packet before CONNECT")
         );
 
-        let mut io = hub.session(false);
-        io.write_all(&connect("dev-1")).await.unwrap();
-        let mut connack = [0u8; 4];
-        io.read_exact(&mut connack).await.unwrap();
-        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        let mut io = connected_session(&hub, "dev-1").await;
         // PINGREQ through the router and back.
         io.write_all(&[0xC0, 0x00]).await.unwrap();
         let mut pong = [0u8; 2];
@@ -861,6 +857,69 @@ mod tests {
         assert_eq!(pong, [0xD0, 0x00]);
         let err = io.write_all(&connect("dev-1")).await.unwrap_err();
         assert_eq!(err.to_string(), "second CONNECT");
+    }
+
+    /// Connects `client_id` and reads its CONNACK.
+    async fn connected_session(hub: &Arc<Hub>, client_id: &str) -> LinkIo {
+        let mut io = hub.session(false);
+        io.write_all(&connect(client_id)).await.unwrap();
+        let mut connack = [0u8; 4];
+        io.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        io
+    }
+
+    #[tokio::test]
+    async fn packets_held_for_the_router_arrive_complete_and_in_order() {
+        let hub = hub(10).await;
+        let mut sub = connected_session(&hub, "sub").await;
+        let mut subscribe = BytesMut::new();
+        crate::mqtt::write_packet(&mut subscribe, 0x82, &[&[0, 1, 0, 3], b"t/#", &[0]]);
+        sub.write_all(&subscribe).await.unwrap();
+        let mut suback = [0u8; 5];
+        sub.read_exact(&mut suback).await.unwrap();
+        assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x00]);
+
+        // Two devices write one QoS 0 PUBLISH at a time, in turns; every tenth turn
+        // lets the announcer run, so batches hold one device's packets or both.
+        let mut a = connected_session(&hub, "a").await;
+        let mut b = connected_session(&hub, "b").await;
+        const N: u32 = 500;
+        for i in 0..N {
+            for (io, topic) in [(&mut a, b"t/a"), (&mut b, b"t/b")] {
+                let mut publish = BytesMut::new();
+                let topic_len = 3u16.to_be_bytes();
+                crate::mqtt::write_packet(
+                    &mut publish,
+                    0x30,
+                    &[&topic_len, topic, &i.to_be_bytes()],
+                );
+                io.write_all(&publish).await.unwrap();
+            }
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        // Each PUBLISH comes back as 11 bytes: header, length, topic, 4-byte counter.
+        let mut got = vec![0u8; 11 * 2 * N as usize];
+        tokio::time::timeout(Duration::from_secs(10), sub.read_exact(&mut got))
+            .await
+            .expect("every message arrives")
+            .unwrap();
+        let mut next = [0u32; 2];
+        for m in got.chunks(11) {
+            assert_eq!(&m[..4], &[0x30, 9, 0, 3], "a QoS 0 PUBLISH: {m:?}");
+            let from = match &m[4..7] {
+                b"t/a" => 0,
+                b"t/b" => 1,
+                other => panic!("topic {other:?}"),
+            };
+            let counter = u32::from_be_bytes(m[7..11].try_into().unwrap());
+            assert_eq!(counter, next[from], "messages of device {from} in order");
+            next[from] += 1;
+        }
+        assert_eq!(next, [N, N]);
     }
 
     #[tokio::test]
