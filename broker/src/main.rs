@@ -115,16 +115,14 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `config`: the loaded configuration, for every command but `print-config`.
-async fn real_main(cli: Cli, config: Option<broker::Config>) -> Result<(), String> {
+/// Runs `command` (the broker itself when there is none) with the loaded `config`.
+async fn real_main(command: Option<Command>, config: broker::Config) -> Result<(), String> {
     let password = std::env::var("BROKER_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    match cli.command {
-        Some(Command::PrintConfig) => {
-            print!("{}", broker::config::DEFAULT_CONFIG_TOML);
-            Ok(())
-        }
+    match command {
+        // Printed before the configuration is loaded (see `main`).
+        Some(Command::PrintConfig) => Ok(()),
         Some(Command::ImportCertificate {
             crt,
             key,
@@ -132,7 +130,6 @@ async fn real_main(cli: Cli, config: Option<broker::Config>) -> Result<(), Strin
             pass,
             no_validation,
         }) => {
-            let config = config.ok_or("no configuration")?;
             std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
             let admin = admin_api::Admin::open(admin_api::AdminConfig {
                 admin_password: password,
@@ -163,17 +160,18 @@ async fn real_main(cli: Cli, config: Option<broker::Config>) -> Result<(), Strin
             );
             Ok(())
         }
-        None => {
-            let config = config.ok_or("no configuration")?;
-            broker::run(config, password, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
-        }
+        None => broker::run(config, password, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string()),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::PrintConfig) = cli.command {
+        print!("{}", broker::config::DEFAULT_CONFIG_TOML);
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -182,20 +180,17 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match cli.command {
-        Some(Command::PrintConfig) => None,
-        _ => match load_config(&cli.run) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
-            }
-        },
+    let config = match load_config(&cli.run) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     };
     // The sessions' runtime: the devices' packets run on its workers (see
     // `limits.session_threads`).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.as_ref().map_or(1, broker::Config::session_threads))
+        .worker_threads(config.session_threads())
         .enable_all()
         .build();
     let rt = match rt {
@@ -205,7 +200,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(real_main(cli, config)) {
+    if let Err(e) = rt.block_on(real_main(cli.command, config)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -41,6 +41,32 @@ fn bad_flags_and_config_are_one_clear_line() {
     assert!(err.contains("backend must be 'embedded'"), "{err}");
 }
 
+/// A child process killed when dropped while still running (a test that fails
+/// half-way must not leave a broker behind).
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn addr_from(line: &str, key: &str) -> Option<std::net::SocketAddr> {
     let i = line.find(&format!("{key}="))?;
     line[i + key.len() + 1..]
@@ -54,22 +80,24 @@ fn addr_from(line: &str, key: &str) -> Option<std::net::SocketAddr> {
 async fn import_certificate_while_running_and_sigterm() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .env("BROKER_ADMIN_PASSWORD", ADMIN_PW)
-        .env("RUST_LOG", "info")
-        .args(["--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .env("BROKER_ADMIN_PASSWORD", ADMIN_PW)
+            .env("RUST_LOG", "info")
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -78,6 +106,7 @@ async fn import_certificate_while_running_and_sigterm() {
         }
     });
     let mut mqtt = None;
+    let mut listening = String::new();
     let mut saw_warning = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while mqtt.is_none() && Instant::now() < deadline {
@@ -85,10 +114,20 @@ async fn import_certificate_while_running_and_sigterm() {
             saw_warning |= line.contains("self-signed certificates are for tests only");
             if line.contains("broker listening") {
                 mqtt = addr_from(&line, "mqtt_addr");
+                listening = line;
             }
         }
     }
     let mqtt = mqtt.expect("broker listening line");
+    // The sessions' runtime got its default: a worker per core but the embedded router's.
+    let workers = format!(
+        "session_threads={}",
+        broker::Config::default().session_threads()
+    );
+    assert!(
+        listening.split_whitespace().any(|t| t == workers),
+        "{listening}"
+    );
     assert!(saw_warning, "self-signed warning logged at first start");
     assert!(!std::fs::read_to_string(dir.path().join("server.crt"))
         .unwrap()
