@@ -6,7 +6,7 @@
 //! [`LinkIo`] keeps the byte-stream interface of the other backends: the session writes
 //! MQTT packets (already mounted under the tenant) and reads the broker's answers. It
 //! decodes what the session writes with rumqttd's own codec into its router (told of
-//! the sessions' packets in batches, see [`Announcer`]), and encodes what the router
+//! the sessions' packets in batches, see `Announcer`), and encodes what the router
 //! sends back. It also does the few things rumqttd's network
 //! layer does around a link and its local links cannot: it publishes a session's will
 //! (honouring the MQTT 5 will delay), and it tells the router when the session ends.
@@ -83,7 +83,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Starts rumqttd's router and its loopback listeners (each on its own thread, as
     /// `rumqttd::Broker::start` does), the link registration thread, the will
-    /// publisher and the [`Announcer`]. Must run inside the sessions' tokio runtime
+    /// publisher and the `Announcer`. Must run inside the sessions' tokio runtime
     /// (the will publisher and the announcer are tasks).
     pub async fn start(config: rumqttd::Config, max_packet: usize) -> io::Result<Arc<Hub>> {
         let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
