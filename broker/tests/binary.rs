@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -41,84 +40,17 @@ fn bad_flags_and_config_are_one_clear_line() {
     assert!(err.contains("backend must be 'embedded'"), "{err}");
 }
 
-/// A child process killed when dropped while still running (a test that fails
-/// half-way must not leave a broker behind).
-struct KillOnDrop(std::process::Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn addr_from(line: &str, key: &str) -> Option<std::net::SocketAddr> {
-    let i = line.find(&format!("{key}="))?;
-    line[i + key.len() + 1..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_certificate_while_running_and_sigterm() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .env("BROKER_ADMIN_PASSWORD", ADMIN_PW)
-            .env("RUST_LOG", "info")
-            .args(["--data-dir"])
-            .arg(dir.path())
-            .args([
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut mqtt = None;
-    let mut listening = String::new();
-    let mut saw_warning = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mqtt.is_none() && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            saw_warning |= line.contains("self-signed certificates are for tests only");
-            if line.contains("broker listening") {
-                mqtt = addr_from(&line, "mqtt_addr");
-                listening = line;
-            }
-        }
-    }
-    let mqtt = mqtt.expect("broker listening line");
+    let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let listening = &broker.listening;
+    let saw_warning = broker
+        .before
+        .iter()
+        .any(|l| l.contains("self-signed certificates are for tests only"));
+    let mqtt = broker.addr("mqtt_addr");
     // The sessions' runtime got its default: a worker per core but the embedded router's.
     let workers = format!(
         "session_threads={}",
@@ -210,12 +142,12 @@ async fn import_certificate_while_running_and_sigterm() {
     // SIGTERM: graceful exit with status 0 within the grace period.
     let t0 = Instant::now();
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &broker.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = broker.child.try_wait().unwrap() {
             break s;
         }
         assert!(

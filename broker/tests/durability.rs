@@ -8,19 +8,19 @@
 //! the list agrees with single reads; and the audit log, written in the same
 //! transaction, agrees with what is stored.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certs::issue::{self, CaOptions, Issued, KeyType, Subject, Validity};
+use common::BrokerProcess;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_broker");
 const ADMIN_PW: &str = "durability-admin-1";
 const TENANT: &str = "dura";
 const TENANT_PASS: &str = "dura-pass-123";
@@ -40,19 +40,6 @@ struct Stored {
 /// 2xx answered the last change; two when its answer was lost.
 type Possible = Vec<Option<Stored>>;
 
-struct Running {
-    child: Child,
-    admin: SocketAddr,
-}
-
-impl Drop for Running {
-    /// A failing test leaves no broker behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A small deterministic generator (the seed is printed for a rerun).
 struct Rng(u64);
 
@@ -67,59 +54,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn addr_from(line: &str, key: &str) -> Option<SocketAddr> {
-    let i = line.find(&format!("{key}="))?;
-    line[i + key.len() + 1..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn spawn(dir: &std::path::Path) -> Running {
-    let mut child = Command::new(BIN)
-        .env("BROKER_ADMIN_PASSWORD", ADMIN_PW)
-        .env("RUST_LOG", "info")
-        .args(["--data-dir"])
-        .arg(dir)
-        .args([
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("broker starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Drains stderr until the process dies, so logging never blocks it.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if line.contains("broker listening") {
-                let admin = addr_from(&line, "admin_addr").expect("admin_addr in the line");
-                return Running { child, admin };
-            }
-            seen.push(line);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("broker exited with {status} before listening: {seen:#?}");
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("no 'broker listening' line within 60 s: {seen:#?}");
 }
 
 fn client(dir: &std::path::Path, admin: SocketAddr) -> reqwest::Client {
@@ -455,11 +389,12 @@ async fn sigkill_during_certificate_changes_loses_nothing_acknowledged() {
 
     for round in 0..=ROUNDS {
         let t0 = Instant::now();
-        let mut running = spawn(dir.path());
+        let mut running = BrokerProcess::start(dir.path(), ADMIN_PW);
         let started = t0.elapsed();
+        let admin = running.addr("admin_addr");
         let api = Arc::new(Api {
-            http: client(dir.path(), running.admin),
-            base: format!("https://localhost:{}", running.admin.port()),
+            http: client(dir.path(), admin),
+            base: format!("https://localhost:{}", admin.port()),
         });
         if round == 0 {
             let (s, b) = api

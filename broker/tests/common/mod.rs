@@ -335,3 +335,88 @@ pub fn drive(
         }
     })
 }
+
+/// The real `broker` binary (this test target's build) on loopback port 0, killed when
+/// dropped while still running: a test that fails half-way leaves no broker behind.
+pub struct BrokerProcess {
+    pub child: std::process::Child,
+    /// Its "broker listening" line.
+    pub listening: String,
+    /// What it logged before that line.
+    pub before: Vec<String>,
+}
+
+impl BrokerProcess {
+    /// Starts the binary on the data directory `dir` with the admin password
+    /// `admin_pw`, and waits up to 60 s for its "broker listening" line.
+    pub fn start(dir: &std::path::Path, admin_pw: &str) -> BrokerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .env("BROKER_ADMIN_PASSWORD", admin_pw)
+            .env("RUST_LOG", "info")
+            .args(["--data-dir"])
+            .arg(dir)
+            .args([
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("broker starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drains stderr until the process dies, so logging never blocks it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut process = BrokerProcess {
+            child,
+            listening: String::new(),
+            before: Vec::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                if line.contains("broker listening") {
+                    process.listening = line;
+                    return process;
+                }
+                process.before.push(line);
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "broker exited with {status} before listening: {:#?}",
+                    process.before
+                );
+            }
+        }
+        panic!(
+            "no 'broker listening' line within 60 s: {:#?}",
+            process.before
+        );
+    }
+
+    /// The address logged as `key=` in the "broker listening" line.
+    pub fn addr(&self, key: &str) -> std::net::SocketAddr {
+        let line = &self.listening;
+        line.find(&format!("{key}="))
+            .and_then(|i| line[i + key.len() + 1..].split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
