@@ -32,6 +32,8 @@ use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::session::relax;
+
 /// A link as the router hands it out: sending half, receiving half, and the CONNACK.
 type Link = (LinkTx, LinkRx, Notification);
 
@@ -196,6 +198,8 @@ impl Hub {
             state: State::Idle,
             input: BytesMut::new(),
             output: BytesMut::new(),
+            input_peak: 0,
+            output_peak: 0,
             read_waker: None,
             will: None,
             will_delay: 0,
@@ -346,6 +350,7 @@ impl Announcer {
                 let Door { tx, held, .. } = &mut *d;
                 // A link the router dropped: its session learns it from its receiver.
                 let _ = send(tx, held);
+                relax_vec(held);
             }
         }
     }
@@ -486,6 +491,9 @@ pub struct LinkIo {
     input: BytesMut,
     /// Encoded for the session to read.
     output: BytesMut,
+    /// The most each held since it was last empty (see [`crate::session::relax`]).
+    input_peak: usize,
+    output_peak: usize,
     read_waker: Option<Waker>,
     will: Option<Will>,
     will_delay: u32,
@@ -596,7 +604,9 @@ impl LinkIo {
         };
         // The (now empty) vector is kept for the next write: no allocation per packet.
         ready.clear();
+        relax_vec(&mut ready);
         self.outbox = ready;
+        relax(&mut self.input, &mut self.input_peak, 0);
         result
     }
 
@@ -667,6 +677,17 @@ impl LinkIo {
     }
 }
 
+/// Most packets or notifications a link keeps room for between uses (see
+/// [`crate::session::KEEP_BUF`]): a burst's vector is freed once empty.
+const KEEP_ITEMS: usize = 32;
+
+/// Frees `v` if it is empty and grew past [`KEEP_ITEMS`].
+fn relax_vec<T>(v: &mut Vec<T>) {
+    if v.is_empty() && v.capacity() > KEEP_ITEMS {
+        *v = Vec::new();
+    }
+}
+
 /// The DISCONNECT that ends a link normally.
 fn bye() -> Packet {
     Packet::Disconnect(
@@ -724,6 +745,7 @@ impl AsyncRead for LinkIo {
                 let n = this.output.len().min(buf.remaining());
                 buf.put_slice(&this.output[..n]);
                 this.output.advance(n);
+                relax(&mut this.output, &mut this.output_peak, 0);
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
@@ -775,7 +797,9 @@ impl AsyncRead for LinkIo {
                             None => this.wake_router = true,
                         }
                     }
+                    relax_vec(&mut batch);
                     this.batch = batch;
+                    this.output_peak = this.output_peak.max(this.output.len());
                 }
                 State::Closed => return Poll::Ready(Ok(())),
             }
@@ -791,6 +815,7 @@ impl AsyncWrite for LinkIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.input.extend_from_slice(buf);
+        this.input_peak = this.input_peak.max(this.input.len());
         Poll::Ready(this.absorb().map(|()| buf.len()))
     }
 
@@ -922,6 +947,38 @@ mod tests {
             next[from] += 1;
         }
         assert_eq!(next, [N, N]);
+    }
+
+    #[tokio::test]
+    async fn buffers_grown_for_a_large_message_are_freed_once_it_is_through() {
+        let hub = hub(10).await;
+        let mut sub = connected_session(&hub, "sub").await;
+        let mut subscribe = BytesMut::new();
+        crate::mqtt::write_packet(&mut subscribe, 0x82, &[&[0, 1, 0, 1], b"t", &[0]]);
+        sub.write_all(&subscribe).await.unwrap();
+        let mut suback = [0u8; 5];
+        sub.read_exact(&mut suback).await.unwrap();
+
+        let mut device = connected_session(&hub, "device").await;
+        let payload = vec![7u8; 100_000];
+        let mut publish = BytesMut::new();
+        crate::mqtt::write_packet(&mut publish, 0x30, &[&[0, 1], b"t", &payload]);
+        device.write_all(&publish).await.unwrap();
+        let mut got = vec![0u8; publish.len()];
+        tokio::time::timeout(Duration::from_secs(10), sub.read_exact(&mut got))
+            .await
+            .expect("the message arrives")
+            .unwrap();
+        assert_eq!(got, publish);
+
+        // A PINGREQ round trip: kept, the buffer that held the message would take its
+        // 100 kB allocation back for the 2-byte PINGRESP.
+        sub.write_all(&[0xC0, 0x00]).await.unwrap();
+        let mut pong = [0u8; 2];
+        sub.read_exact(&mut pong).await.unwrap();
+        assert_eq!(pong, [0xD0, 0x00]);
+        let keep = crate::session::KEEP_BUF;
+        assert!(sub.output.capacity() <= keep, "{}", sub.output.capacity());
     }
 
     #[tokio::test]

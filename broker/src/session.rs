@@ -18,6 +18,27 @@ use crate::Shared;
 /// small and grow only for the packets that need it (output buffers start empty).
 const READ_BUF: usize = 1024;
 
+/// Largest buffer a session keeps between uses. One that grew past it (a large message,
+/// up to `max_packet_size`, 1 MiB by default) is freed once it is empty, so that a
+/// device's one large message does not cost memory for the rest of its session. The
+/// batches of a busy session (a subscriber taking a fleet's messages) stay below it and
+/// keep their buffers: freeing those after every batch cost throughput.
+pub(crate) const KEEP_BUF: usize = 64 * 1024;
+
+/// Once `buf` is empty: if it held more than [`KEEP_BUF`] bytes since it was last empty
+/// (`peak`, which the caller raises as the buffer fills), a new buffer of `fresh` bytes
+/// takes its place. A `BytesMut` whose contents were split off or advanced past keeps
+/// their whole allocation alive (and takes it back on its next reserve), whatever its
+/// `capacity()` says, so only the peak tells.
+pub(crate) fn relax(buf: &mut BytesMut, peak: &mut usize, fresh: usize) {
+    if buf.is_empty() {
+        if *peak > KEEP_BUF {
+            *buf = BytesMut::with_capacity(fresh);
+        }
+        *peak = 0;
+    }
+}
+
 /// How a session ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -620,6 +641,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out = BytesMut::new();
+    let mut buf_peak = buf.len();
     // Keep-alive 0 devices: keep the backend session alive ourselves.
     let ping_backend = keep_alive == 0;
     let mut ping = tokio::time::interval(Duration::from_secs(3600));
@@ -673,12 +695,18 @@ where
             if let Err(e) = w.flush().await {
                 return End::Io(e);
             }
+            let mut peak = out.len();
             out.clear();
+            relax(&mut out, &mut peak, 0);
         }
+        relax(&mut buf, &mut buf_peak, READ_BUF);
         tokio::select! {
             r = r.read_buf(&mut buf) => match r {
                 Ok(0) => return End::DeviceClosed,
-                Ok(_) => last_read = tokio::time::Instant::now(),
+                Ok(_) => {
+                    last_read = tokio::time::Instant::now();
+                    buf_peak = buf_peak.max(buf.len());
+                }
                 Err(e) => return End::Io(e),
             },
             _ = &mut expiry, if keep_alive > 0 => {
@@ -715,6 +743,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out = BytesMut::new();
+    let mut buf_peak = buf.len();
     loop {
         let mut packets = 0u64;
         let mut traffic = false;
@@ -762,11 +791,14 @@ where
             if let Err(e) = w.flush().await {
                 return End::Io(e);
             }
+            let mut peak = out.len();
             out.clear();
+            relax(&mut out, &mut peak, 0);
         }
+        relax(&mut buf, &mut buf_peak, READ_BUF);
         match r.read_buf(&mut buf).await {
             Ok(0) => return End::BackendClosed,
-            Ok(_) => {}
+            Ok(_) => buf_peak = buf_peak.max(buf.len()),
             Err(e) => return End::Io(e),
         }
     }
@@ -791,5 +823,36 @@ async fn watch_trust(
         if let Err(e) = store.recheck(id, certs::UnixTime::now()) {
             return End::Revoked(codes::V5_NOT_AUTHORIZED, e.label());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_that_held_a_large_message_is_replaced_once_empty() {
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        buf.extend_from_slice(&[1u8; 100_000]);
+        let mut peak = buf.len();
+        // The packet is split off, forwarded and dropped.
+        drop(buf.split_to(100_000));
+        relax(&mut buf, &mut peak, READ_BUF);
+        assert_eq!(peak, 0);
+        // Kept, the buffer would take the 100 kB allocation back here.
+        buf.extend_from_slice(&[2u8; 2]);
+        assert_eq!(buf.capacity(), READ_BUF);
+
+        // A buffer that never held more than KEEP_BUF is kept as it is.
+        let mut small = BytesMut::with_capacity(READ_BUF);
+        small.extend_from_slice(&[3u8; 500]);
+        let mut peak = small.len();
+        drop(small.split_to(500));
+        relax(&mut small, &mut peak, READ_BUF);
+        assert_eq!(
+            small.capacity(),
+            READ_BUF - 500,
+            "the rest of the same buffer"
+        );
     }
 }
