@@ -896,16 +896,31 @@ mod tests {
         io
     }
 
-    #[tokio::test]
-    async fn packets_held_for_the_router_arrive_complete_and_in_order() {
-        let hub = hub(10).await;
-        let mut sub = connected_session(&hub, "sub").await;
+    /// A session "sub" subscribed to `filter` at QoS 0 (SUBACK read).
+    async fn subscriber(hub: &Arc<Hub>, filter: &str) -> LinkIo {
+        let mut sub = connected_session(hub, "sub").await;
         let mut subscribe = BytesMut::new();
-        crate::mqtt::write_packet(&mut subscribe, 0x82, &[&[0, 1, 0, 3], b"t/#", &[0]]);
+        let len = (filter.len() as u16).to_be_bytes();
+        crate::mqtt::write_packet(
+            &mut subscribe,
+            0x82,
+            &[&[0, 1], &len, filter.as_bytes(), &[0]],
+        );
         sub.write_all(&subscribe).await.unwrap();
         let mut suback = [0u8; 5];
         sub.read_exact(&mut suback).await.unwrap();
-        assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x00]);
+        assert_eq!(
+            suback,
+            [0x90, 0x03, 0x00, 0x01, 0x00],
+            "SUBACK, QoS 0 granted"
+        );
+        sub
+    }
+
+    #[tokio::test]
+    async fn packets_held_for_the_router_arrive_complete_and_in_order() {
+        let hub = hub(10).await;
+        let mut sub = subscriber(&hub, "t/#").await;
 
         // Two devices write one QoS 0 PUBLISH at a time, in turns; every tenth turn
         // lets the announcer run, so batches hold one device's packets or both.
@@ -952,12 +967,7 @@ mod tests {
     #[tokio::test]
     async fn buffers_grown_for_a_large_message_are_freed_once_it_is_through() {
         let hub = hub(10).await;
-        let mut sub = connected_session(&hub, "sub").await;
-        let mut subscribe = BytesMut::new();
-        crate::mqtt::write_packet(&mut subscribe, 0x82, &[&[0, 1, 0, 1], b"t", &[0]]);
-        sub.write_all(&subscribe).await.unwrap();
-        let mut suback = [0u8; 5];
-        sub.read_exact(&mut suback).await.unwrap();
+        let mut sub = subscriber(&hub, "t").await;
 
         let mut device = connected_session(&hub, "device").await;
         let payload = vec![7u8; 100_000];
