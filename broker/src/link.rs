@@ -290,11 +290,10 @@ impl Hub {
 }
 
 /// A session's sending half, and its packets the router has not been told of yet.
+/// While any are held, the door is in the announcer's queue.
 struct Door {
     tx: LinkTx,
     held: Vec<Packet>,
-    /// In the announcer's queue.
-    queued: bool,
 }
 
 type SharedDoor = Arc<Mutex<Door>>;
@@ -321,12 +320,12 @@ impl Announcer {
     /// Queues `packets` (leaving the vector empty) for the next batch.
     fn hold(&self, door: &SharedDoor, packets: &mut Vec<Packet>) {
         let mut d = lock(door);
+        let queued = !d.held.is_empty();
         d.held.append(packets);
-        if d.queued {
+        drop(d);
+        if queued {
             return;
         }
-        d.queued = true;
-        drop(d);
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.push(door.clone());
         if queue.len() == 1 {
@@ -346,8 +345,7 @@ impl Announcer {
             );
             for door in doors.drain(..) {
                 let mut d = lock(&door);
-                d.queued = false;
-                let Door { tx, held, .. } = &mut *d;
+                let Door { tx, held } = &mut *d;
                 // A link the router dropped: its session learns it from its receiver.
                 let _ = send(tx, held);
                 relax_vec(held);
@@ -623,7 +621,6 @@ impl LinkIo {
             door: Arc::new(Mutex::new(Door {
                 tx,
                 held: Vec::new(),
-                queued: false,
             })),
             rx: Some(Receiver::Ready(rx)),
         };
@@ -655,7 +652,7 @@ impl LinkIo {
                 // What the session wrote last goes first; no receiver left: the router
                 // dropped the link itself.
                 let mut d = lock(&door);
-                let Door { tx, held, .. } = &mut *d;
+                let Door { tx, held } = &mut *d;
                 if !self.disconnect_sent && rx.is_some() {
                     held.push(bye());
                 }

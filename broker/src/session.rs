@@ -684,20 +684,8 @@ where
                 Err(e) => return End::Protocol(e),
             }
         }
-        if !out.is_empty() {
-            shared.metrics.forwarded("up", packets, out.len() as u64);
-            if traffic {
-                shared.pressure.note_traffic();
-            }
-            if let Err(e) = w.write_all(&out).await {
-                return End::Io(e);
-            }
-            if let Err(e) = w.flush().await {
-                return End::Io(e);
-            }
-            let mut peak = out.len();
-            out.clear();
-            relax(&mut out, &mut peak, 0);
+        if let Err(e) = forward(w, &mut out, "up", packets, traffic, shared).await {
+            return End::Io(e);
         }
         relax(&mut buf, &mut buf_peak, READ_BUF);
         tokio::select! {
@@ -780,20 +768,8 @@ where
                 Err(_) => return End::BackendClosed,
             }
         }
-        if !out.is_empty() {
-            shared.metrics.forwarded("down", packets, out.len() as u64);
-            if traffic {
-                shared.pressure.note_traffic();
-            }
-            if let Err(e) = w.write_all(&out).await {
-                return End::Io(e);
-            }
-            if let Err(e) = w.flush().await {
-                return End::Io(e);
-            }
-            let mut peak = out.len();
-            out.clear();
-            relax(&mut out, &mut peak, 0);
+        if let Err(e) = forward(w, &mut out, "down", packets, traffic, shared).await {
+            return End::Io(e);
         }
         relax(&mut buf, &mut buf_peak, READ_BUF);
         match r.read_buf(&mut buf).await {
@@ -801,6 +777,42 @@ where
             Ok(_) => buf_peak = buf_peak.max(buf.len()),
             Err(e) => return End::Io(e),
         }
+    }
+}
+
+/// Writes what one pass of a pump produced (`out`, `packets` packets, `traffic`: some of
+/// them carry messages), counts it, and empties `out` for the next pass (freed if it
+/// held more than [`KEEP_BUF`]).
+async fn forward<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut BytesMut,
+    direction: &str,
+    packets: u64,
+    traffic: bool,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    shared
+        .metrics
+        .forwarded(direction, packets, out.len() as u64);
+    if traffic {
+        shared.pressure.note_traffic();
+    }
+    w.write_all(out).await?;
+    w.flush().await?;
+    empty(out);
+    Ok(())
+}
+
+/// Empties a written-out buffer for its next use; one that held more than [`KEEP_BUF`]
+/// is freed.
+fn empty(out: &mut BytesMut) {
+    if out.len() > KEEP_BUF {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
     }
 }
 
@@ -854,5 +866,17 @@ mod tests {
             READ_BUF - 500,
             "the rest of the same buffer"
         );
+    }
+
+    #[test]
+    fn a_written_out_buffer_is_freed_only_after_a_large_message() {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[1u8; 100_000]);
+        empty(&mut out);
+        assert_eq!((out.len(), out.capacity()), (0, 0));
+        out.extend_from_slice(&[2u8; 500]);
+        let kept = out.capacity();
+        empty(&mut out);
+        assert_eq!((out.len(), out.capacity()), (0, kept));
     }
 }
