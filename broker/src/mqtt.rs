@@ -392,6 +392,13 @@ fn fits_u16(mounted: String) -> Result<String, MqttError> {
 /// Mounts a subscription filter under `prefix`, keeping `$share/<group>/` in front.
 /// A filter starting with `$` (e.g. `$SYS/#`) is mounted too: it then only matches the
 /// tenant's own `$`-topics, which devices cannot publish to, so it matches nothing.
+///
+/// A shared subscription's group is mounted as well, as `<tenant>.<group>.<filter hash>`:
+/// rumqttd keys a group by its name alone, with one cursor and one round-robin turn for
+/// all its members, so two tenants' groups of the same name (or one tenant's group on
+/// two filters) would take each other's turns and lose messages. Tenant ids have no `.`,
+/// so the mounted name is unambiguous; the device never sees it (PUBLISH carries the
+/// topic, SUBACK no filter), and UNSUBSCRIBE mounts the same filter to the same name.
 pub fn mount_filter(prefix: &str, filter: &str) -> Result<String, MqttError> {
     if filter.is_empty() || filter.contains('\0') {
         return Err(MqttError::InvalidTopic);
@@ -401,9 +408,19 @@ pub fn mount_filter(prefix: &str, filter: &str) -> Result<String, MqttError> {
         if group.is_empty() || f.is_empty() || group.contains(['+', '#']) {
             return Err(MqttError::InvalidTopic);
         }
-        return fits_u16(format!("$share/{group}/{prefix}{f}"));
+        let tenant = prefix.strip_suffix('/').unwrap_or(prefix);
+        let hash = fnv1a(f.as_bytes());
+        return fits_u16(format!("$share/{tenant}.{group}.{hash:016x}/{prefix}{f}"));
     }
     fits_u16(format!("{prefix}{filter}"))
+}
+
+/// FNV-1a, 64 bits: a stable, dependency-free name for a shared subscription's filter
+/// (not a defence: the tenant part of the name is what separates tenants).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Per-session rewriting state (MQTT 5 topic aliases from the device).
@@ -707,7 +724,28 @@ mod tests {
         assert_eq!(mount_filter("acme/", "$SYS/#").unwrap(), "acme/$SYS/#");
         assert_eq!(
             mount_filter("acme/", "$share/g/a/+").unwrap(),
-            "$share/g/acme/a/+"
+            format!("$share/acme.g.{:016x}/acme/a/+", fnv1a(b"a/+"))
+        );
+        // Groups of the same name in two tenants, or on two filters, are two groups.
+        assert_ne!(
+            mount_filter("acme/", "$share/g/a")
+                .unwrap()
+                .split('/')
+                .nth(1),
+            mount_filter("other/", "$share/g/a")
+                .unwrap()
+                .split('/')
+                .nth(1)
+        );
+        assert_ne!(
+            mount_filter("acme/", "$share/g/a")
+                .unwrap()
+                .split('/')
+                .nth(1),
+            mount_filter("acme/", "$share/g/b")
+                .unwrap()
+                .split('/')
+                .nth(1)
         );
         assert_eq!(
             mount_filter("acme/", "$share/g"),

@@ -503,3 +503,150 @@ async fn another_tenants_admin_cannot_read_write_or_list_anything_of_acme() {
         .await;
     assert_eq!(s, 200, "acme's user still logs in");
 }
+
+/// Attempts 32-36: revocation aimed at another tenant's devices (a manual serial list, a
+/// CRL from a look-alike CA named like acme's), a shared-subscription group of the same
+/// name in both tenants, and 5.0 topic aliases that would resolve to acme's topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_shared_groups_and_topic_aliases_stay_within_the_tenant() {
+    let (env, acme_ca, mallory_ca) = two_tenants().await;
+    let port = env.mqtt_port();
+    let victim = device("victim", &acme_ca);
+
+    // 32: mallory revokes the victim's serial in its own manual list.
+    let serial = certs::info::CertInfo::parse(&victim.cert_der)
+        .unwrap()
+        .serial_hex;
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::PUT,
+            "/tenant/trusted-certificates/settings/crl",
+            Some(json!({"crls": [{"serialNumberInHex": serial}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::PUT,
+            "/tenant/tenants/mallory/settings",
+            Some(json!({"crlOfflineEnabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    // 33: mallory uploads a CA whose subject is acme's ("Acme Root", its own key) and a
+    // CRL from it that lists the victim's serial.
+    let look_alike = ca("Acme Root");
+    env.upload("mallory", &look_alike, true).await;
+    let crl = certs::issue::crl(
+        &look_alike.issuer().unwrap(),
+        &[certs::issue::Revocation {
+            serial_hex: serial.clone(),
+            revoked_at: time::OffsetDateTime::now_utc(),
+        }],
+        1,
+        7,
+    )
+    .unwrap();
+    let resp = env
+        .http
+        .post(format!("{}/tenant/tenants/mallory/crls", env.base))
+        .basic_auth("mallory/admin", Some("mallory-pw-1"))
+        .header("content-type", "application/pkix-crl")
+        .body(crl)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The victim still connects into acme (with and without its CA in the chain).
+    let (_v, v_el) = connect_v4(v4_options(
+        "victim",
+        port,
+        device_tls(&env.server_ca, &victim, &[&acme_ca]),
+    ))
+    .await
+    .expect("a revocation by another tenant does not touch acme's device");
+    drop(v_el);
+    let (_v, v_el) = connect_v4(v4_options(
+        "victim",
+        port,
+        device_tls(&env.server_ca, &victim, &[]),
+    ))
+    .await
+    .expect("also when the device sends its certificate alone");
+    drop(v_el);
+
+    // 34: a shared-subscription group with the same name in both tenants: acme's
+    // messages all go to acme's member, none to mallory's.
+    let (_am, mut am_el) = subscriber(&env, "acme-member", &acme_ca, &["$share/g/jobs"]).await;
+    let (_mm, mut mm_el) =
+        subscriber(&env, "mallory-member", &mallory_ca, &["$share/g/jobs"]).await;
+    let (acme_pub, p_el) = subscriber(&env, "acme-pub", &acme_ca, &[]).await;
+    let _pd = drive(p_el);
+    for i in 0..6 {
+        acme_pub
+            .publish("jobs", QoS::AtLeastOnce, false, format!("job-{i}"))
+            .await
+            .unwrap();
+    }
+    let got = received(&mut am_el).await;
+    let leaked = received(&mut mm_el).await;
+    assert_eq!(leaked, vec![], "mallory's member gets none of acme's jobs");
+    assert_eq!(got.len(), 6, "acme's group member gets every job: {got:?}");
+
+    // 35-36: a 5.0 topic alias set on a topic spelled to reach acme, then used alone.
+    let (_w, mut w_el) = subscriber(&env, "acme-watch", &acme_ca, &["#"]).await;
+    let aliaser = device("aliaser", &mallory_ca);
+    let mut o = v5_options(
+        "aliaser",
+        port,
+        device_tls(&env.server_ca, &aliaser, &[&mallory_ca]),
+    );
+    o.set_topic_alias_max(Some(10));
+    let (a, a_el) = connect_v5(o).await.expect("5.0 connects");
+    let _ad = tokio::spawn(async move {
+        let mut el = a_el;
+        while el.poll().await.is_ok() {}
+    });
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        topic_alias: Some(1),
+        ..Default::default()
+    };
+    a.publish_with_properties(
+        "acme/jobs",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "alias-set",
+        props.clone(),
+    )
+    .await
+    .unwrap();
+    a.publish_with_properties(
+        "",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "alias-used",
+        props,
+    )
+    .await
+    .unwrap();
+    acme_pub
+        .publish("jobs", QoS::AtLeastOnce, false, "acme-control")
+        .await
+        .unwrap();
+    let got = received(&mut w_el).await;
+    assert_eq!(
+        got,
+        vec![("jobs".to_string(), "acme-control".to_string())],
+        "aliased topics stay in the publisher's tenant"
+    );
+}

@@ -73,7 +73,15 @@ fn check_up(version: Version, up: &[u8]) {
                 let (f, r) = str_at(rest);
                 let f = std::str::from_utf8(f).expect("filter stays UTF-8");
                 let inner = match f.strip_prefix("$share/") {
-                    Some(s) => s.split_once('/').expect("share group").1,
+                    Some(s) => {
+                        let (group, inner) = s.split_once('/').expect("share group");
+                        let tenant = PREFIX.trim_end_matches('/');
+                        assert!(
+                            group.strip_prefix(tenant).is_some_and(|g| g.starts_with('.')),
+                            "share group outside the tenant: {f:?}"
+                        );
+                        inner
+                    }
                     None => f,
                 };
                 assert!(
