@@ -134,17 +134,28 @@ fn expired_and_not_yet_valid_devices() {
     assert_eq!(verify(&s, &[&early]), Err(VerifyError::NotYetValid));
 }
 
+/// A CA with the anchor's DN but another key did not issue the chain: it is not a
+/// candidate, so the verdict is "unknown issuer" as if it were absent (item 2: what
+/// another tenant uploads never changes a verdict). A bad signature inside the presented
+/// chain is still reported as such.
 #[test]
-fn bad_signature_same_dn_other_key() {
+fn same_dn_other_key_is_not_an_issuer_and_bad_signature_inside_the_chain() {
     let ca = root("Tenant CA");
     let impostor = root("Tenant CA");
     let dev = device("dev-1", &impostor);
     let s = store(&ca, TenantPolicy::default());
-    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::BadSignature));
-    let no_aki = custom_device(&impostor, |p| {
-        p.use_authority_key_identifier_extension = false
-    });
-    assert_eq!(verify(&s, &[&no_aki]), Err(VerifyError::BadSignature));
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::UnknownIssuer));
+    // The device's issuer DN names a real intermediate of the anchor, but another key
+    // signed the device: the intermediate -> device signature fails.
+    let real = intermediate("Issuing", &ca, None);
+    let fake = intermediate("Issuing", &impostor, None);
+    let forged = device("dev-2", &fake);
+    let s3 = store(&ca, max_chain(3));
+    assert_eq!(
+        verify(&s3, &[&forged, &real]),
+        Err(VerifyError::BadSignature)
+    );
+    assert!(verify(&s3, &[&device("dev-3", &real), &real]).is_ok());
 }
 
 #[test]
@@ -523,39 +534,100 @@ fn labels_are_distinct() {
         VerifyError::Revoked,
         VerifyError::NoCommonName,
         VerifyError::ForbiddenCnCharacter('#'),
+        VerifyError::AmbiguousTenant,
         VerifyError::Invalid(String::new()),
     ];
     let labels: HashSet<&str> = all.iter().map(VerifyError::label).collect();
     assert_eq!(labels.len(), all.len());
 }
 
+/// The same CA uploaded by two tenants: the device cannot belong to both, so it is
+/// refused whatever the status of either copy (a disabled copy is still a claim, and
+/// the other tenant may re-enable it at any time). Fail closed, never "first wins".
 #[test]
-fn same_certificate_uploaded_by_two_tenants() {
+fn same_certificate_uploaded_by_two_tenants_is_ambiguous() {
     let ca = root("Shared CA");
     let dev = device("dev-1", &ca);
-    // Tenant a disabled it, tenant b trusts it: b's decision admits the device.
-    let mut b = TrustStore::builder();
-    b.anchor(spec("a", &ca, AnchorStatus::Disabled))
-        .expect("anchor");
-    b.anchor(spec("b", &ca, AnchorStatus::Enabled))
-        .expect("anchor");
-    let s = b.build();
-    for chain in [&[&dev][..], &[&dev, &ca][..]] {
-        let id = verify(&s, chain).expect("valid under b");
-        assert_eq!(&*id.tenant, "b");
-        // The re-check finds b's copy, not a's.
-        assert_eq!(s.recheck(&id, UnixTime::now()), Ok(()));
+    for (sa, sb) in [
+        (AnchorStatus::Enabled, AnchorStatus::Enabled),
+        (AnchorStatus::Disabled, AnchorStatus::Enabled),
+        (AnchorStatus::Enabled, AnchorStatus::Disabled),
+        (AnchorStatus::Disabled, AnchorStatus::Disabled),
+    ] {
+        let mut b = TrustStore::builder();
+        b.anchor(spec("a", &ca, sa)).expect("anchor");
+        b.anchor(spec("b", &ca, sb)).expect("anchor");
+        let s = b.build();
+        for chain in [&[&dev][..], &[&dev, &ca][..]] {
+            assert_eq!(
+                verify(&s, chain),
+                Err(VerifyError::AmbiguousTenant),
+                "{sa:?} {sb:?}"
+            );
+        }
     }
-    // Both disabled: the specific reason, not "unknown issuer".
-    let mut b = TrustStore::builder();
-    b.anchor(spec("a", &ca, AnchorStatus::Disabled))
-        .expect("anchor");
-    b.anchor(spec("b", &ca, AnchorStatus::Disabled))
-        .expect("anchor");
+    let e = VerifyError::AmbiguousTenant;
+    assert_eq!(e.label(), "ambiguous_tenant");
     assert_eq!(
-        verify(&b.build(), &[&dev]),
-        Err(VerifyError::AnchorDisabled)
+        e.to_string(),
+        "ambiguous tenant: trusted certificates of more than one tenant validate this chain"
     );
+}
+
+/// The attack: tenant B trusts its root and its devices send leaf + B's intermediate;
+/// tenant A uploads B's (public) intermediate. The old search stopped at the first
+/// presented certificate naming an anchor (the leaf -> A's copy of the intermediate)
+/// and admitted B's devices into tenant A.
+#[test]
+fn another_tenants_intermediate_cannot_capture_its_devices() {
+    let root_b = root("Tenant B Root");
+    let inter_b = intermediate("Tenant B Issuing", &root_b, None);
+    let dev = device("b-device", &inter_b);
+    let direct = device("b-direct", &root_b);
+
+    // Without A's upload: B's device is B's.
+    let mut b = TrustStore::builder();
+    b.tenant("b", max_chain(3));
+    b.anchor(spec("b", &root_b, AnchorStatus::Enabled))
+        .expect("anchor");
+    let clean = b.build();
+    assert_eq!(&*verify(&clean, &[&dev, &inter_b]).expect("b").tenant, "b");
+
+    for a_first in [true, false] {
+        let mut b = TrustStore::builder();
+        b.tenant("b", max_chain(3));
+        let upload_a = |b: &mut certs::TrustStoreBuilder| {
+            b.anchor(spec("a", &inter_b, AnchorStatus::Enabled))
+                .expect("anchor");
+        };
+        if a_first {
+            upload_a(&mut b);
+        }
+        b.anchor(spec("b", &root_b, AnchorStatus::Enabled))
+            .expect("anchor");
+        if !a_first {
+            upload_a(&mut b);
+        }
+        let s = b.build();
+        for chain in [
+            &[&dev, &inter_b][..],
+            &[&dev, &inter_b, &root_b][..],
+            // Leaf only: only A's copy validates it, but A's copy was issued by B's
+            // root, so B would validate it too given the intermediate.
+            &[&dev][..],
+            &[&dev, &root_b, &inter_b][..],
+        ] {
+            assert_eq!(
+                verify(&s, chain),
+                Err(VerifyError::AmbiguousTenant),
+                "a_first={a_first} chain of {}",
+                chain.len()
+            );
+        }
+        assert!(s.has_candidate_issuer(&[der(&dev), der(&inter_b)]));
+        // B's devices issued by its root directly are not touched by A's upload.
+        assert_eq!(&*verify(&s, &[&direct]).expect("direct").tenant, "b");
+    }
 }
 
 #[test]
