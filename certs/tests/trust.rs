@@ -647,3 +647,148 @@ fn manual_serials_in_any_notation() {
         assert_eq!(verify(&s, &[&dev]), Err(VerifyError::Revoked), "{typed}");
     }
 }
+
+/// Tenant B's PKI for the look-alike tests: root, intermediate, and chains with their
+/// verdicts.
+struct TenantB {
+    root: Issued,
+    inter: Issued,
+    chains: Vec<Vec<CertificateDer<'static>>>,
+}
+
+fn tenant_b() -> TenantB {
+    let root = root("Tenant B Root");
+    let inter = intermediate("Tenant B Issuing", &root, None);
+    let dev = device("b-device", &inter);
+    let direct = device("b-direct", &root);
+    let revoked = device("b-revoked", &inter);
+    let issuer = inter.issuer().expect("issuer");
+    let expired =
+        issue::device("b-expired", window(-30, -1), KeyType::P256, &issuer, &[]).expect("dev");
+    let chains = vec![
+        vec![der(&dev), der(&inter)],
+        vec![der(&dev), der(&inter), der(&root)],
+        vec![der(&direct)],
+        vec![der(&direct), der(&root)],
+        vec![der(&revoked), der(&inter)],
+        vec![der(&expired), der(&inter)],
+        // Not sent the intermediate: no path.
+        vec![der(&dev)],
+    ];
+    TenantB {
+        root,
+        inter,
+        chains,
+    }
+}
+
+fn store_b_with(b: &TenantB, tenant_a: &[&Issued]) -> TrustStore {
+    let mut s = TrustStore::builder();
+    let revoked = certs::CertInfo::parse(b.chains[4][0].as_ref())
+        .expect("info")
+        .serial_hex;
+    s.tenant(
+        "b",
+        TenantPolicy {
+            max_chain_length: 3,
+            revoked_serials: HashSet::from([revoked]),
+            ..TenantPolicy::default()
+        },
+    );
+    // A's uploads before and after B's: order must not matter either.
+    let (before, after) = tenant_a.split_at(tenant_a.len() / 2);
+    for ca in before {
+        s.anchor(spec("a", ca, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    s.anchor(spec("b", &b.root, AnchorStatus::Enabled))
+        .expect("anchor");
+    for ca in after {
+        s.anchor(spec("a", ca, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    s.build()
+}
+
+/// Tenant A uploads self-signed CAs whose subject is the DN of B's intermediate or of
+/// B's root, with its own SKI or with B's SKI bytes, one or fifty of them: every one of
+/// B's chains gets exactly the verdict it gets without them (the old code refused B's
+/// valid devices with "bad signature").
+#[test]
+fn look_alikes_of_another_tenants_cas_never_change_its_verdicts() {
+    let b = tenant_b();
+    let clean = store_b_with(&b, &[]);
+    let expected: Vec<_> = b
+        .chains
+        .iter()
+        .map(|c| clean.verify_device(c, UnixTime::now()))
+        .collect();
+    assert_eq!(&*expected[0].as_ref().expect("valid").tenant, "b");
+    assert_eq!(expected[1].as_ref().expect("valid").chain_length, 3);
+    assert!(expected[2].is_ok() && expected[3].is_ok());
+    assert_eq!(expected[4], Err(VerifyError::Revoked));
+    assert_eq!(expected[5], Err(VerifyError::Expired));
+    assert_eq!(expected[6], Err(VerifyError::UnknownIssuer));
+
+    let mut cases: Vec<(String, Vec<Issued>)> = Vec::new();
+    for (name, target) in [("intermediate", &b.inter), ("root", &b.root)] {
+        for copy_ski in [false, true] {
+            cases.push((
+                format!("{name} DN, copied SKI {copy_ski}"),
+                vec![look_alike(target, copy_ski)],
+            ));
+        }
+    }
+    // Fifty of each kind at once.
+    let mut many = Vec::new();
+    for _ in 0..50 {
+        for target in [&b.inter, &b.root] {
+            for copy_ski in [false, true] {
+                many.push(look_alike(target, copy_ski));
+            }
+        }
+    }
+    cases.push(("fifty of each kind".into(), many));
+    for (name, fakes) in &cases {
+        let refs: Vec<&Issued> = fakes.iter().collect();
+        let s = store_b_with(&b, &refs);
+        for (chain, want) in b.chains.iter().zip(&expected) {
+            assert_eq!(
+                &s.verify_device(chain, UnixTime::now()),
+                want,
+                "{name}, chain of {}",
+                chain.len()
+            );
+        }
+    }
+}
+
+/// The look-alikes do not even cost B's devices their place in the candidate budget:
+/// one tenant's candidates are capped, and tenants take turns.
+#[test]
+fn one_tenants_look_alikes_cannot_exhaust_the_candidate_budget() {
+    use certs::trust::{MAX_CANDIDATES, MAX_CANDIDATES_PER_TENANT};
+    let b = tenant_b();
+    // More look-alikes of B's root (same DN and SKI) than the whole budget.
+    let fakes: Vec<Issued> = (0..MAX_CANDIDATES + MAX_CANDIDATES_PER_TENANT)
+        .map(|_| look_alike(&b.root, true))
+        .collect();
+    // All uploaded before B's root: a plain first-come list would never reach it.
+    let mut builder = TrustStore::builder();
+    builder.tenant("b", max_chain(3));
+    for f in &fakes {
+        builder
+            .anchor(spec("a", f, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    builder
+        .anchor(spec("b", &b.root, AnchorStatus::Enabled))
+        .expect("anchor");
+    let s = builder.build();
+    for chain in &b.chains[..4] {
+        assert_eq!(
+            &*s.verify_device(chain, UnixTime::now()).expect("b").tenant,
+            "b"
+        );
+    }
+}
