@@ -139,6 +139,39 @@ pub enum VerifyError {
     /// given to either, so it is refused.
     #[error("ambiguous tenant: trusted certificates of more than one tenant validate this chain")]
     AmbiguousTenant,
+    /// An AuthorityKeyIdentifier in the chain is critical (RFC 5280 4.2.1.1).
+    #[error("a certificate in the chain marks its AuthorityKeyIdentifier critical; RFC 5280 requires it non-critical")]
+    CriticalAuthorityKeyId,
+    /// A SubjectKeyIdentifier in the chain is critical (RFC 5280 4.2.1.2).
+    #[error("a certificate in the chain marks its SubjectKeyIdentifier critical; RFC 5280 requires it non-critical")]
+    CriticalSubjectKeyId,
+    /// A certificate that is not self-signed has no AuthorityKeyIdentifier key id.
+    #[error("a certificate in the chain is not self-signed and has no AuthorityKeyIdentifier key identifier (required by RFC 5280)")]
+    MissingAuthorityKeyId,
+    /// A CA certificate of the chain has no SubjectKeyIdentifier.
+    #[error("a CA certificate in the chain has no SubjectKeyIdentifier (required by RFC 5280)")]
+    MissingSubjectKeyId,
+    /// policyConstraints present but not critical (RFC 5280 4.2.1.11).
+    #[error("a certificate in the chain has a non-critical policyConstraints extension; RFC 5280 requires it critical")]
+    PolicyConstraintsNotCritical,
+    /// The device certificate's extKeyUsage is critical.
+    #[error("the device certificate marks its ExtendedKeyUsage critical, which device certificates may not")]
+    CriticalExtendedKeyUsage,
+    /// A critical extension the verifier does not process (named with its OID).
+    #[error(
+        "a certificate in the chain has a critical extension this server does not process: {0}"
+    )]
+    UnsupportedCriticalExtension(String),
+    /// Name constraints of a form the verifier does not evaluate (e.g. rfc822Name).
+    #[error("the chain uses {0} name constraints, which this server does not evaluate, so it is refused")]
+    UnsupportedNameConstraint(&'static str),
+    /// A self-issued intermediate (e.g. a key-rollover certificate) the verifier
+    /// would have to exempt from pathLenConstraint or name constraints.
+    #[error("the chain holds a self-issued intermediate CA certificate; RFC 5280 exempts it from pathLenConstraint and name constraints, which this server cannot do, so the chain is refused")]
+    SelfIssuedIntermediate,
+    /// A name in the chain is outside an issuer's name constraints.
+    #[error("a name in the chain violates the name constraints of an issuing CA")]
+    NameConstraintViolation,
     /// Any other path-building failure.
     #[error("invalid certificate chain: {0}")]
     Invalid(String),
@@ -166,6 +199,16 @@ impl VerifyError {
             VerifyError::NoCommonName => "no_common_name",
             VerifyError::ForbiddenCnCharacter(_) => "forbidden_cn_character",
             VerifyError::AmbiguousTenant => "ambiguous_tenant",
+            VerifyError::CriticalAuthorityKeyId => "critical_authority_key_id",
+            VerifyError::CriticalSubjectKeyId => "critical_subject_key_id",
+            VerifyError::MissingAuthorityKeyId => "missing_authority_key_id",
+            VerifyError::MissingSubjectKeyId => "missing_subject_key_id",
+            VerifyError::PolicyConstraintsNotCritical => "policy_constraints_not_critical",
+            VerifyError::CriticalExtendedKeyUsage => "critical_extended_key_usage",
+            VerifyError::UnsupportedCriticalExtension(_) => "unsupported_critical_extension",
+            VerifyError::UnsupportedNameConstraint(_) => "unsupported_name_constraint",
+            VerifyError::SelfIssuedIntermediate => "self_issued_intermediate",
+            VerifyError::NameConstraintViolation => "name_constraint_violation",
             VerifyError::Invalid(_) => "invalid",
         }
     }
@@ -621,8 +664,9 @@ impl TrustStore {
     ///    (found when the snapshot is built): that tenant would validate the chain too
     ///    had the device sent the anchor along.
     /// 4. Otherwise the one tenant's validating anchors are judged by its policy
-    ///    (status, chain length, revocation, Common Name); the first that admits the
-    ///    device wins, else the most specific reason is returned.
+    ///    (the RFC 5280 rules of [`crate::rfc5280`] on the path, then status, chain
+    ///    length, revocation, Common Name); the first that admits the device wins, else
+    ///    the most specific reason is returned.
     ///
     /// The chain length a tenant limits counts the device certificate, every
     /// intermediate of the verified path and the anchor, whether or not the device sent
@@ -710,7 +754,14 @@ impl TrustStore {
                         .map(|c| c.der().into_owned())
                         .collect(),
                 )),
-                Err(e) => keep_most_specific(&mut error, map_webpki(e)),
+                Err(e) => {
+                    let anchor_x = X509Certificate::from_der(entry.der.as_ref())
+                        .ok()
+                        .map(|(_, x)| x);
+                    let e = crate::rfc5280::explain_webpki(&e, &parsed, anchor_x.as_ref())
+                        .unwrap_or_else(|| map_webpki(e));
+                    keep_most_specific(&mut error, e)
+                }
             }
         }
         let Some((first, _)) = validated.first() else {
@@ -738,6 +789,17 @@ impl TrustStore {
                         hex::encode(strip_sign(x.raw_serial())),
                     ));
                 }
+            }
+            let inter_x: Vec<X509Certificate<'_>> = inter
+                .iter()
+                .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, x)| x))
+                .collect();
+            let anchor_x = X509Certificate::from_der(entry.der.as_ref())
+                .ok()
+                .map(|(_, x)| x);
+            if let Err(e) = crate::rfc5280::check_path(&leaf_x, &inter_x, anchor_x.as_ref()) {
+                keep_most_specific(&mut error, e);
+                continue;
             }
             match self.finish(entry, &leaf_x, leaf.as_ref(), inter, path_serials, now) {
                 Ok(id) => return Ok(id),
