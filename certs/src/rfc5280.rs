@@ -204,18 +204,7 @@ fn constrained_forms(x: &X509Certificate<'_>) -> Vec<&'static str> {
                 .chain(nc.excluded_subtrees.iter())
                 .flatten()
             {
-                let form = match sub.base {
-                    GeneralName::OtherName(..) => "otherName",
-                    GeneralName::RFC822Name(_) => "rfc822Name",
-                    GeneralName::DNSName(_) => "dNSName",
-                    GeneralName::X400Address(_) => "x400Address",
-                    GeneralName::DirectoryName(_) => "directoryName",
-                    GeneralName::EDIPartyName(_) => "ediPartyName",
-                    GeneralName::URI(_) => "uniformResourceIdentifier",
-                    GeneralName::IPAddress(_) => "iPAddress",
-                    GeneralName::RegisteredID(_) => "registeredID",
-                    GeneralName::Invalid(..) => "unknown",
-                };
+                let form = general_name_form(&sub.base);
                 if !out.contains(&form) {
                     out.push(form);
                 }
@@ -223,6 +212,101 @@ fn constrained_forms(x: &X509Certificate<'_>) -> Vec<&'static str> {
         }
     }
     out
+}
+
+/// The name forms a certificate presents: its subject (directoryName, and rfc822Name
+/// when it holds an emailAddress attribute) and its subjectAltName entries.
+fn name_forms(x: &X509Certificate<'_>) -> Vec<&'static str> {
+    let mut out = vec!["directoryName"];
+    if has_email_attribute(x) {
+        out.push("rfc822Name");
+    }
+    for e in x.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = e.parsed_extension() {
+            for n in &san.general_names {
+                out.push(general_name_form(n));
+            }
+        }
+    }
+    out
+}
+
+fn general_name_form(n: &GeneralName<'_>) -> &'static str {
+    match n {
+        GeneralName::OtherName(..) => "otherName",
+        GeneralName::RFC822Name(_) => "rfc822Name",
+        GeneralName::DNSName(_) => "dNSName",
+        GeneralName::X400Address(_) => "x400Address",
+        GeneralName::DirectoryName(_) => "directoryName",
+        GeneralName::EDIPartyName(_) => "ediPartyName",
+        GeneralName::URI(_) => "uniformResourceIdentifier",
+        GeneralName::IPAddress(_) => "iPAddress",
+        GeneralName::RegisteredID(_) => "registeredID",
+        GeneralName::Invalid(..) => "unknown",
+    }
+}
+
+/// `issuer`'s key made the signature on `cert`.
+fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    crate::signature::verify_with_spki(
+        issuer.public_key(),
+        &cert.signature_algorithm.algorithm.to_id_string(),
+        cert.tbs_certificate.as_ref(),
+        &cert.signature_value.data,
+    )
+    .is_ok()
+}
+
+/// True when the presented certificates (leaf first) hold a path leaf -> CA ... ->
+/// `anchor` in which every signature verifies and one intermediate is self-issued.
+/// Depth-first over at most [`crate::trust::MAX_MAX_CHAIN_LENGTH`] certificates; only
+/// run for a chain webpki already refused.
+fn signed_path_through_self_issued(
+    presented: &[Option<X509Certificate<'_>>],
+    anchor: &X509Certificate<'_>,
+) -> bool {
+    fn walk(
+        current: &X509Certificate<'_>,
+        presented: &[Option<X509Certificate<'_>>],
+        anchor: &X509Certificate<'_>,
+        used: &mut Vec<usize>,
+        through_self_issued: bool,
+    ) -> bool {
+        if through_self_issued && signed_by(current, anchor) {
+            return true;
+        }
+        if used.len() >= crate::trust::MAX_MAX_CHAIN_LENGTH as usize {
+            return false;
+        }
+        for (j, next) in presented.iter().enumerate().skip(1) {
+            let Some(next) = next else { continue };
+            if used.contains(&j)
+                || next.as_raw() == anchor.as_raw()
+                || !next.is_ca()
+                || next.subject().as_raw() != current.issuer().as_raw()
+                || !signed_by(current, next)
+            {
+                continue;
+            }
+            used.push(j);
+            let found = walk(
+                next,
+                presented,
+                anchor,
+                used,
+                through_self_issued || is_self_issued(next),
+            );
+            used.pop();
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    match presented.first() {
+        Some(Some(leaf)) => walk(leaf, presented, anchor, &mut Vec::new(), false),
+        _ => false,
+    }
 }
 
 fn has_email_attribute(x: &X509Certificate<'_>) -> bool {
@@ -272,22 +356,30 @@ pub(crate) fn explain_webpki(
             // Forms webpki does not evaluate: it refuses any presented name of that
             // form (rfc822Name, URI, ...), and every subject under a directoryName
             // constraint.
+            let named: Vec<&'static str> = certs().flat_map(name_forms).collect();
             for x in intermediates().chain(anchor) {
                 if let Some(form) = constrained_forms(x)
                     .into_iter()
-                    .find(|f| !matches!(*f, "dNSName" | "iPAddress"))
+                    .find(|f| !matches!(*f, "dNSName" | "iPAddress") && named.contains(f))
                 {
                     return Some(VerifyError::UnsupportedNameConstraint(form));
                 }
             }
-            if intermediates().any(is_self_issued) {
+            if anchor.is_some_and(|a| signed_path_through_self_issued(presented, a)) {
                 return Some(VerifyError::SelfIssuedIntermediate);
             }
             Some(VerifyError::NameConstraintViolation)
         }
-        E::PathLenConstraintViolated => intermediates()
-            .any(|x| is_self_issued(x) && x.is_ca())
-            .then_some(VerifyError::SelfIssuedIntermediate),
+        // webpki counts self-issued intermediates against pathLenConstraint, and with
+        // several CAs of one DN its path search reports the dead ends it ran into (a
+        // bad signature, an unknown issuer) rather than the constraint: when the
+        // presented certificates do form a correctly signed path through a self-issued
+        // intermediate, that is the reason.
+        E::PathLenConstraintViolated | E::InvalidSignatureForPublicKey | E::UnknownIssuer
+            if anchor.is_some_and(|a| signed_path_through_self_issued(presented, a)) =>
+        {
+            Some(VerifyError::SelfIssuedIntermediate)
+        }
         _ => None,
     }
 }

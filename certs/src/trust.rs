@@ -727,8 +727,10 @@ impl TrustStore {
         }
 
         // Step 3: every survivor is tried.
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            crate::rfc5280::explain_webpki(&e, &parsed[..1], None)
+                .unwrap_or_else(|| VerifyError::Malformed(format!("{e:?}")))
+        })?;
         let mut error = None;
         let mut validated: Vec<(usize, Vec<CertificateDer<'static>>)> = Vec::new();
         for idx in survivors {

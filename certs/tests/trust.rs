@@ -796,3 +796,311 @@ fn one_tenants_look_alikes_cannot_exhaust_the_candidate_budget() {
         );
     }
 }
+
+/// An intermediate CA built directly with rcgen (CA:true critical, keyCertSign, SKI,
+/// AKI), signed by `parent`, for shapes `issue::ca` does not make.
+fn custom_ca(cn: &str, parent: &Issued, edit: impl FnOnce(&mut CertificateParams)) -> Issued {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    let v = window(-1, 30);
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.use_authority_key_identifier_extension = true;
+    edit(&mut p);
+    let key = KeyPair::generate().expect("key");
+    let cert = p
+        .signed_by(&key, &parent.issuer().expect("issuer"))
+        .expect("sign");
+    Issued {
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der().into(),
+    }
+}
+
+fn extension(oid: &[u64], content: &[u8], critical: bool) -> rcgen::CustomExtension {
+    let mut e = rcgen::CustomExtension::from_oid_content(oid, content.to_vec());
+    e.set_criticality(critical);
+    e
+}
+
+/// The SubjectKeyIdentifier bytes of an issued certificate.
+fn ski_of(i: &Issued) -> Vec<u8> {
+    let info = certs::CertInfo::parse(i.cert_der.as_ref()).expect("info");
+    hex::decode(info.subject_key_id.expect("ski")).expect("hex")
+}
+
+/// DER of an AuthorityKeyIdentifier holding only `key_id`.
+fn aki_content(key_id: &[u8]) -> Vec<u8> {
+    let mut inner = vec![0x80, key_id.len() as u8];
+    inner.extend_from_slice(key_id);
+    let mut out = vec![0x30, inner.len() as u8];
+    out.extend(inner);
+    out
+}
+
+/// A store for tenant `t` with one root and chains of up to 4 certificates.
+fn store4(ca: &Issued) -> TrustStore {
+    store(ca, max_chain(4))
+}
+
+#[test]
+fn critical_key_identifiers_are_refused() {
+    let r = root("Root");
+    let s = store4(&r);
+    // Critical AKI on the device.
+    let dev = custom_device(&r, |p| {
+        p.use_authority_key_identifier_extension = false;
+        p.custom_extensions = vec![extension(&[2, 5, 29, 35], &aki_content(&ski_of(&r)), true)];
+    });
+    assert_eq!(
+        verify(&s, &[&dev]),
+        Err(VerifyError::CriticalAuthorityKeyId)
+    );
+    // The same AKI non-critical: accepted (the test isolates criticality).
+    let ok = custom_device(&r, |p| {
+        p.use_authority_key_identifier_extension = false;
+        p.custom_extensions = vec![extension(&[2, 5, 29, 35], &aki_content(&ski_of(&r)), false)];
+    });
+    assert!(verify(&s, &[&ok]).is_ok());
+    // Critical SKI on the device (no BasicConstraints, so rcgen writes no SKI itself).
+    let dev = custom_device(&r, |p| {
+        p.is_ca = IsCa::NoCa;
+        p.custom_extensions = vec![extension(&[2, 5, 29, 14], &[0x04, 0x02, 1, 2], true)];
+    });
+    assert_eq!(verify(&s, &[&dev]), Err(VerifyError::CriticalSubjectKeyId));
+    let e = VerifyError::CriticalSubjectKeyId;
+    assert_eq!(e.label(), "critical_subject_key_id");
+    assert_eq!(
+        e.to_string(),
+        "a certificate in the chain marks its SubjectKeyIdentifier critical; RFC 5280 requires it non-critical"
+    );
+    assert_eq!(
+        VerifyError::CriticalAuthorityKeyId.to_string(),
+        "a certificate in the chain marks its AuthorityKeyIdentifier critical; RFC 5280 requires it non-critical"
+    );
+}
+
+#[test]
+fn missing_key_identifiers_are_refused() {
+    let r = root("Root");
+    let s = store4(&r);
+    // An intermediate without AKI (not self-signed).
+    let no_aki = custom_ca("No AKI", &r, |p| {
+        p.use_authority_key_identifier_extension = false
+    });
+    let dev = device("dev-1", &no_aki);
+    assert_eq!(
+        verify(&s, &[&dev, &no_aki]),
+        Err(VerifyError::MissingAuthorityKeyId)
+    );
+    assert_eq!(
+        VerifyError::MissingAuthorityKeyId.to_string(),
+        "a certificate in the chain is not self-signed and has no AuthorityKeyIdentifier key identifier (required by RFC 5280)"
+    );
+    // A CA intermediate without SKI: BasicConstraints written by hand (rcgen writes the
+    // SKI along with its own BasicConstraints).
+    let no_ski = custom_ca("No SKI", &r, |p| {
+        p.is_ca = IsCa::NoCa;
+        p.custom_extensions = vec![extension(
+            &[2, 5, 29, 19],
+            &[0x30, 0x03, 0x01, 0x01, 0xff],
+            true,
+        )];
+    });
+    let info = certs::CertInfo::parse(no_ski.cert_der.as_ref()).expect("info");
+    assert!(info.is_ca && info.subject_key_id.is_none());
+    let dev = device("dev-2", &no_ski);
+    assert_eq!(
+        verify(&s, &[&dev, &no_ski]),
+        Err(VerifyError::MissingSubjectKeyId)
+    );
+    assert_eq!(
+        VerifyError::MissingSubjectKeyId.to_string(),
+        "a CA certificate in the chain has no SubjectKeyIdentifier (required by RFC 5280)"
+    );
+}
+
+#[test]
+fn policy_constraints_must_be_critical() {
+    let r = root("Root");
+    let s = store4(&r);
+    // policyConstraints { requireExplicitPolicy 0 }.
+    let content = [0x30, 0x03, 0x80, 0x01, 0x00];
+    let soft = custom_ca("Soft policy", &r, |p| {
+        p.custom_extensions = vec![extension(&[2, 5, 29, 36], &content, false)]
+    });
+    assert_eq!(
+        verify(&s, &[&device("dev-1", &soft), &soft]),
+        Err(VerifyError::PolicyConstraintsNotCritical)
+    );
+    assert_eq!(
+        VerifyError::PolicyConstraintsNotCritical.label(),
+        "policy_constraints_not_critical"
+    );
+    // Critical, as RFC 5280 requires: webpki does not process policies and refuses it;
+    // the reason names the extension instead of a generic failure.
+    let hard = custom_ca("Hard policy", &r, |p| {
+        p.custom_extensions = vec![extension(&[2, 5, 29, 36], &content, true)]
+    });
+    let e = verify(&s, &[&device("dev-2", &hard), &hard]).expect_err("refused");
+    assert_eq!(
+        e,
+        VerifyError::UnsupportedCriticalExtension("policyConstraints (2.5.29.36)".into())
+    );
+    assert_eq!(
+        e.to_string(),
+        "a certificate in the chain has a critical extension this server does not process: policyConstraints (2.5.29.36)"
+    );
+    assert_eq!(e.label(), "unsupported_critical_extension");
+}
+
+#[test]
+fn critical_eku_on_a_device_is_refused() {
+    let r = root("Root");
+    let s = store4(&r);
+    // extKeyUsage { clientAuth }, critical.
+    let eku = [
+        0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
+    ];
+    let dev = custom_device(&r, |p| {
+        p.extended_key_usages = Vec::new();
+        p.custom_extensions = vec![extension(&[2, 5, 29, 37], &eku, true)];
+    });
+    assert_eq!(
+        verify(&s, &[&dev]),
+        Err(VerifyError::CriticalExtendedKeyUsage)
+    );
+    assert_eq!(
+        VerifyError::CriticalExtendedKeyUsage.to_string(),
+        "the device certificate marks its ExtendedKeyUsage critical, which device certificates may not"
+    );
+    let ok = custom_device(&r, |p| {
+        p.extended_key_usages = Vec::new();
+        p.custom_extensions = vec![extension(&[2, 5, 29, 37], &eku, false)];
+    });
+    assert!(verify(&s, &[&ok]).is_ok());
+}
+
+/// RFC 5280 6.1.4 (l): a self-issued intermediate (here a key rollover: the root's DN
+/// with a new key, signed by the root's key) does not count against pathLenConstraint.
+/// The anchor's constraint is checked here and is counted that way; an intermediate's
+/// constraint is checked by webpki, which counts it, so that chain is refused with the
+/// exact reason rather than "path length exceeded".
+#[test]
+fn self_issued_intermediates_and_path_length() {
+    let r = root_with(
+        "Rollover Root",
+        &CaOptions {
+            path_len: Some(0),
+            ..CaOptions::default()
+        },
+    );
+    let rollover = intermediate("Rollover Root", &r, None);
+    let dev = device("dev-1", &rollover);
+    let id = verify(&store4(&r), &[&dev, &rollover]).expect("RFC 5280 accepts");
+    // The chain length still counts it: device + rollover + anchor.
+    assert_eq!(id.chain_length, 3);
+    // A real (not self-issued) intermediate under pathlen:0 is still refused.
+    let sub = intermediate("Sub", &r, None);
+    assert_eq!(
+        verify(&store4(&r), &[&device("dev-2", &sub), &sub]),
+        Err(VerifyError::PathLenExceeded)
+    );
+
+    let r2 = root("Root");
+    let i = intermediate("Issuing", &r2, Some(0));
+    let i_rollover = intermediate("Issuing", &i, None);
+    let dev = device("dev-3", &i_rollover);
+    let e = verify(&store4(&r2), &[&dev, &i_rollover, &i]).expect_err("refused");
+    assert_eq!(e, VerifyError::SelfIssuedIntermediate);
+    assert_eq!(e.label(), "self_issued_intermediate");
+    assert_eq!(
+        e.to_string(),
+        "the chain holds a self-issued intermediate CA certificate; RFC 5280 exempts it from pathLenConstraint and name constraints, which this server cannot do, so the chain is refused"
+    );
+}
+
+/// rfc822Name name constraints: webpki refuses every email name under them, and does
+/// not look at the subject's emailAddress attribute RFC 5280 puts under them. Either
+/// way the chain is refused with a reason that says so; DNS constraints still work.
+#[test]
+fn name_constraints_rfc822_and_dns() {
+    let r = root("Root");
+    let s = store4(&r);
+    let constrained = custom_ca("Mail constrained", &r, |p| {
+        p.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees: vec![
+                rcgen::GeneralSubtree::Rfc822Name("example.com".into()),
+                rcgen::GeneralSubtree::DnsName("example.com".into()),
+            ],
+            excluded_subtrees: Vec::new(),
+        })
+    });
+    let expected = VerifyError::UnsupportedNameConstraint("rfc822Name");
+    // An email SAN RFC 5280 would accept.
+    let san = custom_device(&constrained, |p| {
+        p.subject_alt_names = vec![SanType::Rfc822Name(
+            "dev@example.com".try_into().expect("email"),
+        )]
+    });
+    assert_eq!(verify(&s, &[&san, &constrained]), Err(expected.clone()));
+    // An emailAddress attribute outside the constraint, which webpki would not see.
+    let attr = custom_device(&constrained, |p| {
+        p.distinguished_name.push(
+            DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            "dev@evil.example",
+        );
+    });
+    assert_eq!(verify(&s, &[&attr, &constrained]), Err(expected.clone()));
+    assert_eq!(
+        expected.to_string(),
+        "the chain uses rfc822Name name constraints, which this server does not evaluate, so it is refused"
+    );
+    assert_eq!(expected.label(), "unsupported_name_constraint");
+    // No email anywhere: the DNS constraint is evaluated, inside and outside.
+    let inside = custom_device(&constrained, |p| {
+        p.subject_alt_names = vec![SanType::DnsName("dev.example.com".try_into().expect("dns"))]
+    });
+    assert!(verify(&s, &[&inside, &constrained]).is_ok());
+    let outside = custom_device(&constrained, |p| {
+        p.subject_alt_names = vec![SanType::DnsName("dev.example.org".try_into().expect("dns"))]
+    });
+    assert_eq!(
+        verify(&s, &[&outside, &constrained]),
+        Err(VerifyError::NameConstraintViolation)
+    );
+}
+
+/// Every certificate `certs::issue` makes for a chain (root, intermediates with and
+/// without pathlen, devices, RSA) passes the chain rules.
+#[test]
+fn chains_made_by_issue_pass_every_rule() {
+    let r = root("Root");
+    let i = intermediate("Issuing", &r, Some(1));
+    let i2 = intermediate("Issuing 2", &i, Some(0));
+    let rsa_root = issue::ca(
+        &Subject::cn("RSA Root"),
+        issue::Validity::days(30),
+        KeyType::Rsa2048,
+        &CaOptions::default(),
+        None,
+    )
+    .expect("rsa");
+    let rsa_dev = issue::device(
+        "rsa-dev",
+        issue::Validity::days(30),
+        KeyType::Rsa2048,
+        &rsa_root.issuer().expect("issuer"),
+        &["http://crl.example/ca.crl".into()],
+    )
+    .expect("dev");
+    let s = store(&r, max_chain(4));
+    assert!(verify(&s, &[&device("d1", &r)]).is_ok());
+    assert!(verify(&s, &[&device("d2", &i), &i]).is_ok());
+    assert!(verify(&s, &[&device("d3", &i2), &i2, &i, &r]).is_ok());
+    assert!(verify(&store(&rsa_root, max_chain(2)), &[&rsa_dev]).is_ok());
+}
