@@ -18,6 +18,11 @@ use crate::revocation::Crl;
 pub const DEFAULT_MAX_CHAIN_LENGTH: u8 = 2;
 /// The largest chain-length limit a tenant may choose.
 pub const MAX_MAX_CHAIN_LENGTH: u8 = 10;
+/// The longest chain the verifier can build whatever the tenant allows: webpki follows
+/// at most 6 intermediates, so device + 6 intermediates + anchor. A limit of 9 or 10
+/// therefore admits nothing a limit of 8 does not; a longer path is refused with
+/// [`VerifyError::PathTooDeep`].
+pub const VERIFIER_MAX_CHAIN_LENGTH: u8 = 8;
 /// Characters a Common Name may not contain: it becomes an MQTT ClientId and part of
 /// topic paths.
 pub const FORBIDDEN_CN_CHARS: &[char] = &['+', '#', '/', '$', '\0'];
@@ -107,6 +112,9 @@ pub enum VerifyError {
         /// The tenant's limit.
         max: u8,
     },
+    /// The path needs more intermediates than the verifier follows.
+    #[error("chain too long: the verifier follows at most {VERIFIER_MAX_CHAIN_LENGTH} certificates (device, 6 intermediates, anchor)")]
+    PathTooDeep,
     /// An intermediate's pathLenConstraint is exceeded.
     #[error("pathLenConstraint exceeded")]
     PathLenExceeded,
@@ -189,6 +197,7 @@ impl VerifyError {
             VerifyError::NotYetValid => "not_yet_valid",
             VerifyError::AnchorExpired => "anchor_expired",
             VerifyError::ChainTooLong { .. } => "chain_too_long",
+            VerifyError::PathTooDeep => "path_too_deep",
             VerifyError::PathLenExceeded => "path_len_exceeded",
             VerifyError::IssuerNotCa => "issuer_not_ca",
             VerifyError::DeviceIsCa => "device_is_ca",
@@ -670,8 +679,11 @@ impl TrustStore {
     ///
     /// The chain length a tenant limits counts the device certificate, every
     /// intermediate of the verified path and the anchor, whether or not the device sent
-    /// the anchor (a sent copy is not counted twice); self-issued intermediates count
-    /// too. pathLenConstraint, by contrast, counts as RFC 5280 does: only the
+    /// the anchor (a sent copy is not counted twice, certificates sent but not on the
+    /// path are not counted); self-issued intermediates count too. Whatever the tenant
+    /// allows, the verifier builds paths of at most [`VERIFIER_MAX_CHAIN_LENGTH`]
+    /// certificates, and more than `MAX_MAX_CHAIN_LENGTH + 1` presented certificates
+    /// are refused before any signature work. pathLenConstraint, by contrast, counts as RFC 5280 does: only the
     /// intermediates below the constraining CA, self-issued ones excepted.
     pub fn verify_device(
         &self,
@@ -1084,10 +1096,7 @@ fn map_webpki(e: webpki::Error) -> VerifyError {
         E::EndEntityUsedAsCa => VerifyError::IssuerNotCa,
         E::PathLenConstraintViolated => VerifyError::PathLenExceeded,
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => VerifyError::NotForClientAuth,
-        E::MaximumPathDepthExceeded => VerifyError::ChainTooLong {
-            length: MAX_PRESENTED,
-            max: MAX_MAX_CHAIN_LENGTH,
-        },
+        E::MaximumPathDepthExceeded => VerifyError::PathTooDeep,
         E::CertRevoked => VerifyError::Revoked,
         other => VerifyError::Invalid(format!("{other:?}")),
     }

@@ -51,31 +51,6 @@ fn serial(i: &Issued) -> String {
         .serial_hex
 }
 
-/// A device certificate built directly with rcgen, for shapes `issue::device` does not
-/// make (no AKI, no CN, other EKU).
-fn custom_device(ca: &Issued, edit: impl FnOnce(&mut CertificateParams)) -> Issued {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "custom-device");
-    p.distinguished_name = dn;
-    let v = window(-1, 30);
-    p.not_before = v.not_before;
-    p.not_after = v.not_after;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = true;
-    edit(&mut p);
-    let key = KeyPair::generate().expect("key");
-    let cert = p
-        .signed_by(&key, &ca.issuer().expect("issuer"))
-        .expect("sign");
-    Issued {
-        cert_der: cert.der().clone(),
-        key_der: key.serialize_der().into(),
-    }
-}
-
 #[test]
 fn leaf_only_and_leaf_with_ca_both_verify() {
     let ca = root("Tenant CA");
@@ -1103,4 +1078,37 @@ fn chains_made_by_issue_pass_every_rule() {
     assert!(verify(&s, &[&device("d2", &i), &i]).is_ok());
     assert!(verify(&s, &[&device("d3", &i2), &i2, &i, &r]).is_ok());
     assert!(verify(&store(&rsa_root, max_chain(2)), &[&rsa_dev]).is_ok());
+}
+
+/// webpki follows at most 6 intermediates: a longer path is refused with its own
+/// reason, not "chain too long ... the tenant allows 10".
+#[test]
+fn paths_deeper_than_the_verifier_follows() {
+    let r = root("Root");
+    let mut chain_cas = vec![intermediate("Level 1", &r, None)];
+    for n in 2..=7 {
+        let parent = chain_cas.last().expect("parent");
+        let next = intermediate(&format!("Level {n}"), parent, None);
+        chain_cas.push(next);
+    }
+    let s = store(&r, max_chain(10));
+    // 6 intermediates: device + 6 + anchor = 8 certificates, accepted.
+    let dev6 = device("dev-6", &chain_cas[5]);
+    let mut chain6: Vec<&Issued> = vec![&dev6];
+    chain6.extend(chain_cas[..6].iter().rev());
+    assert_eq!(
+        verify(&s, &chain6).expect("8 certificates").chain_length,
+        certs::trust::VERIFIER_MAX_CHAIN_LENGTH as usize
+    );
+    // 7 intermediates: 9 certificates, within the tenant's 10 but beyond the verifier.
+    let dev7 = device("dev-7", &chain_cas[6]);
+    let mut chain7: Vec<&Issued> = vec![&dev7];
+    chain7.extend(chain_cas.iter().rev());
+    let e = verify(&s, &chain7).expect_err("too deep");
+    assert_eq!(e, VerifyError::PathTooDeep);
+    assert_eq!(
+        e.to_string(),
+        "chain too long: the verifier follows at most 8 certificates (device, 6 intermediates, anchor)"
+    );
+    assert_eq!(e.label(), "path_too_deep");
 }

@@ -159,3 +159,28 @@ pub fn look_alike(target: &Issued, copy_ski: bool) -> Issued {
         key_der: key.serialize_der().into(),
     }
 }
+
+/// A device certificate built directly with rcgen, for shapes `issue::device` does not
+/// make (no AKI, no CN, other EKU).
+pub fn custom_device(ca: &Issued, edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Issued {
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "custom-device");
+    p.distinguished_name = dn;
+    let v = window(-1, 30);
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    edit(&mut p);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = p
+        .signed_by(&key, &ca.issuer().expect("issuer"))
+        .expect("sign");
+    Issued {
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der().into(),
+    }
+}
