@@ -26,6 +26,7 @@ pub mod keys;
 pub mod pem;
 pub mod requirements;
 pub mod revocation;
+pub mod rfc5280;
 pub mod signature;
 pub mod trust;
 pub mod upload;

@@ -18,6 +18,11 @@ use crate::revocation::Crl;
 pub const DEFAULT_MAX_CHAIN_LENGTH: u8 = 2;
 /// The largest chain-length limit a tenant may choose.
 pub const MAX_MAX_CHAIN_LENGTH: u8 = 10;
+/// The longest chain the verifier can build whatever the tenant allows: webpki follows
+/// at most 6 intermediates, so device + 6 intermediates + anchor. A limit of 9 or 10
+/// therefore admits nothing a limit of 8 does not; a longer path is refused with
+/// [`VerifyError::PathTooDeep`].
+pub const VERIFIER_MAX_CHAIN_LENGTH: u8 = 8;
 /// Characters a Common Name may not contain: it becomes an MQTT ClientId and part of
 /// topic paths.
 pub const FORBIDDEN_CN_CHARS: &[char] = &['+', '#', '/', '$', '\0'];
@@ -107,6 +112,9 @@ pub enum VerifyError {
         /// The tenant's limit.
         max: u8,
     },
+    /// The path needs more intermediates than the verifier follows.
+    #[error("chain too long: the verifier follows at most {VERIFIER_MAX_CHAIN_LENGTH} certificates (device, 6 intermediates, anchor)")]
+    PathTooDeep,
     /// An intermediate's pathLenConstraint is exceeded.
     #[error("pathLenConstraint exceeded")]
     PathLenExceeded,
@@ -134,6 +142,44 @@ pub enum VerifyError {
     /// The Common Name contains a character MQTT reserves.
     #[error("Common Name contains a forbidden character ({0:?})")]
     ForbiddenCnCharacter(char),
+    /// Anchors of more than one tenant validate the chain (the same CA uploaded by two
+    /// tenants, or one tenant uploaded a CA of another's chain): the device cannot be
+    /// given to either, so it is refused.
+    #[error("ambiguous tenant: trusted certificates of more than one tenant validate this chain")]
+    AmbiguousTenant,
+    /// An AuthorityKeyIdentifier in the chain is critical (RFC 5280 4.2.1.1).
+    #[error("a certificate in the chain marks its AuthorityKeyIdentifier critical; RFC 5280 requires it non-critical")]
+    CriticalAuthorityKeyId,
+    /// A SubjectKeyIdentifier in the chain is critical (RFC 5280 4.2.1.2).
+    #[error("a certificate in the chain marks its SubjectKeyIdentifier critical; RFC 5280 requires it non-critical")]
+    CriticalSubjectKeyId,
+    /// A certificate that is not self-signed has no AuthorityKeyIdentifier key id.
+    #[error("a certificate in the chain is not self-signed and has no AuthorityKeyIdentifier key identifier (required by RFC 5280)")]
+    MissingAuthorityKeyId,
+    /// A CA certificate of the chain has no SubjectKeyIdentifier.
+    #[error("a CA certificate in the chain has no SubjectKeyIdentifier (required by RFC 5280)")]
+    MissingSubjectKeyId,
+    /// policyConstraints present but not critical (RFC 5280 4.2.1.11).
+    #[error("a certificate in the chain has a non-critical policyConstraints extension; RFC 5280 requires it critical")]
+    PolicyConstraintsNotCritical,
+    /// The device certificate's extKeyUsage is critical.
+    #[error("the device certificate marks its ExtendedKeyUsage critical, which device certificates may not")]
+    CriticalExtendedKeyUsage,
+    /// A critical extension the verifier does not process (named with its OID).
+    #[error(
+        "a certificate in the chain has a critical extension this server does not process: {0}"
+    )]
+    UnsupportedCriticalExtension(String),
+    /// Name constraints of a form the verifier does not evaluate (e.g. rfc822Name).
+    #[error("the chain uses {0} name constraints, which this server does not evaluate, so it is refused")]
+    UnsupportedNameConstraint(&'static str),
+    /// A self-issued intermediate (e.g. a key-rollover certificate) the verifier
+    /// would have to exempt from pathLenConstraint or name constraints.
+    #[error("the chain holds a self-issued intermediate CA certificate; RFC 5280 exempts it from pathLenConstraint and name constraints, which this server cannot do, so the chain is refused")]
+    SelfIssuedIntermediate,
+    /// A name in the chain is outside an issuer's name constraints.
+    #[error("a name in the chain violates the name constraints of an issuing CA")]
+    NameConstraintViolation,
     /// Any other path-building failure.
     #[error("invalid certificate chain: {0}")]
     Invalid(String),
@@ -151,6 +197,7 @@ impl VerifyError {
             VerifyError::NotYetValid => "not_yet_valid",
             VerifyError::AnchorExpired => "anchor_expired",
             VerifyError::ChainTooLong { .. } => "chain_too_long",
+            VerifyError::PathTooDeep => "path_too_deep",
             VerifyError::PathLenExceeded => "path_len_exceeded",
             VerifyError::IssuerNotCa => "issuer_not_ca",
             VerifyError::DeviceIsCa => "device_is_ca",
@@ -160,6 +207,17 @@ impl VerifyError {
             VerifyError::Revoked => "revoked",
             VerifyError::NoCommonName => "no_common_name",
             VerifyError::ForbiddenCnCharacter(_) => "forbidden_cn_character",
+            VerifyError::AmbiguousTenant => "ambiguous_tenant",
+            VerifyError::CriticalAuthorityKeyId => "critical_authority_key_id",
+            VerifyError::CriticalSubjectKeyId => "critical_subject_key_id",
+            VerifyError::MissingAuthorityKeyId => "missing_authority_key_id",
+            VerifyError::MissingSubjectKeyId => "missing_subject_key_id",
+            VerifyError::PolicyConstraintsNotCritical => "policy_constraints_not_critical",
+            VerifyError::CriticalExtendedKeyUsage => "critical_extended_key_usage",
+            VerifyError::UnsupportedCriticalExtension(_) => "unsupported_critical_extension",
+            VerifyError::UnsupportedNameConstraint(_) => "unsupported_name_constraint",
+            VerifyError::SelfIssuedIntermediate => "self_issued_intermediate",
+            VerifyError::NameConstraintViolation => "name_constraint_violation",
             VerifyError::Invalid(_) => "invalid",
         }
     }
@@ -206,6 +264,12 @@ struct AnchorEntry {
     can_sign_certs: bool,
     /// The anchor's pathLenConstraint (webpki does not enforce it for anchors).
     path_len: Option<u32>,
+    /// The anchor's SubjectPublicKeyInfo, DER (for the quick "did it sign" check).
+    spki_der: Vec<u8>,
+    /// Set at build: an anchor of another tenant signed this anchor, so every chain this
+    /// anchor validates would also validate under that tenant (given the anchor as an
+    /// intermediate): such chains are refused as ambiguous.
+    issued_by_other_tenant: bool,
 }
 
 /// Builds a [`TrustStore`].
@@ -261,6 +325,7 @@ impl TrustStoreBuilder {
             .flatten()
             .and_then(|bc| bc.value.path_len_constraint);
         let can_sign_certs = x.is_ca() && key_cert_sign;
+        let spki_der = x.public_key().raw.to_vec();
         let tenant = self.intern(&spec.tenant);
         self.anchors.push(AnchorEntry {
             tenant,
@@ -272,6 +337,8 @@ impl TrustStoreBuilder {
             not_after,
             can_sign_certs,
             path_len,
+            spki_der,
+            issued_by_other_tenant: false,
         });
         Ok(self)
     }
@@ -378,24 +445,118 @@ impl TrustStoreBuilder {
                 .or_default()
                 .extend(crl.revoked.into_iter().map(|r| r.serial_hex));
         }
+        let by_subject = group_index(by_subject, &self.anchors);
+        let by_ski = group_index(by_ski, &self.anchors);
+        let by_fingerprint_grouped = group_index(by_fingerprint.clone(), &self.anchors);
+        let mut anchors = self.anchors;
+        let foreign: Vec<bool> = anchors
+            .iter()
+            .map(|a| issued_by_other_tenant(a, &anchors, &by_ski, &by_subject))
+            .collect();
+        for (a, f) in anchors.iter_mut().zip(foreign) {
+            a.issued_by_other_tenant = f;
+        }
         TrustStore {
-            anchors: self.anchors,
+            anchors,
             by_subject,
             by_ski,
             by_fingerprint,
+            by_fingerprint_grouped,
             tenants: self.tenants,
             revoked,
         }
     }
 }
 
+/// True when an anchor of another tenant signed `entry` (found by AKI or issuer DN,
+/// bounded as the device candidate search is, confirmed by signature).
+fn issued_by_other_tenant(
+    entry: &AnchorEntry,
+    anchors: &[AnchorEntry],
+    by_ski: &HashMap<Vec<u8>, Grouped>,
+    by_subject: &HashMap<Vec<u8>, Grouped>,
+) -> bool {
+    let Ok((_, x)) = X509Certificate::from_der(entry.der.as_ref()) else {
+        return false;
+    };
+    if x.subject().as_raw() == x.issuer().as_raw() {
+        return false;
+    }
+    let aki = authority_key_id(&x);
+    let groups = aki
+        .and_then(|k| by_ski.get(k))
+        .into_iter()
+        .chain(by_subject.get(name_contents(x.issuer().as_raw())))
+        .flatten()
+        .filter(|(t, _)| *t != entry.tenant)
+        .take(MAX_CANDIDATES);
+    for (_, list) in groups {
+        for &i in list.iter().take(MAX_CANDIDATES_PER_TENANT) {
+            let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&anchors[i].spki_der) else {
+                continue;
+            };
+            if crate::signature::verify_with_spki(
+                &spki,
+                &x.signature_algorithm.algorithm.to_id_string(),
+                x.tbs_certificate.as_ref(),
+                &x.signature_value.data,
+            )
+            .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The key identifier of a certificate's AuthorityKeyIdentifier, if any.
+fn authority_key_id<'a>(x: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
+    x.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        })
+}
+
+/// The anchors that share one index key (subject DN, SKI or fingerprint), grouped by
+/// tenant in order of first upload, so that candidate search can take a bounded number
+/// from each tenant without walking one tenant's long list.
+type Grouped = Vec<(Arc<str>, Vec<usize>)>;
+
+fn group_index<K: std::hash::Hash + Eq>(
+    index: HashMap<K, Vec<usize>>,
+    anchors: &[AnchorEntry],
+) -> HashMap<K, Grouped> {
+    index
+        .into_iter()
+        .map(|(k, v)| {
+            let mut groups: Grouped = Vec::new();
+            for i in v {
+                let t = &anchors[i].tenant;
+                match groups.iter_mut().find(|(g, _)| g == t) {
+                    Some((_, list)) => list.push(i),
+                    None => groups.push((t.clone(), vec![i])),
+                }
+            }
+            (k, groups)
+        })
+        .collect()
+}
+
 /// An immutable, indexed snapshot of all tenants' trust anchors, policies and CRLs.
 pub struct TrustStore {
     anchors: Vec<AnchorEntry>,
-    /// Anchor subject DN (the value inside the Name SEQUENCE, as webpki stores it) -> anchors.
-    by_subject: HashMap<Vec<u8>, Vec<usize>>,
-    by_ski: HashMap<Vec<u8>, Vec<usize>>,
+    /// Anchor subject DN (the value inside the Name SEQUENCE, as webpki stores it) ->
+    /// anchors, grouped by tenant.
+    by_subject: HashMap<Vec<u8>, Grouped>,
+    /// Anchor Subject Key Identifier -> anchors, grouped by tenant.
+    by_ski: HashMap<Vec<u8>, Grouped>,
+    /// SHA-1 fingerprint -> anchors (the same certificate may belong to several tenants).
     by_fingerprint: HashMap<String, Vec<usize>>,
+    /// The same, grouped by tenant, for candidate search.
+    by_fingerprint_grouped: HashMap<String, Grouped>,
     tenants: HashMap<Arc<str>, TenantPolicy>,
     /// (tenant, issuer DN raw) -> revoked serials (lowercase hex).
     revoked: HashMap<(Arc<str>, Vec<u8>), HashSet<String>>,
@@ -419,6 +580,28 @@ impl Default for TrustStore {
 /// The most presented certificates we look at; anything longer is refused before any
 /// signature work (10 is the largest tenant limit, plus the anchor itself).
 const MAX_PRESENTED: usize = MAX_MAX_CHAIN_LENGTH as usize + 1;
+
+/// Candidate anchors taken from one tenant for one presented certificate (one index
+/// key: fingerprint, SKI or subject DN). A tenant's look-alikes of another tenant's CA
+/// (same DN, even the same SKI bytes) cost at most this many signature checks each.
+pub const MAX_CANDIDATES_PER_TENANT: usize = 4;
+
+/// Candidate anchors whose signature is checked for one chain, over all tenants. They
+/// are taken round-robin across tenants (each tenant's first candidate, then each
+/// tenant's second, ...), so one tenant's look-alikes only take its own turns: pushing
+/// another tenant's anchor out of the budget would take look-alikes uploaded by
+/// `MAX_CANDIDATES` different tenants, all named by the same chain. Per chain the work
+/// is then at most `MAX_CANDIDATES` quick signature checks and as many webpki path
+/// builds (only for anchors whose key really signed a presented certificate).
+pub const MAX_CANDIDATES: usize = 64;
+
+/// An anchor that may have issued presented certificate `child` (`None`: the presented
+/// certificate is the anchor itself).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Candidate {
+    anchor: usize,
+    child: Option<usize>,
+}
 
 impl TrustStore {
     /// Starts a builder.
@@ -453,16 +636,55 @@ impl TrustStore {
     }
 
     /// Cheap pre-check used before any signature work: does any certificate of the
-    /// presented chain name an issuer (by SKI/AKI or DN) that is an uploaded anchor?
+    /// presented chain name an issuer (by SKI/AKI or DN) that is an uploaded anchor, or
+    /// is one?
     pub fn has_candidate_issuer(&self, chain: &[CertificateDer<'_>]) -> bool {
-        chain
-            .iter()
-            .take(MAX_PRESENTED)
-            .any(|c| !self.candidates_for(c.as_ref()).is_empty())
+        chain.iter().take(MAX_PRESENTED).any(|c| {
+            let Ok((_, x)) = X509Certificate::from_der(c.as_ref()) else {
+                return false;
+            };
+            self.lookups(c.as_ref(), &x)
+                .iter()
+                .any(|(groups, _)| groups.is_some_and(|g| !g.is_empty()))
+        })
     }
 
     /// Verifies a device chain at `now` (leaf first, optionally followed by
     /// intermediates and the uploaded CA, as devices are told to send).
+    ///
+    /// Path building, and why no tenant's upload can capture or break another tenant's
+    /// devices:
+    ///
+    /// 1. Candidate anchors are collected from **every** presented certificate: the
+    ///    anchors that are that certificate (fingerprint), whose SKI equals its AKI
+    ///    (tried first), and whose subject equals its issuer DN. Hash lookups only, so
+    ///    the cost does not grow with the number of anchors. At most
+    ///    [`MAX_CANDIDATES_PER_TENANT`] per tenant per presented certificate and index
+    ///    key, and [`MAX_CANDIDATES`] in all, taken round-robin across tenants.
+    /// 2. A candidate named as an issuer is kept only if its key really signed that
+    ///    certificate: a look-alike (same DN, even the same SKI, another key) is not an
+    ///    issuer of the chain and drops out without an error, so the verdict is the one
+    ///    given without it.
+    /// 3. Every remaining candidate is tried (webpki path building through the
+    ///    presented intermediates). When anchors of more than one tenant validate the
+    ///    chain, whatever their status or policy, the chain is refused with
+    ///    [`VerifyError::AmbiguousTenant`]: fail closed, never "first wins". The same
+    ///    holds when the validating anchor was itself signed by another tenant's anchor
+    ///    (found when the snapshot is built): that tenant would validate the chain too
+    ///    had the device sent the anchor along.
+    /// 4. Otherwise the one tenant's validating anchors are judged by its policy
+    ///    (the RFC 5280 rules of [`crate::rfc5280`] on the path, then status, chain
+    ///    length, revocation, Common Name); the first that admits the device wins, else
+    ///    the most specific reason is returned.
+    ///
+    /// The chain length a tenant limits counts the device certificate, every
+    /// intermediate of the verified path and the anchor, whether or not the device sent
+    /// the anchor (a sent copy is not counted twice, certificates sent but not on the
+    /// path are not counted); self-issued intermediates count too. Whatever the tenant
+    /// allows, the verifier builds paths of at most [`VERIFIER_MAX_CHAIN_LENGTH`]
+    /// certificates, and more than `MAX_MAX_CHAIN_LENGTH + 1` presented certificates
+    /// are refused before any signature work. pathLenConstraint, by contrast, counts as RFC 5280 does: only the
+    /// intermediates below the constraining CA, self-issued ones excepted.
     pub fn verify_device(
         &self,
         chain: &[CertificateDer<'_>],
@@ -485,28 +707,45 @@ impl TrustStore {
         if leaf_x.is_ca() || leaf_key_cert_sign {
             return Err(VerifyError::DeviceIsCa);
         }
+        // Presented certificates after the leaf that do not parse take no part in the
+        // candidate search (webpki ignores them as issuers too).
+        let parsed: Vec<Option<X509Certificate<'_>>> = std::iter::once(Some(leaf_x.clone()))
+            .chain(
+                chain[1..]
+                    .iter()
+                    .map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, x)| x)),
+            )
+            .collect();
 
-        // Candidate anchors: the first presented certificate that names an anchor as its
-        // issuer (or is one) decides. Hash lookups only.
-        let mut candidates: Vec<usize> = Vec::new();
-        for cert in chain.iter() {
-            for i in self.candidates_for(cert.as_ref()) {
-                if !candidates.contains(&i) {
-                    candidates.push(i);
-                }
-            }
-            if !candidates.is_empty() {
-                break;
-            }
-        }
+        let candidates = self.candidates(chain, &parsed);
         if candidates.is_empty() {
             return Err(VerifyError::UnknownIssuer);
         }
+        // Step 2: keep anchors that are a presented certificate or signed one.
+        let mut survivors: Vec<usize> = Vec::new();
+        for c in &candidates {
+            if survivors.contains(&c.anchor) {
+                continue;
+            }
+            let signed = match c.child {
+                None => true,
+                Some(ci) => parsed[ci]
+                    .as_ref()
+                    .is_some_and(|x| self.may_have_signed(c.anchor, x)),
+            };
+            if signed {
+                survivors.push(c.anchor);
+            }
+        }
 
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
-        let mut first_err = None;
-        for idx in candidates {
+        // Step 3: every survivor is tried.
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            crate::rfc5280::explain_webpki(&e, &parsed[..1], None)
+                .unwrap_or_else(|| VerifyError::Malformed(format!("{e:?}")))
+        })?;
+        let mut error = None;
+        let mut validated: Vec<(usize, Vec<CertificateDer<'static>>)> = Vec::new();
+        for idx in survivors {
             let entry = &self.anchors[idx];
             let intermediates: Vec<CertificateDer<'_>> = chain[1..]
                 .iter()
@@ -523,39 +762,150 @@ impl TrustStore {
                 None,
             );
             match result {
-                Ok(path) => {
-                    let inter: Vec<CertificateDer<'_>> =
-                        path.intermediate_certificates().map(|c| c.der()).collect();
-                    let mut path_serials = vec![(
-                        leaf_x.issuer().as_raw().to_vec(),
-                        crate::info::CertInfo::from_x509(&leaf_x, leaf.as_ref()).serial_hex,
-                    )];
-                    for c in &inter {
-                        if let Ok((_, x)) = X509Certificate::from_der(c.as_ref()) {
-                            path_serials.push((
-                                x.issuer().as_raw().to_vec(),
-                                hex::encode(strip_sign(x.raw_serial())),
-                            ));
-                        }
-                    }
-                    match self.finish(
-                        entry,
-                        &leaf_x,
-                        leaf.as_ref(),
-                        inter.len() + 2,
-                        path_serials,
-                        now,
-                    ) {
-                        Ok(id) => return Ok(id),
-                        // Another candidate (the same CA uploaded by another tenant)
-                        // may still accept the chain.
-                        Err(e) => keep_most_specific(&mut first_err, e),
-                    }
+                Ok(path) => validated.push((
+                    idx,
+                    path.intermediate_certificates()
+                        .map(|c| c.der().into_owned())
+                        .collect(),
+                )),
+                Err(e) => {
+                    let anchor_x = X509Certificate::from_der(entry.der.as_ref())
+                        .ok()
+                        .map(|(_, x)| x);
+                    let e = crate::rfc5280::explain_webpki(&e, &parsed, anchor_x.as_ref())
+                        .unwrap_or_else(|| map_webpki(e));
+                    keep_most_specific(&mut error, e)
                 }
-                Err(e) => keep_most_specific(&mut first_err, map_webpki(e)),
             }
         }
-        Err(first_err.unwrap_or(VerifyError::UnknownIssuer))
+        let Some((first, _)) = validated.first() else {
+            return Err(error.unwrap_or(VerifyError::UnknownIssuer));
+        };
+        let tenant = &self.anchors[*first].tenant;
+        if validated.iter().any(|(i, _)| {
+            self.anchors[*i].tenant != *tenant || self.anchors[*i].issued_by_other_tenant
+        }) {
+            return Err(VerifyError::AmbiguousTenant);
+        }
+
+        // Step 4: the one tenant's policy.
+        let mut error = None;
+        for (idx, inter) in &validated {
+            let entry = &self.anchors[*idx];
+            let mut path_serials = vec![(
+                leaf_x.issuer().as_raw().to_vec(),
+                crate::info::CertInfo::from_x509(&leaf_x, leaf.as_ref()).serial_hex,
+            )];
+            for c in inter {
+                if let Ok((_, x)) = X509Certificate::from_der(c.as_ref()) {
+                    path_serials.push((
+                        x.issuer().as_raw().to_vec(),
+                        hex::encode(strip_sign(x.raw_serial())),
+                    ));
+                }
+            }
+            let inter_x: Vec<X509Certificate<'_>> = inter
+                .iter()
+                .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, x)| x))
+                .collect();
+            let anchor_x = X509Certificate::from_der(entry.der.as_ref())
+                .ok()
+                .map(|(_, x)| x);
+            if let Err(e) = crate::rfc5280::check_path(&leaf_x, &inter_x, anchor_x.as_ref()) {
+                keep_most_specific(&mut error, e);
+                continue;
+            }
+            match self.finish(entry, &leaf_x, leaf.as_ref(), inter, path_serials, now) {
+                Ok(id) => return Ok(id),
+                Err(e) => keep_most_specific(&mut error, e),
+            }
+        }
+        Err(error.unwrap_or(VerifyError::UnknownIssuer))
+    }
+
+    /// The index lookups for one presented certificate, most trusted first: the anchors
+    /// that are this certificate, those whose SKI is its AKI, those whose subject is its
+    /// issuer DN. The flag tells whether the anchors found are issuers (true) or the
+    /// certificate itself (false).
+    fn lookups(&self, der: &[u8], x: &X509Certificate<'_>) -> [(Option<&Grouped>, bool); 3] {
+        let fp = crate::info::fingerprint_sha1(der);
+        let aki = authority_key_id(x);
+        [
+            (self.by_fingerprint_grouped.get(&fp), false),
+            (aki.and_then(|k| self.by_ski.get(k)), true),
+            // webpki stores the subject as the contents of the Name SEQUENCE.
+            (
+                self.by_subject.get(name_contents(x.issuer().as_raw())),
+                true,
+            ),
+        ]
+    }
+
+    /// Candidate anchors for the presented chain, bounded as [`MAX_CANDIDATES`] and
+    /// [`MAX_CANDIDATES_PER_TENANT`] say, taken round-robin across tenants.
+    fn candidates(
+        &self,
+        chain: &[CertificateDer<'_>],
+        parsed: &[Option<X509Certificate<'_>>],
+    ) -> Vec<Candidate> {
+        // Per tenant, in order of first appearance: its candidates in priority order.
+        let mut per_tenant: Vec<(&Arc<str>, Vec<Candidate>)> = Vec::new();
+        for (ci, (cert, x)) in chain.iter().zip(parsed).enumerate() {
+            let Some(x) = x else { continue };
+            for (groups, is_issuer) in self.lookups(cert.as_ref(), x) {
+                // Walking the tenant groups is bounded too: a key shared by more
+                // tenants than the whole budget cannot yield more candidates anyway.
+                for (tenant, list) in groups.into_iter().flatten().take(MAX_CANDIDATES) {
+                    let slot = match per_tenant.iter().position(|(t, _)| *t == tenant) {
+                        Some(p) => p,
+                        None => {
+                            per_tenant.push((tenant, Vec::new()));
+                            per_tenant.len() - 1
+                        }
+                    };
+                    let mine = &mut per_tenant[slot].1;
+                    for &anchor in list.iter().take(MAX_CANDIDATES_PER_TENANT) {
+                        let c = Candidate {
+                            anchor,
+                            child: is_issuer.then_some(ci),
+                        };
+                        if !mine.contains(&c) {
+                            mine.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let longest = per_tenant.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        'rounds: for round in 0..longest {
+            for (_, list) in &per_tenant {
+                if let Some(c) = list.get(round) {
+                    if out.len() == MAX_CANDIDATES {
+                        break 'rounds;
+                    }
+                    out.push(*c);
+                }
+            }
+        }
+        out
+    }
+
+    /// False only when the anchor's key certainly did not sign `cert`; an algorithm the
+    /// quick check does not know is left to webpki.
+    fn may_have_signed(&self, anchor: usize, cert: &X509Certificate<'_>) -> bool {
+        let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&self.anchors[anchor].spki_der) else {
+            return true;
+        };
+        !matches!(
+            crate::signature::verify_with_spki(
+                &spki,
+                &cert.signature_algorithm.algorithm.to_id_string(),
+                cert.tbs_certificate.as_ref(),
+                &cert.signature_value.data,
+            ),
+            Err(crate::signature::SignatureError::Invalid)
+        )
     }
 
     fn finish(
@@ -563,18 +913,21 @@ impl TrustStore {
         entry: &AnchorEntry,
         leaf_x: &X509Certificate<'_>,
         leaf_der: &[u8],
-        chain_length: usize,
+        intermediates: &[CertificateDer<'_>],
         path_serials: Vec<(Vec<u8>, String)>,
         now: UnixTime,
     ) -> Result<DeviceIdentity, VerifyError> {
         if !entry.can_sign_certs {
             return Err(VerifyError::IssuerNotCa);
         }
-        // Intermediates between the device and the anchor: chain_length - 2.
-        if entry
-            .path_len
-            .is_some_and(|n| chain_length.saturating_sub(2) > n as usize)
-        {
+        let chain_length = intermediates.len() + 2;
+        // RFC 5280 6.1.4 (l): self-issued intermediates do not count against the
+        // anchor's pathLenConstraint.
+        let counted = intermediates
+            .iter()
+            .filter(|c| !is_self_issued(c.as_ref()))
+            .count();
+        if entry.path_len.is_some_and(|n| counted > n as usize) {
             return Err(VerifyError::PathLenExceeded);
         }
         let policy = self.tenants.get(&entry.tenant);
@@ -677,33 +1030,6 @@ impl TrustStore {
             .and_then(|v| v.first())
             .map(|i| self.anchors[*i].der.as_ref())
     }
-
-    /// Anchors that may have issued `cert` (or that are `cert`): by exact fingerprint,
-    /// by AKI -> SKI, else by issuer DN.
-    fn candidates_for(&self, cert: &[u8]) -> Vec<usize> {
-        let fp = crate::info::fingerprint_sha1(cert);
-        if let Some(v) = self.by_fingerprint.get(&fp) {
-            return v.clone();
-        }
-        let Ok((_, x)) = X509Certificate::from_der(cert) else {
-            return Vec::new();
-        };
-        let aki = x
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(a) => {
-                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
-                }
-                _ => None,
-            });
-        if let Some(v) = aki.and_then(|k| self.by_ski.get(&k)) {
-            return v.clone();
-        }
-        // webpki stores the subject as the contents of the Name SEQUENCE.
-        let issuer = name_contents(x.issuer().as_raw());
-        self.by_subject.get(issuer).cloned().unwrap_or_default()
-    }
 }
 
 fn name_contents(raw: &[u8]) -> &[u8] {
@@ -726,6 +1052,11 @@ fn keep_most_specific(slot: &mut Option<VerifyError>, e: VerifyError) {
     {
         *slot = Some(e);
     }
+}
+
+/// Subject and issuer are the same DN (RFC 5280's "self-issued"; self-signed ones too).
+fn is_self_issued(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, x)| x.subject().as_raw() == x.issuer().as_raw())
 }
 
 fn is_ca_cert(der: &[u8]) -> bool {
@@ -765,10 +1096,7 @@ fn map_webpki(e: webpki::Error) -> VerifyError {
         E::EndEntityUsedAsCa => VerifyError::IssuerNotCa,
         E::PathLenConstraintViolated => VerifyError::PathLenExceeded,
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => VerifyError::NotForClientAuth,
-        E::MaximumPathDepthExceeded => VerifyError::ChainTooLong {
-            length: MAX_PRESENTED,
-            max: MAX_MAX_CHAIN_LENGTH,
-        },
+        E::MaximumPathDepthExceeded => VerifyError::PathTooDeep,
         E::CertRevoked => VerifyError::Revoked,
         other => VerifyError::Invalid(format!("{other:?}")),
     }

@@ -32,10 +32,27 @@ pub enum UploadError {
     /// MD5 or SHA-1 signature.
     #[error("Certificate signature algorithm {0} is not accepted (MD5 and SHA-1 are insecure)")]
     WeakSignature(String),
+    /// A critical extension the server does not process (named with its OID).
+    #[error("Certificate has a critical extension this server does not process: {0} (a critical extension must be understood to trust the certificate)")]
+    UnknownCriticalExtension(String),
+    /// BasicConstraints present but not marked critical.
+    #[error("Certificate BasicConstraints must be marked critical in a CA certificate")]
+    BasicConstraintsNotCritical,
+    /// The AuthorityKeyIdentifier names the issuer by name and serial number.
+    #[error("Certificate AuthorityKeyIdentifier must hold only a key identifier, not authorityCertIssuer or authorityCertSerialNumber")]
+    AuthorityKeyIdIssuerAndSerial,
+    /// A self-signed root without SubjectKeyIdentifier.
+    #[error("Self-signed root certificate must have a SubjectKeyIdentifier extension")]
+    RootWithoutSubjectKeyId,
 }
 
 /// Checks a DER certificate against the trust-anchor upload rules at `now` (Unix
 /// seconds) and returns its parsed summary.
+///
+/// Besides version, CA flag, key usage, validity, key and digest, the RFC 5280 rules a
+/// device PKI relies on: no critical extension the server does not process,
+/// BasicConstraints critical, an AuthorityKeyIdentifier holding only a key identifier,
+/// and a SubjectKeyIdentifier on a self-signed root (devices name their issuer by it).
 pub fn check_trust_anchor(der: &[u8], now: i64) -> Result<CertInfo, UploadError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| UploadError::Unparsable(e.to_string()))?;
@@ -63,6 +80,18 @@ pub fn check_trust_anchor(der: &[u8], now: i64) -> Result<CertInfo, UploadError>
     let sig = info.signature_algorithm.as_str();
     if sig.starts_with("MD5") || sig.starts_with("SHA1") || sig.starts_with("MD2") {
         return Err(UploadError::WeakSignature(sig.to_string()));
+    }
+    if let Some(name) = crate::rfc5280::anchor_unknown_critical(&cert) {
+        return Err(UploadError::UnknownCriticalExtension(name));
+    }
+    if !info.basic_constraints_critical {
+        return Err(UploadError::BasicConstraintsNotCritical);
+    }
+    if crate::rfc5280::aki_names_issuer_and_serial(&cert) {
+        return Err(UploadError::AuthorityKeyIdIssuerAndSerial);
+    }
+    if crate::rfc5280::is_self_signed(&cert) && !crate::rfc5280::has_ski(&cert) {
+        return Err(UploadError::RootWithoutSubjectKeyId);
     }
     Ok(info)
 }

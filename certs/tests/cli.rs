@@ -1153,3 +1153,71 @@ fn check_with_crl_distribution_point() {
         "certs: requirement not met: This certificate has been revoked by the CRL and can't be trusted for a secure connection"
     );
 }
+
+/// `certs verify` gives the verdict and reason the TLS handshake gives (both call
+/// `TrustStore::verify_device`): a look-alike anchor (the intermediate's DN and SKI on
+/// a self-signed CA with another key) changes nothing, where it used to turn a valid
+/// chain into "bad signature"; and an RFC 5280 rule refuses with the handshake's reason
+/// and label.
+#[test]
+fn verify_ignores_look_alikes_and_applies_rfc5280_rules() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    let r = common::root("CLI Root");
+    let i = common::intermediate("CLI Issuing", &r, None);
+    let dev = common::device("cli-dev", &i);
+    let fake = common::look_alike(&i, true);
+    write(p, "root.crt", r.cert_pem());
+    write(p, "fake.crt", fake.cert_pem());
+    write(p, "chain.pem", dev.cert_pem() + &i.cert_pem());
+    let run = |anchors: &[&str]| {
+        let mut args = vec!["verify"];
+        for a in anchors {
+            args.extend(["--anchor", a]);
+        }
+        args.extend(["--max-chain-length", "3", "chain.pem"]);
+        certs_ok(p, &args)
+    };
+    let clean = run(&["root.crt"]);
+    assert!(clean.starts_with("valid: CN=cli-dev\n"), "{clean}");
+    assert_eq!(run(&["root.crt", "fake.crt"]), clean);
+    assert_eq!(run(&["fake.crt", "root.crt"]), clean);
+
+    // extKeyUsage { clientAuth }, critical.
+    let crit = common::custom_device(&r, |p| {
+        p.extended_key_usages = Vec::new();
+        let mut e = rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 37],
+            vec![
+                0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
+            ],
+        );
+        e.set_criticality(true);
+        p.custom_extensions = vec![e];
+    });
+    write(p, "crit.crt", crit.cert_pem());
+    let (code, line) = certs_err(p, &["verify", "--anchor", "root.crt", "crit.crt"]);
+    let mut b = certs::TrustStore::builder();
+    b.anchor(certs::AnchorSpec {
+        tenant: "broker".into(),
+        status: certs::AnchorStatus::Enabled,
+        auto_registration: false,
+        cert_der: r.cert_der.as_ref().to_vec(),
+    })
+    .expect("anchor");
+    let handshake = b
+        .build()
+        .verify_device(std::slice::from_ref(&crit.cert_der), certs::UnixTime::now())
+        .expect_err("refused");
+    assert_eq!(
+        (code, line.as_str()),
+        (
+            1,
+            format!("certs: invalid: {handshake} [{}]", handshake.label()).as_str()
+        )
+    );
+    assert_eq!(
+        line,
+        "certs: invalid: the device certificate marks its ExtendedKeyUsage critical, which device certificates may not [critical_extended_key_usage]"
+    );
+}

@@ -225,3 +225,158 @@ fn pem_upload_forms() {
         Err(UploadError::Unparsable(_))
     ));
 }
+
+/// A self-signed CA made with rcgen without the CA extensions rcgen writes itself (no
+/// BasicConstraints, no SubjectKeyIdentifier), with keyCertSign and the given extensions
+/// (OID arcs, DER content, critical).
+fn ca_with_extensions(extensions: &[(&[u64], Vec<u8>, bool)]) -> Vec<u8> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "Hand-made CA");
+    p.is_ca = IsCa::NoCa;
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    for (oid, content, critical) in extensions {
+        let mut e = rcgen::CustomExtension::from_oid_content(oid, content.clone());
+        e.set_criticality(*critical);
+        p.custom_extensions.push(e);
+    }
+    let key = KeyPair::generate().expect("key");
+    p.self_signed(&key).expect("cert").der().to_vec()
+}
+
+const BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+const SUBJECT_KEY_ID: &[u64] = &[2, 5, 29, 14];
+const AUTHORITY_KEY_ID: &[u64] = &[2, 5, 29, 35];
+/// SEQUENCE { BOOLEAN TRUE }: CA:true.
+const CA_TRUE: [u8; 5] = [0x30, 0x03, 0x01, 0x01, 0xff];
+/// OCTET STRING of four bytes: a key identifier.
+const KEY_ID: [u8; 6] = [0x04, 0x04, 1, 2, 3, 4];
+
+#[test]
+fn hand_made_ca_with_the_required_extensions_is_accepted() {
+    // The baseline the refusals below differ from by one extension each.
+    let der = ca_with_extensions(&[
+        (BASIC_CONSTRAINTS, CA_TRUE.to_vec(), true),
+        (SUBJECT_KEY_ID, KEY_ID.to_vec(), false),
+    ]);
+    assert!(check_trust_anchor(&der, now()).is_ok());
+}
+
+#[test]
+fn unknown_critical_extension() {
+    let base = || {
+        vec![
+            (BASIC_CONSTRAINTS, CA_TRUE.to_vec(), true),
+            (SUBJECT_KEY_ID, KEY_ID.to_vec(), false),
+        ]
+    };
+    // A private extension: NULL content.
+    let mut exts = base();
+    exts.push((&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x05, 0x00], true));
+    assert_eq!(
+        refused(&ca_with_extensions(&exts)),
+        (
+            UploadError::UnknownCriticalExtension("1.3.6.1.4.1.55555.1".into()),
+            "Certificate has a critical extension this server does not process: 1.3.6.1.4.1.55555.1 (a critical extension must be understood to trust the certificate)".to_string()
+        )
+    );
+    // certificatePolicies { anyPolicy }, critical: policies are not processed here.
+    let mut exts = base();
+    exts.push((
+        &[2, 5, 29, 32],
+        vec![0x30, 0x08, 0x30, 0x06, 0x06, 0x04, 0x55, 0x1d, 0x20, 0x00],
+        true,
+    ));
+    assert_eq!(
+        refused(&ca_with_extensions(&exts)).0,
+        UploadError::UnknownCriticalExtension("certificatePolicies (2.5.29.32)".into())
+    );
+    // The same extension non-critical may be ignored, as RFC 5280 allows.
+    let mut exts = base();
+    exts.push((&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x05, 0x00], false));
+    assert!(check_trust_anchor(&ca_with_extensions(&exts), now()).is_ok());
+}
+
+#[test]
+fn basic_constraints_not_critical() {
+    let der = ca_with_extensions(&[
+        (BASIC_CONSTRAINTS, CA_TRUE.to_vec(), false),
+        (SUBJECT_KEY_ID, KEY_ID.to_vec(), false),
+    ]);
+    assert_eq!(
+        refused(&der),
+        (
+            UploadError::BasicConstraintsNotCritical,
+            "Certificate BasicConstraints must be marked critical in a CA certificate".to_string()
+        )
+    );
+    // openssl agrees the extension is there and not critical.
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "ca.der", &der);
+    let text = openssl_ok(
+        dir.path(),
+        &["x509", "-inform", "DER", "-in", "ca.der", "-noout", "-text"],
+    );
+    assert!(text.contains("X509v3 Basic Constraints: \n"), "{text}");
+}
+
+#[test]
+fn authority_key_identifier_with_issuer_and_serial() {
+    // [0] keyIdentifier, [1] authorityCertIssuer { directoryName CN=Test },
+    // [2] authorityCertSerialNumber 5.
+    let with_issuer = vec![
+        0x30, 0x1c, 0x80, 0x04, 1, 2, 3, 4, 0xa1, 0x11, 0xa4, 0x0f, 0x30, 0x0d, 0x31, 0x0b, 0x30,
+        0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'T', b'e', 0x82, 0x01, 0x05,
+    ];
+    let serial_only = vec![0x30, 0x09, 0x80, 0x04, 1, 2, 3, 4, 0x82, 0x01, 0x05];
+    let key_id_only = vec![0x30, 0x06, 0x80, 0x04, 1, 2, 3, 4];
+    let with_aki = |aki: Vec<u8>| {
+        ca_with_extensions(&[
+            (BASIC_CONSTRAINTS, CA_TRUE.to_vec(), true),
+            (SUBJECT_KEY_ID, KEY_ID.to_vec(), false),
+            (AUTHORITY_KEY_ID, aki, false),
+        ])
+    };
+    let expected = (
+        UploadError::AuthorityKeyIdIssuerAndSerial,
+        "Certificate AuthorityKeyIdentifier must hold only a key identifier, not authorityCertIssuer or authorityCertSerialNumber".to_string(),
+    );
+    assert_eq!(refused(&with_aki(with_issuer)), expected);
+    assert_eq!(refused(&with_aki(serial_only)), expected);
+    assert!(check_trust_anchor(&with_aki(key_id_only), now()).is_ok());
+}
+
+#[test]
+fn self_signed_root_without_subject_key_identifier() {
+    let der = ca_with_extensions(&[(BASIC_CONSTRAINTS, CA_TRUE.to_vec(), true)]);
+    assert_eq!(
+        refused(&der),
+        (
+            UploadError::RootWithoutSubjectKeyId,
+            "Self-signed root certificate must have a SubjectKeyIdentifier extension".to_string()
+        )
+    );
+}
+
+/// Every CA `certs::issue` makes (root, intermediate, with and without pathlen, RSA)
+/// passes the new rules.
+#[test]
+fn cas_made_by_issue_pass_every_rule() {
+    let r = root("Tenant CA");
+    let i = intermediate("Issuing", &r, Some(0));
+    let rsa = issue::ca(
+        &Subject::cn("RSA CA"),
+        issue::Validity::days(30),
+        KeyType::Rsa2048,
+        &CaOptions {
+            path_len: Some(1),
+            ..CaOptions::default()
+        },
+        None,
+    )
+    .expect("rsa");
+    for ca in [&r, &i, &rsa] {
+        check_trust_anchor(ca.cert_der.as_ref(), now()).expect("accepted");
+    }
+}

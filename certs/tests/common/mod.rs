@@ -112,3 +112,75 @@ pub fn read(dir: &Path, name: &str) -> Vec<u8> {
 pub fn der(i: &Issued) -> CertificateDer<'static> {
     i.cert_der.clone()
 }
+
+/// A look-alike of `target` (a CA made with a CN-only subject, as `root` and
+/// `intermediate` make): a self-signed CA with a new key whose subject DN is `target`'s,
+/// byte for byte, and whose Subject Key Identifier is `target`'s own bytes when
+/// `copy_ski` (else derived from the new key). Asserts that the copy is exact.
+pub fn look_alike(target: &Issued, copy_ski: bool) -> Issued {
+    let real = certs::CertInfo::parse(target.cert_der.as_ref()).expect("parse");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        real.common_name.clone().expect("CN"),
+    );
+    if copy_ski {
+        p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(
+            hex::decode(real.subject_key_id.as_deref().expect("SKI")).expect("hex"),
+        );
+    }
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let v = Validity::days(365);
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).expect("random");
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = p.self_signed(&key).expect("look-alike");
+    let fake = certs::CertInfo::parse(cert.der()).expect("parse");
+    let raw_subject = |der: &[u8]| {
+        let (_, x) = x509_parser::parse_x509_certificate(der).expect("parse");
+        x.subject().as_raw().to_vec()
+    };
+    assert_eq!(
+        raw_subject(cert.der()),
+        raw_subject(target.cert_der.as_ref())
+    );
+    assert_eq!(fake.subject_key_id == real.subject_key_id, copy_ski);
+    Issued {
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der().into(),
+    }
+}
+
+/// A device certificate built directly with rcgen, for shapes `issue::device` does not
+/// make (no AKI, no CN, other EKU).
+pub fn custom_device(ca: &Issued, edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Issued {
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "custom-device");
+    p.distinguished_name = dn;
+    let v = window(-1, 30);
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    edit(&mut p);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = p
+        .signed_by(&key, &ca.issuer().expect("issuer"))
+        .expect("sign");
+    Issued {
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der().into(),
+    }
+}
