@@ -210,6 +210,12 @@ fn conflict_message(c: &Conflict) -> String {
         Conflict::PublicKeyTrustedElsewhere { fingerprint } => format!(
             "Certificate {fingerprint} has the same public key as a certificate trusted by another tenant: every device must map to exactly one tenant"
         ),
+        Conflict::IssuedByAnotherTenantsAnchor { fingerprint } => format!(
+            "Certificate {fingerprint} conflicts with a trust anchor of another tenant: it was issued by it"
+        ),
+        Conflict::IssuerOfAnotherTenantsAnchor { fingerprint } => format!(
+            "Certificate {fingerprint} conflicts with a trust anchor of another tenant: it issued it"
+        ),
         Conflict::DeviceExists { common_name } => {
             format!("Device {common_name} is already registered")
         }

@@ -73,6 +73,12 @@ pub struct AdminConfig {
     /// Largest size of the database in bytes (`None`: as much as the disk holds). A
     /// change that needs more space is refused with 507, as on a full disk.
     pub max_database_bytes: Option<u64>,
+    /// The reference platform's stricter mode: an uploaded trusted certificate verifies
+    /// no device until its proof of possession has succeeded (`proofOfPossessionValid`,
+    /// by the signed verification code or the management admin's `.../confirmed` call).
+    /// Until then the published trust snapshot holds it as disabled. Default false: an
+    /// upload is trusted at once, as before.
+    pub require_proof_of_possession: bool,
 }
 
 impl AdminConfig {
@@ -90,6 +96,7 @@ impl AdminConfig {
             max_body_bytes: 1024 * 1024,
             verification_code_ttl: Duration::from_secs(3600),
             max_database_bytes: None,
+            require_proof_of_possession: false,
         }
     }
 }
@@ -121,6 +128,10 @@ impl std::fmt::Debug for AdminConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("verification_code_ttl", &self.verification_code_ttl)
             .field("max_database_bytes", &self.max_database_bytes)
+            .field(
+                "require_proof_of_possession",
+                &self.require_proof_of_possession,
+            )
             .finish()
     }
 }
@@ -423,9 +434,11 @@ impl Admin {
     pub async fn publish(&self) -> Result<(), AdminError> {
         let _guard = self.inner.rebuild.lock().await;
         let material = self.inner.store.trust_material().await?;
-        let (trust, snapshot) = tokio::task::spawn_blocking(move || build_trust(material))
-            .await
-            .map_err(|e| AdminError::Internal(format!("trust snapshot build failed: {e}")))?;
+        let require_pop = self.inner.config.require_proof_of_possession;
+        let (trust, snapshot) =
+            tokio::task::spawn_blocking(move || build_trust(material, require_pop))
+                .await
+                .map_err(|e| AdminError::Internal(format!("trust snapshot build failed: {e}")))?;
         if let Ok(mut s) = self.inner.snapshot.write() {
             *s = Arc::new(snapshot);
         }
@@ -569,8 +582,10 @@ pub(crate) fn server_certificate_from_record(
 
 /// Builds the trust snapshot and the REST-side index from the store's material. An
 /// anchor or CRL the builder refuses is skipped with a warning (it was checked at
-/// upload; a CRL whose anchor was deleted no longer applies).
-fn build_trust(m: TrustMaterial) -> (TrustStore, Snapshot) {
+/// upload; a CRL whose anchor was deleted no longer applies). With `require_pop`, an
+/// anchor whose proof of possession has not succeeded is added disabled: it verifies no
+/// device, yet still counts towards the tenant's `maxAnchors`.
+fn build_trust(m: TrustMaterial, require_pop: bool) -> (TrustStore, Snapshot) {
     let mut revoked: HashMap<&str, HashSet<String>> = HashMap::new();
     for (tenant, s) in &m.revoked {
         revoked
@@ -603,7 +618,11 @@ fn build_trust(m: TrustMaterial) -> (TrustStore, Snapshot) {
     for a in &m.anchors {
         let spec = AnchorSpec {
             tenant: a.tenant.clone(),
-            status: a.status,
+            status: if require_pop && !a.pop_valid {
+                certs::AnchorStatus::Disabled
+            } else {
+                a.status
+            },
             auto_registration: a.auto_registration,
             cert_der: a.cert_der.clone(),
         };

@@ -19,7 +19,7 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
         users::list, users::create, users::get, users::delete,
         trusted_certificates::list, trusted_certificates::create, trusted_certificates::bulk,
         trusted_certificates::get, trusted_certificates::update, trusted_certificates::delete,
-        pop::verification_code, pop::verify,
+        pop::verification_code, pop::verify, pop::confirm,
         crl::add_serials, crl::get_crl, crl::signer_certificate, crl::list, crl::upload,
         chain::verify,
         devices::list, devices::create, devices::get, devices::update, devices::block,

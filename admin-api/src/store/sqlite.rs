@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS trusted_certificates (
 );
 CREATE INDEX IF NOT EXISTS trusted_certificates_tenant ON trusted_certificates(tenant_id, seq);
 CREATE INDEX IF NOT EXISTS trusted_certificates_spki ON trusted_certificates(spki_der);
+CREATE INDEX IF NOT EXISTS trusted_certificates_subject ON trusted_certificates(subject);
+CREATE INDEX IF NOT EXISTS trusted_certificates_issuer ON trusted_certificates(issuer);
 CREATE TABLE IF NOT EXISTS revoked_serials (
     tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
     serial_hex TEXT NOT NULL,
@@ -688,6 +690,18 @@ impl Store for SqliteStore {
                     return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
                         fingerprint: c.fingerprint.clone(),
                     }));
+                }
+                // Another tenant's anchor that may have issued this one, or that this
+                // one may have issued (names chain; the signature decides).
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {CERT_COLS} FROM trusted_certificates
+                     WHERE tenant_id <> ?1 AND (subject = ?2 OR issuer = ?3)"
+                ))?;
+                let related = st
+                    .query_map(params![c.tenant, c.issuer, c.subject], cert_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
+                    return Err(StoreError::Conflict(conflict));
                 }
                 seq += 1;
                 tx.execute(

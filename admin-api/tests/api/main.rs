@@ -1,5 +1,6 @@
 //! The admin API over a real socket against a real SQLite file.
 
+mod anchor_overlap;
 mod chain;
 mod common;
 mod crl;
