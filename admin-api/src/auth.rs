@@ -145,6 +145,13 @@ impl LoginLimiter {
         }
     }
 
+    /// Forgets every entry whose key starts with `prefix` (a deleted tenant's users).
+    pub fn forget_prefix(&self, prefix: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.retain(|k, _| !k.starts_with(prefix));
+        }
+    }
+
     /// Forgets the failures of a name after a successful login.
     pub fn success(&self, key: &str) {
         if let Ok(mut state) = self.state.lock() {

@@ -476,6 +476,14 @@ pub struct TrustMaterial {
     pub blocked: Vec<(String, String)>,
 }
 
+/// The tenant name a deleted tenant's audit records are kept under: `{id}.deleted-{n}`,
+/// `n` the sequence number of the `TENANT_DELETED` record. A `.` is not allowed in a
+/// tenant id, so a tenant created later with the same id never sees them; the
+/// management admin reads them with `GET /audit?tenant={id}.deleted-{n}`.
+pub fn deleted_tenant_audit_name(id: &str, deletion_record: i64) -> String {
+    format!("{id}.deleted-{deletion_record}")
+}
+
 /// How a certificate being added relates to an anchor another tenant already trusts,
 /// when the relation would let one tenant's anchor verify the other tenant's devices.
 /// Every [`Store`] calls it inside the transaction that adds certificates, so two
@@ -515,7 +523,10 @@ pub trait Store: Send + Sync + 'static {
     async fn tenants(&self, page: PageRequest) -> StoreResult<Page<TenantRecord>>;
     /// Replaces company, domain and settings.
     async fn update_tenant(&self, tenant: TenantRecord, audit: AuditEntry) -> StoreResult<()>;
-    /// Deletes a tenant and everything it owns.
+    /// Deletes a tenant and everything it owns: users, trusted certificates and their
+    /// proof-of-possession state, revoked serials, CRLs, devices, settings, the CRL
+    /// signer. Its audit records (and the deletion's) move to
+    /// [`deleted_tenant_audit_name`] in the same transaction.
     async fn delete_tenant(&self, id: &str, audit: AuditEntry) -> StoreResult<()>;
 
     // --- users ---

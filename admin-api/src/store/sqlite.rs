@@ -563,10 +563,21 @@ impl Store for SqliteStore {
     async fn delete_tenant(&self, id: &str, audit: AuditEntry) -> StoreResult<()> {
         let id = id.to_string();
         self.tx(move |tx| {
+            // Users, anchors (with their proof-of-possession state), revoked serials,
+            // CRLs, devices, settings and the CRL signer go with the row (ON DELETE
+            // CASCADE).
             if tx.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
                 return Err(tenant_not_found(&id));
             }
-            insert_audit(tx, &audit)
+            insert_audit(tx, &audit)?;
+            // The audit records stay for the management admin, under a name no tenant
+            // can take, so a tenant created later with the same id starts empty.
+            let deletion = tx.last_insert_rowid();
+            tx.execute(
+                "UPDATE audit SET tenant_id = ?2 WHERE tenant_id = ?1",
+                params![id, deleted_tenant_audit_name(&id, deletion)],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -1399,7 +1410,10 @@ mod tests {
             .unwrap();
         assert!(store.users("t1").await.unwrap().is_empty());
         assert!(store.user("t1", "admin").await.unwrap().is_none());
-        assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 2);
+        // The records moved to the archived name (2: the deletion's sequence number).
+        assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 0);
+        let archived = deleted_tenant_audit_name("t1", 2);
+        assert_eq!(store.audit(Some(&archived), page).await.unwrap().total, 2);
     }
 
     #[tokio::test]

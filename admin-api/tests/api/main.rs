@@ -10,5 +10,6 @@ mod pop;
 mod robustness;
 mod server_cert;
 mod storage_full;
+mod tenant_lifecycle;
 mod tenants;
 mod trusted_certificates;
