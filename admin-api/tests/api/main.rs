@@ -5,6 +5,7 @@ mod chain;
 mod common;
 mod crl;
 mod devices;
+mod logins;
 mod persistence;
 mod pop;
 mod robustness;
