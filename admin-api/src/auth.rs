@@ -2,6 +2,8 @@
 //! a failed-login limiter, and the [`Principal`] extractor with the tenant-scope rule
 //! (another tenant's id answers 404, so tenant ids do not leak).
 
+mod checker;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -145,11 +147,120 @@ impl LoginLimiter {
         }
     }
 
+    /// Forgets every entry whose key starts with `prefix` (a deleted tenant's users).
+    pub fn forget_prefix(&self, prefix: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.retain(|k, _| !k.starts_with(prefix));
+        }
+    }
+
     /// Forgets the failures of a name after a successful login.
     pub fn success(&self, key: &str) {
         if let Ok(mut state) = self.state.lock() {
             state.remove(key);
         }
+    }
+}
+
+/// Spaces the password checks of one user name once it has failed many times from all
+/// sources together: instead of locking the name (which anyone could keep doing to
+/// `management/admin` from anywhere), each further check of that name waits for its own
+/// slot, one per `interval`; a request that would wait longer than `max_wait` is answered
+/// 429 at once. A login whose exact credentials were verified moments ago (the cache)
+/// does not wait.
+#[derive(Debug)]
+pub struct UserSlowdown {
+    threshold: u32,
+    window: Duration,
+    interval: Duration,
+    max_wait: Duration,
+    state: Mutex<HashMap<String, Slowed>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slowed {
+    failures: u32,
+    first: Instant,
+    next_slot: Instant,
+}
+
+impl UserSlowdown {
+    /// Slows a name down after `threshold` failures within `window`.
+    pub fn new(threshold: u32, window: Duration, interval: Duration, max_wait: Duration) -> Self {
+        UserSlowdown {
+            threshold: threshold.max(1),
+            window,
+            interval,
+            max_wait,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failed login of a name.
+    pub fn failure(&self, key: &str) {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.len() >= LIMITER_PRUNE_AT {
+            let window = self.window;
+            state.retain(|_, s| now.duration_since(s.first) < window || s.next_slot > now);
+        }
+        let s = state.entry(key.to_string()).or_insert(Slowed {
+            failures: 0,
+            first: now,
+            next_slot: now,
+        });
+        if now.duration_since(s.first) > self.window {
+            s.failures = 0;
+            s.first = now;
+        }
+        s.failures = s.failures.saturating_add(1);
+    }
+
+    /// Forgets every name starting with `prefix` (a deleted tenant's users).
+    pub fn forget_prefix(&self, prefix: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.retain(|k, _| !k.starts_with(prefix));
+        }
+    }
+
+    /// `Ok(wait)`: check after waiting this long (zero when the name is not slowed
+    /// down); `Err(seconds)`: answer 429, the next free slot is too far.
+    pub fn reserve(&self, key: &str) -> Result<Duration, u64> {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(Duration::ZERO);
+        };
+        let Some(s) = state.get_mut(key) else {
+            return Ok(Duration::ZERO);
+        };
+        if s.failures < self.threshold || now.duration_since(s.first) > self.window {
+            return Ok(Duration::ZERO);
+        }
+        let slot = s.next_slot.max(now);
+        let wait = slot - now;
+        if wait > self.max_wait {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(secs.max(1));
+        }
+        s.next_slot = slot + self.interval;
+        Ok(wait)
+    }
+}
+
+/// The key a source address is counted under: an IPv4 address (also when mapped into
+/// IPv6), or the /64 prefix of an IPv6 address (one host usually holds a whole /64).
+pub fn source_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -281,8 +392,11 @@ impl FromRequestParts<Admin> for Principal {
 }
 
 impl Admin {
-    /// Checks credentials under the failed-login limiters (per user name, and per source
-    /// address when the server tells it), at most one check per core at a time.
+    /// Checks credentials. Refused at once (429) while this user name is locked for this
+    /// source address, or the source address is locked across names; a user name that
+    /// failed many times from all sources is slowed down, not locked. Argon2 runs on the
+    /// bounded checker pool (503 when it is full); credentials verified moments ago
+    /// against the same stored hash are accepted from the cache.
     pub(crate) async fn authenticate(
         &self,
         tenant: &str,
@@ -290,34 +404,65 @@ impl Admin {
         password: &str,
         source: Option<std::net::IpAddr>,
     ) -> Result<Principal, ApiError> {
-        let key = format!("{tenant}/{user}");
-        let source_key = source.map(|ip| ip.to_string());
-        let limiter = &self.inner.limiter;
-        let source_limiter = &self.inner.source_limiter;
-        if let Err(retry_after_secs) = limiter.check(&key) {
+        let login = format!("{tenant}/{user}");
+        let source_key = source.map(source_key);
+        // Failures of this name from this source (or from anywhere, when the server does
+        // not say where a request comes from).
+        let pair = match &source_key {
+            Some(src) => format!("{login}@{src}"),
+            None => login.clone(),
+        };
+        let inner = &self.inner;
+        if let Err(retry_after_secs) = inner.limiter.check(&pair) {
             return Err(ApiError::TooManyRequests { retry_after_secs });
         }
-        if let Some(Err(retry_after_secs)) = source_key.as_deref().map(|k| source_limiter.check(k))
+        if let Some(Err(retry_after_secs)) =
+            source_key.as_deref().map(|k| inner.source_limiter.check(k))
         {
             return Err(ApiError::TooManyRequests { retry_after_secs });
         }
-        let record = self.inner.store.user(tenant, user).await?;
+        let record = inner.store.user(tenant, user).await?;
         // Verify against a dummy hash for unknown users so timing does not reveal names.
         let hash = record
             .as_ref()
             .map(|r| r.password_hash.clone())
-            .unwrap_or_else(|| self.inner.dummy_hash.clone());
-        let password = password.to_string();
-        // The bound covers the argon2 check only, not the user lookup before it. The
-        // semaphore is never closed, so a permit always comes.
-        let permit = self.inner.password_checks.acquire().await.ok();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-            .await
-            .map_err(|e| ApiError::Internal(format!("password check task failed: {e}")))?;
-        drop(permit);
+            .unwrap_or_else(|| inner.dummy_hash.clone());
+        let cached = record.is_some() && inner.checker.cached(tenant, user, password, &hash);
+        let ok = if cached {
+            true
+        } else {
+            match inner.user_slowdown.reserve(&login) {
+                Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Ok(_) => {}
+                Err(retry_after_secs) => {
+                    return Err(ApiError::TooManyRequests { retry_after_secs })
+                }
+            }
+            match inner
+                .checker
+                .check(hash.clone(), password.to_string())
+                .await
+            {
+                Ok(ok) => ok,
+                Err(checker::CheckRefused::Busy) => {
+                    tracing::warn!(login = %login, "password check refused: the check queue is full");
+                    return Err(ApiError::ServiceUnavailable {
+                        retry_after_secs: PASSWORD_CHECK_RETRY_AFTER_SECS,
+                    });
+                }
+                Err(checker::CheckRefused::Stopped) => {
+                    return Err(ApiError::Internal(
+                        "the password-check threads stopped".into(),
+                    ))
+                }
+            }
+        };
         match record {
             Some(r) if ok => {
-                limiter.success(&key);
+                if !cached {
+                    inner.checker.remember(tenant, user, password, &hash);
+                }
+                inner.limiter.success(&pair);
                 Ok(Principal {
                     tenant: r.tenant,
                     user: r.user_name,
@@ -325,16 +470,33 @@ impl Admin {
                 })
             }
             _ => {
-                limiter.failure(&key);
+                inner.limiter.failure(&pair);
+                inner.user_slowdown.failure(&login);
                 if let Some(k) = source_key.as_deref() {
-                    source_limiter.failure(k);
+                    inner.source_limiter.failure(k);
                 }
-                tracing::warn!(login = %key, source = ?source, "failed login");
+                tracing::warn!(login = %login, source = ?source, "failed login");
                 Err(ApiError::Unauthorized(INVALID_CREDENTIALS.into()))
             }
         }
     }
+
+    /// Argon2 password checks run so far by this process (logins answered from the
+    /// cache of recent successful checks are not counted). For metrics and tests.
+    pub fn password_checks_run(&self) -> u64 {
+        self.inner.checker.runs()
+    }
 }
+
+/// The spacing of password checks of a slowed-down user name.
+pub const SLOWDOWN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest a login of a slowed-down user name waits for its slot before 429.
+pub const SLOWDOWN_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Retry-After of a 503 for a full password-check queue.
+pub const PASSWORD_CHECK_RETRY_AFTER_SECS: u64 = 1;
+
+pub(crate) use checker::PasswordChecker;
 
 #[cfg(test)]
 mod tests {
@@ -376,6 +538,34 @@ mod tests {
         let wait = l.check("a").unwrap_err();
         assert!((1..=30).contains(&wait), "{wait}");
         assert!(l.check("b").is_ok());
+    }
+
+    #[test]
+    fn slowdown_spaces_checks_after_the_threshold_and_never_locks() {
+        let sec = Duration::from_secs(1);
+        let s = UserSlowdown::new(2, Duration::from_secs(60), sec, Duration::from_secs(3));
+        assert_eq!(s.reserve("u"), Ok(Duration::ZERO));
+        s.failure("u");
+        assert_eq!(s.reserve("u"), Ok(Duration::ZERO));
+        s.failure("u");
+        // Slowed down: each check takes the next one-second slot...
+        let waits: Vec<u64> = (0..4)
+            .map(|_| s.reserve("u").unwrap().as_secs_f64().round() as u64)
+            .collect();
+        assert_eq!(waits, [0, 1, 2, 3]);
+        // ...and beyond the longest wait the answer is "retry later", not a lock.
+        assert_eq!(s.reserve("u"), Err(4));
+        assert_eq!(s.reserve("other"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_prefix() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_eq!(source_key(a), "2001:db8:1:2::/64");
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped), "192.0.2.7");
     }
 
     #[test]

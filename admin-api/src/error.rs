@@ -56,10 +56,17 @@ pub enum ApiError {
         /// Details, `null` when none.
         info: serde_json::Value,
     },
-    /// 429: too many failed logins for this user name.
+    /// 429: too many failed logins for this user name from this address, from this
+    /// address, or (slowed down) for this user name.
     #[error("Too many failed logins; try again in {}", seconds(*retry_after_secs))]
     TooManyRequests {
         /// Seconds until the next attempt is allowed.
+        retry_after_secs: u64,
+    },
+    /// 503: every password-check thread is busy and the queue is full.
+    #[error("Too many logins are being checked; try again in {}", seconds(*retry_after_secs))]
+    ServiceUnavailable {
+        /// Seconds after which a retry is likely to be served.
         retry_after_secs: u64,
     },
     /// 507: the store is full (disk or configured size limit); nothing was changed.
@@ -120,6 +127,11 @@ impl ApiError {
                 "too_many_requests",
                 self.to_string(),
             ),
+            ApiError::ServiceUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                self.to_string(),
+            ),
             ApiError::InsufficientStorage(m) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
@@ -138,7 +150,8 @@ impl ApiError {
         let (_, error, message) = self.parts();
         let info = match self {
             ApiError::Unprocessable { info, .. } => info.clone(),
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::ServiceUnavailable { retry_after_secs } => {
                 serde_json::json!({ "retryAfterSeconds": retry_after_secs })
             }
             _ => serde_json::Value::Null,
@@ -169,7 +182,8 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Basic realm=\"broker admin\""),
                 );
             }
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::ServiceUnavailable { retry_after_secs } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
@@ -209,6 +223,12 @@ fn conflict_message(c: &Conflict) -> String {
         ),
         Conflict::PublicKeyTrustedElsewhere { fingerprint } => format!(
             "Certificate {fingerprint} has the same public key as a certificate trusted by another tenant: every device must map to exactly one tenant"
+        ),
+        Conflict::IssuedByAnotherTenantsAnchor { fingerprint } => format!(
+            "Certificate {fingerprint} conflicts with a trust anchor of another tenant: it was issued by it"
+        ),
+        Conflict::IssuerOfAnotherTenantsAnchor { fingerprint } => format!(
+            "Certificate {fingerprint} conflicts with a trust anchor of another tenant: it issued it"
         ),
         Conflict::DeviceExists { common_name } => {
             format!("Device {common_name} is already registered")

@@ -55,13 +55,28 @@ pub struct AdminConfig {
     pub admin_password: Option<String>,
     /// Argon2id cost of new password hashes.
     pub password_hashing: PasswordHashing,
-    /// Failed logins of one user name before it is locked. A source address is locked
-    /// after ten times as many, whatever names it tries.
+    /// Failed logins of one user name from one source address (an IPv4 address or an
+    /// IPv6 /64) before that pair is locked. A source address is locked after ten times
+    /// as many, whatever names it tries. A user name that failed ten times as many from
+    /// all sources together is slowed down (one check per second), never locked, so no
+    /// one can keep an administrator out by failing its password.
     pub login_max_failures: u32,
     /// The window in which failed logins are counted.
     pub login_window: Duration,
-    /// How long a user name stays locked.
+    /// How long a (user name, source) pair or a source address stays locked.
     pub login_lockout: Duration,
+    /// Threads running argon2 password checks (0: one per core, at most 4). Each check
+    /// holds the hash's memory cost (19 MiB by default) while it runs.
+    pub password_check_threads: usize,
+    /// Password checks that may wait for a thread; beyond it a login is answered 503
+    /// with `Retry-After: 1`, so a login flood costs neither memory nor queueing time.
+    pub password_check_queue: usize,
+    /// How long a successful password check is remembered (keyed by an HMAC, under a
+    /// per-process random key, of tenant, user, password and the stored hash, so a
+    /// password change invalidates it; the password itself is never stored). Zero
+    /// disables the cache. Clients that send Basic credentials with every request then
+    /// cost one argon2 check per this period.
+    pub login_cache_ttl: Duration,
     /// How often last-seen times of devices are written.
     pub device_seen_flush_interval: Duration,
     /// Timeout fetching a CRL distribution point during a server-certificate import.
@@ -73,6 +88,12 @@ pub struct AdminConfig {
     /// Largest size of the database in bytes (`None`: as much as the disk holds). A
     /// change that needs more space is refused with 507, as on a full disk.
     pub max_database_bytes: Option<u64>,
+    /// The reference platform's stricter mode: an uploaded trusted certificate verifies
+    /// no device until its proof of possession has succeeded (`proofOfPossessionValid`,
+    /// by the signed verification code or the management admin's `.../confirmed` call).
+    /// Until then the published trust snapshot holds it as disabled. Default false: an
+    /// upload is trusted at once, as before.
+    pub require_proof_of_possession: bool,
 }
 
 impl AdminConfig {
@@ -85,11 +106,15 @@ impl AdminConfig {
             login_max_failures: 5,
             login_window: Duration::from_secs(300),
             login_lockout: Duration::from_secs(60),
+            password_check_threads: 0,
+            password_check_queue: 16,
+            login_cache_ttl: Duration::from_secs(60),
             device_seen_flush_interval: Duration::from_secs(5),
             crl_fetch_timeout: Duration::from_secs(5),
             max_body_bytes: 1024 * 1024,
             verification_code_ttl: Duration::from_secs(3600),
             max_database_bytes: None,
+            require_proof_of_possession: false,
         }
     }
 }
@@ -113,6 +138,9 @@ impl std::fmt::Debug for AdminConfig {
             .field("login_max_failures", &self.login_max_failures)
             .field("login_window", &self.login_window)
             .field("login_lockout", &self.login_lockout)
+            .field("password_check_threads", &self.password_check_threads)
+            .field("password_check_queue", &self.password_check_queue)
+            .field("login_cache_ttl", &self.login_cache_ttl)
             .field(
                 "device_seen_flush_interval",
                 &self.device_seen_flush_interval,
@@ -121,6 +149,10 @@ impl std::fmt::Debug for AdminConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("verification_code_ttl", &self.verification_code_ttl)
             .field("max_database_bytes", &self.max_database_bytes)
+            .field(
+                "require_proof_of_possession",
+                &self.require_proof_of_possession,
+            )
             .finish()
     }
 }
@@ -207,13 +239,15 @@ struct Inner {
     store: Arc<dyn Store>,
     trust_tx: watch::Sender<Arc<TrustStore>>,
     server_tx: watch::Sender<Option<Arc<ServerCertificate>>>,
+    /// Failed logins per (user name, source address).
     limiter: auth::LoginLimiter,
     /// Failed logins per source address, across user names.
     source_limiter: auth::LoginLimiter,
-    /// Password checks running at once. Each argon2 check holds its memory cost (19 MiB
-    /// by default) on a blocking thread: without a bound, a burst of logins (many in
-    /// one HTTP/2 connection, say) could take gigabytes.
-    password_checks: tokio::sync::Semaphore,
+    /// Failed logins per user name from all sources: slows down, never locks.
+    user_slowdown: auth::UserSlowdown,
+    /// Argon2 checks on a fixed pool of threads behind a bounded queue, and the cache of
+    /// recent successful checks.
+    checker: auth::PasswordChecker,
     dummy_hash: String,
     seen: Mutex<HashMap<(String, String), i64>>,
     rebuild: tokio::sync::Mutex<()>,
@@ -284,8 +318,21 @@ impl Admin {
                 config.login_window,
                 config.login_lockout,
             ),
-            password_checks: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            user_slowdown: auth::UserSlowdown::new(
+                config
+                    .login_max_failures
+                    .saturating_mul(auth::SOURCE_FAILURES_FACTOR),
+                config.login_window,
+                auth::SLOWDOWN_INTERVAL,
+                auth::SLOWDOWN_MAX_WAIT,
+            ),
+            checker: auth::PasswordChecker::new(
+                match config.password_check_threads {
+                    0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+                    n => n,
+                },
+                config.password_check_queue,
+                config.login_cache_ttl,
             ),
             crl_fetcher: certs::revocation::CrlFetcher::new(
                 config.crl_fetch_timeout,
@@ -406,6 +453,19 @@ impl Admin {
             .map(|imported| imported.info)
     }
 
+    /// Drops what this process holds in memory for a deleted tenant: pending last-seen
+    /// times of its devices and its users' failed-login counts, so a tenant created
+    /// later with the same id inherits none of it.
+    pub(crate) fn forget_tenant(&self, tenant: &str) {
+        if let Ok(mut seen) = self.inner.seen.lock() {
+            seen.retain(|(t, _), _| t != tenant);
+        }
+        self.inner.limiter.forget_prefix(&format!("{tenant}/"));
+        self.inner
+            .user_slowdown
+            .forget_prefix(&format!("{tenant}/"));
+    }
+
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.inner
             .snapshot
@@ -423,9 +483,11 @@ impl Admin {
     pub async fn publish(&self) -> Result<(), AdminError> {
         let _guard = self.inner.rebuild.lock().await;
         let material = self.inner.store.trust_material().await?;
-        let (trust, snapshot) = tokio::task::spawn_blocking(move || build_trust(material))
-            .await
-            .map_err(|e| AdminError::Internal(format!("trust snapshot build failed: {e}")))?;
+        let require_pop = self.inner.config.require_proof_of_possession;
+        let (trust, snapshot) =
+            tokio::task::spawn_blocking(move || build_trust(material, require_pop))
+                .await
+                .map_err(|e| AdminError::Internal(format!("trust snapshot build failed: {e}")))?;
         if let Ok(mut s) = self.inner.snapshot.write() {
             *s = Arc::new(snapshot);
         }
@@ -569,8 +631,10 @@ pub(crate) fn server_certificate_from_record(
 
 /// Builds the trust snapshot and the REST-side index from the store's material. An
 /// anchor or CRL the builder refuses is skipped with a warning (it was checked at
-/// upload; a CRL whose anchor was deleted no longer applies).
-fn build_trust(m: TrustMaterial) -> (TrustStore, Snapshot) {
+/// upload; a CRL whose anchor was deleted no longer applies). With `require_pop`, an
+/// anchor whose proof of possession has not succeeded is added disabled: it verifies no
+/// device, yet still counts towards the tenant's `maxAnchors`.
+fn build_trust(m: TrustMaterial, require_pop: bool) -> (TrustStore, Snapshot) {
     let mut revoked: HashMap<&str, HashSet<String>> = HashMap::new();
     for (tenant, s) in &m.revoked {
         revoked
@@ -603,7 +667,11 @@ fn build_trust(m: TrustMaterial) -> (TrustStore, Snapshot) {
     for a in &m.anchors {
         let spec = AnchorSpec {
             tenant: a.tenant.clone(),
-            status: a.status,
+            status: if require_pop && !a.pop_valid {
+                certs::AnchorStatus::Disabled
+            } else {
+                a.status
+            },
             auto_registration: a.auto_registration,
             cert_der: a.cert_der.clone(),
         };

@@ -76,6 +76,10 @@ pub fn router(admin: Admin) -> Router {
             post(pop::verify),
         )
         .route(
+            "/tenant/tenants/{tenant_id}/trusted-certificates-pop/{fingerprint}/confirmed",
+            post(pop::confirm),
+        )
+        .route(
             "/tenant/trusted-certificates/settings/crl",
             get(crl::get_crl).put(crl::add_serials),
         )

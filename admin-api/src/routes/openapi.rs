@@ -19,7 +19,7 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
         users::list, users::create, users::get, users::delete,
         trusted_certificates::list, trusted_certificates::create, trusted_certificates::bulk,
         trusted_certificates::get, trusted_certificates::update, trusted_certificates::delete,
-        pop::verification_code, pop::verify,
+        pop::verification_code, pop::verify, pop::confirm,
         crl::add_serials, crl::get_crl, crl::signer_certificate, crl::list, crl::upload,
         chain::verify,
         devices::list, devices::create, devices::get, devices::update, devices::block,
@@ -40,8 +40,9 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
 pub struct ApiDoc;
 
 /// Adds the Basic security scheme, gives every operation a unique id derived from its
-/// method and path (handler names repeat across modules), and documents 507 (the store
-/// is full) on every operation that changes something.
+/// method and path (handler names repeat across modules), documents 507 (the store is
+/// full) on every operation that changes something, and 503 (the password-check queue is
+/// full) on every authenticated operation.
 struct DocFixes;
 
 /// The one POST that changes nothing.
@@ -51,6 +52,19 @@ fn insufficient_storage() -> utoipa::openapi::Response {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     ResponseBuilder::new()
         .description("The store is full (disk or configured size limit); nothing was changed")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+fn login_busy() -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description("Every password-check thread is busy and the queue is full: retry after Retry-After seconds")
         .content(
             "application/json",
             ContentBuilder::new()
@@ -83,6 +97,12 @@ impl Modify for DocFixes {
                     let id = format!("{method}{slug}");
                     let id = id.trim_end_matches('_').replace("__", "_");
                     op.operation_id = Some(id);
+                    if op.responses.responses.contains_key("401") {
+                        op.responses
+                            .responses
+                            .entry("503".into())
+                            .or_insert_with(|| login_busy().into());
+                    }
                     if method != "get" && path != READ_ONLY_POST {
                         op.responses
                             .responses

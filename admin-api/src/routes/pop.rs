@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::trusted_certificates::{normalize_fingerprint, TrustedCertificate};
-use super::{json_status, writable_tenant, JsonBody, PathParams};
+use super::{json_status, readable_tenant, writable_tenant, JsonBody, PathParams};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::store::AuditEntry;
@@ -131,8 +131,47 @@ pub async fn verify(
         .store()
         .set_proof_of_possession(&tenant, &fp, audit)
         .await?;
+    // With `require_proof_of_possession` the anchor starts verifying devices now.
+    admin.publish().await?;
     Ok(json_status(
         StatusCode::OK,
         TrustedCertificate::from_record(&r, now),
+    ))
+}
+
+/// Confirms an uploaded certificate without a signed verification code (the reference
+/// platform's call for the management administrator): `proofOfPossessionValid` becomes
+/// true, and with `require_proof_of_possession` the certificate verifies devices from
+/// now on. Management admin only.
+#[utoipa::path(post,
+    path = "/tenant/tenants/{tenant_id}/trusted-certificates-pop/{fingerprint}/confirmed",
+    tag = "trusted certificates",
+    params(("tenant_id" = String, Path, description = "Tenant id"),
+           ("fingerprint" = String, Path, description = "SHA-1 fingerprint")),
+    responses(
+        (status = 200, description = "proofOfPossessionValid is now true", body = TrustedCertificate),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Not the management admin", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("basic" = [])))]
+pub async fn confirm(
+    State(admin): State<Admin>,
+    who: Principal,
+    PathParams((tenant, fp)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    readable_tenant(&admin, &who, &tenant).await?;
+    who.require_management_admin("confirm a trusted certificate without proof of possession")?;
+    let fp = normalize_fingerprint(&fp);
+    let audit = AuditEntry::new(&who.actor(), Some(&tenant), "POP_CONFIRMED")
+        .fingerprint(&fp)
+        .detail("confirmed by the management admin without a signed verification code");
+    let r = admin
+        .store()
+        .set_proof_of_possession(&tenant, &fp, audit)
+        .await?;
+    admin.publish().await?;
+    Ok(json_status(
+        StatusCode::OK,
+        TrustedCertificate::from_record(&r, admin.now()),
     ))
 }

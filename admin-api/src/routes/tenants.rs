@@ -75,6 +75,20 @@ pub struct SettingsPatch {
 }
 
 impl SettingsPatch {
+    /// The names of the limits this patch would change (a value different from the
+    /// current one). Limits are the management tenant's to set, not the tenant's own.
+    fn changed_limits(&self, s: &TenantSettings) -> Vec<&'static str> {
+        [
+            ("maxDevices", self.max_devices, s.max_devices),
+            ("maxAnchors", self.max_anchors, s.max_anchors),
+            ("maxPublishRate", self.max_publish_rate, s.max_publish_rate),
+        ]
+        .into_iter()
+        .filter(|(_, new, current)| new.is_some_and(|v| v != i64::from(*current)))
+        .map(|(name, _, _)| name)
+        .collect()
+    }
+
     fn apply(&self, s: &mut TenantSettings) -> Result<(), ApiError> {
         if let Some(n) = self.max_chain_length {
             let max = certs::trust::MAX_MAX_CHAIN_LENGTH;
@@ -352,7 +366,9 @@ pub async fn update(
     Ok(json_status(StatusCode::OK, Tenant::from(&t)))
 }
 
-/// Deletes a tenant with its users, trusted certificates, CRLs and devices.
+/// Deletes a tenant with its users, trusted certificates, CRLs and devices. Its audit
+/// records stay for the management admin under `{id}.deleted-{n}`, so a tenant created
+/// later with the same id starts with nothing of the old one.
 #[utoipa::path(delete, path = "/tenant/tenants/{tenant_id}", tag = "tenants",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     responses(
@@ -375,6 +391,7 @@ pub async fn delete(
     }
     let audit = AuditEntry::new(&who.actor(), Some(&tenant), "TENANT_DELETED").target(&tenant);
     admin.store().delete_tenant(&tenant, audit).await?;
+    admin.forget_tenant(&tenant);
     admin.publish().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -396,14 +413,16 @@ pub async fn get_settings(
     Ok(json_status(StatusCode::OK, Settings::from(&t.settings)))
 }
 
-/// Changes a tenant's device policy (the tenant's admin or the management admin).
+/// Changes a tenant's device policy (the tenant's admin or the management admin). The
+/// limits (maxDevices, maxAnchors, maxPublishRate) are the management admin's alone: a
+/// tenant admin sending one with another value than the current one gets 403.
 #[utoipa::path(put, path = "/tenant/tenants/{tenant_id}/settings", tag = "tenants",
     params(("tenant_id" = String, Path, description = "Tenant id")),
     request_body = SettingsPatch,
     responses(
         (status = 200, body = Settings),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 403, description = "Not an admin of the tenant, or a tenant admin changing maxDevices, maxAnchors or maxPublishRate (the management admin's alone)", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("basic" = [])))]
@@ -414,6 +433,12 @@ pub async fn put_settings(
     JsonBody(patch): JsonBody<SettingsPatch>,
 ) -> Result<Response, ApiError> {
     let mut t = writable_tenant(&admin, &who, &tenant).await?;
+    if !who.is_management_admin() {
+        let changed = patch.changed_limits(&t.settings);
+        if !changed.is_empty() {
+            return Err(ApiError::Forbidden(limits_forbidden(&tenant, &changed)));
+        }
+    }
     patch.apply(&mut t.settings)?;
     let audit = AuditEntry::new(&who.actor(), Some(&tenant), "TENANT_SETTINGS_UPDATED")
         .target(&tenant)
@@ -421,6 +446,14 @@ pub async fn put_settings(
     admin.store().update_tenant(t.clone(), audit).await?;
     admin.publish().await?;
     Ok(json_status(StatusCode::OK, Settings::from(&t.settings)))
+}
+
+/// The 403 for a tenant admin who tries to change a limit.
+pub fn limits_forbidden(tenant: &str, changed: &[&str]) -> String {
+    format!(
+        "Only the management administrator can change the limits maxDevices, maxAnchors and maxPublishRate (PUT /tenant/tenants/{tenant}/settings as a management admin); this request changes {}. Leave them out (or unchanged) to change the tenant's own settings",
+        changed.join(", ")
+    )
 }
 
 fn settings_detail(s: &TenantSettings) -> String {

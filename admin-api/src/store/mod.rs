@@ -58,6 +58,18 @@ pub enum Conflict {
         /// SHA-1 fingerprint of the certificate being added.
         fingerprint: String,
     },
+    /// Another tenant's trust anchor issued this certificate (its key signed it and its
+    /// subject is this certificate's issuer): devices of that tenant would chain to it.
+    IssuedByAnotherTenantsAnchor {
+        /// SHA-1 fingerprint of the certificate being added.
+        fingerprint: String,
+    },
+    /// This certificate issued another tenant's trust anchor (its key signed it and its
+    /// subject is that anchor's issuer): devices of that tenant would chain to it.
+    IssuerOfAnotherTenantsAnchor {
+        /// SHA-1 fingerprint of the certificate being added.
+        fingerprint: String,
+    },
     /// The device is already registered.
     DeviceExists {
         /// Common Name.
@@ -464,6 +476,33 @@ pub struct TrustMaterial {
     pub blocked: Vec<(String, String)>,
 }
 
+/// The tenant name a deleted tenant's audit records are kept under: `{id}.deleted-{n}`,
+/// `n` the sequence number of the `TENANT_DELETED` record. A `.` is not allowed in a
+/// tenant id, so a tenant created later with the same id never sees them; the
+/// management admin reads them with `GET /audit?tenant={id}.deleted-{n}`.
+pub fn deleted_tenant_audit_name(id: &str, deletion_record: i64) -> String {
+    format!("{id}.deleted-{deletion_record}")
+}
+
+/// How a certificate being added relates to an anchor another tenant already trusts,
+/// when the relation would let one tenant's anchor verify the other tenant's devices.
+/// Every [`Store`] calls it inside the transaction that adds certificates, so two
+/// uploads cannot race past each other.
+///
+/// Same public key is checked separately ([`Conflict::PublicKeyTrustedElsewhere`]).
+pub fn anchor_conflict(new: &TrustedCertRecord, other: &TrustedCertRecord) -> Option<Conflict> {
+    let fingerprint = new.fingerprint.clone();
+    if new.issuer == other.subject && certs::signature::is_signed_by(&new.cert_der, &other.cert_der)
+    {
+        return Some(Conflict::IssuedByAnotherTenantsAnchor { fingerprint });
+    }
+    if other.issuer == new.subject && certs::signature::is_signed_by(&other.cert_der, &new.cert_der)
+    {
+        return Some(Conflict::IssuerOfAnotherTenantsAnchor { fingerprint });
+    }
+    None
+}
+
 /// Persistence of the admin API. Implementations must be safe to share between tasks and
 /// must make a change durable before returning from a mutating method.
 #[async_trait]
@@ -484,7 +523,10 @@ pub trait Store: Send + Sync + 'static {
     async fn tenants(&self, page: PageRequest) -> StoreResult<Page<TenantRecord>>;
     /// Replaces company, domain and settings.
     async fn update_tenant(&self, tenant: TenantRecord, audit: AuditEntry) -> StoreResult<()>;
-    /// Deletes a tenant and everything it owns.
+    /// Deletes a tenant and everything it owns: users, trusted certificates and their
+    /// proof-of-possession state, revoked serials, CRLs, devices, settings, the CRL
+    /// signer. Its audit records (and the deletion's) move to
+    /// [`deleted_tenant_audit_name`] in the same transaction.
     async fn delete_tenant(&self, id: &str, audit: AuditEntry) -> StoreResult<()>;
 
     // --- users ---
@@ -511,8 +553,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     // --- trusted certificates ---
-    /// Adds certificates all or nothing; a fingerprint trusted anywhere, or a public key
-    /// trusted by another tenant, is a conflict.
+    /// Adds certificates all or nothing; a fingerprint trusted anywhere, a public key
+    /// trusted by another tenant, or a certificate that issued or was issued by another
+    /// tenant's anchor ([`anchor_conflict`], checked in the same transaction) is a
+    /// conflict.
     async fn insert_certificates(
         &self,
         certs: Vec<TrustedCertRecord>,

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS trusted_certificates (
 );
 CREATE INDEX IF NOT EXISTS trusted_certificates_tenant ON trusted_certificates(tenant_id, seq);
 CREATE INDEX IF NOT EXISTS trusted_certificates_spki ON trusted_certificates(spki_der);
+CREATE INDEX IF NOT EXISTS trusted_certificates_subject ON trusted_certificates(subject);
+CREATE INDEX IF NOT EXISTS trusted_certificates_issuer ON trusted_certificates(issuer);
 CREATE TABLE IF NOT EXISTS revoked_serials (
     tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
     serial_hex TEXT NOT NULL,
@@ -561,10 +563,21 @@ impl Store for SqliteStore {
     async fn delete_tenant(&self, id: &str, audit: AuditEntry) -> StoreResult<()> {
         let id = id.to_string();
         self.tx(move |tx| {
+            // Users, anchors (with their proof-of-possession state), revoked serials,
+            // CRLs, devices, settings and the CRL signer go with the row (ON DELETE
+            // CASCADE).
             if tx.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
                 return Err(tenant_not_found(&id));
             }
-            insert_audit(tx, &audit)
+            insert_audit(tx, &audit)?;
+            // The audit records stay for the management admin, under a name no tenant
+            // can take, so a tenant created later with the same id starts empty.
+            let deletion = tx.last_insert_rowid();
+            tx.execute(
+                "UPDATE audit SET tenant_id = ?2 WHERE tenant_id = ?1",
+                params![id, deleted_tenant_audit_name(&id, deletion)],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -688,6 +701,18 @@ impl Store for SqliteStore {
                     return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
                         fingerprint: c.fingerprint.clone(),
                     }));
+                }
+                // Another tenant's anchor that may have issued this one, or that this
+                // one may have issued (names chain; the signature decides).
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {CERT_COLS} FROM trusted_certificates
+                     WHERE tenant_id <> ?1 AND (subject = ?2 OR issuer = ?3)"
+                ))?;
+                let related = st
+                    .query_map(params![c.tenant, c.issuer, c.subject], cert_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
+                    return Err(StoreError::Conflict(conflict));
                 }
                 seq += 1;
                 tx.execute(
@@ -1385,7 +1410,10 @@ mod tests {
             .unwrap();
         assert!(store.users("t1").await.unwrap().is_empty());
         assert!(store.user("t1", "admin").await.unwrap().is_none());
-        assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 2);
+        // The records moved to the archived name (2: the deletion's sequence number).
+        assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 0);
+        let archived = deleted_tenant_audit_name("t1", 2);
+        assert_eq!(store.audit(Some(&archived), page).await.unwrap().total, 2);
     }
 
     #[tokio::test]
