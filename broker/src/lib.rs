@@ -164,8 +164,25 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Settings of the listeners' defences that [`Config`] does not carry yet; [`start`]
+/// uses their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Per-source handshake limits of the MQTT listener.
+    pub source: admission::SourceLimits,
+}
+
 /// Starts everything and returns once all listeners are bound.
 pub async fn start(config: Config, admin_password: Option<String>) -> Result<Broker, StartError> {
+    start_tuned(config, admin_password, Edge::default()).await
+}
+
+/// [`start`] with the listeners' defences set by `edge`.
+pub async fn start_tuned(
+    config: Config,
+    admin_password: Option<String>,
+    edge: Edge,
+) -> Result<Broker, StartError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
@@ -381,6 +398,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         mqtt_tls,
         permits.clone(),
         tokio::runtime::Handle::current(),
+        edge.source,
         shutdown_rx,
     )));
     tracing::info!(

@@ -167,11 +167,13 @@ pub async fn serve_mqtt(
     tls: Arc<rustls::ServerConfig>,
     permits: Arc<Semaphore>,
     sessions: Handle,
+    source: crate::admission::SourceLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let admission =
-        crate::admission::Admission::new(&shared.config.limits, shared.pressure.clone());
+        crate::admission::Admission::new(&shared.config.limits, &source, shared.pressure.clone());
+    let first_byte = Duration::from_millis(source.first_byte_timeout_ms);
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -209,15 +211,34 @@ pub async fn serve_mqtt(
             }
         };
         let _ = sock.set_nodelay(true);
-        let sock = DeviceSocket(Some(sock));
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let sessions = sessions.clone();
         tokio::spawn(async move {
             let accepted_at = Instant::now();
+            let handshake_timeout =
+                Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+            // A socket that sends nothing gives its slot back after the first-byte
+            // timeout, not after the whole handshake timeout.
+            if first_byte < handshake_timeout {
+                let mut one = [0u8; 1];
+                let failed = match tokio::time::timeout(first_byte, sock.peek(&mut one)).await {
+                    Ok(Ok(0)) => Some("eof"),
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => Some("reset"),
+                    Ok(Err(_)) => Some("io"),
+                    Err(_) => Some("first_byte_timeout"),
+                };
+                if let Some(reason) = failed {
+                    let elapsed = accepted_at.elapsed().as_secs_f64();
+                    shared.metrics.handshake("failed", reason, elapsed);
+                    return;
+                }
+            }
+            let sock = DeviceSocket(Some(sock));
             let hs = tokio::time::timeout(
-                Duration::from_millis(shared.config.limits.handshake_timeout_ms),
+                handshake_timeout.saturating_sub(accepted_at.elapsed()),
                 acceptor.accept(sock),
             )
             .await;
