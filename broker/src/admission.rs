@@ -254,21 +254,54 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Handshakes in progress per source (entries exist only while non-zero, so there are
-/// never more entries than handshakes in progress).
-type InProgress = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// Counts what each source holds (handshakes in progress, admin connections) against
+/// a cap. Entries exist only while non-zero, so there are never more entries than
+/// slots held.
+#[derive(Clone)]
+pub struct PerSource {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
 
-/// Held while a handshake is in progress: one of the global slots and one of its
-/// source's; both return on drop.
-pub struct HandshakePermit {
-    _global: OwnedSemaphorePermit,
-    per_source: InProgress,
+impl PerSource {
+    /// At most `max` slots per source (0: no cap, only counted).
+    pub fn new(max: usize) -> PerSource {
+        PerSource {
+            held: Arc::default(),
+            max,
+        }
+    }
+
+    /// Takes one of `ip`'s source's slots, unless it holds `max` already.
+    pub fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let source = source_of(ip);
+        let mut m = self.held.lock().ok()?;
+        let n = m.entry(source).or_insert(0);
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            held: self.held.clone(),
+            source,
+        })
+    }
+
+    /// Sources holding at least one slot.
+    pub fn sources(&self) -> usize {
+        self.held.lock().map_or(0, |m| m.len())
+    }
+}
+
+/// One slot of a source; returns on drop.
+pub struct SourceSlot {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
     source: IpAddr,
 }
 
-impl Drop for HandshakePermit {
+impl Drop for SourceSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.per_source.lock() {
+        if let Ok(mut m) = self.held.lock() {
             if let Some(n) = m.get_mut(&self.source) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -277,6 +310,13 @@ impl Drop for HandshakePermit {
             }
         }
     }
+}
+
+/// Held while a handshake is in progress: one of the global slots and one of its
+/// source's; both return on drop.
+pub struct HandshakePermit {
+    _source: SourceSlot,
+    _global: OwnedSemaphorePermit,
 }
 
 /// Admission state shared by the accept loop.
@@ -289,8 +329,7 @@ pub struct Admission {
     global: Mutex<Bucket>,
     sources: Mutex<HashMap<IpAddr, Bucket>>,
     in_progress: Arc<Semaphore>,
-    per_source: InProgress,
-    max_per_source: usize,
+    per_source: PerSource,
 }
 
 /// Source entries kept before idle ones are swept.
@@ -309,8 +348,7 @@ impl Admission {
             global: Mutex::new(Bucket::full(l.handshake_burst as f64, now)),
             sources: Mutex::new(HashMap::new()),
             in_progress: Arc::new(Semaphore::new(l.max_concurrent_handshakes)),
-            per_source: Arc::default(),
-            max_per_source: source.max_handshakes_per_source,
+            per_source: PerSource::new(source.max_handshakes_per_source),
         }
     }
 
@@ -320,23 +358,14 @@ impl Admission {
     pub fn admit(&self, ip: IpAddr) -> Result<HandshakePermit, Refusal> {
         let now = Instant::now();
         let ip = source_of(ip);
-        let permit = {
-            let mut m = self.per_source.lock().map_err(|_| Refusal::Concurrency)?;
-            let n = m.get(&ip).copied().unwrap_or(0);
-            if self.max_per_source > 0 && n >= self.max_per_source {
-                return Err(Refusal::SourceConcurrency);
-            }
-            let global = self
+        let source = self.per_source.take(ip).ok_or(Refusal::SourceConcurrency)?;
+        let permit = HandshakePermit {
+            _source: source,
+            _global: self
                 .in_progress
                 .clone()
                 .try_acquire_owned()
-                .map_err(|_| Refusal::Concurrency)?;
-            m.insert(ip, n + 1);
-            HandshakePermit {
-                _global: global,
-                per_source: self.per_source.clone(),
-                source: ip,
-            }
+                .map_err(|_| Refusal::Concurrency)?,
         };
         {
             let mut sources = self.sources.lock().map_err(|_| Refusal::Concurrency)?;
@@ -460,7 +489,7 @@ mod tests {
         );
         assert!(a.admit("2001:db8:0:2::1".parse().unwrap()).is_ok());
         assert_eq!(
-            a.per_source.lock().unwrap().len(),
+            a.per_source.sources(),
             2,
             "entries exist only while handshakes are in progress"
         );

@@ -170,6 +170,8 @@ fn hostname() -> String {
 pub struct Edge {
     /// Per-source handshake limits of the MQTT listener.
     pub source: admission::SourceLimits,
+    /// Limits of the admin HTTPS listener.
+    pub admin: listener::AdminLimits,
 }
 
 /// Starts everything and returns once all listeners are bound.
@@ -385,6 +387,8 @@ pub async fn start_tuned(
         admin_l,
         router,
         admin_tls,
+        edge.admin,
+        metrics.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(background.handle().spawn(listener::serve_metrics(

@@ -24,6 +24,7 @@ struct Inner {
     forwarded: [(IntCounter, IntCounter); 2],
     revoked_sessions: IntCounterVec,
     admin_requests: IntCounterVec,
+    admin_refused: IntCounterVec,
     anchors: IntGauge,
     admission_share: Gauge,
 }
@@ -103,6 +104,13 @@ impl Metrics {
             ),
             &["method", "route", "status"],
         ));
+        let admin_refused = must(IntCounterVec::new(
+            Opts::new(
+                "admin_api_connections_refused_total",
+                "Admin API connections closed before or instead of HTTP, by reason",
+            ),
+            &["reason"],
+        ));
         let anchors = must(IntGauge::new(
             "trust_store_anchors",
             "Trusted certificates in the live trust store",
@@ -122,6 +130,7 @@ impl Metrics {
             Box::new(bytes.clone()),
             Box::new(revoked_sessions.clone()),
             Box::new(admin_requests.clone()),
+            Box::new(admin_refused.clone()),
             Box::new(anchors.clone()),
         ] {
             must(registry.register(c));
@@ -146,6 +155,7 @@ impl Metrics {
                 ],
                 revoked_sessions,
                 admin_requests,
+                admin_refused,
                 anchors,
                 admission_share,
             }),
@@ -220,6 +230,12 @@ impl Metrics {
             .admin_requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();
+    }
+
+    /// An admin API connection closed before or instead of HTTP (`per_source`,
+    /// `connections`, `tls_handshake`, `idle`, `accept_error`).
+    pub fn admin_refused(&self, reason: &str) {
+        self.inner.admin_refused.with_label_values(&[reason]).inc();
     }
 
     /// Anchors in the live trust store.

@@ -49,6 +49,7 @@ async fn one_address_holding_idle_sockets_does_not_keep_other_devices_out() {
             first_byte_timeout_ms: 120_000,
             ..Default::default()
         },
+        ..Default::default()
     };
     let env = start_tuned(edge, |c| c.limits.handshake_timeout_ms = 120_000).await;
     env.tenant("acme").await;
@@ -107,6 +108,7 @@ async fn a_socket_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
             max_handshakes_per_source: 1,
             first_byte_timeout_ms: 300,
         },
+        ..Default::default()
     };
     // The handshake timeout stays at its default of 10 s.
     let env = start_tuned(edge, |_| {}).await;
@@ -137,4 +139,186 @@ async fn a_socket_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
     slow.write_all(&[0x16]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!closed(&slow), "closed before the handshake timeout");
+}
+
+/// Whether the server closes `s` within `wait` (EOF, TLS close or reset).
+async fn closes_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, wait: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The management admin lists tenants from `from`: the status, and how long it took.
+async fn admin_login_from(env: &Env, from: &str) -> (Result<u16, String>, Duration) {
+    let http = https_client_from(&env.server_ca, from);
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("{}/tenant/tenants", env.base))
+        .basic_auth("management/admin", Some(ADMIN_PW))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"));
+    (r, t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_admin_connections_does_not_lock_the_admin_out() {
+    // More than the admin listener's 1,024 connections, all from one address.
+    const FLOOD: usize = 1100;
+    let admin = broker::listener::AdminLimits {
+        header_read_timeout_ms: 500,
+        idle_timeout_ms: 120_000,
+        ..Default::default()
+    };
+    let cap = admin.max_connections_per_source;
+    let env = start_tuned(
+        broker::Edge {
+            admin,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let env = std::sync::Arc::new(env);
+
+    // Every attacker connection completes TLS if it can, then sends nothing.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let env = env.clone();
+        let gate = gate.clone();
+        attempts.spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), admin_tls_from(&env, ATTACKER))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(r) = attempts.join_next().await {
+        if let Some(s) = r.unwrap() {
+            held.push(s);
+        }
+    }
+    let refused_series = "admin_api_connections_refused_total{reason=\"per_source\"}";
+    let refused = wait_counter(&env, refused_series, (FLOOD - cap) as f64).await;
+
+    // The flood is held open; the admin logs in from another address.
+    let (status, took) = admin_login_from(&env, DEVICE).await;
+    eprintln!(
+        "admin flood: {FLOOD} TLS connections from {ATTACKER}, {} held (cap {cap}), {refused} refused; admin from {DEVICE}: {status:?} after {took:?}",
+        held.len()
+    );
+    assert_eq!(status, Ok(200));
+    assert_eq!(held.len(), cap, "attacker connections that got through TLS");
+    assert_eq!(refused, (FLOOD - cap) as f64);
+
+    // Half a request line is closed by the header-read timeout; the silent connections
+    // stay until the idle timeout.
+    let (mut silent, mut half) = (held, Vec::new());
+    for _ in 0..cap / 2 {
+        let mut s = silent.pop().unwrap();
+        s.write_all(b"GET /tenant/tenants HT").await.unwrap();
+        half.push(s);
+    }
+    for s in &mut half {
+        assert!(
+            closes_within(s, Duration::from_secs(10)).await,
+            "half a request line must be closed by the header-read timeout"
+        );
+    }
+    let series = "admin_api_connections_refused_total{reason=\"header_read_timeout\"}";
+    assert_eq!(
+        wait_counter(&env, series, (cap / 2) as f64).await,
+        (cap / 2) as f64
+    );
+    for s in &mut silent[..2] {
+        assert!(!closes_within(s, Duration::from_millis(200)).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_admin_listener_closes_the_newest_connection_and_keeps_accepting() {
+    let env = start_tuned(
+        broker::Edge {
+            admin: broker::listener::AdminLimits {
+                max_connections: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(admin_tls_from(&env, ATTACKER).await.unwrap());
+    }
+    // The fifth, from another address, is accepted and closed at once.
+    let mut fifth = tcp_from(DEVICE, env.broker().admin_addr).await.unwrap();
+    assert!(closes_within(&mut fifth, Duration::from_secs(5)).await);
+    let series = "admin_api_connections_refused_total{reason=\"connections\"}";
+    assert_eq!(wait_counter(&env, series, 1.0).await, 1.0);
+    // One connection ends: the next one is served (accepting never stopped).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = admin_login_from(&env, DEVICE).await;
+        if status == Ok(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_without_requests_and_slow_bodies_are_cut() {
+    let env = start_tuned(
+        broker::Edge {
+            admin: broker::listener::AdminLimits {
+                idle_timeout_ms: 300,
+                request_timeout_ms: 800,
+                tls_handshake_timeout_ms: 300,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    // No TLS at all: closed by the TLS handshake timeout.
+    let mut raw = tcp_from(ATTACKER, env.broker().admin_addr).await.unwrap();
+    assert!(closes_within(&mut raw, Duration::from_secs(10)).await);
+    // TLS, then nothing: closed by the idle timeout.
+    let mut silent = admin_tls_from(&env, ATTACKER).await.unwrap();
+    assert!(closes_within(&mut silent, Duration::from_secs(10)).await);
+    let metrics = env.metrics().await;
+    for reason in ["tls_handshake", "idle"] {
+        let series = format!("admin_api_connections_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(counter(&metrics, &series), 1.0, "{reason}: {metrics}");
+    }
+    // A body announced but never sent: 408 after the request timeout.
+    let mut slow = admin_tls_from(&env, ATTACKER).await.unwrap();
+    let auth = "bWFuYWdlbWVudC9hZG1pbjptYW5hZ2VtZW50LXNlY3JldC0x"; // management/admin:management-secret-1
+    let head = format!(
+        "POST /tenant/tenants HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\":"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{text}"
+    );
+    assert!(text.contains(r#""error":"request_timeout""#), "{text}");
 }
