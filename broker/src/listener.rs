@@ -237,18 +237,23 @@ pub async fn serve_mqtt(
                 }
             }
             let sock = DeviceSocket(Some(sock));
-            let hs = tokio::time::timeout(
+            let (hs, refused) = crate::tls::recording_refusal(tokio::time::timeout(
                 handshake_timeout.saturating_sub(accepted_at.elapsed()),
                 acceptor.accept(sock),
-            )
+            ))
             .await;
             drop(hs_permit);
             let elapsed = accepted_at.elapsed().as_secs_f64();
             let stream = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    let reason = classify(&e);
-                    shared.metrics.handshake("failed", reason, elapsed);
+                    // One handshake, one outcome: a refused chain is `rejected` with
+                    // the verifier's reason, not also `failed`.
+                    let (outcome, reason) = match refused {
+                        Some(reason) => ("rejected", reason),
+                        None => ("failed", classify(&e)),
+                    };
+                    shared.metrics.handshake(outcome, reason, elapsed);
                     tracing::debug!(%peer, error = %e, reason, "TLS handshake failed");
                     return;
                 }

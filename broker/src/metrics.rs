@@ -162,7 +162,8 @@ impl Metrics {
         }
     }
 
-    /// A chain refused by the verifier.
+    /// A chain refused by the verifier outside a handshake whose outcome the listener
+    /// records (a handshake has exactly one outcome: see [`Metrics::handshake`]).
     pub fn handshake_rejected(&self, reason: &str) {
         self.inner
             .handshakes
@@ -170,14 +171,14 @@ impl Metrics {
             .inc();
     }
 
-    /// A finished handshake attempt (success or failure other than chain rejection).
+    /// A finished handshake attempt, counted once under its one outcome: `ok`,
+    /// `rejected` (the verifier refused the chain; `reason` is why) or `failed` (any
+    /// other failure).
     pub fn handshake(&self, outcome: &str, reason: &str, seconds: f64) {
-        if outcome != "rejected" {
-            self.inner
-                .handshakes
-                .with_label_values(&[outcome, reason])
-                .inc();
-        }
+        self.inner
+            .handshakes
+            .with_label_values(&[outcome, reason])
+            .inc();
         self.inner
             .handshake_seconds
             .with_label_values(&[outcome])
