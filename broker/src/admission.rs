@@ -1,6 +1,14 @@
-//! Handshake admission control: token buckets (global and per source address) and a
-//! cap on handshakes in progress. Checked right after accept, before any TLS work, so
-//! refusing costs a `close()` and nothing else.
+//! Handshake admission control: token buckets (global and per source address), a cap on
+//! handshakes in progress, and a cap on handshakes in progress from one source. Checked
+//! right after accept, before any TLS work, so refusing costs a `close()` and nothing
+//! else.
+//!
+//! A source is an IPv4 address, or an IPv6 /64 (the prefix one subscriber line or one
+//! host usually gets: per address, one IPv6 host could take 2^64 slots). An IPv4-mapped
+//! IPv6 address is its IPv4 address. The per-source cap keeps one address from holding
+//! the global handshake slots with idle sockets; the first-byte timeout
+//! ([`SourceLimits::first_byte_timeout_ms`]) frees a slot held by a socket that sends
+//! nothing long before the handshake timeout would.
 //!
 //! The global rate follows [`Pressure`]: while established sessions are forwarding
 //! packets and the runtime that serves them starts to lag, the admitted share of the
@@ -54,6 +62,8 @@ pub enum Refusal {
     SourceRate,
     /// Too many handshakes in progress.
     Concurrency,
+    /// Too many handshakes in progress from this source address.
+    SourceConcurrency,
 }
 
 impl Refusal {
@@ -63,6 +73,7 @@ impl Refusal {
             Refusal::GlobalRate => "handshake_rate",
             Refusal::SourceRate => "handshake_rate_per_source",
             Refusal::Concurrency => "handshake_concurrency",
+            Refusal::SourceConcurrency => "handshake_per_source",
         }
     }
 }
@@ -198,6 +209,116 @@ impl Pressure {
     }
 }
 
+/// Per-source handshake limits of the MQTT listener.
+///
+/// Not yet in [`crate::config::Limits`]: [`crate::start`] uses the defaults,
+/// [`crate::start_tuned`] takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// TLS handshakes in progress at once from one source (an IPv4 address or an IPv6
+    /// /64); excess connections are closed before any TLS work and counted as
+    /// `refused{reason="handshake_per_source"}`. 0: no per-source cap. Default 64, an
+    /// eighth of the default global cap (512): one address cannot hold the slots every
+    /// other device needs, while a NAT in front of a fleet still gets 640 handshakes a
+    /// second at a 100 ms round trip.
+    pub max_handshakes_per_source: usize,
+    /// Time from accept until the first byte of the TLS ClientHello arrives,
+    /// milliseconds; a socket that sends nothing is closed then (counted as
+    /// `mqtt_tls_handshakes_total{outcome="failed",reason="first_byte_timeout"}`), not
+    /// after the whole handshake timeout. A device sends its ClientHello right after
+    /// the TCP handshake. Default 2,000.
+    pub first_byte_timeout_ms: u64,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits {
+            max_handshakes_per_source: 64,
+            first_byte_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The source an address counts against: IPv4 addresses and IPv4-mapped IPv6 addresses
+/// as the IPv4 address, other IPv6 addresses by their /64 prefix.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// Counts what each source holds (handshakes in progress, admin connections) against
+/// a cap. Entries exist only while non-zero, so there are never more entries than
+/// slots held.
+#[derive(Clone)]
+pub struct PerSource {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+impl PerSource {
+    /// At most `max` slots per source (0: no cap, only counted).
+    pub fn new(max: usize) -> PerSource {
+        PerSource {
+            held: Arc::default(),
+            max,
+        }
+    }
+
+    /// Takes one of `ip`'s source's slots, unless it holds `max` already.
+    pub fn take(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let source = source_of(ip);
+        let mut m = self.held.lock().ok()?;
+        let n = m.entry(source).or_insert(0);
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            held: self.held.clone(),
+            source,
+        })
+    }
+
+    /// Sources holding at least one slot.
+    pub fn sources(&self) -> usize {
+        self.held.lock().map_or(0, |m| m.len())
+    }
+}
+
+/// One slot of a source; returns on drop.
+pub struct SourceSlot {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.held.lock() {
+            if let Some(n) = m.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+/// Held while a handshake is in progress: one of the global slots and one of its
+/// source's; both return on drop.
+pub struct HandshakePermit {
+    _source: SourceSlot,
+    _global: OwnedSemaphorePermit,
+}
+
 /// Admission state shared by the accept loop.
 pub struct Admission {
     rate: f64,
@@ -208,6 +329,7 @@ pub struct Admission {
     global: Mutex<Bucket>,
     sources: Mutex<HashMap<IpAddr, Bucket>>,
     in_progress: Arc<Semaphore>,
+    per_source: PerSource,
 }
 
 /// Source entries kept before idle ones are swept.
@@ -215,7 +337,7 @@ const MAX_SOURCES: usize = 65_536;
 
 impl Admission {
     /// From the configured limits; the global rate follows `pressure`.
-    pub fn new(l: &Limits, pressure: Arc<Pressure>) -> Admission {
+    pub fn new(l: &Limits, source: &SourceLimits, pressure: Arc<Pressure>) -> Admission {
         let now = Instant::now();
         Admission {
             rate: l.handshake_rate as f64,
@@ -226,18 +348,25 @@ impl Admission {
             global: Mutex::new(Bucket::full(l.handshake_burst as f64, now)),
             sources: Mutex::new(HashMap::new()),
             in_progress: Arc::new(Semaphore::new(l.max_concurrent_handshakes)),
+            per_source: PerSource::new(source.max_handshakes_per_source),
         }
     }
 
     /// Admits a new connection from `ip`, returning the handshake permit to hold until
-    /// the handshake ends.
-    pub fn admit(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// the handshake ends. The per-source cap is checked first: a source holding its
+    /// share is told so (`handshake_per_source`), whatever the global state.
+    pub fn admit(&self, ip: IpAddr) -> Result<HandshakePermit, Refusal> {
         let now = Instant::now();
-        let permit = self
-            .in_progress
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::Concurrency)?;
+        let ip = source_of(ip);
+        let source = self.per_source.take(ip).ok_or(Refusal::SourceConcurrency)?;
+        let permit = HandshakePermit {
+            _source: source,
+            _global: self
+                .in_progress
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Refusal::Concurrency)?,
+        };
         {
             let mut sources = self.sources.lock().map_err(|_| Refusal::Concurrency)?;
             if sources.len() >= MAX_SOURCES {
@@ -271,6 +400,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn new(l: &Limits, pressure: Arc<Pressure>) -> Admission {
+        Admission::new(l, &SourceLimits::default(), pressure)
+    }
+
     fn limits(rate: u32, burst: u32, src: u32, src_burst: u32, conc: usize) -> Limits {
         Limits {
             handshake_rate: rate,
@@ -296,7 +429,7 @@ mod tests {
 
     #[test]
     fn per_source_limit_does_not_punish_other_sources() {
-        let a = Admission::new(&limits(1000, 1000, 1, 3, 100), Default::default());
+        let a = new(&limits(1000, 1000, 1, 3, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         let y: IpAddr = "127.0.0.3".parse().unwrap();
         let mut held = Vec::new();
@@ -309,19 +442,56 @@ mod tests {
 
     #[test]
     fn global_rate_and_concurrency() {
-        let a = Admission::new(&limits(1, 2, 100, 100, 100), Default::default());
+        let a = new(&limits(1, 2, 100, 100, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         let _p1 = a.admit(x).unwrap();
         let _p2 = a.admit(x).unwrap();
         assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
 
-        let c = Admission::new(&limits(100, 100, 100, 100, 1), Default::default());
+        let c = new(&limits(100, 100, 100, 100, 1), Default::default());
         let p = c.admit(x).unwrap();
         assert_eq!(c.admit(x).err(), Some(Refusal::Concurrency));
         drop(p);
         assert!(
             c.admit(x).is_ok(),
             "the permit returns when the handshake ends"
+        );
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share_of_handshake_slots() {
+        let l = limits(1000, 1000, 1000, 1000, 100);
+        let src = SourceLimits {
+            max_handshakes_per_source: 2,
+            ..SourceLimits::default()
+        };
+        let a = Admission::new(&l, &src, Default::default());
+        let x: IpAddr = "127.0.0.1".parse().unwrap();
+        let p1 = a.admit(x).unwrap();
+        let _p2 = a.admit(x).unwrap();
+        assert_eq!(a.admit(x).err(), Some(Refusal::SourceConcurrency));
+        // The same address written as IPv4-mapped IPv6 is the same source.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(a.admit(mapped).err(), Some(Refusal::SourceConcurrency));
+        assert!(a.admit("127.0.0.2".parse().unwrap()).is_ok());
+        drop(p1);
+        assert!(
+            a.admit(x).is_ok(),
+            "the slot returns when the handshake ends"
+        );
+
+        // IPv6: one /64 is one source, the next /64 another.
+        let _q1 = a.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
+        let _q2 = a.admit("2001:db8:0:1:ffff::2".parse().unwrap()).unwrap();
+        assert_eq!(
+            a.admit("2001:db8:0:1::3".parse().unwrap()).err(),
+            Some(Refusal::SourceConcurrency)
+        );
+        assert!(a.admit("2001:db8:0:2::1".parse().unwrap()).is_ok());
+        assert_eq!(
+            a.per_source.sources(),
+            2,
+            "entries exist only while handshakes are in progress"
         );
     }
 
@@ -353,7 +523,7 @@ mod tests {
     #[test]
     fn admission_follows_pressure() {
         let pressure = Arc::new(Pressure::default());
-        let a = Admission::new(&limits(1, 64, 1000, 1000, 1000), pressure.clone());
+        let a = new(&limits(1, 64, 1000, 1000, 1000), pressure.clone());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..6 {
             pressure.note_traffic();

@@ -164,8 +164,27 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Settings of the listeners' defences that [`Config`] does not carry yet; [`start`]
+/// uses their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Per-source handshake limits of the MQTT listener.
+    pub source: admission::SourceLimits,
+    /// Limits of the admin HTTPS listener.
+    pub admin: listener::AdminLimits,
+}
+
 /// Starts everything and returns once all listeners are bound.
 pub async fn start(config: Config, admin_password: Option<String>) -> Result<Broker, StartError> {
+    start_tuned(config, admin_password, Edge::default()).await
+}
+
+/// [`start`] with the listeners' defences set by `edge`.
+pub async fn start_tuned(
+    config: Config,
+    admin_password: Option<String>,
+    edge: Edge,
+) -> Result<Broker, StartError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
@@ -368,6 +387,8 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         admin_l,
         router,
         admin_tls,
+        edge.admin,
+        metrics.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(background.handle().spawn(listener::serve_metrics(
@@ -381,6 +402,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         mqtt_tls,
         permits.clone(),
         tokio::runtime::Handle::current(),
+        edge.source,
         shutdown_rx,
     )));
     tracing::info!(

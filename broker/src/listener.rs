@@ -167,11 +167,13 @@ pub async fn serve_mqtt(
     tls: Arc<rustls::ServerConfig>,
     permits: Arc<Semaphore>,
     sessions: Handle,
+    source: crate::admission::SourceLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let admission =
-        crate::admission::Admission::new(&shared.config.limits, shared.pressure.clone());
+        crate::admission::Admission::new(&shared.config.limits, &source, shared.pressure.clone());
+    let first_byte = Duration::from_millis(source.first_byte_timeout_ms);
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -209,25 +211,49 @@ pub async fn serve_mqtt(
             }
         };
         let _ = sock.set_nodelay(true);
-        let sock = DeviceSocket(Some(sock));
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let sessions = sessions.clone();
         tokio::spawn(async move {
             let accepted_at = Instant::now();
-            let hs = tokio::time::timeout(
-                Duration::from_millis(shared.config.limits.handshake_timeout_ms),
+            let handshake_timeout =
+                Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+            // A socket that sends nothing gives its slot back after the first-byte
+            // timeout, not after the whole handshake timeout.
+            if first_byte < handshake_timeout {
+                let mut one = [0u8; 1];
+                let failed = match tokio::time::timeout(first_byte, sock.peek(&mut one)).await {
+                    Ok(Ok(0)) => Some("eof"),
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => Some("reset"),
+                    Ok(Err(_)) => Some("io"),
+                    Err(_) => Some("first_byte_timeout"),
+                };
+                if let Some(reason) = failed {
+                    let elapsed = accepted_at.elapsed().as_secs_f64();
+                    shared.metrics.handshake("failed", reason, elapsed);
+                    return;
+                }
+            }
+            let sock = DeviceSocket(Some(sock));
+            let (hs, refused) = crate::tls::recording_refusal(tokio::time::timeout(
+                handshake_timeout.saturating_sub(accepted_at.elapsed()),
                 acceptor.accept(sock),
-            )
+            ))
             .await;
             drop(hs_permit);
             let elapsed = accepted_at.elapsed().as_secs_f64();
             let stream = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    let reason = classify(&e);
-                    shared.metrics.handshake("failed", reason, elapsed);
+                    // One handshake, one outcome: a refused chain is `rejected` with
+                    // the verifier's reason, not also `failed`.
+                    let (outcome, reason) = match refused {
+                        Some(reason) => ("rejected", reason),
+                        None => ("failed", classify(&e)),
+                    };
+                    shared.metrics.handshake(outcome, reason, elapsed);
                     tracing::debug!(%peer, error = %e, reason, "TLS handshake failed");
                     return;
                 }
@@ -298,49 +324,241 @@ fn classify(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Limits of the admin HTTPS listener.
+///
+/// Not yet in [`crate::config::Config`]: [`crate::start`] uses the defaults,
+/// [`crate::start_tuned`] takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections open at once. When they are all taken, a new connection is accepted
+    /// and closed at once (`admin_api_connections_refused_total{reason="connections"}`):
+    /// accepting never stops. Default 1,024.
+    pub max_connections: usize,
+    /// Connections open at once from one source (an IPv4 address or an IPv6 /64);
+    /// more are closed at once (`reason="per_source"`). Default 32: a browser opens
+    /// six, scripts and a console in one office a few more.
+    pub max_connections_per_source: usize,
+    /// TLS handshake timeout, milliseconds (`reason="tls_handshake"`). Default 5,000.
+    pub tls_handshake_timeout_ms: u64,
+    /// HTTP/1.1: time allowed for a request's whole head (request line and headers),
+    /// from when the server starts waiting for it, milliseconds. Default 10,000.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress for this long is closed (HTTP/1.1
+    /// keep-alive, HTTP/2, and a connection that never sends a request), milliseconds
+    /// (`reason="idle"`). Default 60,000.
+    pub idle_timeout_ms: u64,
+    /// Time allowed for one request, body included, until its response starts,
+    /// milliseconds; then the answer is `408 Request Timeout`. Default 60,000.
+    pub request_timeout_ms: u64,
+    /// HTTP/2: PING interval on a connection, milliseconds; a peer that does not answer
+    /// within the same time is disconnected. Default 20,000.
+    pub h2_keep_alive_interval_ms: u64,
+    /// HTTP/2: streams at once on one connection. Default 32.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 1024,
+            max_connections_per_source: 32,
+            tls_handshake_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 60_000,
+            h2_keep_alive_interval_ms: 20_000,
+            h2_max_concurrent_streams: 32,
+        }
+    }
+}
+
+/// Requests in progress on one admin connection, and since when there has been none.
+struct Activity {
+    inflight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection turns idle for too long, if no request is in progress.
+    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        if self.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.idle_since.lock().ok().map(|t| *t + idle)
+    }
+}
+
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.idle_since.lock() {
+            *t = tokio::time::Instant::now();
+        }
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The answer to a request that ran out of time (the admin API's JSON error shape).
+fn request_timeout() -> axum::response::Response {
+    let mut resp = axum::response::Response::new(axum::body::Body::from(
+        r#"{"error":"request_timeout","message":"The request took too long","info":null}"#,
+    ));
+    *resp.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 /// Serves the admin router over HTTPS until `shutdown`.
+///
+/// Accepting never waits: a connection over the global or its source's cap is closed
+/// right after accept, and accept errors (EMFILE) back off. Every phase is bounded: the
+/// TLS handshake, an HTTP/1.1 request head, a request, and the time without any
+/// request; HTTP/2 peers are pinged.
 pub async fn serve_admin(
     listener: TcpListener,
     router: axum::Router,
     tls: Arc<rustls::ServerConfig>,
+    limits: AdminLimits,
+    metrics: crate::metrics::Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(1024));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_source = crate::admission::PerSource::new(limits.max_connections_per_source);
+    let ms = Duration::from_millis;
+    let builder = {
+        let mut b =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(ms(limits.header_read_timeout_ms));
+        b.http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(ms(limits.h2_keep_alive_interval_ms))
+            .keep_alive_timeout(ms(limits.h2_keep_alive_interval_ms))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams);
+        Arc::new(b)
+    };
+    let mut backoff = ms(5);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = crate::stopped(&mut shutdown) => return,
-        };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(accepted) => {
+                    backoff = ms(5);
+                    accepted
+                }
+                Err(e) => {
+                    // EMFILE and friends: the loop must survive, slow down instead.
+                    tracing::warn!(error = %e, "admin accept failed, backing off");
+                    metrics.admin_refused("accept_error");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = crate::stopped(&mut shutdown) => return,
         };
+        // The newest connection is the one closed: accept itself never blocks.
+        let Some(slot) = per_source.take(peer.ip()) else {
+            metrics.admin_refused("per_source");
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.admin_refused("connections");
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let metrics = metrics.clone();
         // The peer's address, for the per-source failed-login limit.
         let router = router
             .clone()
             .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
-            let _permit = permit;
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await
-            else {
-                return;
+            let _held = (permit, slot);
+            let tls = match tokio::time::timeout(
+                ms(limits.tls_handshake_timeout_ms),
+                acceptor.accept(sock),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    metrics.admin_refused("tls_handshake");
+                    return;
+                }
+            };
+            let activity = Arc::new(Activity {
+                inflight: Default::default(),
+                idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            });
+            let inner = hyper_util::service::TowerToHyperService::new(router);
+            let request_time = ms(limits.request_timeout_ms);
+            let svc = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    let guard = activity.begin();
+                    let call = hyper::service::Service::call(&inner, req);
+                    async move {
+                        let _guard = guard;
+                        match tokio::time::timeout(request_time, call).await {
+                            Ok(r) => r,
+                            Err(_) => Ok(request_timeout()),
+                        }
+                    }
+                })
             };
             let io = hyper_util::rt::TokioIo::new(tls);
-            let svc = hyper_util::service::TowerToHyperService::new(router);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await;
+            let conn = builder.serve_connection(io, svc);
+            let mut conn = std::pin::pin!(conn);
+            let idle = ms(limits.idle_timeout_ms);
+            // After a graceful shutdown, how long the connection may take to finish.
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                let wake = closing
+                    .or_else(|| activity.idle_deadline(idle))
+                    .unwrap_or_else(|| tokio::time::Instant::now() + idle);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        let timed_out = r.as_ref().err().and_then(|e| e.downcast_ref::<hyper::Error>()).is_some_and(|e| e.is_timeout());
+                        if timed_out {
+                            metrics.admin_refused("header_read_timeout");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep_until(wake) => {
+                        if closing.is_some() {
+                            return;
+                        }
+                        if activity
+                            .idle_deadline(idle)
+                            .is_some_and(|d| d <= tokio::time::Instant::now())
+                        {
+                            metrics.admin_refused("idle");
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
         });
     }
 }

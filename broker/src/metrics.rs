@@ -24,6 +24,7 @@ struct Inner {
     forwarded: [(IntCounter, IntCounter); 2],
     revoked_sessions: IntCounterVec,
     admin_requests: IntCounterVec,
+    admin_refused: IntCounterVec,
     anchors: IntGauge,
     admission_share: Gauge,
 }
@@ -103,6 +104,13 @@ impl Metrics {
             ),
             &["method", "route", "status"],
         ));
+        let admin_refused = must(IntCounterVec::new(
+            Opts::new(
+                "admin_api_connections_refused_total",
+                "Admin API connections closed before or instead of HTTP, by reason",
+            ),
+            &["reason"],
+        ));
         let anchors = must(IntGauge::new(
             "trust_store_anchors",
             "Trusted certificates in the live trust store",
@@ -122,6 +130,7 @@ impl Metrics {
             Box::new(bytes.clone()),
             Box::new(revoked_sessions.clone()),
             Box::new(admin_requests.clone()),
+            Box::new(admin_refused.clone()),
             Box::new(anchors.clone()),
         ] {
             must(registry.register(c));
@@ -146,13 +155,15 @@ impl Metrics {
                 ],
                 revoked_sessions,
                 admin_requests,
+                admin_refused,
                 anchors,
                 admission_share,
             }),
         }
     }
 
-    /// A chain refused by the verifier.
+    /// A chain refused by the verifier outside a handshake whose outcome the listener
+    /// records (a handshake has exactly one outcome: see [`Metrics::handshake`]).
     pub fn handshake_rejected(&self, reason: &str) {
         self.inner
             .handshakes
@@ -160,14 +171,14 @@ impl Metrics {
             .inc();
     }
 
-    /// A finished handshake attempt (success or failure other than chain rejection).
+    /// A finished handshake attempt, counted once under its one outcome: `ok`,
+    /// `rejected` (the verifier refused the chain; `reason` is why) or `failed` (any
+    /// other failure).
     pub fn handshake(&self, outcome: &str, reason: &str, seconds: f64) {
-        if outcome != "rejected" {
-            self.inner
-                .handshakes
-                .with_label_values(&[outcome, reason])
-                .inc();
-        }
+        self.inner
+            .handshakes
+            .with_label_values(&[outcome, reason])
+            .inc();
         self.inner
             .handshake_seconds
             .with_label_values(&[outcome])
@@ -220,6 +231,12 @@ impl Metrics {
             .admin_requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();
+    }
+
+    /// An admin API connection closed before or instead of HTTP (`per_source`,
+    /// `connections`, `tls_handshake`, `idle`, `accept_error`).
+    pub fn admin_refused(&self, reason: &str) {
+        self.inner.admin_refused.with_label_values(&[reason]).inc();
     }
 
     /// Anchors in the live trust store.

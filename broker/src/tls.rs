@@ -63,6 +63,27 @@ impl IdentityCache {
     }
 }
 
+tokio::task_local! {
+    /// Why the verifier refused the chain of the handshake this task is running (see
+    /// [`recording_refusal`]).
+    static REFUSED: std::cell::Cell<Option<&'static str>>;
+}
+
+/// Runs a handshake future and returns its output with the reason the verifier refused
+/// the device's chain, if it did. The handshake's one outcome is then counted once, by
+/// the caller: `rejected` with this reason, or `failed`/`ok` otherwise. (rustls calls the
+/// verifier synchronously inside the handshake future's poll, so in this task.)
+pub async fn recording_refusal<F: std::future::Future>(
+    handshake: F,
+) -> (F::Output, Option<&'static str>) {
+    REFUSED
+        .scope(std::cell::Cell::new(None), async move {
+            let out = handshake.await;
+            (out, REFUSED.with(|r| r.get()))
+        })
+        .await
+}
+
 /// Verifies device chains against the live trust store.
 pub struct DeviceVerifier {
     trust: crate::TrustView,
@@ -143,7 +164,11 @@ impl ClientCertVerifier for DeviceVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                self.metrics.handshake_rejected(e.label());
+                // Inside the listener's handshake the listener counts the outcome;
+                // anywhere else, here.
+                if REFUSED.try_with(|r| r.set(Some(e.label()))).is_err() {
+                    self.metrics.handshake_rejected(e.label());
+                }
                 let (subject, fp) = certs::CertInfo::parse(end_entity.as_ref())
                     .map(|i| (i.subject, i.fingerprint_sha1))
                     .unwrap_or_default();

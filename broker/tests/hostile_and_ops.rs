@@ -534,3 +534,58 @@ async fn echo_probe_round_trips_through_the_embedded_broker_unseen_by_tenants() 
         None
     );
 }
+
+/// The sum of every `mqtt_tls_handshakes_total` series.
+fn handshakes_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mqtt_tls_handshakes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_chain_is_one_handshake_with_one_outcome() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    // A device of a CA nobody uploaded.
+    let stranger_ca = common::ca("Stranger Root");
+    let stranger = device("stranger", &stranger_ca);
+    let tls = device_tls(&env.server_ca, &stranger, &[&stranger_ca]);
+    assert!(connect_v4(v4_options("stranger", env.mqtt_port(), tls))
+        .await
+        .is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while handshakes_total(&env.metrics().await) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no handshake counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything counted twice would be there by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = env.metrics().await;
+    assert_eq!(handshakes_total(&metrics), 1.0, "{metrics}");
+    assert!(
+        metrics.contains(
+            "mqtt_tls_handshakes_total{outcome=\"rejected\",reason=\"unknown_issuer\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mqtt_tls_handshake_seconds_count{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+
+    // A device that gets in adds exactly one `ok`.
+    let dev = device("dev1", &ca);
+    connect_v4(v4_options(
+        "dev1",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    ))
+    .await
+    .unwrap();
+    let metrics = env.metrics().await;
+    assert_eq!(handshakes_total(&metrics), 2.0, "{metrics}");
+}

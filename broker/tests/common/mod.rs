@@ -420,3 +420,133 @@ impl Drop for BrokerProcess {
         }
     }
 }
+
+/// [`start_in`] with the listeners' defences set by `edge` (settings [`broker::Config`]
+/// does not carry yet).
+pub async fn start_tuned(edge: broker::Edge, f: impl FnOnce(&mut broker::Config)) -> Env {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config {
+        data_dir: dir.path().to_path_buf(),
+        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    config.embedded.v4_listeners = 1;
+    config.embedded.v5_listeners = 1;
+    config.limits.shutdown_grace_ms = 500;
+    f(&mut config);
+    let b = broker::start_tuned(config, Some(ADMIN_PW.into()), edge)
+        .await
+        .unwrap();
+    let server_ca = b.server_chain_pem();
+    let http = https_client(&server_ca);
+    let base = format!("https://localhost:{}", b.admin_addr.port());
+    Env {
+        broker: Some(b),
+        dir,
+        http,
+        base,
+        server_ca,
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (Linux routes all of
+/// 127.0.0.0/8 to `lo`): a second source address on one machine.
+pub async fn tcp_from(
+    from: &str,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(std::net::SocketAddr::new(from.parse().unwrap(), 0))?;
+    s.connect(to).await
+}
+
+/// A device connecting from the loopback address `from`: mTLS as `dev` (chain `chain`),
+/// then an MQTT 3.1.1 CONNECT with ClientId `cn`. Returns the CONNACK's bytes, or what
+/// went wrong.
+pub async fn raw_connect_v4_from(
+    env: &Env,
+    from: &str,
+    cn: &str,
+    dev: &Issued,
+    chain: &[&Issued],
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tcp_from(from, env.broker().mqtt_addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(device_tls(&env.server_ca, dev, chain));
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let id = cn.as_bytes();
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0x00, 0x04];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[0x04, 0x02, 0x00, 0x3c, 0x00, id.len() as u8]);
+    connect.extend_from_slice(id);
+    tls.write_all(&connect)
+        .await
+        .map_err(|e| format!("write CONNECT: {e}"))?;
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .map_err(|_| "no CONNACK within 10 s".to_string())?
+        .map_err(|e| format!("read CONNACK: {e}"))?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The value of the counter line `series` (name and labels, as rendered), 0 if absent.
+pub fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// [`https_client`] whose connections come from the loopback address `from`.
+pub fn https_client_from(server_ca: &str, from: &str) -> reqwest::Client {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(server_ca))
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .resolve("localhost", "127.0.0.1:0".parse().unwrap())
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+/// A TLS connection (no client certificate, ALPN `http/1.1`) to the admin listener
+/// from the loopback address `from`.
+pub async fn admin_tls_from(
+    env: &Env,
+    from: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(&env.server_ca))
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tcp_from(from, env.broker().admin_addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+}
