@@ -394,22 +394,26 @@ where
     };
     let mount = Mount::new(tenant);
     let backend_client_id = format!("{tenant}.{cn}");
-    let out =
-        match connect.encode_for_backend(&backend_client_id, &mount.prefix, backend_keep_alive) {
-            Ok(o) => o,
-            Err(_) => {
-                refuse(
-                    &mut dev,
-                    &shared,
-                    version,
-                    codes::V4_NOT_AUTHORIZED,
-                    codes::V5_TOPIC_INVALID,
-                    "invalid_will_topic",
-                )
-                .await;
-                return None;
-            }
-        };
+    let out = match connect.encode_for_backend(
+        &backend_client_id,
+        &mount.prefix,
+        backend_keep_alive,
+        shared.backend.login(),
+    ) {
+        Ok(o) => o,
+        Err(_) => {
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_NOT_AUTHORIZED,
+                codes::V5_TOPIC_INVALID,
+                "invalid_will_topic",
+            )
+            .await;
+            return None;
+        }
+    };
     let mut backend = match shared.backend.connect_for(version, sessions).await {
         Ok(b) => b,
         Err(e) => {
