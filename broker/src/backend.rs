@@ -2,6 +2,11 @@
 //! [`crate::link`] (or over several loopback listeners per protocol level, so its
 //! per-listener accept pacing is not the limit), or an external broker over `mqtt://` /
 //! `mqtts://`.
+//!
+//! The embedded rumqttd accepts nothing that did not come through the front-end: with
+//! the in-process transport it has no listener at all, and with the loopback transport
+//! its listeners require a credential generated at random for this process
+//! ([`BackendLogin`]), which only the front-end puts in the CONNECT packets it forwards.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -34,12 +39,55 @@ pub enum BackendError {
     Ca(String),
 }
 
+/// The username the front-end presents to the embedded rumqttd's loopback listeners.
+pub const EMBEDDED_USERNAME: &str = "!front-end";
+
+/// The credential the embedded rumqttd's loopback listeners require: generated at random
+/// when the broker starts, known only to this process, put by the front-end in every
+/// CONNECT it forwards. Devices' own username and password never reach the backend.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendLogin {
+    /// Username ([`EMBEDDED_USERNAME`]).
+    pub username: String,
+    /// 256 random bits, hex.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BackendLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendLogin")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl BackendLogin {
+    /// A new credential from the crypto provider's random generator.
+    pub fn generate() -> Result<BackendLogin, BackendError> {
+        let mut bytes = [0u8; 32];
+        crate::tls::provider()
+            .secure_random
+            .fill(&mut bytes)
+            .map_err(|_| {
+                BackendError::Start("no random numbers for the backend credential".into())
+            })?;
+        let password = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(BackendLogin {
+            username: EMBEDDED_USERNAME.to_string(),
+            password,
+        })
+    }
+}
+
 /// Connects sessions to the backend.
 pub struct BackendPool {
     /// The embedded rumqttd's router, when sessions reach it in-process.
     hub: Option<Arc<Hub>>,
     v4: Vec<String>,
     v5: Vec<String>,
+    /// The credential of the embedded rumqttd's loopback listeners (loopback transport).
+    login: Option<BackendLogin>,
     next: AtomicUsize,
     tls: Option<(
         tokio_rustls::TlsConnector,
@@ -59,6 +107,7 @@ impl BackendPool {
                 hub: None,
                 v4: vec![addr.clone()],
                 v5: vec![addr],
+                login: None,
                 next: AtomicUsize::new(0),
                 tls: None,
             }),
@@ -90,6 +139,7 @@ impl BackendPool {
                     hub: None,
                     v4: vec![addr.clone()],
                     v5: vec![addr],
+                    login: None,
                     next: AtomicUsize::new(0),
                     tls: Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name)),
                 })
@@ -137,6 +187,11 @@ impl BackendPool {
             Version::V4 => &self.v4,
             Version::V5 => &self.v5,
         };
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(
+                "the embedded broker has no listener (in-process transport)",
+            ));
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
         let tcp = TcpStream::connect(addrs[i].as_str()).await?;
         tcp.set_nodelay(true)?;
@@ -153,12 +208,19 @@ impl BackendPool {
         }
     }
 
-    /// The backend listener addresses (for tests and the front-end overhead benchmark).
+    /// The backend listener addresses: the external broker's, or the embedded rumqttd's
+    /// loopback listeners with the loopback transport (none with the in-process one).
     pub fn addresses(&self, version: Version) -> &[String] {
         match version {
             Version::V4 => &self.v4,
             Version::V5 => &self.v5,
         }
+    }
+
+    /// The credential the front-end puts in the CONNECT packets it forwards (the
+    /// embedded rumqttd's loopback listeners require it; `None` otherwise).
+    pub fn login(&self) -> Option<&BackendLogin> {
+        self.login.as_ref()
     }
 }
 
@@ -168,11 +230,23 @@ fn free_loopback_port() -> std::io::Result<SocketAddr> {
 
 async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     let e = &config.embedded;
+    // In-process sessions need no listener, so there is none: a loopback port without
+    // authentication would let any local process read every tenant's traffic.
+    let listeners = e.transport == Transport::Loopback;
+    let login = if listeners {
+        Some(BackendLogin::generate()?)
+    } else {
+        None
+    };
     let conn = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: config.limits.max_packet_size,
         max_inflight_count: e.max_inflight,
-        auth: None,
+        // rumqttd refuses a CONNECT without this exact username and password (both
+        // protocol levels; a constant-time comparison) and closes without a CONNACK.
+        auth: login
+            .as_ref()
+            .map(|l| HashMap::from([(l.username.clone(), l.password.clone())])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -180,7 +254,12 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     let mut v5 = HashMap::new();
     let mut v4_addrs = Vec::new();
     let mut v5_addrs = Vec::new();
-    for i in 0..e.v4_listeners {
+    let (v4_count, v5_count) = if listeners {
+        (e.v4_listeners, e.v5_listeners)
+    } else {
+        (0, 0)
+    };
+    for i in 0..v4_count {
         let listen = free_loopback_port().map_err(BackendError::Ports)?;
         v4_addrs.push(listen.to_string());
         v4.insert(
@@ -194,7 +273,7 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
             },
         );
     }
-    for i in 0..e.v5_listeners {
+    for i in 0..v5_count {
         let listen = free_loopback_port().map_err(BackendError::Ports)?;
         v5_addrs.push(listen.to_string());
         v5.insert(
@@ -246,11 +325,16 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
             }
         }
     }
-    tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, "embedded rumqttd listening on loopback");
+    if listeners {
+        tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, "embedded rumqttd listening on loopback (front-end credential required)");
+    } else {
+        tracing::info!(transport = ?e.transport, "embedded rumqttd reached in-process only (no listener)");
+    }
     Ok(BackendPool {
-        hub: (e.transport == Transport::InProcess).then_some(hub),
+        hub: (!listeners).then_some(hub),
         v4: v4_addrs,
         v5: v5_addrs,
+        login,
         next: AtomicUsize::new(0),
         tls: None,
     })
@@ -277,10 +361,25 @@ impl Echo {
         let client_id = format!("front-end-echo-{nonce:x}");
         let topic = format!("!front-end/echo/{nonce:x}").into_bytes();
         let mut out = bytes::BytesMut::new();
-        let variable_header = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        // Clean session, plus username and password when the backend requires them.
+        let flags = if pool.login().is_some() { 0xC2 } else { 0x02 };
+        let variable_header = [0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];
         let id = client_id.as_bytes();
         let id_len = (id.len() as u16).to_be_bytes();
-        crate::mqtt::write_packet(&mut out, 0x10, &[&variable_header, &id_len, id]);
+        let (user, pass) = pool.login().map_or((&[][..], &[][..]), |l| {
+            (l.username.as_bytes(), l.password.as_bytes())
+        });
+        let user_len = (user.len() as u16).to_be_bytes();
+        let pass_len = (pass.len() as u16).to_be_bytes();
+        let login: [&[u8]; 4] = [&user_len, user, &pass_len, pass];
+        let login = if pool.login().is_some() {
+            &login[..]
+        } else {
+            &[]
+        };
+        let mut parts: Vec<&[u8]> = vec![&variable_header, &id_len, id];
+        parts.extend_from_slice(login);
+        crate::mqtt::write_packet(&mut out, 0x10, &parts);
         let topic_len = (topic.len() as u16).to_be_bytes();
         crate::mqtt::write_packet(&mut out, 0x82, &[&[0, 1], &topic_len, &topic, &[0]]);
         let mut io = pool.connect(Version::V4).await?;

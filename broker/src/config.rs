@@ -80,17 +80,19 @@ pub struct Limits {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Embedded {
-    /// MQTT 3.1.1 loopback listeners (each accepts about 1,000 connections/s).
+    /// MQTT 3.1.1 loopback listeners with the `loopback` transport (each accepts about
+    /// 1,000 connections/s; they require the front-end's per-process credential). The
+    /// `in_process` transport starts none.
     pub v4_listeners: usize,
-    /// MQTT 5 loopback listeners.
+    /// MQTT 5 loopback listeners (`loopback` transport only).
     pub v5_listeners: usize,
     /// Maximum connections of the embedded broker.
     pub max_connections: usize,
     /// Maximum in-flight QoS 1/2 messages per connection.
     pub max_inflight: usize,
-    /// How sessions reach it: `in_process` (a link into its router, default) or
-    /// `loopback` (a TCP connection to one of its listeners, as an external broker
-    /// would be reached; for comparison).
+    /// How sessions reach it: `in_process` (a link into its router, default; rumqttd
+    /// then has no listener at all) or `loopback` (a TCP connection to one of its
+    /// listeners, as an external broker would be reached; for comparison).
     pub transport: Transport,
 }
 
@@ -332,11 +334,13 @@ session_lag_target_us = 500
 max_inflight = 100
 
 [embedded]
-# Sessions reach the embedded rumqttd in-process ("in_process", a link into its router)
-# or over a loopback TCP connection each ("loopback", for comparison).
+# Sessions reach the embedded rumqttd in-process ("in_process", a link into its router;
+# rumqttd then listens on no port at all) or over a loopback TCP connection each
+# ("loopback", for comparison).
 transport = "in_process"
-# Loopback listeners of the embedded rumqttd (used by "loopback" sessions and by clients
-# reaching rumqttd directly); each accepts about 1,000 connections/s.
+# Loopback listeners of the embedded rumqttd with the "loopback" transport; each accepts
+# about 1,000 connections/s. They accept only the front-end: a CONNECT must carry a
+# credential generated at random when the broker starts, which never leaves the process.
 v4_listeners = 4
 v5_listeners = 2
 max_connections = 100000

@@ -207,13 +207,15 @@ impl Connect {
     }
 
     /// Re-encodes the CONNECT for the backend: ClientId `backend_client_id`, will topic
-    /// mounted under `prefix`, login dropped, keep-alive `keep_alive`, and no topic
+    /// mounted under `prefix`, the device's login replaced by `login` (the front-end's
+    /// own credential for the backend, or none), keep-alive `keep_alive`, and no topic
     /// aliases from the backend (the front-end resolves device aliases itself).
     pub fn encode_for_backend(
         self,
         backend_client_id: &str,
         prefix: &str,
         keep_alive: u16,
+        login: Option<&crate::backend::BackendLogin>,
     ) -> Result<BytesMut, MqttError> {
         let Packet::Connect(mut c, mut props, mut will, will_props, _login) = self.packet else {
             return Err(MqttError::NotConnect);
@@ -230,7 +232,11 @@ impl Connect {
             p.authentication_data = None;
         }
         let mut out = BytesMut::with_capacity(128);
-        let packet = Packet::Connect(c, props, will, will_props, None);
+        let login = login.map(|l| protocol::Login {
+            username: l.username.clone(),
+            password: l.password.clone(),
+        });
+        let packet = Packet::Connect(c, props, will, will_props, login);
         match self.version {
             Version::V4 => protocol::v4::V4.write(packet, &mut out),
             Version::V5 => protocol::v5::V5.write(packet, &mut out),

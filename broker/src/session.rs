@@ -153,6 +153,43 @@ async fn refuse<W: AsyncWrite + Unpin>(
     let _ = w.shutdown().await;
 }
 
+/// Refuses the CONNECT (and returns true) when `store` no longer trusts `id`: 3.1.1
+/// "not authorized" (5), 5.0 "not authorized" (0x87), or "banned" (0x8A) for a blocked
+/// device.
+async fn refuse_withdrawn<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    shared: &Shared,
+    store: &TrustStore,
+    id: &DeviceIdentity,
+    version: Version,
+) -> bool {
+    let Err(withdrawn) = still_trusted(store, id, certs::UnixTime::now()) else {
+        return false;
+    };
+    tracing::warn!(
+        tenant = %id.tenant,
+        cn = %id.common_name,
+        fingerprint = %id.fingerprint,
+        reason = withdrawn.label,
+        "CONNECT refused: trust withdrawn after the TLS handshake"
+    );
+    let v5 = if withdrawn.banned {
+        codes::V5_BANNED
+    } else {
+        codes::V5_NOT_AUTHORIZED
+    };
+    refuse(
+        w,
+        shared,
+        version,
+        codes::V4_NOT_AUTHORIZED,
+        v5,
+        withdrawn.label,
+    )
+    .await;
+    true
+}
+
 /// A session whose CONNECT passed every policy, was accepted by the backend and was
 /// answered to the device: ready to forward packets ([`Established::serve`]).
 pub struct Established<S> {
@@ -268,17 +305,7 @@ where
         .await;
         return None;
     }
-    if trust.is_blocked(tenant, cn) {
-        tracing::warn!(tenant, cn, "blocked device refused");
-        refuse(
-            &mut dev,
-            &shared,
-            version,
-            codes::V4_NOT_AUTHORIZED,
-            codes::V5_BANNED,
-            "device_blocked",
-        )
-        .await;
+    if refuse_withdrawn(&mut dev, &shared, &trust, &id, version).await {
         return None;
     }
     match shared.admin.device_admission(tenant, cn).await {
@@ -394,22 +421,33 @@ where
     };
     let mount = Mount::new(tenant);
     let backend_client_id = format!("{tenant}.{cn}");
-    let out =
-        match connect.encode_for_backend(&backend_client_id, &mount.prefix, backend_keep_alive) {
-            Ok(o) => o,
-            Err(_) => {
-                refuse(
-                    &mut dev,
-                    &shared,
-                    version,
-                    codes::V4_NOT_AUTHORIZED,
-                    codes::V5_TOPIC_INVALID,
-                    "invalid_will_topic",
-                )
-                .await;
-                return None;
-            }
-        };
+    let out = match connect.encode_for_backend(
+        &backend_client_id,
+        &mount.prefix,
+        backend_keep_alive,
+        shared.backend.login(),
+    ) {
+        Ok(o) => o,
+        Err(_) => {
+            refuse(
+                &mut dev,
+                &shared,
+                version,
+                codes::V4_NOT_AUTHORIZED,
+                codes::V5_TOPIC_INVALID,
+                "invalid_will_topic",
+            )
+            .await;
+            return None;
+        }
+    };
+    // Trust may have been withdrawn since the handshake (a CA disabled, a certificate
+    // revoked, a device blocked, a lower chain-length limit) or while the policies
+    // above ran: the newest snapshot decides, before the backend sees the session (a
+    // backend session under this ClientId would take over a live one).
+    if refuse_withdrawn(&mut dev, &shared, &shared.trust.load_full(), &id, version).await {
+        return None;
+    }
     let mut backend = match shared.backend.connect_for(version, sessions).await {
         Ok(b) => b,
         Err(e) => {
@@ -539,8 +577,9 @@ where
             tenant: id.tenant.clone(),
             publish_rate,
         };
+        // The watch checks the snapshot current now first: a change published between
+        // the set-up's last check and here is not missed.
         let mut trust_rx = shared.trust_rx.clone();
-        trust_rx.mark_unchanged();
         let (mut dr, mut dw) = tokio::io::split(dev);
         let (mut br, mut bw) = tokio::io::split(backend);
         let mut mount = mount;
@@ -561,7 +600,7 @@ where
                 &inflight,
                 &shared,
             );
-            let watch = watch_trust(&mut trust_rx, &id, version);
+            let watch = watch_trust(&mut trust_rx, &id);
             tokio::select! {
                 e = up => e,
                 e = down => e,
@@ -816,24 +855,86 @@ fn empty(out: &mut BytesMut) {
     }
 }
 
-/// Resolves when a newer trust store no longer accepts this session.
-async fn watch_trust(
-    rx: &mut watch::Receiver<Arc<TrustStore>>,
+/// Why a verified identity is no longer trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Withdrawn {
+    /// Metric label and log reason.
+    pub label: &'static str,
+    /// The device itself is blocked (MQTT 5 CONNACK "Banned" rather than "Not
+    /// authorized"; DISCONNECT has no "Banned", so sessions get 0x87 either way).
+    pub banned: bool,
+}
+
+/// Checks an identity verified at its TLS handshake against `store`, a snapshot that
+/// may be newer than the handshake's, at `now`: the device is not blocked, its anchor
+/// still exists for its tenant, is enabled and unexpired, the certificate has not
+/// expired, nothing in its path is revoked, and the path is not longer than the
+/// tenant's chain-length limit as it is now. Used when the session is set up (trust
+/// withdrawn between the handshake and CONNECT) and by the live session's watch.
+pub(crate) fn still_trusted(
+    store: &TrustStore,
     id: &DeviceIdentity,
-    _version: Version,
-) -> End {
+    now: certs::UnixTime,
+) -> Result<(), Withdrawn> {
+    if store.is_blocked(&id.tenant, &id.common_name) {
+        return Err(Withdrawn {
+            label: "device_blocked",
+            banned: true,
+        });
+    }
+    store.recheck(id, now).map_err(|e| Withdrawn {
+        label: e.label(),
+        banned: false,
+    })?;
+    let max = store
+        .policy(&id.tenant)
+        .map_or(certs::trust::DEFAULT_MAX_CHAIN_LENGTH, |p| {
+            p.max_chain_length
+        });
+    if id.chain_length > usize::from(max) {
+        return Err(Withdrawn {
+            label: "chain_too_long",
+            banned: false,
+        });
+    }
+    Ok(())
+}
+
+/// Longest single timer of the expiry watch; a certificate valid for years is
+/// re-armed once a day.
+const EXPIRY_TIMER_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// How long until `not_after` (Unix seconds) is reached, at most [`EXPIRY_TIMER_MAX`];
+/// zero once it is.
+fn until_not_after(not_after: i64) -> Duration {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
+    at.duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .min(EXPIRY_TIMER_MAX)
+}
+
+/// Resolves when the trust store (the current snapshot, then each newer one) no longer
+/// accepts this session, or when its certificate reaches its notAfter.
+async fn watch_trust(rx: &mut watch::Receiver<Arc<TrustStore>>, id: &DeviceIdentity) -> End {
+    let revoked = |w: Withdrawn| End::Revoked(codes::V5_NOT_AUTHORIZED, w.label);
+    let mut store_gone = false;
     loop {
-        if rx.changed().await.is_err() {
-            // The store is gone (shutdown): nothing more to watch.
-            return std::future::pending().await;
+        if !store_gone {
+            let store = rx.borrow_and_update().clone();
+            if let Err(w) = still_trusted(&store, id, certs::UnixTime::now()) {
+                return revoked(w);
+            }
         }
-        let store = rx.borrow_and_update().clone();
-        if store.is_blocked(&id.tenant, &id.common_name) {
-            // 0x8A (Banned) is a CONNACK code only; DISCONNECT uses 0x87.
-            return End::Revoked(codes::V5_NOT_AUTHORIZED, "device_blocked");
+        let wait = until_not_after(id.not_after);
+        if wait.is_zero() {
+            return End::Revoked(codes::V5_NOT_AUTHORIZED, "expired");
         }
-        if let Err(e) = store.recheck(id, certs::UnixTime::now()) {
-            return End::Revoked(codes::V5_NOT_AUTHORIZED, e.label());
+        tokio::select! {
+            changed = rx.changed(), if !store_gone => {
+                // The store is gone (shutdown): only the expiry is left to watch.
+                store_gone = changed.is_err();
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -516,3 +516,238 @@ async fn listener_port_closed() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// The number of TLS handshakes the broker completed.
+async fn handshakes_ok(env: &Env) -> u64 {
+    env.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("mqtt_tls_handshakes_total{") && l.contains("outcome=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An mTLS connection whose handshake the broker has finished verifying (its handshake
+/// counter went up), with no CONNECT sent yet.
+async fn handshake_only(
+    env: &Env,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let before = handshakes_ok(env).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.mqtt_port()))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handshakes_ok(env).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never finished the handshake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s
+}
+
+/// A CONNECT with ClientId `id`, clean, keep-alive 30 s: MQTT 3.1.1 or 5.
+fn raw_connect(id: &str, v5: bool) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        if v5 { 5 } else { 4 },
+        0x02,
+        0,
+        30,
+    ];
+    if v5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend_from_slice(&body);
+    pkt
+}
+
+/// Sends `connect` and returns what the broker answered before closing.
+async fn connack_after(
+    mut s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    connect: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(connect).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_withdrawn_between_handshake_and_connect_refuses_the_connect() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    let fp = env.upload("acme", &ca, true).await;
+    let (revoked, blocked, late) = (
+        device("revoked-1", &ca),
+        device("blocked-1", &ca),
+        device("late-1", &ca),
+    );
+
+    // A certificate revoked after its handshake: MQTT 5 CONNACK 0x87 Not authorized.
+    let s = handshake_only(&env, device_tls(&env.server_ca, &revoked, &[&ca])).await;
+    let serial = certs::CertInfo::parse(revoked.cert_der.as_ref())
+        .unwrap()
+        .serial_hex;
+    let (st, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/trusted-certificates/settings/crl",
+            Some(json!({"crls": [{"serialNumberInHex": serial, "revocationDate": "2026-11-01T00:00:00Z"}]})),
+        )
+        .await;
+    assert!((200..300).contains(&st), "{st} {b}");
+    assert_eq!(
+        connack_after(s, &raw_connect("revoked-1", true)).await,
+        [0x20, 0x03, 0x00, 0x87, 0x00]
+    );
+
+    // A device blocked after its handshake: 0x8A Banned.
+    let s = handshake_only(&env, device_tls(&env.server_ca, &blocked, &[&ca])).await;
+    let (st, b) = env
+        .as_tenant(
+            "acme",
+            Method::DELETE,
+            "/tenant/tenants/acme/devices/blocked-1",
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&st), "{st} {b}");
+    assert_eq!(
+        connack_after(s, &raw_connect("blocked-1", true)).await,
+        [0x20, 0x03, 0x00, 0x8A, 0x00]
+    );
+
+    // Its CA disabled after the handshake: 3.1.1 CONNACK 5 Not authorized.
+    let s = handshake_only(&env, device_tls(&env.server_ca, &late, &[&ca])).await;
+    env.set_status("acme", &fp, "DISABLED").await;
+    assert_eq!(
+        connack_after(s, &raw_connect("late-1", false)).await,
+        [0x20, 0x02, 0x00, 0x05]
+    );
+    let metrics = env.metrics().await;
+    for reason in ["anchor_disabled", "revoked", "device_blocked"] {
+        assert!(
+            metrics.contains(&format!(
+                "mqtt_connections_refused_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_closed_when_its_certificate_expires() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + time::Duration::seconds(5);
+    let short = certs::issue::device(
+        "short-lived",
+        certs::issue::Validity {
+            not_before: now - time::Duration::hours(1),
+            not_after,
+        },
+        certs::issue::KeyType::P256,
+        &ca.issuer().unwrap(),
+        &[],
+    )
+    .unwrap();
+    let (_c, el) = connect_v5(v5_options(
+        "short-lived",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &short, &[&ca]),
+    ))
+    .await
+    .expect("valid for a few more seconds");
+    let h = watch_v5(el);
+    let reason = tokio::time::timeout(Duration::from_secs(15), h)
+        .await
+        .expect("closed at its notAfter")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+    // Not before its notAfter (second precision, as in the certificate).
+    assert!(time::OffsetDateTime::now_utc().unix_timestamp() >= not_after.unix_timestamp());
+    assert!(env
+        .metrics()
+        .await
+        .contains("mqtt_sessions_closed_by_revocation_total{reason=\"expired\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_chain_length_limit_closes_longer_chains() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let set_max = |n: i64| {
+        let env = &env;
+        async move {
+            let (s, b) = env
+                .api(
+                    Method::PUT,
+                    "/tenant/tenants/acme",
+                    "management/admin",
+                    ADMIN_PW,
+                    Some(json!({"settings": {"maxChainLength": n}})),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    };
+    set_max(3).await;
+    let root = ca("Acme Root");
+    env.upload("acme", &root, true).await;
+    let inter = intermediate("Acme Issuing", &root);
+    let (deep, flat) = (device("deep-1", &inter), device("flat-1", &root));
+    let port = env.mqtt_port();
+    let (_c, el) = connect_v5(v5_options(
+        "deep-1",
+        port,
+        device_tls(&env.server_ca, &deep, &[&inter]),
+    ))
+    .await
+    .expect("3 certificates allowed");
+    let deep_watch = watch_v5(el);
+    let (_c2, el2) = connect_v5(v5_options(
+        "flat-1",
+        port,
+        device_tls(&env.server_ca, &flat, &[&root]),
+    ))
+    .await
+    .expect("2 certificates allowed");
+    let flat_watch = watch_v5(el2);
+
+    set_max(2).await;
+    let reason = tokio::time::timeout(Duration::from_secs(2), deep_watch)
+        .await
+        .expect("the 3-long chain's session closed")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+    assert!(
+        !flat_watch.is_finished(),
+        "a 2-long chain is still within the limit"
+    );
+    assert!(env
+        .metrics()
+        .await
+        .contains("mqtt_sessions_closed_by_revocation_total{reason=\"chain_too_long\"} 1"));
+}
