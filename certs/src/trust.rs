@@ -249,6 +249,10 @@ pub struct DeviceIdentity {
     /// (issuer DN raw, serial hex) of the device and each intermediate, for re-checks.
     #[serde(skip)]
     pub path_serials: Vec<(Vec<u8>, String)>,
+    /// SHA-1 fingerprints of the path's intermediates, for re-checks: one that another
+    /// tenant has since uploaded as an anchor makes the session ambiguous.
+    #[serde(skip)]
+    pub path_fingerprints: Vec<String>,
 }
 
 struct AnchorEntry {
@@ -962,6 +966,10 @@ impl TrustStore {
             auto_registration: entry.auto_registration,
             chain_length,
             path_serials,
+            path_fingerprints: intermediates
+                .iter()
+                .map(|c| crate::info::fingerprint_sha1(c.as_ref()))
+                .collect(),
         })
     }
 
@@ -992,8 +1000,9 @@ impl TrustStore {
     }
 
     /// Re-checks a live session's identity against this (newer) snapshot: the anchor
-    /// must still exist for the same tenant, be enabled and unexpired, and nothing in the
-    /// path may be revoked.
+    /// must still exist for the same tenant, no other tenant may now hold the anchor or
+    /// an intermediate of the path as an anchor (nor have signed the anchor), the anchor
+    /// must be enabled and unexpired, and nothing in the path may be revoked.
     pub fn recheck(&self, id: &DeviceIdentity, now: UnixTime) -> Result<(), VerifyError> {
         let entry = self
             .by_fingerprint
@@ -1003,6 +1012,20 @@ impl TrustStore {
             .map(|i| &self.anchors[*i])
             .find(|e| e.tenant == id.tenant)
             .ok_or(VerifyError::AnchorRemoved)?;
+        let claimed_elsewhere = |fp: &String| {
+            self.by_fingerprint
+                .get(fp)
+                .into_iter()
+                .flatten()
+                .any(|i| self.anchors[*i].tenant != id.tenant)
+        };
+        if entry.issued_by_other_tenant
+            || std::iter::once(&id.anchor_fingerprint)
+                .chain(&id.path_fingerprints)
+                .any(claimed_elsewhere)
+        {
+            return Err(VerifyError::AmbiguousTenant);
+        }
         if entry.status == AnchorStatus::Disabled {
             return Err(VerifyError::AnchorDisabled);
         }

@@ -1112,3 +1112,40 @@ fn paths_deeper_than_the_verifier_follows() {
     );
     assert_eq!(e.label(), "path_too_deep");
 }
+
+/// A live session verified before another tenant uploaded a certificate of its chain is
+/// closed at the next re-check: the snapshot is safe on its own whatever the order of
+/// uploads and connections.
+#[test]
+fn recheck_refuses_once_another_tenant_claims_the_chain() {
+    let root_b = root("Tenant B Root");
+    let inter_b = intermediate("Tenant B Issuing", &root_b, None);
+    let dev = device("b-device", &inter_b);
+    let build = |a_uploads: &[&Issued]| {
+        let mut b = TrustStore::builder();
+        b.tenant("b", max_chain(3));
+        b.anchor(spec("b", &root_b, AnchorStatus::Enabled))
+            .expect("anchor");
+        for ca in a_uploads {
+            b.anchor(spec("a", ca, AnchorStatus::Enabled))
+                .expect("anchor");
+        }
+        b.build()
+    };
+    let before = build(&[]);
+    let id = verify(&before, &[&dev, &inter_b]).expect("b");
+    assert_eq!(before.recheck(&id, UnixTime::now()), Ok(()));
+    // A uploads B's intermediate, or B's root.
+    for claimed in [&inter_b, &root_b] {
+        assert_eq!(
+            build(&[claimed]).recheck(&id, UnixTime::now()),
+            Err(VerifyError::AmbiguousTenant)
+        );
+    }
+    // Look-alikes of either: nothing changes.
+    let fakes = [look_alike(&inter_b, true), look_alike(&root_b, true)];
+    assert_eq!(
+        build(&[&fakes[0], &fakes[1]]).recheck(&id, UnixTime::now()),
+        Ok(())
+    );
+}
