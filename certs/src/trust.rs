@@ -668,7 +668,9 @@ impl TrustStore {
     /// 2. A candidate named as an issuer is kept only if its key really signed that
     ///    certificate: a look-alike (same DN, even the same SKI, another key) is not an
     ///    issuer of the chain and drops out without an error, so the verdict is the one
-    ///    given without it.
+    ///    given without it. (With a signature algorithm the quick check does not know,
+    ///    e.g. RSA-PSS, the candidate goes on to webpki; its failure there ranks below
+    ///    every other reason and never masks another candidate's success.)
     /// 3. Every remaining candidate is tried (webpki path building through the
     ///    presented intermediates). When anchors of more than one tenant validate the
     ///    chain, whatever their status or policy, the chain is refused with
@@ -687,8 +689,9 @@ impl TrustStore {
     /// path are not counted); self-issued intermediates count too. Whatever the tenant
     /// allows, the verifier builds paths of at most [`VERIFIER_MAX_CHAIN_LENGTH`]
     /// certificates, and more than `MAX_MAX_CHAIN_LENGTH + 1` presented certificates
-    /// are refused before any signature work. pathLenConstraint, by contrast, counts as RFC 5280 does: only the
-    /// intermediates below the constraining CA, self-issued ones excepted.
+    /// are refused before any signature work. pathLenConstraint, by contrast, counts as
+    /// RFC 5280 does: only the intermediates below the constraining CA, self-issued ones
+    /// excepted.
     pub fn verify_device(
         &self,
         chain: &[CertificateDer<'_>],
@@ -895,21 +898,37 @@ impl TrustStore {
         out
     }
 
-    /// False only when the anchor's key certainly did not sign `cert`; an algorithm the
-    /// quick check does not know is left to webpki.
+    /// False only when the anchor's key certainly did not sign `cert`: the signature
+    /// does not verify, or the signature algorithm is for another kind of key. An
+    /// algorithm the quick check does not know (RSA-PSS, ECDSA with SHA-512) is left to
+    /// webpki.
     fn may_have_signed(&self, anchor: usize, cert: &X509Certificate<'_>) -> bool {
         let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&self.anchors[anchor].spki_der) else {
             return true;
         };
-        !matches!(
-            crate::signature::verify_with_spki(
-                &spki,
-                &cert.signature_algorithm.algorithm.to_id_string(),
-                cert.tbs_certificate.as_ref(),
-                &cert.signature_value.data,
-            ),
-            Err(crate::signature::SignatureError::Invalid)
-        )
+        let alg = cert.signature_algorithm.algorithm.to_id_string();
+        match crate::signature::verify_with_spki(
+            &spki,
+            &alg,
+            cert.tbs_certificate.as_ref(),
+            &cert.signature_value.data,
+        ) {
+            Ok(()) => true,
+            Err(crate::signature::SignatureError::Invalid) => false,
+            Err(crate::signature::SignatureError::UnsupportedAlgorithm(_)) => {
+                use crate::info::KeyAlgorithm as K;
+                let key = crate::info::key_algorithm(&spki);
+                if alg.starts_with("1.2.840.10045.4.") {
+                    matches!(key, K::EcP256 | K::EcP384 | K::EcOther { .. })
+                } else if alg.starts_with("1.2.840.113549.1.1.") {
+                    matches!(key, K::Rsa { .. })
+                } else if alg == "1.3.101.112" {
+                    matches!(key, K::Ed25519)
+                } else {
+                    true
+                }
+            }
+        }
     }
 
     fn finish(

@@ -644,6 +644,9 @@ fn tenant_b() -> TenantB {
     let issuer = inter.issuer().expect("issuer");
     let expired =
         issue::device("b-expired", window(-30, -1), KeyType::P256, &issuer, &[]).expect("dev");
+    // A stranger's device naming B's root (its DN and SKI) as issuer.
+    let stranger = look_alike(&root, true);
+    let stranger_dev = device("stranger", &stranger);
     let chains = vec![
         vec![der(&dev), der(&inter)],
         vec![der(&dev), der(&inter), der(&root)],
@@ -653,6 +656,7 @@ fn tenant_b() -> TenantB {
         vec![der(&expired), der(&inter)],
         // Not sent the intermediate: no path.
         vec![der(&dev)],
+        vec![der(&stranger_dev)],
     ];
     TenantB {
         root,
@@ -708,6 +712,7 @@ fn look_alikes_of_another_tenants_cas_never_change_its_verdicts() {
     assert_eq!(expected[4], Err(VerifyError::Revoked));
     assert_eq!(expected[5], Err(VerifyError::Expired));
     assert_eq!(expected[6], Err(VerifyError::UnknownIssuer));
+    assert_eq!(expected[7], Err(VerifyError::UnknownIssuer));
 
     let mut cases: Vec<(String, Vec<Issued>)> = Vec::new();
     for (name, target) in [("intermediate", &b.inter), ("root", &b.root)] {
@@ -717,6 +722,14 @@ fn look_alikes_of_another_tenants_cas_never_change_its_verdicts() {
                 vec![look_alike(target, copy_ski)],
             ));
         }
+    }
+    // Another kind of key (RSA for B's P-256 CAs).
+    for (name, target) in [("intermediate", &b.inter), ("root", &b.root)] {
+        let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa key");
+        cases.push((
+            format!("{name} DN and SKI, RSA key"),
+            vec![look_alike_with_key(target, true, rsa)],
+        ));
     }
     // Fifty of each kind at once.
     let mut many = Vec::new();
