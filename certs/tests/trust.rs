@@ -1162,3 +1162,34 @@ fn recheck_refuses_once_another_tenant_claims_the_chain() {
         Ok(())
     );
 }
+
+/// A device may present nine CAs of one name and one key that all sign each other,
+/// plus a certificate the anchor really signed: explaining webpki's refusal must not
+/// try the 9! orderings (loop prevention and a signature budget bound it).
+#[test]
+fn many_mutually_signed_cas_in_one_chain_are_refused_without_blowup() {
+    let r = root("Root");
+    let key = KeyPair::generate().expect("key");
+    let pkcs8 = key.serialize_der();
+    let mut copies = Vec::new();
+    for n in 0..9 {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Loop CA");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, n]));
+        let cert = p.self_signed(&key).expect("ca");
+        copies.push(Issued {
+            cert_der: cert.der().clone(),
+            key_der: pkcs8.clone().into(),
+        });
+    }
+    let dev = device("looped", &copies[0]);
+    let genuine = device("genuine", &r);
+    let mut chain: Vec<&Issued> = vec![&dev];
+    chain.extend(copies.iter());
+    chain.push(&genuine);
+    let s = store(&r, max_chain(10));
+    assert_eq!(verify(&s, &chain), Err(VerifyError::UnknownIssuer));
+}
