@@ -596,8 +596,17 @@ pub const MAX_CANDIDATES_PER_TENANT: usize = 4;
 /// another tenant's anchor out of the budget would take look-alikes uploaded by
 /// `MAX_CANDIDATES` different tenants, all named by the same chain. Per chain the work
 /// is then at most `MAX_CANDIDATES` quick signature checks and as many webpki path
-/// builds (only for anchors whose key really signed a presented certificate).
+/// builds, at most [`MAX_PATHS_PER_TENANT`] of them per tenant (and only for anchors
+/// whose key really signed a presented certificate).
 pub const MAX_CANDIDATES: usize = 64;
+
+/// Anchors of one tenant that webpki builds a path to for one chain (after the quick
+/// signature check, so only anchors whose key really signed a presented certificate, or
+/// that were presented). Each webpki run spends up to its own budget of 100 signature
+/// checks, so this bounds what one tenant's uploads (many certificates of one key) can
+/// make a handshake cost: at most 4 runs per tenant, the tenant's most direct issuers
+/// first.
+pub const MAX_PATHS_PER_TENANT: usize = 4;
 
 /// An anchor that may have issued presented certificate `child` (`None`: the presented
 /// certificate is the anchor itself).
@@ -671,8 +680,8 @@ impl TrustStore {
     ///    given without it. (With a signature algorithm the quick check does not know,
     ///    e.g. RSA-PSS, the candidate goes on to webpki; its failure there ranks below
     ///    every other reason and never masks another candidate's success.)
-    /// 3. Every remaining candidate is tried (webpki path building through the
-    ///    presented intermediates). When anchors of more than one tenant validate the
+    /// 3. Every remaining candidate is tried, up to [`MAX_PATHS_PER_TENANT`] per tenant
+    ///    (webpki path building through the presented intermediates). When anchors of more than one tenant validate the
     ///    chain, whatever their status or policy, the chain is refused with
     ///    [`VerifyError::AmbiguousTenant`]: fail closed, never "first wins". The same
     ///    holds when the validating anchor was itself signed by another tenant's anchor
@@ -728,10 +737,18 @@ impl TrustStore {
         if candidates.is_empty() {
             return Err(VerifyError::UnknownIssuer);
         }
-        // Step 2: keep anchors that are a presented certificate or signed one.
+        // Step 2: keep anchors that are a presented certificate or signed one, at most
+        // MAX_PATHS_PER_TENANT per tenant.
         let mut survivors: Vec<usize> = Vec::new();
         for c in &candidates {
-            if survivors.contains(&c.anchor) {
+            let tenant = &self.anchors[c.anchor].tenant;
+            if survivors.contains(&c.anchor)
+                || survivors
+                    .iter()
+                    .filter(|s| self.anchors[**s].tenant == *tenant)
+                    .count()
+                    >= MAX_PATHS_PER_TENANT
+            {
                 continue;
             }
             let signed = match c.child {

@@ -1193,3 +1193,50 @@ fn many_mutually_signed_cas_in_one_chain_are_refused_without_blowup() {
     let s = store(&r, max_chain(10));
     assert_eq!(verify(&s, &chain), Err(VerifyError::UnknownIssuer));
 }
+
+/// Ten re-issued copies of a root (one key, one name, distinct serials) in one tenant:
+/// its devices verify (webpki runs are capped per tenant, the first copy suffices), and
+/// a copy held by another tenant is still seen: the per-tenant caps never hide another
+/// tenant's claim.
+#[test]
+fn many_copies_of_one_key_in_a_tenant() {
+    let r = root("Reissued Root");
+    let key = KeyPair::try_from(r.key_der.secret_pkcs8_der()).expect("key");
+    let copies: Vec<Issued> = (0..10u8)
+        .map(|n| {
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "Reissued Root");
+            p.distinguished_name = dn;
+            p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, n]));
+            p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski_of(&r));
+            Issued {
+                cert_der: p.self_signed(&key).expect("copy").der().clone(),
+                key_der: r.key_der.clone_key(),
+            }
+        })
+        .collect();
+    let dev = device("dev-1", &r);
+    let mut b = TrustStore::builder();
+    for c in &copies {
+        b.anchor(spec("b", c, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    let s = b.build();
+    assert_eq!(&*verify(&s, &[&dev]).expect("b").tenant, "b");
+    // Another tenant uploads the last of the copies (uploaded last, so the furthest
+    // from the front of any list).
+    let mut b = TrustStore::builder();
+    for c in &copies {
+        b.anchor(spec("b", c, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    b.anchor(spec("a", &copies[9], AnchorStatus::Enabled))
+        .expect("anchor");
+    assert_eq!(
+        verify(&b.build(), &[&dev]),
+        Err(VerifyError::AmbiguousTenant)
+    );
+}
