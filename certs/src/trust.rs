@@ -53,7 +53,9 @@ pub struct AnchorSpec {
 /// A tenant's chain policy and revocation settings.
 #[derive(Debug, Clone)]
 pub struct TenantPolicy {
-    /// Maximum chain length including device and anchor (2..=10).
+    /// Maximum chain length: device + intermediates of the verified path + anchor
+    /// (2..=10; see [`TrustStore::verify_device`] for how it counts, and
+    /// [`VERIFIER_MAX_CHAIN_LENGTH`] for the longest path the verifier builds).
     pub max_chain_length: u8,
     /// Serial numbers (lowercase hex) the tenant revoked by hand.
     pub revoked_serials: HashSet<String>,
