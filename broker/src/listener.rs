@@ -231,18 +231,25 @@ pub async fn serve_mqtt(
                     Err(_) => Some("first_byte_timeout"),
                 };
                 if let Some(reason) = failed {
+                    // The slot first, then the socket: a peer that sees the close
+                    // finds its slot free.
+                    drop(hs_permit);
+                    drop(sock);
                     let elapsed = accepted_at.elapsed().as_secs_f64();
                     shared.metrics.handshake("failed", reason, elapsed);
                     return;
                 }
             }
-            let sock = DeviceSocket(Some(sock));
+            // Held here (not inside the timeout) so that the socket of a timed-out
+            // handshake closes after the slot is released.
+            let mut accept = acceptor.accept(DeviceSocket(Some(sock)));
             let (hs, refused) = crate::tls::recording_refusal(tokio::time::timeout(
                 handshake_timeout.saturating_sub(accepted_at.elapsed()),
-                acceptor.accept(sock),
+                &mut accept,
             ))
             .await;
             drop(hs_permit);
+            drop(accept);
             let elapsed = accepted_at.elapsed().as_secs_f64();
             let stream = match hs {
                 Ok(Ok(s)) => s,
@@ -341,7 +348,10 @@ pub struct AdminLimits {
     /// TLS handshake timeout, milliseconds (`reason="tls_handshake"`). Default 5,000.
     pub tls_handshake_timeout_ms: u64,
     /// HTTP/1.1: time allowed for a request's whole head (request line and headers),
-    /// from when the server starts waiting for it, milliseconds. Default 10,000.
+    /// from when the server starts waiting for it, milliseconds (`reason=
+    /// "header_read_timeout"`). The wait for the next request on a kept-alive
+    /// connection counts too, so an idle HTTP/1.1 connection closes after this long.
+    /// Default 10,000.
     pub header_read_timeout_ms: u64,
     /// A connection with no request in progress for this long is closed (HTTP/1.1
     /// keep-alive, HTTP/2, and a connection that never sends a request), milliseconds
