@@ -231,18 +231,25 @@ pub async fn serve_mqtt(
                     Err(_) => Some("first_byte_timeout"),
                 };
                 if let Some(reason) = failed {
+                    // The slot first, then the socket: a peer that sees the close
+                    // finds its slot free.
+                    drop(hs_permit);
+                    drop(sock);
                     let elapsed = accepted_at.elapsed().as_secs_f64();
                     shared.metrics.handshake("failed", reason, elapsed);
                     return;
                 }
             }
-            let sock = DeviceSocket(Some(sock));
+            // Held here (not inside the timeout) so that the socket of a timed-out
+            // handshake closes after the slot is released.
+            let mut accept = acceptor.accept(DeviceSocket(Some(sock)));
             let (hs, refused) = crate::tls::recording_refusal(tokio::time::timeout(
                 handshake_timeout.saturating_sub(accepted_at.elapsed()),
-                acceptor.accept(sock),
+                &mut accept,
             ))
             .await;
             drop(hs_permit);
+            drop(accept);
             let elapsed = accepted_at.elapsed().as_secs_f64();
             let stream = match hs {
                 Ok(Ok(s)) => s,
@@ -341,7 +348,10 @@ pub struct AdminLimits {
     /// TLS handshake timeout, milliseconds (`reason="tls_handshake"`). Default 5,000.
     pub tls_handshake_timeout_ms: u64,
     /// HTTP/1.1: time allowed for a request's whole head (request line and headers),
-    /// from when the server starts waiting for it, milliseconds. Default 10,000.
+    /// from when the server starts waiting for it, milliseconds (`reason=
+    /// "header_read_timeout"`). The wait for the next request on a kept-alive
+    /// connection counts too, so an idle HTTP/1.1 connection closes after this long.
+    /// Default 10,000.
     pub header_read_timeout_ms: u64,
     /// A connection with no request in progress for this long is closed (HTTP/1.1
     /// keep-alive, HTTP/2, and a connection that never sends a request), milliseconds
@@ -422,6 +432,84 @@ fn request_timeout() -> axum::response::Response {
         axum::http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+/// An HTTP/2 request body that, when the handler drops it unfinished (a 413, an early
+/// error), goes on being read and discarded in the background, up to
+/// [`DrainOnDrop::MAX_BYTES`] or [`DrainOnDrop::MAX_TIME`].
+///
+/// Why: a handler that answers before reading the whole body (axum's body limit answers
+/// 413 after the first megabyte) drops the body, and h2 then follows the response with
+/// RST_STREAM(NO_ERROR). RFC 9113 section 8.1 says clients must keep the response, but
+/// curl 7.88 (nghttp2) still uploading reports "Stream error in the HTTP/2 framing
+/// layer" (exit 92) and never shows the 413. While the stream is read to its end, h2
+/// sends no reset: the client finishes its upload and reads the 413, as over HTTP/1.1.
+struct DrainOnDrop(Option<hyper::body::Incoming>);
+
+impl DrainOnDrop {
+    /// Bytes read and discarded at most after the handler gave up the body.
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+    /// Time spent at most reading and discarding.
+    const MAX_TIME: Duration = Duration::from_secs(10);
+
+    async fn drain(mut body: hyper::body::Incoming) {
+        use hyper::body::Body as _;
+        let mut left = DrainOnDrop::MAX_BYTES;
+        let read = async {
+            while !body.is_end_stream() {
+                let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                match frame {
+                    Some(Ok(f)) => {
+                        let n = f.data_ref().map_or(0, |d| d.len());
+                        match left.checked_sub(n) {
+                            Some(l) => left = l,
+                            None => return,
+                        }
+                    }
+                    Some(Err(_)) | None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DrainOnDrop::MAX_TIME, read).await;
+    }
+}
+
+impl hyper::body::Body for DrainOnDrop {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().0 {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        if let Some(body) = self.0.take() {
+            if !body.is_end_stream() {
+                if let Ok(rt) = Handle::try_current() {
+                    rt.spawn(DrainOnDrop::drain(body));
+                }
+            }
+        }
+    }
 }
 
 /// Serves the admin router over HTTPS until `shutdown`.
@@ -514,8 +602,13 @@ pub async fn serve_admin(
             let request_time = ms(limits.request_timeout_ms);
             let svc = {
                 let activity = activity.clone();
-                hyper::service::service_fn(move |req| {
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let guard = activity.begin();
+                    let req = if req.version() == hyper::Version::HTTP_2 {
+                        req.map(|b| axum::body::Body::new(DrainOnDrop(Some(b))))
+                    } else {
+                        req.map(axum::body::Body::new)
+                    };
                     let call = hyper::service::Service::call(&inner, req);
                     async move {
                         let _guard = guard;

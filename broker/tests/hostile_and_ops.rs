@@ -589,3 +589,62 @@ async fn a_refused_chain_is_one_handshake_with_one_outcome() {
     let metrics = env.metrics().await;
     assert_eq!(handshakes_total(&metrics), 2.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_limit_body_gets_413_over_http2_as_over_http1() {
+    let env = start().await;
+    let dir = env.dir.path();
+    std::fs::write(dir.join("server-ca.pem"), &env.server_ca).unwrap();
+    // Twice the admin API's 1 MiB body limit: the handler answers 413 before the
+    // client has sent it all.
+    let body = format!("{{\"id\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    std::fs::write(dir.join("body.json"), &body).unwrap();
+    let url = format!("{}/tenant/tenants", env.base);
+
+    // HTTP/1.1 (reqwest).
+    let r = env
+        .http
+        .post(&url)
+        .basic_auth("management/admin", Some(ADMIN_PW))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status().as_u16(), 413);
+
+    // HTTP/2 over TLS (ALPN h2): curl, still uploading when the 413 comes, must see it
+    // and not a reset stream.
+    let curl = ["/usr/bin/curl", "/usr/local/bin/curl"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("curl not found: install curl");
+    let out = tokio::process::Command::new(curl)
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(dir.join("server-ca.pem"))
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", env.broker().admin_addr.port()),
+        ])
+        .args(["-u", &format!("management/admin:{ADMIN_PW}")])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", dir.join("body.json").display()))
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl {}: {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("\n2 413"), "{stdout}");
+    assert!(
+        stdout.starts_with(r#"{"error":"payload_too_large","#),
+        "{stdout}"
+    );
+}

@@ -257,10 +257,16 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     .is_ok()
 }
 
+/// Signature checks [`signed_path_through_self_issued`] may spend on one chain: a device
+/// presenting many CAs of one DN that sign each other cannot make the search explode
+/// (without this, up to 9! orderings).
+const SELF_ISSUED_SIGNATURE_BUDGET: usize = 32;
+
 /// True when the presented certificates (leaf first) hold a path leaf -> CA ... ->
 /// `anchor` in which every signature verifies and one intermediate is self-issued.
-/// Depth-first over at most [`crate::trust::MAX_MAX_CHAIN_LENGTH`] certificates; only
-/// run for a chain webpki already refused.
+/// Depth-first over at most [`crate::trust::MAX_MAX_CHAIN_LENGTH`] certificates and
+/// [`SELF_ISSUED_SIGNATURE_BUDGET`] signature checks (past it the answer is "no", and
+/// the refusal keeps its generic reason); only run for a chain webpki already refused.
 fn signed_path_through_self_issued(
     presented: &[Option<X509Certificate<'_>>],
     anchor: &X509Certificate<'_>,
@@ -271,8 +277,20 @@ fn signed_path_through_self_issued(
         anchor: &X509Certificate<'_>,
         used: &mut Vec<usize>,
         through_self_issued: bool,
+        budget: &mut usize,
     ) -> bool {
-        if through_self_issued && signed_by(current, anchor) {
+        fn check(
+            cert: &X509Certificate<'_>,
+            issuer: &X509Certificate<'_>,
+            budget: &mut usize,
+        ) -> bool {
+            if *budget == 0 {
+                return false;
+            }
+            *budget -= 1;
+            signed_by(cert, issuer)
+        }
+        if through_self_issued && check(current, anchor, budget) {
             return true;
         }
         if used.len() >= crate::trust::MAX_MAX_CHAIN_LENGTH as usize {
@@ -280,11 +298,20 @@ fn signed_path_through_self_issued(
         }
         for (j, next) in presented.iter().enumerate().skip(1) {
             let Some(next) = next else { continue };
+            // As webpki (RFC 4158 5.2): a key and name already on the path end it.
+            let seen = |x: &X509Certificate<'_>| {
+                x.public_key().raw == next.public_key().raw
+                    && x.subject().as_raw() == next.subject().as_raw()
+            };
             if used.contains(&j)
+                || seen(current)
+                || used
+                    .iter()
+                    .any(|u| presented[*u].as_ref().is_some_and(seen))
                 || next.as_raw() == anchor.as_raw()
                 || !next.is_ca()
                 || next.subject().as_raw() != current.issuer().as_raw()
-                || !signed_by(current, next)
+                || !check(current, next, budget)
             {
                 continue;
             }
@@ -295,6 +322,7 @@ fn signed_path_through_self_issued(
                 anchor,
                 used,
                 through_self_issued || is_self_issued(next),
+                budget,
             );
             used.pop();
             if found {
@@ -304,7 +332,9 @@ fn signed_path_through_self_issued(
         false
     }
     match presented.first() {
-        Some(Some(leaf)) => walk(leaf, presented, anchor, &mut Vec::new(), false),
+        Some(Some(leaf)) => walk(leaf, presented, anchor, &mut Vec::new(), false, &mut {
+            SELF_ISSUED_SIGNATURE_BUDGET
+        }),
         _ => false,
     }
 }

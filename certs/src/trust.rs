@@ -53,7 +53,9 @@ pub struct AnchorSpec {
 /// A tenant's chain policy and revocation settings.
 #[derive(Debug, Clone)]
 pub struct TenantPolicy {
-    /// Maximum chain length including device and anchor (2..=10).
+    /// Maximum chain length: device + intermediates of the verified path + anchor
+    /// (2..=10; see [`TrustStore::verify_device`] for how it counts, and
+    /// [`VERIFIER_MAX_CHAIN_LENGTH`] for the longest path the verifier builds).
     pub max_chain_length: u8,
     /// Serial numbers (lowercase hex) the tenant revoked by hand.
     pub revoked_serials: HashSet<String>,
@@ -249,6 +251,10 @@ pub struct DeviceIdentity {
     /// (issuer DN raw, serial hex) of the device and each intermediate, for re-checks.
     #[serde(skip)]
     pub path_serials: Vec<(Vec<u8>, String)>,
+    /// SHA-1 fingerprints of the path's intermediates, for re-checks: one that another
+    /// tenant has since uploaded as an anchor makes the session ambiguous.
+    #[serde(skip)]
+    pub path_fingerprints: Vec<String>,
 }
 
 struct AnchorEntry {
@@ -592,8 +598,17 @@ pub const MAX_CANDIDATES_PER_TENANT: usize = 4;
 /// another tenant's anchor out of the budget would take look-alikes uploaded by
 /// `MAX_CANDIDATES` different tenants, all named by the same chain. Per chain the work
 /// is then at most `MAX_CANDIDATES` quick signature checks and as many webpki path
-/// builds (only for anchors whose key really signed a presented certificate).
+/// builds, at most [`MAX_PATHS_PER_TENANT`] of them per tenant (and only for anchors
+/// whose key really signed a presented certificate).
 pub const MAX_CANDIDATES: usize = 64;
+
+/// Anchors of one tenant that webpki builds a path to for one chain (after the quick
+/// signature check, so only anchors whose key really signed a presented certificate, or
+/// that were presented). Each webpki run spends up to its own budget of 100 signature
+/// checks, so this bounds what one tenant's uploads (many certificates of one key) can
+/// make a handshake cost: at most 4 runs per tenant, the tenant's most direct issuers
+/// first.
+pub const MAX_PATHS_PER_TENANT: usize = 4;
 
 /// An anchor that may have issued presented certificate `child` (`None`: the presented
 /// certificate is the anchor itself).
@@ -664,9 +679,11 @@ impl TrustStore {
     /// 2. A candidate named as an issuer is kept only if its key really signed that
     ///    certificate: a look-alike (same DN, even the same SKI, another key) is not an
     ///    issuer of the chain and drops out without an error, so the verdict is the one
-    ///    given without it.
-    /// 3. Every remaining candidate is tried (webpki path building through the
-    ///    presented intermediates). When anchors of more than one tenant validate the
+    ///    given without it. (With a signature algorithm the quick check does not know,
+    ///    e.g. RSA-PSS, the candidate goes on to webpki; its failure there ranks below
+    ///    every other reason and never masks another candidate's success.)
+    /// 3. Every remaining candidate is tried, up to [`MAX_PATHS_PER_TENANT`] per tenant
+    ///    (webpki path building through the presented intermediates). When anchors of more than one tenant validate the
     ///    chain, whatever their status or policy, the chain is refused with
     ///    [`VerifyError::AmbiguousTenant`]: fail closed, never "first wins". The same
     ///    holds when the validating anchor was itself signed by another tenant's anchor
@@ -683,8 +700,9 @@ impl TrustStore {
     /// path are not counted); self-issued intermediates count too. Whatever the tenant
     /// allows, the verifier builds paths of at most [`VERIFIER_MAX_CHAIN_LENGTH`]
     /// certificates, and more than `MAX_MAX_CHAIN_LENGTH + 1` presented certificates
-    /// are refused before any signature work. pathLenConstraint, by contrast, counts as RFC 5280 does: only the
-    /// intermediates below the constraining CA, self-issued ones excepted.
+    /// are refused before any signature work. pathLenConstraint, by contrast, counts as
+    /// RFC 5280 does: only the intermediates below the constraining CA, self-issued ones
+    /// excepted.
     pub fn verify_device(
         &self,
         chain: &[CertificateDer<'_>],
@@ -721,10 +739,18 @@ impl TrustStore {
         if candidates.is_empty() {
             return Err(VerifyError::UnknownIssuer);
         }
-        // Step 2: keep anchors that are a presented certificate or signed one.
+        // Step 2: keep anchors that are a presented certificate or signed one, at most
+        // MAX_PATHS_PER_TENANT per tenant.
         let mut survivors: Vec<usize> = Vec::new();
         for c in &candidates {
-            if survivors.contains(&c.anchor) {
+            let tenant = &self.anchors[c.anchor].tenant;
+            if survivors.contains(&c.anchor)
+                || survivors
+                    .iter()
+                    .filter(|s| self.anchors[**s].tenant == *tenant)
+                    .count()
+                    >= MAX_PATHS_PER_TENANT
+            {
                 continue;
             }
             let signed = match c.child {
@@ -891,21 +917,37 @@ impl TrustStore {
         out
     }
 
-    /// False only when the anchor's key certainly did not sign `cert`; an algorithm the
-    /// quick check does not know is left to webpki.
+    /// False only when the anchor's key certainly did not sign `cert`: the signature
+    /// does not verify, or the signature algorithm is for another kind of key. An
+    /// algorithm the quick check does not know (RSA-PSS, ECDSA with SHA-512) is left to
+    /// webpki.
     fn may_have_signed(&self, anchor: usize, cert: &X509Certificate<'_>) -> bool {
         let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&self.anchors[anchor].spki_der) else {
             return true;
         };
-        !matches!(
-            crate::signature::verify_with_spki(
-                &spki,
-                &cert.signature_algorithm.algorithm.to_id_string(),
-                cert.tbs_certificate.as_ref(),
-                &cert.signature_value.data,
-            ),
-            Err(crate::signature::SignatureError::Invalid)
-        )
+        let alg = cert.signature_algorithm.algorithm.to_id_string();
+        match crate::signature::verify_with_spki(
+            &spki,
+            &alg,
+            cert.tbs_certificate.as_ref(),
+            &cert.signature_value.data,
+        ) {
+            Ok(()) => true,
+            Err(crate::signature::SignatureError::Invalid) => false,
+            Err(crate::signature::SignatureError::UnsupportedAlgorithm(_)) => {
+                use crate::info::KeyAlgorithm as K;
+                let key = crate::info::key_algorithm(&spki);
+                if alg.starts_with("1.2.840.10045.4.") {
+                    matches!(key, K::EcP256 | K::EcP384 | K::EcOther { .. })
+                } else if alg.starts_with("1.2.840.113549.1.1.") {
+                    matches!(key, K::Rsa { .. })
+                } else if alg == "1.3.101.112" {
+                    matches!(key, K::Ed25519)
+                } else {
+                    true
+                }
+            }
+        }
     }
 
     fn finish(
@@ -962,6 +1004,10 @@ impl TrustStore {
             auto_registration: entry.auto_registration,
             chain_length,
             path_serials,
+            path_fingerprints: intermediates
+                .iter()
+                .map(|c| crate::info::fingerprint_sha1(c.as_ref()))
+                .collect(),
         })
     }
 
@@ -992,8 +1038,9 @@ impl TrustStore {
     }
 
     /// Re-checks a live session's identity against this (newer) snapshot: the anchor
-    /// must still exist for the same tenant, be enabled and unexpired, and nothing in the
-    /// path may be revoked.
+    /// must still exist for the same tenant, no other tenant may now hold the anchor or
+    /// an intermediate of the path as an anchor (nor have signed the anchor), the anchor
+    /// must be enabled and unexpired, and nothing in the path may be revoked.
     pub fn recheck(&self, id: &DeviceIdentity, now: UnixTime) -> Result<(), VerifyError> {
         let entry = self
             .by_fingerprint
@@ -1003,6 +1050,20 @@ impl TrustStore {
             .map(|i| &self.anchors[*i])
             .find(|e| e.tenant == id.tenant)
             .ok_or(VerifyError::AnchorRemoved)?;
+        let claimed_elsewhere = |fp: &String| {
+            self.by_fingerprint
+                .get(fp)
+                .into_iter()
+                .flatten()
+                .any(|i| self.anchors[*i].tenant != id.tenant)
+        };
+        if entry.issued_by_other_tenant
+            || std::iter::once(&id.anchor_fingerprint)
+                .chain(&id.path_fingerprints)
+                .any(claimed_elsewhere)
+        {
+            return Err(VerifyError::AmbiguousTenant);
+        }
         if entry.status == AnchorStatus::Disabled {
             return Err(VerifyError::AnchorDisabled);
         }

@@ -644,6 +644,9 @@ fn tenant_b() -> TenantB {
     let issuer = inter.issuer().expect("issuer");
     let expired =
         issue::device("b-expired", window(-30, -1), KeyType::P256, &issuer, &[]).expect("dev");
+    // A stranger's device naming B's root (its DN and SKI) as issuer.
+    let stranger = look_alike(&root, true);
+    let stranger_dev = device("stranger", &stranger);
     let chains = vec![
         vec![der(&dev), der(&inter)],
         vec![der(&dev), der(&inter), der(&root)],
@@ -653,6 +656,7 @@ fn tenant_b() -> TenantB {
         vec![der(&expired), der(&inter)],
         // Not sent the intermediate: no path.
         vec![der(&dev)],
+        vec![der(&stranger_dev)],
     ];
     TenantB {
         root,
@@ -708,6 +712,7 @@ fn look_alikes_of_another_tenants_cas_never_change_its_verdicts() {
     assert_eq!(expected[4], Err(VerifyError::Revoked));
     assert_eq!(expected[5], Err(VerifyError::Expired));
     assert_eq!(expected[6], Err(VerifyError::UnknownIssuer));
+    assert_eq!(expected[7], Err(VerifyError::UnknownIssuer));
 
     let mut cases: Vec<(String, Vec<Issued>)> = Vec::new();
     for (name, target) in [("intermediate", &b.inter), ("root", &b.root)] {
@@ -717,6 +722,14 @@ fn look_alikes_of_another_tenants_cas_never_change_its_verdicts() {
                 vec![look_alike(target, copy_ski)],
             ));
         }
+    }
+    // Another kind of key (RSA for B's P-256 CAs).
+    for (name, target) in [("intermediate", &b.inter), ("root", &b.root)] {
+        let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("rsa key");
+        cases.push((
+            format!("{name} DN and SKI, RSA key"),
+            vec![look_alike_with_key(target, true, rsa)],
+        ));
     }
     // Fifty of each kind at once.
     let mut many = Vec::new();
@@ -1111,4 +1124,119 @@ fn paths_deeper_than_the_verifier_follows() {
         "chain too long: the verifier follows at most 8 certificates (device, 6 intermediates, anchor)"
     );
     assert_eq!(e.label(), "path_too_deep");
+}
+
+/// A live session verified before another tenant uploaded a certificate of its chain is
+/// closed at the next re-check: the snapshot is safe on its own whatever the order of
+/// uploads and connections.
+#[test]
+fn recheck_refuses_once_another_tenant_claims_the_chain() {
+    let root_b = root("Tenant B Root");
+    let inter_b = intermediate("Tenant B Issuing", &root_b, None);
+    let dev = device("b-device", &inter_b);
+    let build = |a_uploads: &[&Issued]| {
+        let mut b = TrustStore::builder();
+        b.tenant("b", max_chain(3));
+        b.anchor(spec("b", &root_b, AnchorStatus::Enabled))
+            .expect("anchor");
+        for ca in a_uploads {
+            b.anchor(spec("a", ca, AnchorStatus::Enabled))
+                .expect("anchor");
+        }
+        b.build()
+    };
+    let before = build(&[]);
+    let id = verify(&before, &[&dev, &inter_b]).expect("b");
+    assert_eq!(before.recheck(&id, UnixTime::now()), Ok(()));
+    // A uploads B's intermediate, or B's root.
+    for claimed in [&inter_b, &root_b] {
+        assert_eq!(
+            build(&[claimed]).recheck(&id, UnixTime::now()),
+            Err(VerifyError::AmbiguousTenant)
+        );
+    }
+    // Look-alikes of either: nothing changes.
+    let fakes = [look_alike(&inter_b, true), look_alike(&root_b, true)];
+    assert_eq!(
+        build(&[&fakes[0], &fakes[1]]).recheck(&id, UnixTime::now()),
+        Ok(())
+    );
+}
+
+/// A device may present nine CAs of one name and one key that all sign each other,
+/// plus a certificate the anchor really signed: explaining webpki's refusal must not
+/// try the 9! orderings (loop prevention and a signature budget bound it).
+#[test]
+fn many_mutually_signed_cas_in_one_chain_are_refused_without_blowup() {
+    let r = root("Root");
+    let key = KeyPair::generate().expect("key");
+    let pkcs8 = key.serialize_der();
+    let mut copies = Vec::new();
+    for n in 0..9 {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Loop CA");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, n]));
+        let cert = p.self_signed(&key).expect("ca");
+        copies.push(Issued {
+            cert_der: cert.der().clone(),
+            key_der: pkcs8.clone().into(),
+        });
+    }
+    let dev = device("looped", &copies[0]);
+    let genuine = device("genuine", &r);
+    let mut chain: Vec<&Issued> = vec![&dev];
+    chain.extend(copies.iter());
+    chain.push(&genuine);
+    let s = store(&r, max_chain(10));
+    assert_eq!(verify(&s, &chain), Err(VerifyError::UnknownIssuer));
+}
+
+/// Ten re-issued copies of a root (one key, one name, distinct serials) in one tenant:
+/// its devices verify (webpki runs are capped per tenant, the first copy suffices), and
+/// a copy held by another tenant is still seen: the per-tenant caps never hide another
+/// tenant's claim.
+#[test]
+fn many_copies_of_one_key_in_a_tenant() {
+    let r = root("Reissued Root");
+    let key = KeyPair::try_from(r.key_der.secret_pkcs8_der()).expect("key");
+    let copies: Vec<Issued> = (0..10u8)
+        .map(|n| {
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "Reissued Root");
+            p.distinguished_name = dn;
+            p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, n]));
+            p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(ski_of(&r));
+            Issued {
+                cert_der: p.self_signed(&key).expect("copy").der().clone(),
+                key_der: r.key_der.clone_key(),
+            }
+        })
+        .collect();
+    let dev = device("dev-1", &r);
+    let mut b = TrustStore::builder();
+    for c in &copies {
+        b.anchor(spec("b", c, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    let s = b.build();
+    assert_eq!(&*verify(&s, &[&dev]).expect("b").tenant, "b");
+    // Another tenant uploads the last of the copies (uploaded last, so the furthest
+    // from the front of any list).
+    let mut b = TrustStore::builder();
+    for c in &copies {
+        b.anchor(spec("b", c, AnchorStatus::Enabled))
+            .expect("anchor");
+    }
+    b.anchor(spec("a", &copies[9], AnchorStatus::Enabled))
+        .expect("anchor");
+    assert_eq!(
+        verify(&b.build(), &[&dev]),
+        Err(VerifyError::AmbiguousTenant)
+    );
 }

@@ -281,7 +281,8 @@ struct VerifyArgs {
     /// CRL issued by an anchor or an intermediate (repeatable).
     #[arg(long)]
     crl: Vec<PathBuf>,
-    /// Longest accepted chain, device and anchor included (2..=10).
+    /// Longest accepted chain, device, intermediates and anchor included (2..=10; the
+    /// verifier follows at most 6 intermediates, so 8 is the longest that verifies).
     #[arg(long, default_value_t = certs::trust::DEFAULT_MAX_CHAIN_LENGTH)]
     max_chain_length: u8,
     /// Verify at this time (RFC 3339) instead of now.

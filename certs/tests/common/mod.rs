@@ -118,6 +118,11 @@ pub fn der(i: &Issued) -> CertificateDer<'static> {
 /// byte for byte, and whose Subject Key Identifier is `target`'s own bytes when
 /// `copy_ski` (else derived from the new key). Asserts that the copy is exact.
 pub fn look_alike(target: &Issued, copy_ski: bool) -> Issued {
+    look_alike_with_key(target, copy_ski, rcgen::KeyPair::generate().expect("key"))
+}
+
+/// [`look_alike`] with a given key (e.g. RSA, for a P-256 target).
+pub fn look_alike_with_key(target: &Issued, copy_ski: bool, key: rcgen::KeyPair) -> Issued {
     let real = certs::CertInfo::parse(target.cert_der.as_ref()).expect("parse");
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
@@ -142,7 +147,6 @@ pub fn look_alike(target: &Issued, copy_ski: bool) -> Issued {
     aws_lc_rs::rand::fill(&mut serial).expect("random");
     serial[0] = (serial[0] & 0x7f) | 0x01;
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    let key = rcgen::KeyPair::generate().expect("key");
     let cert = p.self_signed(&key).expect("look-alike");
     let fake = certs::CertInfo::parse(cert.der()).expect("parse");
     let raw_subject = |der: &[u8]| {
