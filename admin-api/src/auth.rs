@@ -110,8 +110,9 @@ fn verify_in(hash: &str, password: &str, memory: &mut Vec<argon2::Block>) -> Opt
     Some(computed == expected)
 }
 
-/// Counts failed logins per user name; after `max_failures` within `window` the name
-/// is locked for `lockout`, without checking passwords, so guessing stays slow.
+/// Counts failed logins per key (a `tenant/user@source` pair, or a source address);
+/// after `max_failures` within `window` the key is locked for `lockout`, without
+/// checking passwords, so guessing stays slow.
 #[derive(Debug)]
 pub struct LoginLimiter {
     max_failures: u32,
