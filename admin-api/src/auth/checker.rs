@@ -42,6 +42,24 @@ pub(crate) struct PasswordChecker {
     cache_key: hmac::Key,
     cache_ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Checks running or queued, by cache key: the same credentials arriving again
+    /// meanwhile wait for that check's result instead of queueing another.
+    inflight: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<Option<bool>>>>,
+}
+
+/// Removes an in-flight entry when its check ends, however it ends (also when the
+/// request is dropped), so waiters never wait for a check nobody runs.
+struct InflightGuard<'a> {
+    checker: &'a PasswordChecker,
+    key: [u8; 32],
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.checker.inflight.lock() {
+            inflight.remove(&self.key);
+        }
+    }
 }
 
 impl PasswordChecker {
@@ -70,6 +88,7 @@ impl PasswordChecker {
             cache_key,
             cache_ttl,
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -114,12 +133,55 @@ impl PasswordChecker {
         }
     }
 
+    /// Checks `password` against `hash` for this tenant and user: one argon2 run on the
+    /// pool, shared with any identical check already running, remembered when it
+    /// succeeds.
+    pub(crate) async fn verify(
+        &self,
+        tenant: &str,
+        user: &str,
+        password: &str,
+        hash: &str,
+    ) -> Result<bool, CheckRefused> {
+        let key = self.cache_key(tenant, user, password, hash);
+        loop {
+            let (tx, waiting) = {
+                let Ok(mut inflight) = self.inflight.lock() else {
+                    return Err(CheckRefused::Stopped);
+                };
+                match inflight.get(&key) {
+                    Some(rx) => (None, Some(rx.clone())),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(None);
+                        inflight.insert(key, rx);
+                        (Some(tx), None)
+                    }
+                }
+            };
+            if let Some(mut rx) = waiting {
+                match rx.wait_for(Option::is_some).await {
+                    Ok(v) => return Ok(v.unwrap_or(false)),
+                    // The running check was refused or dropped: try again.
+                    Err(_) => continue,
+                }
+            }
+            let _guard = InflightGuard { checker: self, key };
+            let ok = self.check(hash.to_string(), password.to_string()).await?;
+            if ok {
+                self.remember_key(key);
+            }
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(ok));
+            }
+            return Ok(ok);
+        }
+    }
+
     /// Remembers a successful check.
-    pub(crate) fn remember(&self, tenant: &str, user: &str, password: &str, hash: &str) {
+    fn remember_key(&self, key: [u8; 32]) {
         if self.cache_ttl.is_zero() {
             return;
         }
-        let key = self.cache_key(tenant, user, password, hash);
         let now = Instant::now();
         let Ok(mut cache) = self.cache.lock() else {
             return;
@@ -133,7 +195,7 @@ impl PasswordChecker {
     }
 
     /// Queues a check; `Busy` at once when the workers and the queue are full.
-    pub(crate) async fn check(&self, hash: String, password: String) -> Result<bool, CheckRefused> {
+    async fn check(&self, hash: String, password: String) -> Result<bool, CheckRefused> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             hash,
@@ -165,13 +227,15 @@ impl Drop for PasswordChecker {
 }
 
 fn worker(rx: &Mutex<Receiver<Job>>, runs: &AtomicU64) {
+    // This thread's argon2 memory, allocated once and reused by every check.
+    let mut memory = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let ok = super::verify_password(&job.hash, &job.password);
+        let ok = super::verify_password_in(&job.hash, &job.password, &mut memory);
         runs.fetch_add(1, Ordering::Relaxed);
         // The requester may have gone (client disconnected): nothing to do then.
         let _ = job.reply.send(ok);

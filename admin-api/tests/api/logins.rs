@@ -202,3 +202,37 @@ async fn the_login_cache_never_accepts_a_wrong_or_replaced_password() {
     );
     assert_eq!(runs(), before + 4);
 }
+
+#[tokio::test]
+async fn simultaneous_identical_logins_share_one_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // One thread and one queue slot: without sharing, most of these would get 503.
+    cfg.password_check_threads = 1;
+    cfg.password_check_queue = 1;
+    cfg.password_hashing = PasswordHashing {
+        memory_kib: 4 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+    let s = start_with(cfg).await;
+    let before = s.admin.password_checks_run();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = s.client.clone();
+        let url = s.url("/tenant/tenants");
+        tasks.push(tokio::spawn(async move {
+            client
+                .get(url)
+                .basic_auth(ADMIN_USER, Some(ADMIN_PASS))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(s.admin.password_checks_run(), before + 1);
+}
