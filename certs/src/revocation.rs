@@ -32,6 +32,20 @@ pub enum CrlError {
     /// The signature does not verify with the anchor's key.
     #[error("The CRL signature does not verify with the trusted certificate's key")]
     BadSignature,
+    /// No CRL number: RFC 5280 5.2.3 requires one in every CRL (it orders CRLs, so an
+    /// older one cannot be served in place of a newer one).
+    #[error("The CRL has no CRL number (the cRLNumber extension is required by RFC 5280)")]
+    NoCrlNumber,
+    /// The CRL number extension is marked critical (RFC 5280 5.2.3: non-critical).
+    #[error(
+        "The CRL number extension is marked critical; RFC 5280 requires it to be non-critical"
+    )]
+    CriticalCrlNumber,
+    /// The issuer's KeyUsage does not include cRLSign.
+    #[error(
+        "The CRL issuer's certificate is not allowed to sign CRLs (its key usage lacks cRLSign)"
+    )]
+    IssuerCannotSignCrls,
     /// nextUpdate is in the past.
     #[error("The CRL is out of date (nextUpdate {0} has passed)")]
     Stale(String),
@@ -77,7 +91,8 @@ pub struct Crl {
 }
 
 impl Crl {
-    /// Parses one CRL from PEM (`X509 CRL`) or DER.
+    /// Parses one CRL from PEM (`X509 CRL`) or DER. A CRL without a CRL number, or
+    /// with one marked critical, is refused (RFC 5280 5.2.3).
     pub fn parse(input: &[u8]) -> Result<Crl, CrlError> {
         let ders = crate::pem::read_crls(input).map_err(|e| CrlError::Malformed(e.to_string()))?;
         let der = ders
@@ -86,6 +101,17 @@ impl Crl {
             .ok_or_else(|| CrlError::Malformed("no X509 CRL block found".into()))?;
         let (_, crl) =
             parse_x509_crl(der.as_ref()).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let number = crl
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_CRL_NUMBER)
+            .ok_or(CrlError::NoCrlNumber)?;
+        if number.critical {
+            return Err(CrlError::CriticalCrlNumber);
+        }
+        if !matches!(number.parsed_extension(), ParsedExtension::CRLNumber(_)) {
+            return Err(CrlError::Malformed("unreadable CRL number".into()));
+        }
         Ok(Crl {
             issuer_raw: crl.issuer().as_raw().to_vec(),
             issuer: crl.issuer().to_string(),
@@ -102,7 +128,8 @@ impl Crl {
         })
     }
 
-    /// Checks that `issuer_der` (a trust anchor) issued and signed this CRL.
+    /// Checks that `issuer_der` (a trust anchor) issued and signed this CRL, and may sign
+    /// CRLs (cRLSign in its KeyUsage, when it has one).
     pub fn verify_signed_by(&self, issuer_der: &[u8]) -> Result<(), CrlError> {
         let (_, crl) = parse_x509_crl(&self.der).map_err(|e| CrlError::Malformed(e.to_string()))?;
         let (_, issuer) = X509Certificate::from_der(issuer_der)
@@ -112,6 +139,13 @@ impl Crl {
                 crl_issuer: crl.issuer().to_string(),
                 anchor: issuer.subject().to_string(),
             });
+        }
+        // RFC 5280 4.2.1.3: with a KeyUsage extension, a CRL signer needs cRLSign (no
+        // KeyUsage at all leaves every usage open).
+        match issuer.key_usage() {
+            Ok(Some(ku)) if !ku.value.crl_sign() => return Err(CrlError::IssuerCannotSignCrls),
+            Ok(_) => {}
+            Err(e) => return Err(CrlError::Malformed(e.to_string())),
         }
         crate::signature::verify_with_spki(
             issuer.public_key(),

@@ -252,3 +252,162 @@ async fn size_and_rate_are_bounded() {
     f.fetch_for("globex", &other, now(), &policy).await.unwrap();
     assert_eq!(s.hits.load(Ordering::SeqCst), 3);
 }
+
+// --- CRL rules (RFC 5280): a CRL number, non-critical; a signer allowed to sign CRLs.
+
+/// (tag, header length, content length) of the DER element at the start of `b`.
+fn header(b: &[u8]) -> (u8, usize, usize) {
+    match b[1] {
+        n if n < 0x80 => (b[0], 2, n as usize),
+        n => {
+            let k = (n & 0x7f) as usize;
+            let len = b[2..2 + k].iter().fold(0, |a, &x| (a << 8) | x as usize);
+            (b[0], 2 + k, len)
+        }
+    }
+}
+
+/// The complete elements in a constructed element's content.
+fn children(mut content: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !content.is_empty() {
+        let (_, h, n) = header(content);
+        out.push(content[..h + n].to_vec());
+        content = &content[h + n..];
+    }
+    out
+}
+
+fn content(element: &[u8]) -> &[u8] {
+    let (_, h, n) = header(element);
+    &element[h..h + n]
+}
+
+fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let n = content.len();
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+const CRL_NUMBER_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x14];
+
+/// `crl` with its extensions rewritten by `edit`, signed again by `signer`.
+fn with_extensions(
+    crl: &[u8],
+    signer: &certs::issue::Issued,
+    edit: impl FnOnce(Vec<Vec<u8>>) -> Vec<Vec<u8>>,
+) -> Vec<u8> {
+    use rcgen::SigningKey;
+    let outer = children(content(crl));
+    let mut tbs = children(content(&outer[0]));
+    let last = tbs.pop().unwrap();
+    assert_eq!(last[0], 0xa0, "the CRL's extensions come last");
+    let exts = edit(children(content(content(&last))));
+    tbs.push(encode(0xa0, &encode(0x30, &exts.concat())));
+    let tbs = encode(0x30, &tbs.concat());
+    let key = rcgen::KeyPair::try_from(signer.key_der.secret_pkcs8_der()).unwrap();
+    let mut sig = vec![0];
+    sig.extend(key.sign(&tbs).unwrap());
+    encode(0x30, &[tbs, outer[1].clone(), encode(0x03, &sig)].concat())
+}
+
+#[test]
+fn a_crl_without_a_number_or_with_a_critical_one_is_refused() {
+    let root = root("Numbered Root");
+    let crl = certs::issue::crl(&root.issuer().unwrap(), &[], 7, 7).unwrap();
+    // The rewriting itself keeps a valid CRL: unchanged, it parses and verifies.
+    let same = with_extensions(&crl, &root, |e| e);
+    certs::revocation::Crl::parse(&same)
+        .unwrap()
+        .verify_signed_by(root.cert_der.as_ref())
+        .unwrap();
+
+    let unnumbered = with_extensions(&crl, &root, |e| {
+        e.into_iter()
+            .filter(|x| !content(x).starts_with(CRL_NUMBER_OID))
+            .collect()
+    });
+    let err = certs::revocation::Crl::parse(&unnumbered).unwrap_err();
+    assert_eq!(err, CrlError::NoCrlNumber);
+    assert_eq!(
+        err.to_string(),
+        "The CRL has no CRL number (the cRLNumber extension is required by RFC 5280)"
+    );
+
+    let critical = with_extensions(&crl, &root, |e| {
+        e.into_iter()
+            .map(|x| {
+                let c = content(&x);
+                match c.strip_prefix(CRL_NUMBER_OID) {
+                    Some(rest) => {
+                        encode(0x30, &[CRL_NUMBER_OID, &[0x01, 0x01, 0xff], rest].concat())
+                    }
+                    None => x,
+                }
+            })
+            .collect()
+    });
+    let err = certs::revocation::Crl::parse(&critical).unwrap_err();
+    assert_eq!(err, CrlError::CriticalCrlNumber);
+    assert_eq!(
+        err.to_string(),
+        "The CRL number extension is marked critical; RFC 5280 requires it to be non-critical"
+    );
+}
+
+#[test]
+fn a_crl_signed_by_a_ca_without_crl_sign_is_refused() {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose};
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "No CRL Sign Root");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    // rcgen will not sign a CRL for such an issuer: the same name and key, with cRLSign
+    // on rcgen's side only, signs it; the certificate checked against is `cert`.
+    p.key_usages.push(KeyUsagePurpose::CrlSign);
+    let issuer = rcgen::Issuer::new(p, key);
+    let crl = certs::issue::crl(&issuer, &[], 1, 7).unwrap();
+    let crl = certs::revocation::Crl::parse(&crl).unwrap();
+    let err = crl.verify_signed_by(cert.der().as_ref()).unwrap_err();
+    assert_eq!(err, CrlError::IssuerCannotSignCrls);
+    assert_eq!(
+        err.to_string(),
+        "The CRL issuer's certificate is not allowed to sign CRLs (its key usage lacks cRLSign)"
+    );
+
+    // CAs made by `certs` (keyCertSign + cRLSign) and one without any KeyUsage (every
+    // usage open, RFC 5280 4.2.1.3) still sign CRLs.
+    for opts in [
+        certs::issue::CaOptions::default(),
+        certs::issue::CaOptions {
+            key_usage: false,
+            ..Default::default()
+        },
+    ] {
+        let ca = root_with("Signing Root", &opts);
+        let crl = certs::issue::crl(&ca.issuer().unwrap(), &[], 1, 7).unwrap();
+        certs::revocation::Crl::parse(&crl)
+            .unwrap()
+            .verify_signed_by(ca.cert_der.as_ref())
+            .unwrap();
+    }
+}
