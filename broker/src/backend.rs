@@ -326,7 +326,7 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
         }
     }
     if listeners {
-        tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, "embedded rumqttd listening on loopback (front-end credential required)");
+        tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, auth = "front-end credential", "embedded rumqttd listening on loopback");
     } else {
         tracing::info!(transport = ?e.transport, "embedded rumqttd reached in-process only (no listener)");
     }

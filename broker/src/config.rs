@@ -27,6 +27,48 @@ pub struct Config {
     pub limits: Limits,
     /// The embedded rumqttd.
     pub embedded: Embedded,
+    /// Outbound requests (CRL distribution points of tenants with online CRL checking).
+    pub egress: Egress,
+}
+
+/// The egress policy of outbound requests: by default no loopback, private (RFC 1918,
+/// ULA), link-local, multicast, CGNAT, documentation or otherwise reserved destination,
+/// checked after name resolution and at every redirect ([`certs::egress`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Egress {
+    /// Networks (CIDR, e.g. `10.20.0.0/16`; a bare address is one host) that outbound
+    /// requests may reach although they are in a refused range. Empty by default.
+    pub allow: Vec<String>,
+    /// Largest CRL downloaded, bytes.
+    pub max_crl_bytes: usize,
+    /// CRL downloads (cache misses) per tenant per minute; more are refused.
+    pub crl_fetches_per_minute: u32,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        let p = certs::egress::EgressPolicy::default();
+        Egress {
+            allow: Vec::new(),
+            max_crl_bytes: p.max_bytes,
+            crl_fetches_per_minute: p.fetches_per_minute,
+        }
+    }
+}
+
+impl Egress {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> Result<certs::egress::EgressPolicy, ConfigError> {
+        let allow = certs::egress::EgressPolicy::parse_allow(&self.allow)
+            .map_err(|e| ConfigError::Invalid(format!("egress.allow: {e}")))?;
+        Ok(certs::egress::EgressPolicy {
+            allow,
+            max_bytes: self.max_crl_bytes,
+            fetches_per_minute: self.crl_fetches_per_minute,
+            ..certs::egress::EgressPolicy::default()
+        })
+    }
 }
 
 /// Limits and timeouts of the MQTT listener.
@@ -118,6 +160,7 @@ impl Default for Config {
             backend_ca: None,
             limits: Limits::default(),
             embedded: Embedded::default(),
+            egress: Egress::default(),
         }
     }
 }
@@ -250,6 +293,12 @@ impl Config {
                 "embedded.v4_listeners and embedded.v5_listeners must be > 0".into(),
             ));
         }
+        self.egress.policy()?;
+        if self.egress.max_crl_bytes == 0 || self.egress.crl_fetches_per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "egress.max_crl_bytes and egress.crl_fetches_per_minute must be > 0".into(),
+            ));
+        }
         if let Backend::Mqtts(_) = self.backend()? {
             if self.backend_ca.is_none() {
                 return Err(ConfigError::Invalid(
@@ -345,6 +394,18 @@ v4_listeners = 4
 v5_listeners = 2
 max_connections = 100000
 max_inflight = 100
+
+[egress]
+# Outbound requests (the CRL distribution points of tenants with online CRL checking)
+# never go to loopback, private (RFC 1918, IPv6 ULA), link-local, multicast, CGNAT,
+# documentation or reserved addresses, checked after name resolution and at every
+# redirect; http:// and https:// (system roots) only. Networks listed here (CIDR, e.g.
+# "10.20.0.0/16") are allowed anyway, e.g. an internal PKI's CRL server.
+allow = []
+# Largest CRL downloaded, bytes.
+max_crl_bytes = 33554432
+# CRL downloads (cache misses) per tenant per minute; more are refused (fail closed).
+crl_fetches_per_minute = 60
 "#;
 
 #[cfg(test)]
@@ -388,5 +449,13 @@ mod tests {
         c.backend = "mqtts://127.0.0.1:8883".into();
         assert!(c.validate().unwrap_err().to_string().contains("backend_ca"));
         assert!(toml::from_str::<Config>("nope = 1").is_err());
+        c.backend = "embedded".into();
+        c.egress.allow = vec!["10.0.0.0/8".into(), "127.0.0.1".into()];
+        c.validate().unwrap();
+        c.egress.allow.push("localhost".into());
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid configuration: egress.allow: 'localhost' is not a network in CIDR form (e.g. 10.1.0.0/16)"
+        );
     }
 }

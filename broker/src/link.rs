@@ -83,8 +83,9 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Starts rumqttd's router and its loopback listeners (each on its own thread, as
-    /// `rumqttd::Broker::start` does), the link registration thread, the will
+    /// Starts rumqttd's router and the loopback listeners `config` names, if any (each
+    /// on its own thread, as `rumqttd::Broker::start` does; the in-process transport
+    /// names none), the link registration thread, the will
     /// publisher and the `Announcer`. Must run inside the sessions' tokio runtime
     /// (the will publisher and the announcer are tasks).
     pub async fn start(config: rumqttd::Config, max_packet: usize) -> io::Result<Arc<Hub>> {

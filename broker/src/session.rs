@@ -58,9 +58,12 @@ pub(crate) enum End {
     Shutdown,
 }
 
-/// Checks the device certificate against the CRLs at its distribution points (cached by
-/// the fetcher until nextUpdate). Unknown revocation status is denied: an unreachable
-/// or unverifiable CRL refuses the device, as a secure default.
+/// Checks the device certificate against the CRLs at every distribution point it names
+/// (cached by the fetcher until nextUpdate), through the configured egress policy. A
+/// CRL listing the certificate refuses it. A point whose CRL cannot be used (a scheme
+/// other than http/https such as `ldap:`, refused by the egress policy or its rate,
+/// unreachable, malformed, stale or not signed by the certificate's issuer) leaves the
+/// revocation status unknown, and [`unknown_revocation_status`] decides.
 async fn check_online_crl(
     shared: &Shared,
     chain: &[certs::CertificateDer<'static>],
@@ -70,33 +73,99 @@ async fn check_online_crl(
         return Ok(());
     };
     let urls = certs::revocation::distribution_points(leaf.as_ref());
+    if urls.is_empty() {
+        return Ok(());
+    }
+    // The config was validated at start: a bad allow-list cannot reach here.
+    let policy = Arc::new(shared.config.egress.policy().unwrap_or_default());
     let now = certs::now_unix();
-    for url in urls
-        .iter()
-        .filter(|u| u.to_ascii_lowercase().starts_with("http://"))
-    {
-        let crl = shared
-            .crl_fetcher
-            .fetch(url, now)
-            .await
-            .map_err(|_| "crl_unreachable")?;
-        crl.check_fresh(now).map_err(|_| "crl_stale")?;
-        // The CRL must be signed by the device certificate's issuer: an intermediate the
-        // device sent, or the tenant's anchor.
-        let anchor = shared.trust.load_full();
-        let signed = chain[1..]
-            .iter()
-            .map(|c| c.as_ref())
-            .chain(anchor.anchor_der(&id.anchor_fingerprint))
-            .any(|c| crl.verify_signed_by(c).is_ok());
-        if !signed {
-            return Err("crl_signature");
-        }
-        if crl.is_revoked(&id.serial_hex) {
-            return Err("revoked_online");
+    for url in &urls {
+        match crl_at(shared, &policy, url, chain, id, now).await {
+            Ok(crl) if crl.is_revoked(&id.serial_hex) => return Err("revoked_online"),
+            Ok(_) => {}
+            // Fail closed until the tenant setting exists (the lead wires it).
+            Err(label) => unknown_revocation_status(false, id, url, label)?,
         }
     }
     Ok(())
+}
+
+/// The CRL at one distribution point, fresh and signed by the device certificate's
+/// issuer (an intermediate the device sent, or the tenant's anchor), or the metric
+/// label of why it cannot be used.
+async fn crl_at(
+    shared: &Shared,
+    policy: &Arc<certs::egress::EgressPolicy>,
+    url: &str,
+    chain: &[certs::CertificateDer<'static>],
+    id: &DeviceIdentity,
+    now: i64,
+) -> Result<Arc<certs::revocation::Crl>, &'static str> {
+    use certs::egress::EgressError;
+    use certs::revocation::CrlError;
+    let crl = shared
+        .crl_fetcher
+        .fetch_for(&id.tenant, url, now, policy)
+        .await
+        .map_err(|e| match e {
+            CrlError::Refused {
+                reason: EgressError::Scheme(_),
+                ..
+            } => "crl_unsupported_scheme",
+            CrlError::Refused {
+                reason: EgressError::RateLimited(_),
+                ..
+            } => "crl_rate_limited",
+            CrlError::Refused { .. } => "crl_egress_refused",
+            CrlError::Malformed(_) => "crl_malformed",
+            _ => "crl_unreachable",
+        })?;
+    crl.check_fresh(now).map_err(|_| "crl_stale")?;
+    let anchor = shared.trust.load_full();
+    let signed = chain[1..]
+        .iter()
+        .map(|c| c.as_ref())
+        .chain(anchor.anchor_der(&id.anchor_fingerprint))
+        .any(|c| crl.verify_signed_by(c).is_ok());
+    if !signed {
+        return Err("crl_signature");
+    }
+    Ok(crl)
+}
+
+/// The one decision for a device whose revocation status at distribution point `url`
+/// is unknown (`reason`, a metric label): admitted when `fail_open`, refused with
+/// `reason` otherwise (the secure default). Logged either way; a refusal is counted
+/// in `mqtt_connections_refused_total{reason}` by the caller's CONNACK.
+fn unknown_revocation_status(
+    fail_open: bool,
+    id: &DeviceIdentity,
+    url: &str,
+    reason: &'static str,
+) -> Result<(), &'static str> {
+    if fail_open {
+        tracing::warn!(
+            tenant = %id.tenant,
+            cn = %id.common_name,
+            fingerprint = %id.fingerprint,
+            url,
+            reason,
+            decision = "admitted (fail-open)",
+            "revocation status unknown at a CRL distribution point"
+        );
+        Ok(())
+    } else {
+        tracing::warn!(
+            tenant = %id.tenant,
+            cn = %id.common_name,
+            fingerprint = %id.fingerprint,
+            url,
+            reason,
+            decision = "refused (fail-closed)",
+            "revocation status unknown at a CRL distribution point"
+        );
+        Err(reason)
+    }
 }
 
 /// Flow control of one session: unacknowledged QoS 1/2 PUBLISH packets from the

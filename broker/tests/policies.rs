@@ -417,7 +417,8 @@ async fn tenant_limits_devices_anchors_and_publish_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_crl_distribution_points_are_enforced_when_enabled() {
-    let env = start().await;
+    // The CRL server is on loopback, which the egress policy refuses unless allowed.
+    let env = start_with(|c| c.egress.allow = vec!["127.0.0.1/32".into()]).await;
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
@@ -750,4 +751,99 @@ async fn lowering_the_chain_length_limit_closes_longer_chains() {
         .metrics()
         .await
         .contains("mqtt_sessions_closed_by_revocation_total{reason=\"chain_too_long\"} 1"));
+}
+
+/// A loopback TCP server that counts the connections it accepts (and answers none).
+async fn counting_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_distribution_points_the_egress_policy_refuses_fail_closed() {
+    // The default policy: no allow-list.
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/acme",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"settings": {"crlOnlineEnabled": true}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (port, hits) = counting_server().await;
+    let issuer = ca.issuer().unwrap();
+    let dev = |cn: &str, url: String| {
+        certs::issue::device(
+            cn,
+            certs::issue::Validity::days(30),
+            certs::issue::KeyType::P256,
+            &issuer,
+            &[url],
+        )
+        .unwrap()
+    };
+    let cases = [
+        (
+            "ssrf-literal",
+            format!("http://127.0.0.1:{port}/acme.crl"),
+            "crl_egress_refused",
+        ),
+        (
+            "ssrf-name",
+            format!("http://localhost:{port}/acme.crl"),
+            "crl_egress_refused",
+        ),
+        (
+            "ldap-only",
+            "ldap://ldap.example.com/cn=Acme%20Root?certificateRevocationList".to_string(),
+            "crl_unsupported_scheme",
+        ),
+    ];
+    for (cn, url, _) in &cases {
+        let d = dev(cn, url.clone());
+        let err = connect_v4(v4_options(
+            cn,
+            env.mqtt_port(),
+            device_tls(&env.server_ca, &d, &[&ca]),
+        ))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{cn}: admitted although its CRL could not be checked"));
+        assert!(
+            matches!(
+                err,
+                ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+            ),
+            "{cn}: {err:?}"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the loopback server saw no request"
+    );
+    let metrics = env.metrics().await;
+    for (reason, n) in [("crl_egress_refused", 2), ("crl_unsupported_scheme", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "mqtt_connections_refused_total{{reason=\"{reason}\"}} {n}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
 }

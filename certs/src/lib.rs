@@ -20,6 +20,7 @@
 
 pub mod ca_dir;
 mod der;
+pub mod egress;
 pub mod info;
 pub mod issue;
 pub mod keys;

@@ -1,6 +1,7 @@
 //! Certificate revocation lists: parsing (PEM/DER), checking that a CRL is signed by the
 //! anchor it claims, honouring nextUpdate, and fetching CRL distribution points over
-//! `http://` with a timeout and a cache.
+//! `http://` or `https://` through the [`crate::egress`] policy, with a timeout and a
+//! cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use x509_parser::prelude::*;
+
+use crate::egress::{EgressError, EgressPolicy, PolicyResolver};
 
 /// The sentence operators see when a CRL location cannot be fetched.
 pub const CRL_UNREACHABLE: &str = "The CRL (Certificate Revocation List) location is not reachable. Verify the URL can be accessed from this appliance";
@@ -29,12 +32,32 @@ pub enum CrlError {
     /// The signature does not verify with the anchor's key.
     #[error("The CRL signature does not verify with the trusted certificate's key")]
     BadSignature,
+    /// No CRL number: RFC 5280 5.2.3 requires one in every CRL (it orders CRLs, so an
+    /// older one cannot be served in place of a newer one).
+    #[error("The CRL has no CRL number (the cRLNumber extension is required by RFC 5280)")]
+    NoCrlNumber,
+    /// The CRL number extension is marked critical (RFC 5280 5.2.3: non-critical).
+    #[error(
+        "The CRL number extension is marked critical; RFC 5280 requires it to be non-critical"
+    )]
+    CriticalCrlNumber,
+    /// The issuer's KeyUsage does not include cRLSign.
+    #[error(
+        "The CRL issuer's certificate is not allowed to sign CRLs (its key usage lacks cRLSign)"
+    )]
+    IssuerCannotSignCrls,
     /// nextUpdate is in the past.
     #[error("The CRL is out of date (nextUpdate {0} has passed)")]
     Stale(String),
-    /// The distribution point URL is not `http://`.
-    #[error("Only http:// CRL distribution points are supported, got '{0}'")]
-    NotHttp(String),
+    /// The egress policy refuses the distribution point (scheme, address, redirect,
+    /// rate).
+    #[error("The CRL location '{url}' is refused: {reason}")]
+    Refused {
+        /// The distribution point URL.
+        url: String,
+        /// What the policy refused.
+        reason: EgressError,
+    },
     /// Fetching failed (DNS, connect, timeout, HTTP status).
     #[error("{CRL_UNREACHABLE}")]
     Unreachable,
@@ -68,7 +91,8 @@ pub struct Crl {
 }
 
 impl Crl {
-    /// Parses one CRL from PEM (`X509 CRL`) or DER.
+    /// Parses one CRL from PEM (`X509 CRL`) or DER. A CRL without a CRL number, or
+    /// with one marked critical, is refused (RFC 5280 5.2.3).
     pub fn parse(input: &[u8]) -> Result<Crl, CrlError> {
         let ders = crate::pem::read_crls(input).map_err(|e| CrlError::Malformed(e.to_string()))?;
         let der = ders
@@ -77,6 +101,17 @@ impl Crl {
             .ok_or_else(|| CrlError::Malformed("no X509 CRL block found".into()))?;
         let (_, crl) =
             parse_x509_crl(der.as_ref()).map_err(|e| CrlError::Malformed(e.to_string()))?;
+        let number = crl
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_CRL_NUMBER)
+            .ok_or(CrlError::NoCrlNumber)?;
+        if number.critical {
+            return Err(CrlError::CriticalCrlNumber);
+        }
+        if !matches!(number.parsed_extension(), ParsedExtension::CRLNumber(_)) {
+            return Err(CrlError::Malformed("unreadable CRL number".into()));
+        }
         Ok(Crl {
             issuer_raw: crl.issuer().as_raw().to_vec(),
             issuer: crl.issuer().to_string(),
@@ -93,7 +128,8 @@ impl Crl {
         })
     }
 
-    /// Checks that `issuer_der` (a trust anchor) issued and signed this CRL.
+    /// Checks that `issuer_der` (a trust anchor) issued and signed this CRL, and may sign
+    /// CRLs (cRLSign in its KeyUsage, when it has one).
     pub fn verify_signed_by(&self, issuer_der: &[u8]) -> Result<(), CrlError> {
         let (_, crl) = parse_x509_crl(&self.der).map_err(|e| CrlError::Malformed(e.to_string()))?;
         let (_, issuer) = X509Certificate::from_der(issuer_der)
@@ -103,6 +139,13 @@ impl Crl {
                 crl_issuer: crl.issuer().to_string(),
                 anchor: issuer.subject().to_string(),
             });
+        }
+        // RFC 5280 4.2.1.3: with a KeyUsage extension, a CRL signer needs cRLSign (no
+        // KeyUsage at all leaves every usage open).
+        match issuer.key_usage() {
+            Ok(Some(ku)) if !ku.value.crl_sign() => return Err(CrlError::IssuerCannotSignCrls),
+            Ok(_) => {}
+            Err(e) => return Err(CrlError::Malformed(e.to_string())),
         }
         crate::signature::verify_with_spki(
             issuer.public_key(),
@@ -172,84 +215,167 @@ pub fn distribution_points(cert_der: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fetches CRLs from `http://` distribution points with a timeout, caching each until
-/// its nextUpdate (or `max_age`, whichever is sooner).
+/// Fetches CRLs from `http://` and `https://` distribution points through an
+/// [`EgressPolicy`] (checked on the URL, after name resolution and at every redirect;
+/// size-capped; a rate per tenant), with a timeout, caching each CRL until its
+/// nextUpdate (or `max_age`, whichever is sooner).
 pub struct CrlFetcher {
-    /// None only if the HTTP client could not be built (then every fetch is unreachable).
-    client: Option<reqwest::Client>,
+    timeout: Duration,
     max_age: Duration,
+    /// The policy of [`CrlFetcher::fetch`].
+    policy: Arc<EgressPolicy>,
+    /// One HTTP client per policy used so far (its resolver and redirect check apply
+    /// that policy); a process has one or two.
+    clients: Mutex<Vec<(Arc<EgressPolicy>, reqwest::Client)>>,
     cache: Mutex<HashMap<String, (Arc<Crl>, Instant)>>,
+    /// Network fetches per tenant in the current minute: (window start, count).
+    rates: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
-/// The largest CRL we download.
-const MAX_CRL_BYTES: usize = 32 * 1024 * 1024;
+impl std::fmt::Debug for CrlFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlFetcher")
+            .field("timeout", &self.timeout)
+            .field("max_age", &self.max_age)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS configuration of `https://` distribution points: the system's roots.
+fn tls_config() -> Option<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
 
 impl CrlFetcher {
-    /// A fetcher with the given request timeout and cache lifetime.
+    /// A fetcher with the given request timeout (the whole fetch, redirects and body
+    /// included) and cache lifetime, under the secure default [`EgressPolicy`] (no
+    /// loopback, private, link-local, ... destination).
     pub fn new(timeout: Duration, max_age: Duration) -> CrlFetcher {
-        // Only http:// is fetched, but reqwest builds a TLS config anyway: hand it one
-        // with our provider so that no process-wide default provider is needed.
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        });
-        // Redirects stay on http:// and are few.
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            if attempt.previous().len() >= 3 || attempt.url().scheme() != "http" {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        });
-        let client = tls.ok().and_then(|tls| {
-            reqwest::Client::builder()
-                .use_preconfigured_tls(tls)
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .redirect(redirects)
-                .build()
-                .ok()
-        });
+        CrlFetcher::with_policy(timeout, max_age, EgressPolicy::default())
+    }
+
+    /// A fetcher whose [`CrlFetcher::fetch`] applies `policy` (e.g. with the
+    /// operator's allow-list).
+    pub fn with_policy(timeout: Duration, max_age: Duration, policy: EgressPolicy) -> CrlFetcher {
         CrlFetcher {
-            client,
+            timeout,
             max_age,
+            policy: Arc::new(policy),
+            clients: Mutex::new(Vec::new()),
             cache: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Returns the CRL at `url`, from the cache when it is still fresh at `now`.
-    pub async fn fetch(&self, url: &str, now: i64) -> Result<Arc<Crl>, CrlError> {
-        if !url.to_ascii_lowercase().starts_with("http://") {
-            return Err(CrlError::NotHttp(url.to_string()));
+    /// The policy of [`CrlFetcher::fetch`].
+    pub fn policy(&self) -> &Arc<EgressPolicy> {
+        &self.policy
+    }
+
+    /// The HTTP client applying `policy`: its resolver drops refused addresses, each
+    /// redirect target is checked like the first URL, no proxy is used (a proxy would
+    /// resolve and connect on our behalf, past the checks).
+    fn client(&self, policy: &Arc<EgressPolicy>) -> Result<reqwest::Client, CrlError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = clients.iter().find(|(p, _)| **p == **policy) {
+            return Ok(c.clone());
         }
+        let tls = tls_config().ok_or(CrlError::Unreachable)?;
+        let check = policy.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > check.max_redirects {
+                return attempt.error(EgressError::Redirects(check.max_redirects));
+            }
+            match check.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(e),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .redirect(redirects)
+            .build()
+            .map_err(|_| CrlError::Unreachable)?;
+        clients.push((policy.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Counts one network fetch for `tenant`; false past the policy's rate.
+    fn take_fetch(&self, tenant: &str, per_minute: u32) -> bool {
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = rates.entry(tenant.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        if entry.1 >= per_minute {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
+
+    /// Returns the CRL at `url` under the fetcher's own policy, from the cache when it
+    /// is still fresh at `now`.
+    pub async fn fetch(&self, url: &str, now: i64) -> Result<Arc<Crl>, CrlError> {
+        let policy = self.policy.clone();
+        self.fetch_for("", url, now, &policy).await
+    }
+
+    /// Returns the CRL at `url` for `tenant` (whose network fetches the policy's rate
+    /// limits) under `policy`, from the cache when it is still fresh at `now`.
+    pub async fn fetch_for(
+        &self,
+        tenant: &str,
+        url: &str,
+        now: i64,
+        policy: &Arc<EgressPolicy>,
+    ) -> Result<Arc<Crl>, CrlError> {
+        let refused = |e: EgressError| CrlError::Refused {
+            url: url.to_string(),
+            reason: e,
+        };
+        let parsed = policy.check_url_str(url).map_err(refused)?;
         if let Some((crl, at)) = self.cache.lock().ok().and_then(|c| c.get(url).cloned()) {
             if at.elapsed() < self.max_age && crl.check_fresh(now).is_ok() {
                 return Ok(crl);
             }
         }
-        let client = self.client.as_ref().ok_or(CrlError::Unreachable)?;
-        let mut resp = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|_| CrlError::Unreachable)?;
+        if !self.take_fetch(tenant, policy.fetches_per_minute) {
+            return Err(refused(EgressError::RateLimited(policy.fetches_per_minute)));
+        }
+        let client = self.client(policy)?;
+        let unreachable = |e: reqwest::Error| match crate::egress::find_egress_error(&e) {
+            Some(reason) => refused(reason),
+            None => CrlError::Unreachable,
+        };
+        let mut resp = client.get(parsed).send().await.map_err(unreachable)?;
         if !resp.status().is_success() {
             return Err(CrlError::Unreachable);
         }
-        let too_large = || CrlError::Malformed("CRL larger than 32 MiB".into());
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_CRL_BYTES as u64)
-        {
+        let max = policy.max_bytes;
+        let too_large = || CrlError::Malformed(format!("CRL larger than {max} bytes"));
+        if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|_| CrlError::Unreachable)? {
-            if body.len() + chunk.len() > MAX_CRL_BYTES {
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > max {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
