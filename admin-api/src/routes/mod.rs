@@ -109,95 +109,12 @@ pub fn router(admin: Admin) -> Router {
         .route("/audit", get(audit::list))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn(drain_unread_body))
         .layer(axum::middleware::from_fn(crate::error::json_errors))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(admin)
-}
-
-/// The most of an unread request body read and discarded before an error answer.
-pub const DRAIN_MAX_BYTES: usize = 8 * 1024 * 1024;
-/// The longest an unread request body is drained before an error answer.
-pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Reads and discards what a handler left unread of the request body (up to
-/// [`DRAIN_MAX_BYTES`], for at most [`DRAIN_TIMEOUT`]) before an error answer goes out.
-///
-/// A handler that answers without reading the whole body (a 413 past the body limit, a
-/// 401 before the body is read) leaves the client still uploading. Over HTTP/2, hyper
-/// (h2 0.4) then sends the answer followed by RST_STREAM(NO_ERROR), as RFC 9113 §8.1
-/// provides; node's HTTP/2 client reads the 413 and stops, but curl 7.88 (nghttp2 1.52)
-/// reports the reset while it is still uploading as error 92 ("Stream error in the HTTP/2
-/// framing layer") and drops the answer. Once the body has been read to its end there is
-/// nothing to reset, and every client sees the 413. Nothing is kept: each chunk is
-/// dropped as it arrives.
-async fn drain_unread_body(req: Request, next: axum::middleware::Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(body));
-    let req = Request::from_parts(parts, axum::body::Body::new(SharedBody(held.clone())));
-    let resp = next.run(req).await;
-    if resp.status().is_client_error() {
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(&held)).await;
-    }
-    resp
-}
-
-/// Reads `body` to its end or [`DRAIN_MAX_BYTES`], whichever comes first.
-async fn drain(body: &std::sync::Mutex<axum::body::Body>) {
-    use http_body::Body as _;
-    let mut left = DRAIN_MAX_BYTES;
-    std::future::poll_fn(|cx| loop {
-        let Ok(mut b) = body.lock() else {
-            return std::task::Poll::Ready(());
-        };
-        if b.is_end_stream() {
-            return std::task::Poll::Ready(());
-        }
-        match std::pin::Pin::new(&mut *b).poll_frame(cx) {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                let n = frame.data_ref().map_or(0, |d| d.len());
-                if n >= left {
-                    return std::task::Poll::Ready(());
-                }
-                left -= n;
-            }
-            std::task::Poll::Ready(_) => return std::task::Poll::Ready(()),
-            std::task::Poll::Pending => return std::task::Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// The request body as the handler sees it: reads from the body the middleware holds,
-/// so what the handler leaves unread can still be drained.
-struct SharedBody(std::sync::Arc<std::sync::Mutex<axum::body::Body>>);
-
-impl http_body::Body for SharedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        match self.0.lock() {
-            Ok(mut body) => std::pin::Pin::new(&mut *body).poll_frame(cx),
-            Err(_) => {
-                std::task::Poll::Ready(Some(Err(axum::Error::new("request body lock poisoned"))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.lock().map_or(true, |b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.0.lock().map(|b| b.size_hint()).unwrap_or_default()
-    }
 }
 
 async fn fallback(req: Request) -> ApiError {

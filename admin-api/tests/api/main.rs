@@ -5,7 +5,6 @@ mod chain;
 mod common;
 mod crl;
 mod devices;
-mod http2;
 mod logins;
 mod persistence;
 mod pop;
