@@ -81,6 +81,9 @@ pub struct AdminConfig {
     pub device_seen_flush_interval: Duration,
     /// Timeout fetching a CRL distribution point during a server-certificate import.
     pub crl_fetch_timeout: Duration,
+    /// Where CRL distribution points may be fetched from (the broker's `egress`
+    /// section); the default refuses loopback, private and link-local destinations.
+    pub crl_egress: certs::egress::EgressPolicy,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How long a proof-of-possession verification code is accepted.
@@ -111,6 +114,7 @@ impl AdminConfig {
             login_cache_ttl: Duration::from_secs(60),
             device_seen_flush_interval: Duration::from_secs(5),
             crl_fetch_timeout: Duration::from_secs(5),
+            crl_egress: certs::egress::EgressPolicy::default(),
             max_body_bytes: 1024 * 1024,
             verification_code_ttl: Duration::from_secs(3600),
             max_database_bytes: None,
@@ -146,6 +150,7 @@ impl std::fmt::Debug for AdminConfig {
                 &self.device_seen_flush_interval,
             )
             .field("crl_fetch_timeout", &self.crl_fetch_timeout)
+            .field("crl_egress", &self.crl_egress)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("verification_code_ttl", &self.verification_code_ttl)
             .field("max_database_bytes", &self.max_database_bytes)
@@ -334,9 +339,10 @@ impl Admin {
                 config.password_check_queue,
                 config.login_cache_ttl,
             ),
-            crl_fetcher: certs::revocation::CrlFetcher::new(
+            crl_fetcher: certs::revocation::CrlFetcher::with_policy(
                 config.crl_fetch_timeout,
                 Duration::from_secs(300),
+                config.crl_egress.clone(),
             ),
             config,
             store,

@@ -29,6 +29,21 @@ pub struct Config {
     pub embedded: Embedded,
     /// Outbound requests (CRL distribution points of tenants with online CRL checking).
     pub egress: Egress,
+    /// The admin HTTPS listener's limits and timeouts.
+    pub admin: crate::listener::AdminLimits,
+    /// Deployment-wide trust rules.
+    pub trust: Trust,
+}
+
+/// Deployment-wide trust rules (a tenant's own choices are its settings, over REST).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trust {
+    /// The reference platform's stricter mode: an uploaded trusted certificate verifies
+    /// no device until its proof of possession has succeeded (the signed verification
+    /// code, or the management admin's `.../trusted-certificates-pop/{fp}/confirmed`).
+    /// Default false: an upload is trusted at once.
+    pub require_proof_of_possession: bool,
 }
 
 /// The egress policy of outbound requests: by default no loopback, private (RFC 1918,
@@ -116,6 +131,21 @@ pub struct Limits {
     /// Unacknowledged QoS 1/2 PUBLISH packets a device may have in flight towards the
     /// broker (MQTT 5 devices exceeding it get DISCONNECT 0x93).
     pub max_inflight: u32,
+    /// TLS handshakes in progress at once from one source (an IPv4 address or an IPv6
+    /// /64); excess connections are closed before any TLS work. 0: no per-source cap.
+    pub max_handshakes_per_source: usize,
+    /// Time from accept until the first byte of the ClientHello, milliseconds; a socket
+    /// that sends nothing is closed then rather than after `handshake_timeout_ms`.
+    pub first_byte_timeout_ms: u64,
+    /// Threads running admin password checks (argon2id, 19 MiB each while it runs;
+    /// 0: one per core, at most 4).
+    pub password_check_threads: usize,
+    /// Password checks that may wait for a thread; beyond it a login gets 503 with
+    /// `Retry-After: 1`.
+    pub password_check_queue: usize,
+    /// Seconds a successful password check is remembered (under an HMAC with a
+    /// per-process key; a password change invalidates it). 0 disables it.
+    pub login_cache_ttl_s: u64,
 }
 
 /// Embedded rumqttd settings.
@@ -161,6 +191,8 @@ impl Default for Config {
             limits: Limits::default(),
             embedded: Embedded::default(),
             egress: Egress::default(),
+            admin: crate::listener::AdminLimits::default(),
+            trust: Trust::default(),
         }
     }
 }
@@ -183,6 +215,11 @@ impl Default for Limits {
             handshake_nice: 10,
             session_lag_target_us: 500,
             max_inflight: 100,
+            max_handshakes_per_source: 64,
+            first_byte_timeout_ms: 2_000,
+            password_check_threads: 0,
+            password_check_queue: 16,
+            login_cache_ttl_s: 60,
         }
     }
 }
@@ -278,6 +315,30 @@ impl Config {
         if l.session_threads > 1024 || l.handshake_threads > 1024 {
             return Err(ConfigError::Invalid(
                 "limits.session_threads and limits.handshake_threads must be at most 1024".into(),
+            ));
+        }
+        if l.first_byte_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.first_byte_timeout_ms must be > 0".into(),
+            ));
+        }
+        if l.password_check_threads > 64 || l.password_check_queue > 65_536 {
+            return Err(ConfigError::Invalid(
+                "limits.password_check_threads must be at most 64 and limits.password_check_queue at most 65536".into(),
+            ));
+        }
+        let a = &self.admin;
+        if a.max_connections == 0
+            || a.max_connections_per_source == 0
+            || a.tls_handshake_timeout_ms == 0
+            || a.header_read_timeout_ms == 0
+            || a.idle_timeout_ms == 0
+            || a.request_timeout_ms == 0
+            || a.h2_keep_alive_interval_ms == 0
+            || a.h2_max_concurrent_streams == 0
+        {
+            return Err(ConfigError::Invalid(
+                "every [admin] limit and timeout must be > 0".into(),
             ));
         }
         if !(0..=19).contains(&l.handshake_nice) {
@@ -381,6 +442,17 @@ handshake_nice = 10
 session_lag_target_us = 500
 # Unacknowledged QoS 1/2 PUBLISH packets per device towards the broker.
 max_inflight = 100
+# TLS handshakes in progress at once from one source (IPv4 address or IPv6 /64): one
+# address cannot hold the slots every other device needs. 0: no per-source cap.
+max_handshakes_per_source = 64
+# A socket that sends no byte of its ClientHello within this many milliseconds is closed.
+first_byte_timeout_ms = 2000
+# Admin password checks (argon2id, 19 MiB each while it runs): threads (0: one per core,
+# at most 4), checks waiting beyond them (more get 503 + Retry-After), and how many
+# seconds a successful check is remembered (HMAC-keyed, never the password; 0: never).
+password_check_threads = 0
+password_check_queue = 16
+login_cache_ttl_s = 60
 
 [embedded]
 # Sessions reach the embedded rumqttd in-process ("in_process", a link into its router;
@@ -406,6 +478,26 @@ allow = []
 max_crl_bytes = 33554432
 # CRL downloads (cache misses) per tenant per minute; more are refused (fail closed).
 crl_fetches_per_minute = 60
+
+[admin]
+# The admin HTTPS listener. Connections at once, in all and from one source (IPv4
+# address or IPv6 /64); over a cap the newest connection is closed, accepting never stops.
+max_connections = 1024
+max_connections_per_source = 32
+# Milliseconds: TLS handshake; an HTTP/1.1 request head (also ends idle keep-alive); a
+# connection with no request in progress; one request until its answer starts (408).
+tls_handshake_timeout_ms = 5000
+header_read_timeout_ms = 10000
+idle_timeout_ms = 60000
+request_timeout_ms = 60000
+# HTTP/2: PING interval (milliseconds) and streams at once per connection.
+h2_keep_alive_interval_ms = 20000
+h2_max_concurrent_streams = 32
+
+[trust]
+# An uploaded trusted certificate verifies no device until its proof of possession has
+# succeeded (or the management admin confirmed it): the reference platform's strict mode.
+require_proof_of_possession = false
 "#;
 
 #[cfg(test)]

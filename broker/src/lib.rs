@@ -164,27 +164,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Settings of the listeners' defences that [`Config`] does not carry yet; [`start`]
-/// uses their defaults.
-#[derive(Debug, Clone, Default)]
-pub struct Edge {
-    /// Per-source handshake limits of the MQTT listener.
-    pub source: admission::SourceLimits,
-    /// Limits of the admin HTTPS listener.
-    pub admin: listener::AdminLimits,
-}
-
 /// Starts everything and returns once all listeners are bound.
 pub async fn start(config: Config, admin_password: Option<String>) -> Result<Broker, StartError> {
-    start_tuned(config, admin_password, Edge::default()).await
-}
-
-/// [`start`] with the listeners' defences set by `edge`.
-pub async fn start_tuned(
-    config: Config,
-    admin_password: Option<String>,
-    edge: Edge,
-) -> Result<Broker, StartError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
@@ -192,6 +173,11 @@ pub async fn start_tuned(
     let metrics = metrics::Metrics::new();
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
         admin_password,
+        crl_egress: config.egress.policy()?,
+        require_proof_of_possession: config.trust.require_proof_of_possession,
+        password_check_threads: config.limits.password_check_threads,
+        password_check_queue: config.limits.password_check_queue,
+        login_cache_ttl: Duration::from_secs(config.limits.login_cache_ttl_s),
         ..admin_api::AdminConfig::new(config.data_dir.clone())
     })
     .await
@@ -285,9 +271,10 @@ pub async fn start_tuned(
         cache,
         quotas: Arc::new(admission::TenantQuotas::default()),
         pressure: Arc::new(admission::Pressure::default()),
-        crl_fetcher: certs::revocation::CrlFetcher::new(
+        crl_fetcher: certs::revocation::CrlFetcher::with_policy(
             Duration::from_secs(5),
             Duration::from_secs(300),
+            config.egress.policy()?,
         ),
     });
 
@@ -387,7 +374,7 @@ pub async fn start_tuned(
         admin_l,
         router,
         admin_tls,
-        edge.admin,
+        config.admin,
         metrics.clone(),
         shutdown_rx.clone(),
     )));
@@ -402,7 +389,10 @@ pub async fn start_tuned(
         mqtt_tls,
         permits.clone(),
         tokio::runtime::Handle::current(),
-        edge.source,
+        admission::SourceLimits {
+            max_handshakes_per_source: config.limits.max_handshakes_per_source,
+            first_byte_timeout_ms: config.limits.first_byte_timeout_ms,
+        },
         shutdown_rx,
     )));
     tracing::info!(

@@ -331,11 +331,9 @@ fn classify(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Limits of the admin HTTPS listener.
-///
-/// Not yet in [`crate::config::Config`]: [`crate::start`] uses the defaults,
-/// [`crate::start_tuned`] takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits of the admin HTTPS listener (the `[admin]` section of the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminLimits {
     /// Connections open at once. When they are all taken, a new connection is accepted
     /// and closed at once (`admin_api_connections_refused_total{reason="connections"}`):

@@ -648,3 +648,168 @@ async fn revocation_shared_groups_and_topic_aliases_stay_within_the_tenant() {
         "aliased topics stay in the publisher's tenant"
     );
 }
+
+/// Attempts 37-42: capturing or locking out another tenant's devices through its PKI.
+/// acme trusts its root; its devices send leaf + acme's issuing CA. mallory tries to
+/// upload that (public) intermediate, acme's root itself, and a look-alike self-signed
+/// CA with the intermediate's name; and to lift its own limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_cannot_capture_or_lock_out_devices_through_their_pki() {
+    let env = start().await;
+    env.tenant("acme").await;
+    env.tenant("mallory").await;
+    let root = ca("Acme Root");
+    let issuing = intermediate("Acme Issuing", &root);
+    env.upload("acme", &root, true).await;
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/tenants/acme/settings",
+            Some(json!({"maxChainLength": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let dev = device("meter", &issuing);
+    let port = env.mqtt_port();
+    let tls = device_tls(&env.server_ca, &dev, &[&issuing]);
+
+    let upload = |cert: &certs::issue::Issued| {
+        json!({"status": "ENABLED", "name": "x", "autoRegistrationEnabled": "true",
+               "certInPemFormat": cert.cert_pem()})
+    };
+    let issuing_fp = certs::info::fingerprint_sha1(&issuing.cert_der);
+    let root_fp = certs::info::fingerprint_sha1(&root.cert_der);
+    // 37: acme's intermediate, issued by acme's anchor.
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::POST,
+            "/tenant/tenants/mallory/trusted-certificates",
+            Some(upload(&issuing)),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(
+        b["message"],
+        format!(
+            "Certificate {issuing_fp} conflicts with a trust anchor of another tenant: it was issued by it"
+        ),
+        "{b}"
+    );
+    // 38: acme's root itself.
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::POST,
+            "/tenant/tenants/mallory/trusted-certificates",
+            Some(upload(&root)),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(
+        b["message"],
+        format!(
+            "Certificate {root_fp} is already trusted: a certificate can be trusted by only one tenant, so that every device maps to exactly one tenant"
+        ),
+        "the refusal says why and names no tenant: {b}"
+    );
+    // 39: the same through the bulk upload.
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::POST,
+            "/tenant/tenants/mallory/trusted-certificates/bulk",
+            Some(json!({"certificates": [upload(&issuing)]})),
+        )
+        .await;
+    assert_eq!(s, 409, "bulk: {b}");
+
+    // 40: a look-alike self-signed CA named like acme's intermediate is mallory's to
+    // upload, and changes nothing for acme's devices.
+    let look_alike = ca("Acme Issuing");
+    env.upload("mallory", &look_alike, true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c, el) = connect_v4(v4_options("meter", port, tls.clone()))
+        .await
+        .expect("acme's device connects despite the look-alike");
+    drop((c, el));
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::GET,
+            "/tenant/tenants/acme/devices/meter",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "registered in acme: {b}");
+    let (s, _) = env
+        .as_tenant(
+            "mallory",
+            Method::GET,
+            "/tenant/tenants/mallory/devices/meter",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "never in mallory");
+    assert!(
+        !env.metrics().await.contains("reason=\"bad_signature\""),
+        "no device of acme was refused"
+    );
+
+    // 41-42: a tenant admin cannot lift the limits the management admin set; its trust
+    // choices stay its own.
+    let (s, b) = env
+        .api(
+            Method::PUT,
+            "/tenant/tenants/mallory/settings",
+            "management/admin",
+            ADMIN_PW,
+            Some(json!({"maxDevices": 10, "maxAnchors": 5, "maxPublishRate": 100})),
+        )
+        .await;
+    assert_eq!(s, 200, "the management admin sets limits: {b}");
+    for body in [
+        json!({"maxDevices": 0}),
+        json!({"maxAnchors": 1000}),
+        json!({"maxPublishRate": 0}),
+    ] {
+        let (s, b) = env
+            .as_tenant(
+                "mallory",
+                Method::PUT,
+                "/tenant/tenants/mallory/settings",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, 403, "{body}: {b}");
+        assert!(
+            b["message"].as_str().is_some_and(
+                |m| m.starts_with("Only the management administrator can change the limits")
+            ),
+            "{b}"
+        );
+    }
+    let (_, b) = env
+        .as_tenant(
+            "mallory",
+            Method::GET,
+            "/tenant/tenants/mallory/settings",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&b["maxDevices"], &b["maxAnchors"], &b["maxPublishRate"]),
+        (&json!(10), &json!(5), &json!(100)),
+        "limits unchanged: {b}"
+    );
+    let (s, b) = env
+        .as_tenant(
+            "mallory",
+            Method::PUT,
+            "/tenant/tenants/mallory/settings",
+            Some(json!({"maxChainLength": 3, "crlOfflineEnabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "trust choices are the tenant's: {b}");
+}

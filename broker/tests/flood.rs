@@ -41,17 +41,14 @@ fn closed(s: &tokio::net::TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holding_idle_sockets_does_not_keep_other_devices_out() {
     const FLOOD: usize = 600;
-    let cap = broker::admission::SourceLimits::default().max_handshakes_per_source;
+    let cap = broker::Config::default().limits.max_handshakes_per_source;
     // Long timeouts: the per-source cap alone must hold the flood off (the timeouts are
     // tested below).
-    let edge = broker::Edge {
-        source: broker::admission::SourceLimits {
-            first_byte_timeout_ms: 120_000,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let env = start_tuned(edge, |c| c.limits.handshake_timeout_ms = 120_000).await;
+    let env = start_with(|c| {
+        c.limits.first_byte_timeout_ms = 120_000;
+        c.limits.handshake_timeout_ms = 120_000;
+    })
+    .await;
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
@@ -107,15 +104,12 @@ async fn one_address_holding_idle_sockets_does_not_keep_other_devices_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_sends_nothing_is_closed_after_the_first_byte_timeout() {
-    let edge = broker::Edge {
-        source: broker::admission::SourceLimits {
-            max_handshakes_per_source: 1,
-            first_byte_timeout_ms: 300,
-        },
-        ..Default::default()
-    };
     // The handshake timeout stays at its default of 10 s.
-    let env = start_tuned(edge, |_| {}).await;
+    let env = start_with(|c| {
+        c.limits.max_handshakes_per_source = 1;
+        c.limits.first_byte_timeout_ms = 300;
+    })
+    .await;
     env.tenant("acme").await;
     let ca = ca("Acme Root");
     env.upload("acme", &ca, true).await;
@@ -185,14 +179,7 @@ async fn one_address_holding_admin_connections_does_not_lock_the_admin_out() {
         ..Default::default()
     };
     let cap = admin.max_connections_per_source;
-    let env = start_tuned(
-        broker::Edge {
-            admin,
-            ..Default::default()
-        },
-        |_| {},
-    )
-    .await;
+    let env = start_with(|c| c.admin = admin).await;
     let env = std::sync::Arc::new(env);
     let (status, took) = admin_login_from(&env, DEVICE).await;
     eprintln!("admin without flood: {status:?} after {took:?}");
@@ -257,16 +244,12 @@ async fn one_address_holding_admin_connections_does_not_lock_the_admin_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_admin_listener_closes_the_newest_connection_and_keeps_accepting() {
-    let env = start_tuned(
-        broker::Edge {
-            admin: broker::listener::AdminLimits {
-                max_connections: 4,
-                ..Default::default()
-            },
+    let env = start_with(|c| {
+        c.admin = broker::listener::AdminLimits {
+            max_connections: 4,
             ..Default::default()
-        },
-        |_| {},
-    )
+        }
+    })
     .await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -292,18 +275,14 @@ async fn a_full_admin_listener_closes_the_newest_connection_and_keeps_accepting(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_without_requests_and_slow_bodies_are_cut() {
-    let env = start_tuned(
-        broker::Edge {
-            admin: broker::listener::AdminLimits {
-                idle_timeout_ms: 300,
-                request_timeout_ms: 800,
-                tls_handshake_timeout_ms: 300,
-                ..Default::default()
-            },
+    let env = start_with(|c| {
+        c.admin = broker::listener::AdminLimits {
+            idle_timeout_ms: 300,
+            request_timeout_ms: 800,
+            tls_handshake_timeout_ms: 300,
             ..Default::default()
-        },
-        |_| {},
-    )
+        }
+    })
     .await;
     // No TLS at all: closed by the TLS handshake timeout.
     let mut raw = tcp_from(ATTACKER, env.broker().admin_addr).await.unwrap();

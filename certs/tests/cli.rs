@@ -1106,6 +1106,8 @@ fn check_with_crl_distribution_point() {
             &[
                 "check",
                 "--crl",
+                "--egress-allow",
+                "127.0.0.1",
                 "--crt",
                 &format!("srv/{cn}.crt"),
                 "--key",

@@ -471,7 +471,12 @@ async fn crl_rows_with_a_served_crl() {
     .expect("crl");
 
     // Nothing listens on the port yet: unreachable.
-    let fetcher = CrlFetcher::new(Duration::from_secs(2), Duration::from_secs(60));
+    let fetcher = CrlFetcher::with_policy(
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        // The test's CRL server is on loopback, which the egress policy refuses by default.
+        certs::egress::EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]),
+    );
     let chain = rsa_root().cert_pem();
     let (gc, gk) = (good.cert_pem(), good.key_pem());
     let r = requirements::check_with_crl_fetch(&crl_input(&gc, &gk, &chain), &fetcher).await;
@@ -517,7 +522,12 @@ async fn crl_fetched_from_the_distribution_point() {
         KeyType::Rsa2048,
         &[format!("{base}/root.crl")],
     );
-    let fetcher = CrlFetcher::new(Duration::from_secs(2), Duration::from_secs(60));
+    let fetcher = CrlFetcher::with_policy(
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        // The test's CRL server is on loopback, which the egress policy refuses by default.
+        certs::egress::EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]),
+    );
     let chain = rsa_root().cert_pem();
     let (c, k) = (s.cert_pem(), s.key_pem());
     let r = requirements::check_with_crl_fetch(&crl_input(&c, &k, &chain), &fetcher).await;

@@ -421,37 +421,6 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// [`start_in`] with the listeners' defences set by `edge` (settings [`broker::Config`]
-/// does not carry yet).
-pub async fn start_tuned(edge: broker::Edge, f: impl FnOnce(&mut broker::Config)) -> Env {
-    install_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = broker::Config {
-        data_dir: dir.path().to_path_buf(),
-        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.embedded.v4_listeners = 1;
-    config.embedded.v5_listeners = 1;
-    config.limits.shutdown_grace_ms = 500;
-    f(&mut config);
-    let b = broker::start_tuned(config, Some(ADMIN_PW.into()), edge)
-        .await
-        .unwrap();
-    let server_ca = b.server_chain_pem();
-    let http = https_client(&server_ca);
-    let base = format!("https://localhost:{}", b.admin_addr.port());
-    Env {
-        broker: Some(b),
-        dir,
-        http,
-        base,
-        server_ca,
-    }
-}
-
 /// A TCP connection to `to` from the loopback address `from` (Linux routes all of
 /// 127.0.0.0/8 to `lo`): a second source address on one machine.
 pub async fn tcp_from(

@@ -265,6 +265,10 @@ struct CheckArgs {
     /// Validate revocation: fetch the certificate's CRL distribution point.
     #[arg(long)]
     crl: bool,
+    /// A network (CIDR, or one address) the CRL fetch may reach although it is
+    /// loopback, private, link-local or otherwise refused by default (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    egress_allow: Vec<String>,
     /// Machine-readable JSON report.
     #[arg(long)]
     json: bool,
@@ -623,7 +627,12 @@ fn check(a: CheckArgs) -> Result<Outcome, Failure> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let fetcher = certs::revocation::CrlFetcher::default();
+        let allow = certs::egress::EgressPolicy::parse_allow(&a.egress_allow)?;
+        let fetcher = certs::revocation::CrlFetcher::with_policy(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(3600),
+            certs::egress::EgressPolicy::allowing(allow),
+        );
         rt.block_on(certs::requirements::check_with_crl_fetch(&input, &fetcher))
     } else {
         certs::requirements::check(&input)
