@@ -23,6 +23,7 @@ struct Inner {
     /// Forwarded packets and bytes, resolved once per direction: [up, down].
     forwarded: [(IntCounter, IntCounter); 2],
     revoked_sessions: IntCounterVec,
+    crl_unknown: IntCounterVec,
     admin_requests: IntCounterVec,
     admin_refused: IntCounterVec,
     anchors: IntGauge,
@@ -97,6 +98,13 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let crl_unknown = must(IntCounterVec::new(
+            Opts::new(
+                "mqtt_crl_unknown_status_total",
+                "Devices whose revocation status a CRL distribution point could not give, by the tenant's decision (refused: fail-closed, admitted: fail-open) and why",
+            ),
+            &["decision", "reason"],
+        ));
         let admin_requests = must(IntCounterVec::new(
             Opts::new(
                 "admin_api_requests_total",
@@ -129,6 +137,7 @@ impl Metrics {
             Box::new(messages.clone()),
             Box::new(bytes.clone()),
             Box::new(revoked_sessions.clone()),
+            Box::new(crl_unknown.clone()),
             Box::new(admin_requests.clone()),
             Box::new(admin_refused.clone()),
             Box::new(anchors.clone()),
@@ -154,6 +163,7 @@ impl Metrics {
                     ),
                 ],
                 revoked_sessions,
+                crl_unknown,
                 admin_requests,
                 admin_refused,
                 anchors,
@@ -222,6 +232,15 @@ impl Metrics {
         self.inner
             .revoked_sessions
             .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// A device whose revocation status at a CRL distribution point is unknown, and what
+    /// its tenant's choice made of it (`refused` or `admitted`).
+    pub fn crl_unknown_status(&self, decision: &str, reason: &str) {
+        self.inner
+            .crl_unknown
+            .with_label_values(&[decision, reason])
             .inc();
     }
 

@@ -68,6 +68,7 @@ async fn check_online_crl(
     shared: &Shared,
     chain: &[certs::CertificateDer<'static>],
     id: &DeviceIdentity,
+    fail_open: bool,
 ) -> Result<(), &'static str> {
     let Some(leaf) = chain.first() else {
         return Ok(());
@@ -83,8 +84,7 @@ async fn check_online_crl(
         match crl_at(shared, &policy, url, chain, id, now).await {
             Ok(crl) if crl.is_revoked(&id.serial_hex) => return Err("revoked_online"),
             Ok(_) => {}
-            // Fail closed until the tenant setting exists (the lead wires it).
-            Err(label) => unknown_revocation_status(false, id, url, label)?,
+            Err(label) => unknown_revocation_status(shared, fail_open, id, url, label)?,
         }
     }
     Ok(())
@@ -138,11 +138,15 @@ async fn crl_at(
 /// `reason` otherwise (the secure default). Logged either way; a refusal is counted
 /// in `mqtt_connections_refused_total{reason}` by the caller's CONNACK.
 fn unknown_revocation_status(
+    shared: &Shared,
     fail_open: bool,
     id: &DeviceIdentity,
     url: &str,
     reason: &'static str,
 ) -> Result<(), &'static str> {
+    shared
+        .metrics
+        .crl_unknown_status(if fail_open { "admitted" } else { "refused" }, reason);
     if fail_open {
         tracing::warn!(
             tenant = %id.tenant,
@@ -439,7 +443,9 @@ where
     let settings = shared.admin.tenant_settings(tenant).unwrap_or_default();
     // Online revocation: the CRL distribution points named by the device certificate.
     if settings.crl_online_enabled {
-        if let Err(reason) = check_online_crl(&shared, &chain, &id).await {
+        if let Err(reason) =
+            check_online_crl(&shared, &chain, &id, settings.crl_online_fail_open).await
+        {
             tracing::warn!(
                 tenant,
                 cn,

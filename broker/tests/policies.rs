@@ -845,5 +845,45 @@ async fn crl_distribution_points_the_egress_policy_refuses_fail_closed() {
             )),
             "{reason}: {metrics}"
         );
+        assert!(
+            metrics.contains(&format!(
+                "mqtt_crl_unknown_status_total{{decision=\"refused\",reason=\"{reason}\"}} {n}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+
+    // The tenant's own choice: fail-open admits the same devices, counted as admitted,
+    // and still fetches nothing the egress policy refuses.
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/tenants/acme/settings",
+            Some(json!({"crlOnlineFailOpen": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["crlOnlineFailOpen"], true, "{b}");
+    for (cn, url, _) in &cases {
+        let d = dev(cn, url.clone());
+        let (c, el) = connect_v4(v4_options(
+            cn,
+            env.mqtt_port(),
+            device_tls(&env.server_ca, &d, &[&ca]),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{cn}: refused although the tenant chose fail-open: {e:?}"));
+        drop((c, el));
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let metrics = env.metrics().await;
+    for (reason, n) in [("crl_egress_refused", 2), ("crl_unsupported_scheme", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "mqtt_crl_unknown_status_total{{decision=\"admitted\",reason=\"{reason}\"}} {n}"
+            )),
+            "{reason}: {metrics}"
+        );
     }
 }

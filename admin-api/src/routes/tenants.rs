@@ -29,6 +29,10 @@ pub struct Settings {
     pub crl_offline_enabled: bool,
     /// Fetch the CRL distribution points named by device certificates.
     pub crl_online_enabled: bool,
+    /// With online checking, admit a device whose revocation status a distribution
+    /// point cannot give (unreachable, `ldap:`, refused by the egress policy, stale);
+    /// false (the default) refuses it.
+    pub crl_online_fail_open: bool,
     /// `strict` refuses a ClientId other than the certificate's CN; `override`
     /// replaces it with the CN.
     pub client_id_policy: String,
@@ -46,6 +50,7 @@ impl From<&TenantSettings> for Settings {
             max_chain_length: s.max_chain_length,
             crl_offline_enabled: s.crl_offline_enabled,
             crl_online_enabled: s.crl_online_enabled,
+            crl_online_fail_open: s.crl_online_fail_open,
             client_id_policy: s.client_id_policy.as_str().to_string(),
             max_devices: s.max_devices,
             max_anchors: s.max_anchors,
@@ -64,6 +69,8 @@ pub struct SettingsPatch {
     pub crl_offline_enabled: Option<bool>,
     /// Fetch CRL distribution points.
     pub crl_online_enabled: Option<bool>,
+    /// Admit devices whose online revocation status is unknown (default false).
+    pub crl_online_fail_open: Option<bool>,
     /// `strict` or `override`.
     pub client_id_policy: Option<String>,
     /// Maximum devices connected at once (0: unlimited).
@@ -104,6 +111,9 @@ impl SettingsPatch {
         }
         if let Some(b) = self.crl_online_enabled {
             s.crl_online_enabled = b;
+        }
+        if let Some(b) = self.crl_online_fail_open {
+            s.crl_online_fail_open = b;
         }
         if let Some(p) = &self.client_id_policy {
             s.client_id_policy = ClientIdPolicy::parse(p).ok_or_else(|| {
@@ -458,10 +468,11 @@ pub fn limits_forbidden(tenant: &str, changed: &[&str]) -> String {
 
 fn settings_detail(s: &TenantSettings) -> String {
     format!(
-        "maxChainLength={}, crlOfflineEnabled={}, crlOnlineEnabled={}, clientIdPolicy={}, maxDevices={}, maxAnchors={}, maxPublishRate={}",
+        "maxChainLength={}, crlOfflineEnabled={}, crlOnlineEnabled={}, crlOnlineFailOpen={}, clientIdPolicy={}, maxDevices={}, maxAnchors={}, maxPublishRate={}",
         s.max_chain_length,
         s.crl_offline_enabled,
         s.crl_online_enabled,
+        s.crl_online_fail_open,
         s.client_id_policy.as_str(),
         s.max_devices,
         s.max_anchors,

@@ -115,6 +115,10 @@ pub struct TenantSettings {
     pub crl_offline_enabled: bool,
     /// Fetch CRL distribution points named by device certificates.
     pub crl_online_enabled: bool,
+    /// With online checking: admit a device whose revocation status a distribution
+    /// point cannot give (unreachable, `ldap:`, refused by the egress policy, stale).
+    /// Default false: such a device is refused (fail-closed).
+    pub crl_online_fail_open: bool,
     /// ClientId policy.
     pub client_id_policy: ClientIdPolicy,
     /// Maximum devices connected at once (0: unlimited). Enforced by the broker.
@@ -132,6 +136,7 @@ impl Default for TenantSettings {
             max_chain_length: certs::trust::DEFAULT_MAX_CHAIN_LENGTH,
             crl_offline_enabled: true,
             crl_online_enabled: false,
+            crl_online_fail_open: false,
             client_id_policy: ClientIdPolicy::Strict,
             max_devices: 0,
             max_anchors: 0,

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS tenants (
     max_devices INTEGER NOT NULL DEFAULT 0,
     max_anchors INTEGER NOT NULL DEFAULT 0,
     max_publish_rate INTEGER NOT NULL DEFAULT 0,
+    crl_online_fail_open INTEGER NOT NULL DEFAULT 0,
     crl_signer_cert BLOB,
     crl_signer_key BLOB
 );
@@ -250,7 +251,7 @@ fn insert_audit(c: &Connection, e: &AuditEntry) -> StoreResult<()> {
 }
 
 const TENANT_COLS: &str =
-    "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices, max_anchors, max_publish_rate";
+    "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices, max_anchors, max_publish_rate, crl_online_fail_open";
 
 /// Columns added after the first schema: databases created before get them here.
 fn migrate(c: &Connection) -> rusqlite::Result<()> {
@@ -262,7 +263,12 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
             cols.push(r?);
         }
     }
-    for col in ["max_devices", "max_anchors", "max_publish_rate"] {
+    for col in [
+        "max_devices",
+        "max_anchors",
+        "max_publish_rate",
+        "crl_online_fail_open",
+    ] {
         if !cols.iter().any(|c| c == col) {
             c.execute_batch(&format!(
                 "ALTER TABLE tenants ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0"
@@ -287,6 +293,7 @@ fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRecord> {
             max_devices: r.get(8)?,
             max_anchors: r.get(9)?,
             max_publish_rate: r.get(10)?,
+            crl_online_fail_open: r.get(11)?,
         },
     })
 }
@@ -295,8 +302,8 @@ fn insert_tenant(c: &Connection, t: &TenantRecord) -> rusqlite::Result<usize> {
     c.execute(
         "INSERT OR IGNORE INTO tenants (id, company, domain, created_at, max_chain_length,
             crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices,
-            max_anchors, max_publish_rate)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            max_anchors, max_publish_rate, crl_online_fail_open)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             t.id,
             t.company,
@@ -308,7 +315,8 @@ fn insert_tenant(c: &Connection, t: &TenantRecord) -> rusqlite::Result<usize> {
             t.settings.client_id_policy.as_str(),
             t.settings.max_devices,
             t.settings.max_anchors,
-            t.settings.max_publish_rate
+            t.settings.max_publish_rate,
+            t.settings.crl_online_fail_open
         ],
     )
 }
@@ -537,7 +545,8 @@ impl Store for SqliteStore {
             let n = tx.execute(
                 "UPDATE tenants SET company = ?2, domain = ?3, max_chain_length = ?4,
                     crl_offline_enabled = ?5, crl_online_enabled = ?6, client_id_policy = ?7,
-                    max_devices = ?8, max_anchors = ?9, max_publish_rate = ?10
+                    max_devices = ?8, max_anchors = ?9, max_publish_rate = ?10,
+                    crl_online_fail_open = ?11
                  WHERE id = ?1",
                 params![
                     t.id,
@@ -549,7 +558,8 @@ impl Store for SqliteStore {
                     t.settings.client_id_policy.as_str(),
                     t.settings.max_devices,
                     t.settings.max_anchors,
-                    t.settings.max_publish_rate
+                    t.settings.max_publish_rate,
+                    t.settings.crl_online_fail_open
                 ],
             )?;
             if n == 0 {

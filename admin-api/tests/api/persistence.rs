@@ -137,7 +137,7 @@ async fn everything_survives_a_restart() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(
         t["settings"],
-        json!({"maxChainLength": 4, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "clientIdPolicy": "override", "maxDevices": 0, "maxAnchors": 0, "maxPublishRate": 0})
+        json!({"maxChainLength": 4, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "crlOnlineFailOpen": false, "clientIdPolicy": "override", "maxDevices": 0, "maxAnchors": 0, "maxPublishRate": 0})
     );
     assert_eq!(
         s.get("/tenant/tenants/t1", ("t1/ops", "ops-pass-12"))

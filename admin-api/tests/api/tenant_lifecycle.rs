@@ -43,7 +43,7 @@ async fn a_tenant_admin_cannot_lift_its_own_limits_but_keeps_its_trust_choices()
     let (_, now) = s.get(path, a).await;
     assert_eq!(
         now,
-        json!({"maxChainLength": 2, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "clientIdPolicy": "strict", "maxDevices": 10, "maxAnchors": 5, "maxPublishRate": 100}),
+        json!({"maxChainLength": 2, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "crlOnlineFailOpen": false, "clientIdPolicy": "strict", "maxDevices": 10, "maxAnchors": 5, "maxPublishRate": 100}),
         "nothing changed"
     );
 
@@ -59,7 +59,7 @@ async fn a_tenant_admin_cannot_lift_its_own_limits_but_keeps_its_trust_choices()
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(
         b,
-        json!({"maxChainLength": 3, "crlOfflineEnabled": false, "crlOnlineEnabled": true, "clientIdPolicy": "override", "maxDevices": 10, "maxAnchors": 5, "maxPublishRate": 100})
+        json!({"maxChainLength": 3, "crlOfflineEnabled": false, "crlOnlineEnabled": true, "crlOnlineFailOpen": false, "clientIdPolicy": "override", "maxDevices": 10, "maxAnchors": 5, "maxPublishRate": 100})
     );
 
     // The management admin changes limits through the same call.

@@ -202,7 +202,7 @@ async fn tenant_lifecycle_and_settings() {
     assert_eq!(t["status"], "ACTIVE");
     assert_eq!(
         t["settings"],
-        json!({"maxChainLength": 2, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "clientIdPolicy": "strict", "maxDevices": 0, "maxAnchors": 0, "maxPublishRate": 0})
+        json!({"maxChainLength": 2, "crlOfflineEnabled": true, "crlOnlineEnabled": false, "crlOnlineFailOpen": false, "clientIdPolicy": "strict", "maxDevices": 0, "maxAnchors": 0, "maxPublishRate": 0})
     );
     assert!(!t.to_string().contains("boss-pass-1"));
 
