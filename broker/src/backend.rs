@@ -62,8 +62,9 @@ pub const CREDENTIAL_FILE: &str = "backend-credential";
 pub const EMBEDDED_USERNAME: &str = "!front-end";
 
 /// The credential the embedded rumqttd's loopback listeners require: generated at random
-/// when the broker starts, known only to this process, put by the front-end in every
-/// CONNECT it forwards. Devices' own username and password never reach the backend.
+/// when the broker starts, put by the front-end in every CONNECT it forwards, and written
+/// nowhere but [`CREDENTIAL_FILE`] in the data directory (mode 0600, its owner's alone;
+/// never logged). Devices' own username and password never reach the backend.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackendLogin {
     /// Username ([`EMBEDDED_USERNAME`]).
