@@ -7,6 +7,9 @@
 //! the in-process transport it has no listener at all, and with the loopback transport
 //! its listeners require a credential generated at random for this process
 //! ([`BackendLogin`]), which only the front-end puts in the CONNECT packets it forwards.
+//! That credential is also written to [`CREDENTIAL_FILE`] in the data directory (mode
+//! 0600, like the admin password and the SQLite store next to it), so that the data
+//! directory's owner can reach rumqttd directly, e.g. the benchmark's "direct" runs.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -37,14 +40,31 @@ pub enum BackendError {
     /// The backend CA file is unusable.
     #[error("backend CA: {0}")]
     Ca(String),
+    /// The embedded broker's credential file could not be written.
+    #[error("cannot write the embedded broker's credential file {}: {source}", path.display())]
+    CredentialFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// The file, in the data directory, that holds the embedded rumqttd's loopback credential
+/// ([`BackendLogin`]) with the loopback transport: the username on the first line, the
+/// password on the second, readable by its owner only (mode 0600). Rewritten at every
+/// start (the credential is new each time); removed at a start with the in-process
+/// transport, which has no listener to reach.
+pub const CREDENTIAL_FILE: &str = "backend-credential";
 
 /// The username the front-end presents to the embedded rumqttd's loopback listeners.
 pub const EMBEDDED_USERNAME: &str = "!front-end";
 
 /// The credential the embedded rumqttd's loopback listeners require: generated at random
-/// when the broker starts, known only to this process, put by the front-end in every
-/// CONNECT it forwards. Devices' own username and password never reach the backend.
+/// when the broker starts, put by the front-end in every CONNECT it forwards, and written
+/// nowhere but [`CREDENTIAL_FILE`] in the data directory (mode 0600, its owner's alone;
+/// never logged). Devices' own username and password never reach the backend.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BackendLogin {
     /// Username ([`EMBEDDED_USERNAME`]).
@@ -224,6 +244,58 @@ impl BackendPool {
     }
 }
 
+/// Writes `login` to [`CREDENTIAL_FILE`] in `data_dir`: any previous file (or symbolic
+/// link) of that name is removed first and the new one is created exclusively with mode
+/// 0600, so the password is never readable by anyone but the owner, not even for a moment.
+fn write_credential_file(
+    data_dir: &std::path::Path,
+    login: &BackendLogin,
+) -> Result<std::path::PathBuf, BackendError> {
+    use std::io::Write as _;
+    let path = data_dir.join(CREDENTIAL_FILE);
+    let fail = |source| BackendError::CredentialFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(fail)?;
+    #[cfg(unix)]
+    {
+        // The mode given at creation is reduced by the umask, never widened; make it exact.
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(fail)?;
+    }
+    f.write_all(format!("{}\n{}\n", login.username, login.password).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
+    Ok(path)
+}
+
+/// Removes a credential file left by an earlier start with the loopback transport (its
+/// credential died with that process; nothing listens for it any more).
+fn remove_stale_credential_file(data_dir: &std::path::Path) {
+    let path = data_dir.join(CREDENTIAL_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "stale backend credential file not removed")
+        }
+    }
+}
+
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
     StdListener::bind("127.0.0.1:0")?.local_addr()
 }
@@ -325,10 +397,16 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
             }
         }
     }
-    if listeners {
-        tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, auth = "front-end credential", "embedded rumqttd listening on loopback");
-    } else {
-        tracing::info!(transport = ?e.transport, "embedded rumqttd reached in-process only (no listener)");
+    match &login {
+        Some(login) => {
+            let file = write_credential_file(&config.data_dir, login)?;
+            // The file's path, never the password.
+            tracing::info!(v4 = ?v4_addrs, v5 = ?v5_addrs, transport = ?e.transport, auth = "front-end credential", credential_file = %file.display(), "embedded rumqttd listening on loopback");
+        }
+        None => {
+            remove_stale_credential_file(&config.data_dir);
+            tracing::info!(transport = ?e.transport, "embedded rumqttd reached in-process only (no listener)");
+        }
     }
     Ok(BackendPool {
         hub: (!listeners).then_some(hub),

@@ -6,8 +6,12 @@
 # (require_certificate, use_identity_as_username, set_tcp_nodelay) and the product
 # (target/release/broker, serving the same server certificate), and runs the same loadtest
 # parameters against both. The product's embedded rumqttd is also measured directly
-# ("direct": loadtest --plain on its loopback v4 listeners, which have neither TLS nor
-# authentication) to show what the front-end itself costs.
+# ("direct": loadtest --plain on its loopback v4 listeners, without TLS) to show what the
+# front-end itself costs. rumqttd only listens with embedded.transport = "loopback", and
+# then only accepts the broker's per-process credential: the direct runs go to a second
+# product process started with that transport (the --broker-config plus
+# transport = "loopback"), whose credential file (DATA_DIR/backend-credential, mode 0600,
+# named in its log) is handed to loadtest as --credentials-file, a path, never the password.
 #
 # Sections (--sections, default all):
 #   connect     mTLS connect rate (TCP connect + handshake + CONNECT/CONNACK), storm of
@@ -38,6 +42,8 @@
 #   --hold S                seconds idle sessions are held before RSS is read (default 5)
 #   --broker-config FILE    TOML config for the product (e.g. embedded.v4_listeners)
 #   --broker-bin FILE       a product binary built elsewhere (default: build target/release/broker)
+#   --loadtest-bin FILE     a loadtest binary built elsewhere (default: build
+#                           target/release/loadtest); with --broker-bin nothing is built
 #   --quiet-max PCT         before each run, wait (up to --quiet-wait s) until the machine's
 #                           CPU use by others is below PCT % (default 15); logged in noise.txt
 #   --quiet-wait S          (default 300)
@@ -69,6 +75,7 @@ MEMORY_DEVICES=10000
 HOLD=5
 BROKER_CONFIG=""
 BROKER_BIN=""
+LOADTEST_BIN=""
 QUIET_MAX=15
 QUIET_WAIT=300
 NICE=0
@@ -92,6 +99,7 @@ while [ $# -gt 0 ]; do
     --hold) HOLD="$2"; shift 2 ;;
     --broker-config) BROKER_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     --broker-bin) BROKER_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
+    --loadtest-bin) LOADTEST_BIN="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     --quiet-max) QUIET_MAX="$2"; shift 2 ;;
     --quiet-wait) QUIET_WAIT="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
@@ -122,6 +130,7 @@ for kt in $KEY_TYPES; do
 done
 [ -z "$BROKER_CONFIG" ] || [ -r "$BROKER_CONFIG" ] || die "cannot read $BROKER_CONFIG"
 [ -z "$BROKER_BIN" ] || [ -x "$BROKER_BIN" ] || die "cannot run $BROKER_BIN"
+[ -z "$LOADTEST_BIN" ] || [ -x "$LOADTEST_BIN" ] || die "cannot run $LOADTEST_BIN"
 section() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 [ -n "$OUT" ] || OUT="$ROOT/target/benchmark/$(date +%Y%m%d-%H%M%S)"
@@ -161,11 +170,16 @@ if ! command -v openssl >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
-LOADTEST="$TARGET/release/loadtest"
+LOADTEST="${LOADTEST_BIN:-$TARGET/release/loadtest}"
 BROKER="${BROKER_BIN:-$TARGET/release/broker}"
-if [ -n "$BROKER_BIN" ]; then
+if [ -n "$BROKER_BIN" ] && [ -n "$LOADTEST_BIN" ]; then
+  say "binaries given: $BROKER_BIN, $LOADTEST_BIN"
+elif [ -n "$BROKER_BIN" ]; then
   say "building the load generator (product binary given: $BROKER_BIN)"
   (cd "$ROOT" && cargo build --release -p loadtest --bin loadtest)
+elif [ -n "$LOADTEST_BIN" ]; then
+  say "building the product (load generator given: $LOADTEST_BIN)"
+  (cd "$ROOT" && cargo build --release -p broker --bin broker)
 else
   say "building release binaries"
   (cd "$ROOT" && cargo build --release -p loadtest --bin loadtest -p broker --bin broker)
@@ -204,6 +218,8 @@ PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / FDS_PER_DEVICE ))
   echo "nice: $(ps -o ni= -p $$ | tr -d ' '), load generator: +$GEN_NICE"
   echo "broker config: ${BROKER_CONFIG:-defaults}"
   echo "broker binary: $BROKER ($(sha256sum "$BROKER" | cut -c1-16))"
+  echo "loadtest binary: $LOADTEST ($(sha256sum "$LOADTEST" | cut -c1-16))"
+  echo "direct runs: a second product process, embedded.transport = \"loopback\", loadtest --plain --credentials-file"
   echo "parameters: repeat=$REPEAT connect_devices=$CONNECT_DEVICES concurrency=$CONCURRENCY devices=$DEVICES messages=$MESSAGES interval_ms=$INTERVAL memory_devices=$MEMORY_DEVICES hold_s=$HOLD"
 } > "$OUT/machine.txt"
 lscpu > "$OUT/lscpu.txt"
@@ -285,7 +301,7 @@ EOF
 
 stop_mosquitto() { stop_pid "$MOSQ_PID"; MOSQ_PID=""; }
 
-PROD_PID="" PROD_PORT="" PROD_ADMIN="" PROD_KT="" DIRECT=""
+PROD_PID="" PROD_PORT="" PROD_ADMIN="" PROD_KT=""
 start_product() { # key_type tag
   local kt="$1" tag="$2" d pki metrics i
   pki="$(pki_for "$kt")"
@@ -310,17 +326,7 @@ start_product() { # key_type tag
     tail -20 "$d/broker.log" >&2 || true
     die "the product did not start"
   fi
-  # The embedded rumqttd's MQTT 3.1.1 loopback listeners, for the direct runs.
-  DIRECT=""
-  for i in $(seq 1 100); do
-    DIRECT="$(sed 's/\x1b\[[0-9;]*m//g' "$d/broker.log" \
-      | sed -n 's/.*embedded rumqttd listening on loopback v4=\[\([^]]*\)\].*/\1/p' \
-      | head -1 | tr -d '" ')"
-    [ -n "$DIRECT" ] && break
-    sleep 0.1
-  done
-  [ -n "$DIRECT" ] || die "no rumqttd listener addresses in the product's log"
-  say "product ($kt, $tag) pid $PROD_PID on 127.0.0.1:$PROD_PORT, embedded rumqttd v4 on $DIRECT"
+  say "product ($kt, $tag) pid $PROD_PID on 127.0.0.1:$PROD_PORT"
   PROD_LOG="$d/broker.log"
 }
 
@@ -328,6 +334,59 @@ stop_product() {
   stop_pid "$PROD_PID"
   [ -z "${PROD_LOG:-}" ] || cp "$PROD_LOG" "$OUT/broker-$PROD_KT-$(basename "$(dirname "$PROD_LOG")").log" 2>/dev/null || true
   PROD_PID=""
+}
+
+# The direct runs' broker: the product with embedded.transport = "loopback", the only
+# transport with which its rumqttd listens (in-process sessions need no listener). The
+# configuration is --broker-config's with the transport replaced (the rest, e.g.
+# embedded.v4_listeners, kept).
+direct_config() { # out.toml
+  if [ -z "$BROKER_CONFIG" ]; then
+    printf '[embedded]\ntransport = "loopback"\n' > "$1"
+    return
+  fi
+  awk '
+    /^[[:space:]]*\[/ { section = $0; sub(/#.*/, "", section); gsub(/[[:space:]]/, "", section) }
+    /^[[:space:]]*embedded\.transport[[:space:]]*=/ { next }
+    section == "[embedded]" && /^[[:space:]]*transport[[:space:]]*=/ { next }
+    { print }
+    /^[[:space:]]*\[embedded\][[:space:]]*(#.*)?$/ { print "transport = \"loopback\""; seen = 1 }
+    END { if (!seen) { print ""; print "[embedded]"; print "transport = \"loopback\"" } }
+  ' "$BROKER_CONFIG" > "$1"
+}
+
+DIRECT_PID="" DIRECT="" DIRECT_CRED="" DIRECT_LOG=""
+start_direct() { # tag
+  local d="$WORK/direct-$1" line i
+  mkdir -p "$d/data"
+  direct_config "$d/broker.toml"
+  export BROKER_ADMIN_PASSWORD="${BROKER_ADMIN_PASSWORD:-bench-$RANDOM-$RANDOM-$RANDOM}"
+  # Its own server certificate (self-signed): nothing connects over TLS.
+  "$BROKER" --config "$d/broker.toml" --data-dir "$d/data" --mqtt-listen "127.0.0.1:0" \
+    --admin-listen "127.0.0.1:0" --metrics-listen "127.0.0.1:0" > "$d/broker.log" 2>&1 &
+  DIRECT_PID=$!
+  PIDS+=("$DIRECT_PID")
+  DIRECT_LOG="$d/broker.log"
+  # Its rumqttd's MQTT 3.1.1 listeners and credential file, from its log.
+  line=""
+  for i in $(seq 1 600); do
+    line="$(sed 's/\x1b\[[0-9;]*m//g' "$d/broker.log" | grep -m1 'embedded rumqttd listening on loopback' || true)"
+    [ -n "$line" ] && break
+    kill -0 "$DIRECT_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$line" ] || { tail -20 "$d/broker.log" >&2 || true; die "the direct product did not start its rumqttd listeners"; }
+  DIRECT="$(printf '%s\n' "$line" | sed -n 's/.* v4=\[\([^]]*\)\].*/\1/p' | tr -d '" ')"
+  DIRECT_CRED="$(printf '%s\n' "$line" | sed -n 's/.* credential_file=\([^ ]*\).*/\1/p')"
+  [ -n "$DIRECT" ] || die "no rumqttd v4 listener addresses in the direct product's log"
+  [ -n "$DIRECT_CRED" ] && [ -r "$DIRECT_CRED" ] || die "no readable rumqttd credential file in the direct product's log"
+  say "direct ($1): product pid $DIRECT_PID with transport loopback, rumqttd v4 on $DIRECT, credential in $DIRECT_CRED"
+}
+
+stop_direct() {
+  stop_pid "$DIRECT_PID"
+  [ -z "$DIRECT_LOG" ] || cp "$DIRECT_LOG" "$OUT/broker-$(basename "$(dirname "$DIRECT_LOG")").log" 2>/dev/null || true
+  DIRECT_PID="" DIRECT="" DIRECT_CRED="" DIRECT_LOG=""
 }
 
 # CPU use of the whole machine over one second, percent of all CPUs (nothing of ours runs
@@ -376,7 +435,8 @@ lt() { # report-name broker(mosquitto|product|product-first|direct) loadtest-arg
         --server-ca "$pki/server-ca.pem" --ca-cert "$pki/device-ca.pem"
         --ca-key "$pki/device-ca.key" --key-type "$kt" --broker-pid "$PROD_PID") ;;
     direct)
-      target=(--broker "$DIRECT" --plain --broker-pid "$PROD_PID") ;;
+      [ -n "$DIRECT" ] || die "no direct product running"
+      target=(--broker "$DIRECT" --plain --credentials-file "$DIRECT_CRED" --broker-pid "$DIRECT_PID") ;;
     *) die "unknown broker $who" ;;
   esac
   local report="$OUT/$name.json"
@@ -401,6 +461,7 @@ if section connect; then
   for kt in $KEY_TYPES; do
     start_mosquitto "$kt" "connect-$kt"
     start_product "$kt" "connect-$kt"
+    [ "$kt" != p256 ] || start_direct "connect-$kt"
     # shellcheck disable=SC2046
     lt "connect-$kt.product-first.1" product-first $(connect_args "$CONNECT_DEVICES")
     for r in $(seq 1 "$REPEAT"); do
@@ -413,6 +474,7 @@ if section connect; then
         lt "connect-$kt.direct.$r" direct $(connect_args "$CONNECT_DEVICES")
       fi
     done
+    [ "$kt" != p256 ] || stop_direct
     stop_product
     stop_mosquitto
   done
@@ -422,6 +484,7 @@ fi
 if section throughput || section latency; then
   start_mosquitto p256 traffic
   start_product p256 traffic
+  start_direct traffic
   # Registers the fleet (first connects), so that every later run is a reconnect.
   # shellcheck disable=SC2046
   lt "register.product-first.1" product-first $(connect_args "$DEVICES")
@@ -445,6 +508,7 @@ if section throughput || section latency; then
       done
     fi
   done
+  stop_direct
   stop_product
   stop_mosquitto
 fi
@@ -470,20 +534,20 @@ if section memory; then
   # shellcheck disable=SC2046
   lt "memory.product.1" product-first $(mem_args "$PRODUCT_MEMORY_DEVICES")
   stop_product
-  start_product p256 memory-direct
+  start_direct memory
   # shellcheck disable=SC2046
   lt "memory.direct.1" direct $(mem_args "$MEMORY_DEVICES")
-  stop_product
+  stop_direct
   if [ "$PRODUCT_MEMORY_DEVICES" -lt "$MEMORY_DEVICES" ]; then
     # The same count as the product, for a like-for-like comparison.
     start_mosquitto p256 memory-same-n
     # shellcheck disable=SC2046
     lt "memory-same-n.mosquitto.1" mosquitto $(mem_args "$PRODUCT_MEMORY_DEVICES")
     stop_mosquitto
-    start_product p256 memory-direct-same-n
+    start_direct memory-same-n
     # shellcheck disable=SC2046
     lt "memory-same-n.direct.1" direct $(mem_args "$PRODUCT_MEMORY_DEVICES")
-    stop_product
+    stop_direct
     cp "$OUT/memory.product.1.json" "$OUT/memory-same-n.product.1.json"
   fi
 fi

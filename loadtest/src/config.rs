@@ -88,6 +88,65 @@ impl std::fmt::Display for MqttVersion {
     }
 }
 
+/// An MQTT username and password sent in CONNECT. Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Login {
+    /// Reads a credentials file: the username on the first line, the password on the
+    /// second, nothing else (the format of the product's `data/backend-credential`). A
+    /// file path rather than the password itself keeps the password out of the process
+    /// list.
+    pub fn from_file(path: &std::path::Path) -> Result<Login, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Login::parse(&text).map_err(|what| {
+            Error::Config(format!(
+                "{}: {what}; expected the username on the first line and the password on the second",
+                path.display()
+            ))
+        })
+    }
+
+    fn parse(text: &str) -> Result<Login, &'static str> {
+        let mut lines = text.lines();
+        let username = lines.next().unwrap_or_default();
+        let password = lines.next().ok_or("no password line")?;
+        if username.is_empty() {
+            return Err("empty username");
+        }
+        if password.is_empty() {
+            return Err("empty password");
+        }
+        if lines.any(|l| !l.is_empty()) {
+            return Err("more than two lines");
+        }
+        if username.len() > usize::from(u16::MAX) || password.len() > usize::from(u16::MAX) {
+            return Err("username or password longer than 65535 bytes");
+        }
+        Ok(Login {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
+
 /// Everything one run needs. Start from [`Config::default`] and set what differs:
 ///
 /// ```
@@ -110,8 +169,11 @@ pub struct Config {
     pub broker: String,
     /// Plain TCP instead of mutual TLS: no certificates, no upload, ClientIds made unique per
     /// run. For reaching a broker's loopback-only plain listener directly (the product's
-    /// embedded rumqttd), which has neither TLS nor authentication.
+    /// embedded rumqttd with `embedded.transport = "loopback"`), which has no TLS.
     pub plain: bool,
+    /// MQTT username and password put in every CONNECT (`--plain` only), e.g. the
+    /// product's embedded rumqttd credential read with [`Login::from_file`].
+    pub login: Option<Login>,
     /// Number of simulated devices (1..=[`MAX_DEVICES`]).
     pub devices: usize,
     /// New connections per second in the steady and revoke scenarios.
@@ -182,6 +244,7 @@ impl Default for Config {
         Config {
             broker: "127.0.0.1:8883".into(),
             plain: false,
+            login: None,
             devices: 100,
             connect_rate: 500.0,
             concurrency: 256,
@@ -289,6 +352,9 @@ impl Config {
                 return bad("--scenario revoke needs certificates, not --plain".into());
             }
             return self.validate_common();
+        }
+        if self.login.is_some() {
+            return bad("--credentials-file is for --plain (over mutual TLS the certificate authenticates the device)".into());
         }
         if self.server_ca.is_none() {
             return bad(
@@ -668,10 +734,67 @@ mod tests {
         // Without --plain the server CA is still required.
         assert!(Config {
             plain: false,
-            ..plain
+            ..plain.clone()
         }
         .validate()
         .is_err());
+        // A login is for plain mode only.
+        let login = Login {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        assert!(Config {
+            login: Some(login.clone()),
+            ..plain
+        }
+        .validate()
+        .is_ok());
+        let err = valid_with_login(login)
+            .validate()
+            .expect_err("login over TLS");
+        assert!(
+            err.to_string()
+                .contains("--credentials-file is for --plain"),
+            "{err}"
+        );
+    }
+
+    fn valid_with_login(login: Login) -> Config {
+        Config {
+            login: Some(login),
+            ..valid()
+        }
+    }
+
+    #[test]
+    fn credentials_file_is_username_then_password() {
+        let ok = Login::parse("!front-end\n0123abcd\n").expect("two lines");
+        assert_eq!(ok.username, "!front-end");
+        assert_eq!(ok.password, "0123abcd");
+        assert!(
+            !format!("{ok:?}").contains("0123abcd"),
+            "Debug hides the password"
+        );
+        assert_eq!(Login::parse("u\r\np").expect("CRLF").password, "p");
+        assert_eq!(Login::parse("u\n"), Err("no password line"));
+        assert_eq!(Login::parse(""), Err("no password line"));
+        assert_eq!(Login::parse("\np\n"), Err("empty username"));
+        assert_eq!(Login::parse("u\n\n"), Err("empty password"));
+        assert_eq!(Login::parse("u\np\nx\n"), Err("more than two lines"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("credential");
+        std::fs::write(&path, "u\n").expect("write");
+        let err = Login::from_file(&path).expect_err("one line");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid configuration: {}: no password line; expected the username on the first line and the password on the second",
+                path.display()
+            )
+        );
+        let err = Login::from_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(matches!(err, Error::File { .. }), "{err}");
     }
 
     #[test]

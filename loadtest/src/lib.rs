@@ -40,7 +40,7 @@ pub mod report;
 mod runner;
 pub mod summary;
 
-pub use config::{Config, KeyType, MqttVersion, Scenario};
+pub use config::{Config, KeyType, Login, MqttVersion, Scenario};
 pub use error::Error;
 pub use pki::{crypto_provider, RSA_KEY_POOL};
 pub use report::Report;

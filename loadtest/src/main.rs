@@ -73,6 +73,11 @@ struct RunArgs {
     /// listener directly, e.g. the product's embedded rumqttd. ClientIds get the run id.
     #[arg(long, visible_alias = "no-tls", conflicts_with_all = ["ca_cert", "ca_key", "server_ca", "admin"])]
     plain: bool,
+    /// With --plain: a file with the MQTT username (first line) and password (second line)
+    /// sent in every CONNECT, e.g. the product's DATA_DIR/backend-credential (written with
+    /// embedded.transport = "loopback").
+    #[arg(long, requires = "plain")]
+    credentials_file: Option<PathBuf>,
     /// Number of devices (at most 100000).
     #[arg(long)]
     devices: usize,
@@ -183,9 +188,14 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
         Some(s) => Some(loadtest::config::parse_source_ips(s)?),
         None => None,
     };
+    let login = match &a.credentials_file {
+        Some(path) => Some(loadtest::Login::from_file(path)?),
+        None => None,
+    };
     Ok(Config {
         broker: a.broker.clone(),
         plain: a.plain,
+        login,
         devices: a.devices,
         connect_rate: a.connect_rate,
         concurrency: a.concurrency,

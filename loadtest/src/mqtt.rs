@@ -3,8 +3,9 @@
 //! Packets are encoded and decoded with rumqttc's public `mqttbytes` (3.1.1 and 5); the
 //! socket is ours, so it can be bound to a chosen source address, have TCP_NODELAY set, and
 //! time the CONNACK exactly. Sessions normally run over mutual TLS; with `--plain` they run
-//! over plain TCP (loopback only), to reach a broker's unauthenticated listener directly,
-//! for example the product's embedded rumqttd, to measure what the front-end adds.
+//! over plain TCP (loopback only), to reach a broker's listener directly, for example the
+//! product's embedded rumqttd (with the username and password of `--credentials-file`),
+//! to measure what the front-end adds.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::MqttVersion;
+use crate::config::{Login, MqttVersion};
 
 /// Largest packet accepted from the broker.
 const MAX_INCOMING: usize = 1024 * 1024;
@@ -197,12 +198,22 @@ impl Codec {
         }
     }
 
-    pub(crate) fn connect(&self, client_id: &str, keep_alive: u16, out: &mut BytesMut) {
+    /// A clean-session CONNECT, with `login`'s username and password when given.
+    pub(crate) fn connect(
+        &self,
+        client_id: &str,
+        keep_alive: u16,
+        login: Option<&Login>,
+        out: &mut BytesMut,
+    ) {
         let r = match self.version {
             MqttVersion::V311 => {
                 let mut c = m4::v4::Connect::new(client_id);
                 c.keep_alive = keep_alive;
                 c.clean_session = true;
+                if let Some(l) = login {
+                    c.set_login(&l.username, &l.password);
+                }
                 c.write(out).is_ok()
             }
             MqttVersion::V5 => {
@@ -212,7 +223,8 @@ impl Codec {
                     clean_start: true,
                     properties: None,
                 };
-                c.write(&None, &None, out).is_ok()
+                let login = login.map(|l| m5::v5::Login::new(&l.username, &l.password));
+                c.write(&None, &login, out).is_ok()
             }
         };
         debug_assert!(r, "CONNECT encodes");
@@ -514,7 +526,7 @@ pub(crate) fn describe_io(e: &io::Error) -> String {
 }
 
 /// Connects (optionally from `source`), completes TLS (unless `tls` is `None`: plain TCP)
-/// and MQTT CONNECT/CONNACK within `timeout`. The clock of `Timings::total` starts just
+/// and MQTT CONNECT (with `login`, if any)/CONNACK within `timeout`. The clock of `Timings::total` starts just
 /// before the TCP connect.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn establish(
@@ -524,6 +536,7 @@ pub(crate) async fn establish(
     codec: Codec,
     client_id: &str,
     keep_alive: u16,
+    login: Option<&Login>,
     timeout: Duration,
 ) -> Result<(Conn, Timings, Option<u16>), ConnectError> {
     let socket = if target.addr.is_ipv4() {
@@ -569,7 +582,7 @@ pub(crate) async fn establish(
         out: BytesMut::with_capacity(256),
         codec,
     };
-    codec.connect(client_id, keep_alive, &mut conn.out);
+    codec.connect(client_id, keep_alive, login, &mut conn.out);
     tokio::time::timeout_at(deadline, conn.flush())
         .await
         .map_err(|_| ConnectError::new("connect", "timed out writing CONNECT"))?

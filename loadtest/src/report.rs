@@ -98,7 +98,8 @@ pub struct Params {
     pub source_ips: usize,
     /// Configured time limit in seconds.
     pub duration_s: u64,
-    /// Plain TCP instead of mutual TLS (`--plain`): no TLS and no authentication.
+    /// Plain TCP instead of mutual TLS (`--plain`): no TLS, and no authentication but an
+    /// MQTT username and password (`--credentials-file`).
     #[serde(default)]
     pub plain: bool,
     /// Broker addresses the devices were spread over.

@@ -18,7 +18,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::admin::Admin;
 use crate::config::{
-    effective_source_ips, resolve_loopback, split_host_port, Config, Scenario, PAYLOAD_HEADER,
+    effective_source_ips, resolve_loopback, split_host_port, Config, Login, Scenario,
+    PAYLOAD_HEADER,
 };
 use crate::mqtt::{describe_io, establish, Codec, Conn, Incoming, Target};
 use crate::pki::{self, Ca};
@@ -145,6 +146,8 @@ struct Ctx {
     devices: usize,
     publish_interval: Duration,
     keep_alive: Duration,
+    /// Username and password of every CONNECT (`--plain` with `--credentials-file`).
+    login: Option<Login>,
     connect_timeout: Duration,
     scenario: Scenario,
     connect_permits: Semaphore,
@@ -395,6 +398,7 @@ async fn measure(
         devices: config.devices,
         publish_interval: config.publish_interval,
         keep_alive: config.keep_alive,
+        login: config.login.clone(),
         connect_timeout: config.connect_timeout,
         scenario: config.scenario,
         connect_permits: Semaphore::new(config.concurrency),
@@ -784,6 +788,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
         ctx.codec,
         &cn,
         ctx.keep_alive_secs(),
+        ctx.login.as_ref(),
         ctx.connect_timeout,
     )
     .await;
@@ -849,6 +854,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
                     ctx.codec,
                     &cn,
                     ctx.keep_alive_secs(),
+                    ctx.login.as_ref(),
                     ctx.connect_timeout,
                 )
                 .await
@@ -1050,6 +1056,7 @@ async fn subscribe(
         ctx.codec,
         cn,
         ctx.keep_alive_secs(),
+        ctx.login.as_ref(),
         ctx.connect_timeout,
     )
     .await
