@@ -461,7 +461,8 @@ login_cache_ttl_s = 60
 transport = "in_process"
 # Loopback listeners of the embedded rumqttd with the "loopback" transport; each accepts
 # about 1,000 connections/s. They accept only the front-end: a CONNECT must carry a
-# credential generated at random when the broker starts, which never leaves the process.
+# credential generated at random when the broker starts, written only to
+# DATA_DIR/backend-credential (mode 0600) for benchmarks that reach rumqttd directly.
 v4_listeners = 4
 v5_listeners = 2
 max_connections = 100000
