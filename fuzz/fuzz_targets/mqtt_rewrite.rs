@@ -77,7 +77,9 @@ fn check_up(version: Version, up: &[u8]) {
                         let (group, inner) = s.split_once('/').expect("share group");
                         let tenant = PREFIX.trim_end_matches('/');
                         assert!(
-                            group.strip_prefix(tenant).is_some_and(|g| g.starts_with('.')),
+                            group
+                                .strip_prefix(tenant)
+                                .is_some_and(|g| g.starts_with('.')),
                             "share group outside the tenant: {f:?}"
                         );
                         inner
@@ -122,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(v) = mqtt::connect_version(pkt) {
                 if let Ok(c) = Connect::decode(pkt, v) {
                     let _ = c.client_id().len();
-                    if let Ok(up) = c.encode_for_backend("tenant-a.dev", &mount.prefix, 60) {
+                    if let Ok(up) = c.encode_for_backend("tenant-a.dev", &mount.prefix, 60, None) {
                         rumqttd_decode(v, &up);
                         let decoded = Connect::decode(&up, v).expect("re-encoded CONNECT decodes");
                         assert_eq!(decoded.client_id(), "tenant-a.dev");
