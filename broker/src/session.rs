@@ -1000,7 +1000,7 @@ async fn watch_trust(rx: &mut watch::Receiver<Arc<TrustStore>>, id: &DeviceIdent
                 return revoked(w);
             }
         }
-        let wait = until_not_after(id.not_after);
+        let wait = until_not_after(id.path_not_after);
         if wait.is_zero() {
             return End::Revoked(codes::V5_NOT_AUTHORIZED, "expired");
         }

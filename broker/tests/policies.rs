@@ -695,6 +695,53 @@ async fn a_session_is_closed_when_its_certificate_expires() {
         .contains("mqtt_sessions_closed_by_revocation_total{reason=\"expired\"} 1"));
 }
 
+/// The session ends when the first certificate of its path expires: here the issuing
+/// intermediate, while the device certificate is valid for 30 days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_closed_when_an_intermediate_of_its_path_expires() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let root = ca("Acme Root");
+    env.upload("acme", &root, true).await;
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/tenants/acme/settings",
+            Some(json!({"maxChainLength": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + time::Duration::seconds(5);
+    let issuing = certs::issue::ca(
+        &certs::issue::Subject::cn("Acme Issuing"),
+        certs::issue::Validity {
+            not_before: now - time::Duration::hours(1),
+            not_after,
+        },
+        certs::issue::KeyType::P256,
+        &certs::issue::CaOptions::default(),
+        Some(&root.issuer().unwrap()),
+    )
+    .unwrap();
+    let dev = device("long-lived", &issuing);
+    let (_c, el) = connect_v5(v5_options(
+        "long-lived",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&issuing]),
+    ))
+    .await
+    .expect("the intermediate is valid for a few more seconds");
+    let h = watch_v5(el);
+    let reason = tokio::time::timeout(Duration::from_secs(15), h)
+        .await
+        .expect("closed at the intermediate's notAfter")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+    assert!(time::OffsetDateTime::now_utc().unix_timestamp() >= not_after.unix_timestamp());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_chain_length_limit_closes_longer_chains() {
     let env = start().await;

@@ -244,6 +244,9 @@ pub struct DeviceIdentity {
     pub subject: String,
     /// Device certificate notAfter, Unix seconds.
     pub not_after: i64,
+    /// The earliest notAfter on the verified path (device, intermediates, anchor), Unix
+    /// seconds: the session ends then, whichever certificate expires first.
+    pub path_not_after: i64,
     /// Whether the anchor registers devices at first connect.
     pub auto_registration: bool,
     /// Verified path length including device and anchor.
@@ -1001,6 +1004,13 @@ impl TrustStore {
             serial_hex: path_serials[0].1.clone(),
             subject: leaf_x.subject().to_string(),
             not_after: leaf_x.validity().not_after.timestamp(),
+            path_not_after: intermediates
+                .iter()
+                .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok())
+                .map(|(_, x)| x.validity().not_after.timestamp())
+                .chain([leaf_x.validity().not_after.timestamp(), entry.not_after])
+                .min()
+                .unwrap_or(entry.not_after),
             auto_registration: entry.auto_registration,
             chain_length,
             path_serials,
@@ -1070,7 +1080,7 @@ impl TrustStore {
         if (now.as_secs() as i64) > entry.not_after {
             return Err(VerifyError::AnchorExpired);
         }
-        if (now.as_secs() as i64) > id.not_after {
+        if (now.as_secs() as i64) > id.path_not_after {
             return Err(VerifyError::Expired);
         }
         self.check_revoked(&entry.tenant, &id.path_serials)
