@@ -30,9 +30,14 @@ pub enum MqttError {
     /// Protocol level other than 4 or 5.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocol(u8),
-    /// A topic the front-end refuses (wildcards in a PUBLISH, `$` prefix, empty).
+    /// A topic the front-end refuses (wildcards in a PUBLISH, empty).
     #[error("invalid topic")]
     InvalidTopic,
+    /// A PUBLISH (or will) topic starting with `$`: reserved for the server (MQTT 5
+    /// 4.7.2). Unlike [`MqttError::InvalidTopic`] the packet is well formed, so an MQTT
+    /// 5 session is answered with reason 0x90 and kept (see [`reserved_topic_ack`]).
+    #[error("topic starting with '$' is reserved")]
+    ReservedTopic,
     /// A topic alias that was never defined.
     #[error("unknown topic alias {0}")]
     UnknownAlias(u16),
@@ -298,6 +303,29 @@ pub fn connack_v5_for_device(
     Ok(out)
 }
 
+/// The answer to an MQTT 5 PUBLISH whose topic starts with `$`
+/// ([`MqttError::ReservedTopic`]): PUBACK (QoS 1) or PUBREC (QoS 2) with reason 0x90
+/// "Topic Name invalid", which ends that message's flow (MQTT 5 4.3.3: no PUBREL
+/// follows a PUBREC of 0x80 or more); `None` for QoS 0, which has no acknowledgement:
+/// the message is discarded. The session stays open.
+///
+/// MQTT 3.1.1 has no way to refuse one message (its PUBACK and PUBREC carry no code,
+/// and acknowledging would tell the device the message was accepted), so a 3.1.1
+/// session that publishes to a `$` topic is closed, as before.
+pub fn reserved_topic_ack(pkt: &[u8]) -> Option<[u8; 5]> {
+    let qos = (pkt.first()? >> 1) & 0x03;
+    let kind = match qos {
+        1 => 0x40,
+        2 => 0x50,
+        _ => return None,
+    };
+    let (h, rem) = header(pkt);
+    let body = pkt.get(h..h + rem)?;
+    let (_, n) = read_str(body)?;
+    let pkid = body.get(n..n + 2)?;
+    Some([kind, 0x03, pkid[0], pkid[1], codes::V5_TOPIC_INVALID])
+}
+
 /// A refusal CONNACK. `code` is the 3.1.1 return code or the 5.0 reason code.
 pub fn connack(version: Version, code: u8) -> [u8; 5] {
     // v4: 20 02 00 code; v5: 20 03 00 reason 00 (no properties). The fifth byte is
@@ -379,8 +407,11 @@ pub fn connack_code(pkt: &[u8]) -> Option<u8> {
 /// topics starting with `$` are refused: a device may not publish into `$SYS` or make
 /// its messages match another scope.
 pub fn mount_topic(prefix: &str, topic: &str) -> Result<String, MqttError> {
-    if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
         return Err(MqttError::InvalidTopic);
+    }
+    if topic.starts_with('$') {
+        return Err(MqttError::ReservedTopic);
     }
     fits_u16(format!("{prefix}{topic}"))
 }
@@ -716,7 +747,7 @@ mod tests {
     #[test]
     fn refused_topics() {
         let mut m = Mount::new("acme");
-        for t in ["", "$SYS/x", "a/+", "a/#", "a\0b"] {
+        for t in ["", "a/+", "a/#", "a\0b"] {
             let mut out = BytesMut::new();
             assert_eq!(
                 m.device_to_backend(Version::V4, &publish_v4(t, 0, b"x"), &mut out),
@@ -724,6 +755,20 @@ mod tests {
                 "{t:?}"
             );
         }
+        let mut out = BytesMut::new();
+        assert_eq!(
+            m.device_to_backend(Version::V4, &publish_v4("$SYS/x", 1, b"x"), &mut out),
+            Err(MqttError::ReservedTopic)
+        );
+        assert_eq!(
+            reserved_topic_ack(&publish_v4("$SYS/x", 1, b"x")),
+            Some([0x40, 3, 0, 7, 0x90])
+        );
+        assert_eq!(
+            reserved_topic_ack(&publish_v4("$SYS/x", 2, b"x")),
+            Some([0x50, 3, 0, 7, 0x90])
+        );
+        assert_eq!(reserved_topic_ack(&publish_v4("$SYS/x", 0, b"x")), None);
         // Another tenant's prefix is just a topic inside ours.
         assert_eq!(mount_topic("acme/", "other/x").unwrap(), "acme/other/x");
         assert_eq!(mount_filter("acme/", "#").unwrap(), "acme/#");
