@@ -252,13 +252,19 @@ impl Connect {
 }
 
 /// Rewrites a successful MQTT 5 CONNACK from the backend with what the front-end
-/// enforces: Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and no
-/// assigned ClientId (the backend's `<tenant>.<cn>` must not leak to the device).
+/// enforces: Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and the
+/// Assigned Client Identifier `assigned` (the certificate's CN, for a device that sent
+/// an empty ClientId, MQTT 5 3.2.2.3.7) in place of the backend's (its `<tenant>.<cn>`
+/// must not leak to the device).
+///
+/// No Server Keep Alive: the front-end honours the device's keep-alive as sent (0
+/// included: it then keeps the backend session alive itself), so it has none to impose.
 pub fn connack_v5_for_device(
     pkt: &[u8],
     receive_max: u16,
     topic_alias_max: u16,
     max_packet_size: u32,
+    assigned: Option<&str>,
 ) -> Result<BytesMut, MqttError> {
     // rumqttd's v5 codec does not decode CONNACK (it is a server codec): bytes it is.
     let bad = || MqttError::Malformed("CONNACK");
@@ -296,6 +302,12 @@ pub fn connack_v5_for_device(
     kept.extend_from_slice(&topic_alias_max.to_be_bytes());
     kept.push(0x27);
     kept.extend_from_slice(&size.to_be_bytes());
+    if let Some(id) = assigned {
+        let len = u16::try_from(id.len()).map_err(|_| bad())?;
+        kept.push(0x12);
+        kept.extend_from_slice(&len.to_be_bytes());
+        kept.extend_from_slice(id.as_bytes());
+    }
     let mut plen_buf = BytesMut::with_capacity(4);
     put_varint(&mut plen_buf, kept.len());
     let mut out = BytesMut::with_capacity(kept.len() + 8);
@@ -898,7 +910,7 @@ mod tests {
         .concat();
         let mut pkt = BytesMut::new();
         write_packet(&mut pkt, 0x20, &[&[1, 0, props.len() as u8], &props]);
-        let out = connack_v5_for_device(&pkt, 100, 64, 2048).unwrap();
+        let out = connack_v5_for_device(&pkt, 100, 64, 2048, None).unwrap();
         let expect: Vec<u8> = [
             &[0x26u8, 0, 1, b'a', 0, 1, b'b'][..],
             &[0x21, 0, 20],
@@ -914,10 +926,18 @@ mod tests {
         );
         assert_eq!(connack_code(&out), Some(0));
         // No properties at all.
-        let out = connack_v5_for_device(&[0x20, 0x02, 0x00, 0x00], 100, 64, 2048).unwrap();
+        let out = connack_v5_for_device(&[0x20, 0x02, 0x00, 0x00], 100, 64, 2048, None).unwrap();
         assert_eq!(out[4], 11, "three properties added (3 + 3 + 5 bytes)");
+        // The CN as Assigned Client Identifier, in place of the backend's.
+        let out = connack_v5_for_device(&pkt, 100, 64, 2048, Some("dev-7")).unwrap();
         assert!(
-            connack_v5_for_device(&[0x20, 0x05, 0x00, 0x00, 0x03, 0x21, 0x00], 1, 1, 1).is_err()
+            out.ends_with(&[0x12, 0, 5, b'd', b'e', b'v', b'-', b'7']),
+            "{out:?}"
+        );
+        assert!(!out.windows(3).any(|w| w == b"x.y"), "{out:?}");
+        assert!(
+            connack_v5_for_device(&[0x20, 0x05, 0x00, 0x00, 0x03, 0x21, 0x00], 1, 1, 1, None)
+                .is_err()
         );
     }
 

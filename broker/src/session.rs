@@ -594,6 +594,7 @@ where
             u16::try_from(limits.max_inflight).unwrap_or(u16::MAX),
             mqtt::MAX_TOPIC_ALIASES as u16,
             u32::try_from(max).unwrap_or(u32::MAX),
+            sent.is_empty().then_some(cn),
         ) {
             Ok(a) => ack = a,
             Err(_) => {
