@@ -546,7 +546,7 @@ impl RouterAcks {
 
     /// An ack from the device (PUBACK, PUBREC, PUBCOMP). `Some` if it is not one this
     /// link tracks: it goes to the router as it is.
-    fn from_device(&mut self, packet: Packet, out: &mut Vec<Packet>) -> Option<Packet> {
+    fn device_ack(&mut self, packet: Packet, out: &mut Vec<Packet>) -> Option<Packet> {
         let (pkid, packet) = match packet {
             Packet::PubAck(a, _) if self.puback_as_pubrec.remove(&a.pkid) => {
                 self.own_pubrel.insert(a.pkid);
@@ -848,7 +848,7 @@ impl LinkIo {
                     ready.push(Packet::Publish(p, mark_qos(props, qos)));
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                    if let Some(p) = self.acks.from_device(p, &mut ready) {
+                    if let Some(p) = self.acks.device_ack(p, &mut ready) {
                         ready.push(p);
                     }
                 }
