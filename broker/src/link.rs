@@ -1182,6 +1182,39 @@ mod tests {
         out
     }
 
+    fn puback(pkid: u16) -> Packet {
+        Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn the_routers_acks_go_out_in_the_order_it_sent_the_messages() {
+        let mut acks = RouterAcks::default();
+        let mut out = Vec::new();
+        // 1: QoS 1 to the device; 2: QoS 1 sent as QoS 0 (the front-end acks);
+        // 3: QoS 2 sent as QoS 1 (the device's PUBACK becomes PUBREC).
+        acks.sent(1, 1, Some(1), &mut out);
+        acks.sent(2, 1, Some(0), &mut out);
+        acks.sent(3, 2, Some(1), &mut out);
+        assert!(out.is_empty(), "ack 2 waits for the device's ack 1");
+        assert!(acks.device_ack(puback(1), &mut out).is_none());
+        assert_eq!(out, vec![puback(1), puback(2)]);
+        out.clear();
+        assert!(acks.device_ack(puback(3), &mut out).is_none());
+        assert_eq!(out, vec![pubrec(3)]);
+        out.clear();
+        // Its PUBREL is the front-end's to complete, not the device's.
+        assert!(!acks.pubrel(3, &mut out));
+        assert!(matches!(&out[..], [Packet::PubComp(c, None)] if c.pkid == 3));
+        // An ack this link does not track goes to the router as it is.
+        assert_eq!(acks.device_ack(puback(9), &mut Vec::new()), Some(puback(9)));
+    }
+
     #[tokio::test]
     async fn connect_comes_first_and_only_once() {
         let hub = hub(10).await;

@@ -119,6 +119,20 @@ async fn a_v5_publish_to_a_dollar_topic_gets_0x90_and_the_session_goes_on() {
         vec![("fleet/ok".to_string(), b"four".to_vec(), Q5::AtLeastOnce)],
         "only the message to a valid topic is delivered"
     );
+
+    // mosquitto_pub as an independent peer: its QoS 1 PUBLISH is answered with a
+    // PUBACK of reason 144 (0x90), not a DISCONNECT.
+    let m = Mosquitto { env: &env, ca: &ca };
+    let out = tokio::process::Command::new(mosquitto("mosquitto_pub"))
+        .args(m.args("mq-pub"))
+        .args(["-V", "mqttv5", "-d", "-t", "$SYS/y", "-q", "1", "-m", "z"])
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("received PUBACK (Mid: 1, RC:144)"), "{text}");
+    assert!(!text.contains("received DISCONNECT"), "{text}");
 }
 
 /// MQTT 3.1.1 cannot refuse one message: a 3.1.1 PUBLISH to a `$` topic closes the
