@@ -443,20 +443,28 @@ fn will_publish(
 /// rumqttd stores a message with the QoS it was published at, but forwards every copy
 /// at the QoS granted to the matching subscription (`publish.qos = filter.qos`), so a
 /// QoS 0 message reaches a QoS 2 subscriber at QoS 2. MQTT (3.1.1 3.8.4, 5.0 3.8.4)
-/// delivers at the lower of the two. The link marks each message it hands the router
-/// with its QoS (replacing any property of that name the device sent), and reads and
+/// delivers at the lower of the two. The link marks each QoS 0 or 1 message it hands
+/// the router with its QoS (QoS 2 needs none: the lower QoS is then the subscription's;
+/// a property of that name a device sent is dropped), and reads and
 /// removes the mark when the router forwards a copy ([`LinkIo::deliver`]): devices never
 /// see it. Only the in-process link does this; over loopback TCP or to an external
 /// broker the message's QoS is not known downstream.
 const QOS_MARK: &str = "$front-end/qos";
 
-/// `props` with the QoS mark set to `qos` (see [`QOS_MARK`]).
+/// `props` with the QoS mark set to `qos` (see [`QOS_MARK`]). QoS 2 messages carry
+/// none (a copy goes out at the subscription's QoS, as without a mark): no allocation
+/// for them. A mark a device sent itself is dropped either way.
 fn mark_qos(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
-    let mut props = props.unwrap_or_default();
+    let mut props = match (props, qos) {
+        (None, 2) => return None,
+        (props, _) => props.unwrap_or_default(),
+    };
     props.user_properties.retain(|(k, _)| k != QOS_MARK);
-    props
-        .user_properties
-        .push((QOS_MARK.to_owned(), qos.to_string()));
+    if qos < 2 {
+        props
+            .user_properties
+            .push((QOS_MARK.to_owned(), qos.to_string()));
+    }
     Some(props)
 }
 
@@ -820,7 +828,9 @@ impl LinkIo {
         }
         if delivered < granted {
             let pkt = self.output.split_off(start);
-            let first = (first & !0x06) | (delivered << 1);
+            // DUP is 0 at QoS 0 (MQTT 3.3.1.1).
+            let keep = if delivered == 0 { !0x0E } else { !0x06 };
+            let first = (first & keep) | (delivered << 1);
             let before = &pkt[h..pkid_at - start];
             let after = &pkt[pkid_at - start + 2..];
             let id: &[u8] = if delivered > 0 {
