@@ -582,3 +582,36 @@ async fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent_to_it
     let more = publishes_v5(&mut el, Duration::from_secs(1)).await;
     assert!(more.is_empty(), "{more:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_goes_out_at_the_lower_of_its_qos_and_the_subscriptions() {
+    let (env, ca) = acme().await;
+    let (sub, mut sub_el) = connect_v5(v5(&env, &ca, "heir", "heir")).await.unwrap();
+    sub.subscribe("wills/#", Q5::ExactlyOnce).await.unwrap();
+    until(&mut sub_el, "SUBACK", |p| {
+        matches!(p, P5::SubAck(_)).then_some(())
+    })
+    .await;
+
+    let dev = device("mortal", &ca);
+    let mut opts = v4_options(
+        "mortal",
+        env.mqtt_port(),
+        device_tls(&env.server_ca, &dev, &[&ca]),
+    );
+    opts.set_last_will(rumqttc::LastWill::new(
+        "wills/mortal",
+        "gone",
+        rumqttc::QoS::AtMostOnce,
+        false,
+    ));
+    let (_c, el) = connect_v4(opts).await.unwrap();
+    // The connection drops without DISCONNECT: the will is published.
+    drop(el);
+    let got = until(&mut sub_el, "the will", |p| match p {
+        P5::Publish(p) => Some((String::from_utf8_lossy(&p.topic).into_owned(), p.qos)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, ("wills/mortal".to_string(), Q5::AtMostOnce));
+}
