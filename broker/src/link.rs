@@ -11,7 +11,7 @@
 //! layer does around a link and its local links cannot: it publishes a session's will
 //! (honouring the MQTT 5 will delay), and it tells the router when the session ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -25,8 +25,8 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol,
-    PublishProperties, QoS,
+    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PublishProperties, QoS,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -90,6 +90,11 @@ impl Hub {
     /// (the will publisher and the announcer are tasks).
     pub async fn start(config: rumqttd::Config, max_packet: usize) -> io::Result<Arc<Hub>> {
         let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
+        // Sessions reached over rumqttd's own listeners are not links: their messages
+        // carry no QoS mark, and rumqttd's 3.1.1 connections cannot encode properties
+        // (a marked will would reach them with some). Marks only without listeners.
+        let mark = config.v4.iter().flatten().next().is_none()
+            && config.v5.iter().flatten().next().is_none();
         let listeners = config
             .v4
             .iter()
@@ -155,7 +160,7 @@ impl Hub {
             max_packet,
         });
         let (tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
-        tokio::spawn(publish_wills(tx, pending));
+        tokio::spawn(publish_wills(tx, pending, mark));
         tokio::spawn(drain(rx));
         Ok(hub)
     }
@@ -210,6 +215,10 @@ impl Hub {
             wake_router: false,
             batch: Vec::new(),
             outbox: Vec::new(),
+            acks: RouterAcks::default(),
+            to_router: Vec::new(),
+            device_max_packet: None,
+            prefix_len: 0,
         }
     }
 
@@ -356,11 +365,12 @@ impl Announcer {
 }
 
 /// Publishes wills through the front-end's own link, in order.
-async fn publish_wills(mut tx: LinkTx, mut pending: mpsc::UnboundedReceiver<Will>) {
+/// `mark`: with the QoS mark (see [`QOS_MARK`]).
+async fn publish_wills(mut tx: LinkTx, mut pending: mpsc::UnboundedReceiver<Will>, mark: bool) {
     let mut pkid: u16 = 0;
     while let Some((will, props)) = pending.recv().await {
         pkid = pkid.checked_add(1).unwrap_or(1);
-        let Some(publish) = will_publish(will, props, pkid) else {
+        let Some(publish) = will_publish(will, props, pkid, mark) else {
             continue;
         };
         if tx.send(publish).await.is_err() {
@@ -388,7 +398,12 @@ async fn drain(mut rx: LinkRx) {
 /// The PUBLISH a will turns into. rumqttd's `Publish` keeps its QoS private, so the
 /// packet is decoded from its wire form. QoS 2 wills go out at QoS 1: the front-end's
 /// will link completes QoS 1 flows only.
-fn will_publish(will: LastWill, props: Option<LastWillProperties>, pkid: u16) -> Option<Packet> {
+fn will_publish(
+    will: LastWill,
+    props: Option<LastWillProperties>,
+    pkid: u16,
+    mark: bool,
+) -> Option<Packet> {
     let qos = match will.qos {
         QoS::AtMostOnce => 0u8,
         _ => 1,
@@ -415,7 +430,212 @@ fn will_publish(will: LastWill, props: Option<LastWillProperties>, pkid: u16) ->
         subscription_identifiers: Vec::new(),
         content_type: p.content_type,
     });
+    let props = if mark {
+        mark_qos(props, will.qos as u8)
+    } else {
+        props
+    };
     Some(Packet::Publish(publish, props))
+}
+
+/// The user property that carries a message's own QoS through the router.
+///
+/// rumqttd stores a message with the QoS it was published at, but forwards every copy
+/// at the QoS granted to the matching subscription (`publish.qos = filter.qos`), so a
+/// QoS 0 message reaches a QoS 2 subscriber at QoS 2. MQTT (3.1.1 3.8.4, 5.0 3.8.4)
+/// delivers at the lower of the two. The link marks each QoS 0 or 1 message it hands
+/// the router with its QoS (QoS 2 needs none: the lower QoS is then the subscription's;
+/// a property of that name a device sent is dropped), and reads and
+/// removes the mark when the router forwards a copy ([`LinkIo::deliver`]): devices never
+/// see it. Only the in-process link does this; over loopback TCP or to an external
+/// broker the message's QoS is not known downstream.
+const QOS_MARK: &str = "$front-end/qos";
+
+/// `props` with the QoS mark set to `qos` (see [`QOS_MARK`]). QoS 2 messages carry
+/// none (a copy goes out at the subscription's QoS, as without a mark): no allocation
+/// for them. A mark a device sent itself is dropped either way.
+fn mark_qos(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
+    let mut props = match (props, qos) {
+        (None, 2) => return None,
+        (props, _) => props.unwrap_or_default(),
+    };
+    props.user_properties.retain(|(k, _)| k != QOS_MARK);
+    if qos < 2 {
+        props
+            .user_properties
+            .push((QOS_MARK.to_owned(), qos.to_string()));
+    }
+    Some(props)
+}
+
+/// Removes the QoS mark from `props` and returns the QoS it carried, if any.
+fn take_qos_mark(props: &mut Option<PublishProperties>) -> Option<u8> {
+    let p = props.as_mut()?;
+    let i = p.user_properties.iter().rposition(|(k, _)| k == QOS_MARK)?;
+    let (_, v) = p.user_properties.remove(i);
+    v.parse().ok().filter(|q| *q <= 2)
+}
+
+/// Length of an MQTT variable byte integer.
+fn varint_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// (header length, remaining length, topic length) of an encoded PUBLISH.
+fn publish_layout(pkt: &[u8]) -> Option<(usize, usize, usize)> {
+    let mut rem = 0usize;
+    let mut i = 1;
+    loop {
+        let b = *pkt.get(i)?;
+        rem |= usize::from(b & 0x7f) << (7 * (i - 1));
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    let topic = usize::from(u16::from_be_bytes([*pkt.get(i)?, *pkt.get(i + 1)?]));
+    Some((i, rem, topic))
+}
+
+/// The acknowledgements the router expects for the QoS 1/2 messages it sends a link,
+/// when the device gets a message at a lower QoS than the router sent, or not at all:
+/// the front-end answers those itself, and translates the device's PUBACK into the
+/// PUBREC a QoS 2 flow needs. rumqttd takes acks in the order it sent the messages
+/// only (an out-of-order one drops the link), so acks wait here until every earlier
+/// one went out.
+#[derive(Default)]
+struct RouterAcks {
+    /// QoS 1/2 messages the router sent, in order: packet id and the ack ready to go
+    /// (`None`: the device's is awaited).
+    sent: VecDeque<(u16, Option<Packet>)>,
+    /// PUBRELs the router sent, in order: packet id and whether its PUBCOMP is ready.
+    released: VecDeque<(u16, bool)>,
+    /// QoS 2 flows whose PUBREL the front-end completes (the device got the message at
+    /// QoS 0 or 1, or not at all).
+    own_pubrel: HashSet<u16>,
+    /// QoS 2 flows delivered at QoS 1: the device's PUBACK becomes PUBREC.
+    puback_as_pubrec: HashSet<u16>,
+}
+
+impl RouterAcks {
+    /// The router sent message `pkid` at QoS `granted` (1 or 2); the device gets it at
+    /// `delivered` (`None`: dropped). Acks now due go to `out`.
+    fn sent(&mut self, pkid: u16, granted: u8, delivered: Option<u8>, out: &mut Vec<Packet>) {
+        let own = match (granted, delivered) {
+            (1, Some(1)) | (2, Some(2)) => None,
+            (1, _) => Some(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            (2, Some(1)) => {
+                self.puback_as_pubrec.insert(pkid);
+                None
+            }
+            (2, _) => {
+                self.own_pubrel.insert(pkid);
+                Some(pubrec(pkid))
+            }
+            _ => return,
+        };
+        self.sent.push_back((pkid, own));
+        self.flush(out);
+    }
+
+    /// An ack from the device (PUBACK, PUBREC, PUBCOMP). `Some` if it is not one this
+    /// link tracks: it goes to the router as it is.
+    fn device_ack(&mut self, packet: Packet, out: &mut Vec<Packet>) -> Option<Packet> {
+        let (pkid, packet) = match packet {
+            Packet::PubAck(a, _) if self.puback_as_pubrec.remove(&a.pkid) => {
+                self.own_pubrel.insert(a.pkid);
+                (a.pkid, pubrec(a.pkid))
+            }
+            Packet::PubComp(c, props) => {
+                let Some(slot) = self
+                    .released
+                    .iter_mut()
+                    .find(|(id, ready)| *id == c.pkid && !*ready)
+                else {
+                    return Some(Packet::PubComp(c, props));
+                };
+                slot.1 = true;
+                self.flush(out);
+                return None;
+            }
+            p @ Packet::PubAck(..) => {
+                let Packet::PubAck(a, _) = &p else {
+                    return Some(p);
+                };
+                (a.pkid, p)
+            }
+            p @ Packet::PubRec(..) => {
+                let Packet::PubRec(r, _) = &p else {
+                    return Some(p);
+                };
+                (r.pkid, p)
+            }
+            p => return Some(p),
+        };
+        match self
+            .sent
+            .iter_mut()
+            .find(|(id, ack)| *id == pkid && ack.is_none())
+        {
+            Some(slot) => {
+                slot.1 = Some(packet);
+                self.flush(out);
+                None
+            }
+            None => Some(packet),
+        }
+    }
+
+    /// The router sent PUBREL `pkid`: `true` if it goes to the device, `false` if the
+    /// front-end completes it.
+    fn pubrel(&mut self, pkid: u16, out: &mut Vec<Packet>) -> bool {
+        let own = self.own_pubrel.remove(&pkid);
+        self.released.push_back((pkid, own));
+        self.flush(out);
+        !own
+    }
+
+    fn flush(&mut self, out: &mut Vec<Packet>) {
+        while let Some((_, Some(_))) = self.sent.front() {
+            if let Some((_, Some(ack))) = self.sent.pop_front() {
+                out.push(ack);
+            }
+        }
+        while let Some(&(pkid, true)) = self.released.front() {
+            self.released.pop_front();
+            out.push(Packet::PubComp(
+                PubComp {
+                    pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            ));
+        }
+    }
+}
+
+fn pubrec(pkid: u16) -> Packet {
+    Packet::PubRec(
+        PubRec {
+            pkid,
+            reason: PubRecReason::Success,
+        },
+        None,
+    )
 }
 
 /// Polls a future once. For rumqttd's `LinkTx::send`, whose body never awaits (it
@@ -507,6 +727,15 @@ pub struct LinkIo {
     batch: Vec<Notification>,
     /// Reused between writes: packets decoded for the router.
     outbox: Vec<Packet>,
+    /// Acks the front-end owes the router, in the order it takes them.
+    acks: RouterAcks,
+    /// Acks due to the router found while reading (see [`LinkIo::deliver`]).
+    to_router: Vec<Packet>,
+    /// The device's Maximum Packet Size (MQTT 5 CONNECT), if it set one.
+    device_max_packet: Option<usize>,
+    /// Length of the tenant mount prefix the session strips from topics (`<tenant>/`,
+    /// from the backend ClientId `<tenant>.<cn>`; tenant ids have no `.`).
+    prefix_len: usize,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -540,11 +769,99 @@ impl LinkIo {
         written.map(|_| ()).map_err(invalid)
     }
 
+    /// Encodes what the router sent for the session, with what the router gets wrong:
+    /// a copy of a message goes out at the lower of the message's QoS and the QoS the
+    /// router sent it at (the subscription's), and a message larger than the device's
+    /// Maximum Packet Size (as the device will see it, topic unmounted) is discarded
+    /// (MQTT 5 3.1.2.11.4). The acks the router then expects from the device come from
+    /// [`RouterAcks`] instead.
+    fn deliver(&mut self, packet: Packet) -> io::Result<()> {
+        let (publish, mut props) = match packet {
+            Packet::Publish(p, props) => (p, props),
+            Packet::PubRel(r, props) => {
+                if self.acks.pubrel(r.pkid, &mut self.to_router) {
+                    self.encode(Packet::PubRel(r, props))?;
+                }
+                return Ok(());
+            }
+            p => return self.encode(p),
+        };
+        let own = take_qos_mark(&mut props);
+        let start = self.output.len();
+        self.encode(Packet::Publish(publish, props))?;
+        let bad = || invalid("PUBLISH encoding");
+        let (h, rem, topic) = publish_layout(&self.output[start..]).ok_or_else(bad)?;
+        let first = self.output[start];
+        let granted = (first >> 1) & 0x03;
+        let delivered = own.map_or(granted, |q| q.min(granted));
+        let pkid_at = start + h + 2 + topic;
+        let pkid = match granted {
+            0 => 0,
+            _ => {
+                let b = self.output.get(pkid_at..pkid_at + 2).ok_or_else(bad)?;
+                u16::from_be_bytes([b[0], b[1]])
+            }
+        };
+        // The packet as the device gets it: the mount prefix stripped, no packet id
+        // at QoS 0.
+        let strip = self.prefix_len.min(topic);
+        let dev_rem = rem - strip - if delivered == 0 && granted > 0 { 2 } else { 0 };
+        let too_large = self
+            .device_max_packet
+            .is_some_and(|m| 1 + varint_len(dev_rem) + dev_rem > m);
+        if too_large {
+            tracing::debug!(
+                client_id = %self.client_id,
+                size = 1 + varint_len(dev_rem) + dev_rem,
+                max = self.device_max_packet.unwrap_or(0),
+                "message larger than the device's Maximum Packet Size discarded"
+            );
+            self.output.truncate(start);
+            if granted > 0 {
+                self.acks.sent(pkid, granted, None, &mut self.to_router);
+            }
+            return Ok(());
+        }
+        if granted > 0 {
+            self.acks
+                .sent(pkid, granted, Some(delivered), &mut self.to_router);
+        }
+        if delivered < granted {
+            let pkt = self.output.split_off(start);
+            // DUP is 0 at QoS 0 (MQTT 3.3.1.1).
+            let keep = if delivered == 0 { !0x0E } else { !0x06 };
+            let first = (first & keep) | (delivered << 1);
+            let before = &pkt[h..pkid_at - start];
+            let after = &pkt[pkid_at - start + 2..];
+            let id: &[u8] = if delivered > 0 {
+                &pkt[pkid_at - start..pkid_at - start + 2]
+            } else {
+                &[]
+            };
+            crate::mqtt::write_packet(&mut self.output, first, &[before, id, after]);
+        }
+        Ok(())
+    }
+
     /// Takes the whole packets the session wrote to the router.
     fn absorb(&mut self) -> io::Result<()> {
         let mut ready = std::mem::take(&mut self.outbox);
-        while let Some(packet) = self.decode()? {
+        loop {
+            // rumqttd's `Publish` keeps its QoS private: it is read off the wire.
+            let first = self.input.first().copied();
+            let Some(packet) = self.decode()? else {
+                break;
+            };
             match packet {
+                Packet::Publish(p, props) => {
+                    let qos = first.map_or(0, |b| (b >> 1) & 0x03);
+                    ready.push(Packet::Publish(p, mark_qos(props, qos)));
+                }
+                p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
+                    if let Some(p) = self.acks.device_ack(p, &mut ready) {
+                        ready.push(p);
+                    }
+                }
                 Packet::Connect(connect, props, will, will_props, _) => {
                     if !matches!(self.state, State::Idle) {
                         return Err(invalid("second CONNECT"));
@@ -560,6 +877,12 @@ impl LinkIo {
                     self.will_delay = session_expiry.min(delay);
                     self.will = will.map(|w| (w, will_props));
                     self.client_id = connect.client_id.clone();
+                    self.prefix_len = connect.client_id.find('.').map_or(0, |i| i + 1);
+                    self.device_max_packet = props
+                        .as_ref()
+                        .and_then(|p| p.max_packet_size)
+                        .filter(|m| *m > 0)
+                        .and_then(|m| usize::try_from(m).ok());
                     self.generation = Some(
                         self.hub
                             .connecting(&connect.client_id, connect.clean_session),
@@ -791,11 +1114,16 @@ impl AsyncRead for LinkIo {
                     *rx = Some(Receiver::Ready(r));
                     for n in batch.drain(..) {
                         match Option::<Packet>::from(n) {
-                            Some(p) => this.encode(p)?,
+                            Some(p) => this.deliver(p)?,
                             None => this.wake_router = true,
                         }
                     }
                     relax_vec(&mut batch);
+                    if !this.to_router.is_empty() {
+                        if let State::Connected { door, .. } = &this.state {
+                            this.hub.announcer.hold(door, &mut this.to_router);
+                        }
+                    }
                     this.batch = batch;
                     this.output_peak = this.output_peak.max(this.output.len());
                 }
@@ -862,6 +1190,39 @@ mod tests {
         let header = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
         crate::mqtt::write_packet(&mut out, 0x10, &[&header, &id_len, id]);
         out
+    }
+
+    fn puback(pkid: u16) -> Packet {
+        Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn the_routers_acks_go_out_in_the_order_it_sent_the_messages() {
+        let mut acks = RouterAcks::default();
+        let mut out = Vec::new();
+        // 1: QoS 1 to the device; 2: QoS 1 sent as QoS 0 (the front-end acks);
+        // 3: QoS 2 sent as QoS 1 (the device's PUBACK becomes PUBREC).
+        acks.sent(1, 1, Some(1), &mut out);
+        acks.sent(2, 1, Some(0), &mut out);
+        acks.sent(3, 2, Some(1), &mut out);
+        assert!(out.is_empty(), "ack 2 waits for the device's ack 1");
+        assert!(acks.device_ack(puback(1), &mut out).is_none());
+        assert_eq!(out, vec![puback(1), puback(2)]);
+        out.clear();
+        assert!(acks.device_ack(puback(3), &mut out).is_none());
+        assert_eq!(out, vec![pubrec(3)]);
+        out.clear();
+        // Its PUBREL is the front-end's to complete, not the device's.
+        assert!(!acks.pubrel(3, &mut out));
+        assert!(matches!(&out[..], [Packet::PubComp(c, None)] if c.pkid == 3));
+        // An ack this link does not track goes to the router as it is.
+        assert_eq!(acks.device_ack(puback(9), &mut Vec::new()), Some(puback(9)));
     }
 
     #[tokio::test]

@@ -30,9 +30,14 @@ pub enum MqttError {
     /// Protocol level other than 4 or 5.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocol(u8),
-    /// A topic the front-end refuses (wildcards in a PUBLISH, `$` prefix, empty).
+    /// A topic the front-end refuses (wildcards in a PUBLISH, empty).
     #[error("invalid topic")]
     InvalidTopic,
+    /// A PUBLISH (or will) topic starting with `$`: reserved for the server (MQTT 5
+    /// 4.7.2). Unlike [`MqttError::InvalidTopic`] the packet is well formed, so an MQTT
+    /// 5 session is answered with reason 0x90 and kept (see [`reserved_topic_ack`]).
+    #[error("topic starting with '$' is reserved")]
+    ReservedTopic,
     /// A topic alias that was never defined.
     #[error("unknown topic alias {0}")]
     UnknownAlias(u16),
@@ -247,13 +252,19 @@ impl Connect {
 }
 
 /// Rewrites a successful MQTT 5 CONNACK from the backend with what the front-end
-/// enforces: Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and no
-/// assigned ClientId (the backend's `<tenant>.<cn>` must not leak to the device).
+/// enforces: Receive Maximum, Topic Alias Maximum, Maximum Packet Size, and the
+/// Assigned Client Identifier `assigned` (the certificate's CN, for a device that sent
+/// an empty ClientId, MQTT 5 3.2.2.3.7) in place of the backend's (its `<tenant>.<cn>`
+/// must not leak to the device).
+///
+/// No Server Keep Alive: the front-end honours the device's keep-alive as sent (0
+/// included: it then keeps the backend session alive itself), so it has none to impose.
 pub fn connack_v5_for_device(
     pkt: &[u8],
     receive_max: u16,
     topic_alias_max: u16,
     max_packet_size: u32,
+    assigned: Option<&str>,
 ) -> Result<BytesMut, MqttError> {
     // rumqttd's v5 codec does not decode CONNACK (it is a server codec): bytes it is.
     let bad = || MqttError::Malformed("CONNACK");
@@ -291,11 +302,40 @@ pub fn connack_v5_for_device(
     kept.extend_from_slice(&topic_alias_max.to_be_bytes());
     kept.push(0x27);
     kept.extend_from_slice(&size.to_be_bytes());
+    if let Some(id) = assigned {
+        let len = u16::try_from(id.len()).map_err(|_| bad())?;
+        kept.push(0x12);
+        kept.extend_from_slice(&len.to_be_bytes());
+        kept.extend_from_slice(id.as_bytes());
+    }
     let mut plen_buf = BytesMut::with_capacity(4);
     put_varint(&mut plen_buf, kept.len());
     let mut out = BytesMut::with_capacity(kept.len() + 8);
     write_packet(&mut out, 0x20, &[&[flags, reason], &plen_buf, &kept]);
     Ok(out)
+}
+
+/// The answer to an MQTT 5 PUBLISH whose topic starts with `$`
+/// ([`MqttError::ReservedTopic`]): PUBACK (QoS 1) or PUBREC (QoS 2) with reason 0x90
+/// "Topic Name invalid", which ends that message's flow (MQTT 5 4.3.3: no PUBREL
+/// follows a PUBREC of 0x80 or more); `None` for QoS 0, which has no acknowledgement:
+/// the message is discarded. The session stays open.
+///
+/// MQTT 3.1.1 has no way to refuse one message (its PUBACK and PUBREC carry no code,
+/// and acknowledging would tell the device the message was accepted), so a 3.1.1
+/// session that publishes to a `$` topic is closed, as before.
+pub fn reserved_topic_ack(pkt: &[u8]) -> Option<[u8; 5]> {
+    let qos = (pkt.first()? >> 1) & 0x03;
+    let kind = match qos {
+        1 => 0x40,
+        2 => 0x50,
+        _ => return None,
+    };
+    let (h, rem) = header(pkt);
+    let body = pkt.get(h..h + rem)?;
+    let (_, n) = read_str(body)?;
+    let pkid = body.get(n..n + 2)?;
+    Some([kind, 0x03, pkid[0], pkid[1], codes::V5_TOPIC_INVALID])
 }
 
 /// A refusal CONNACK. `code` is the 3.1.1 return code or the 5.0 reason code.
@@ -379,8 +419,11 @@ pub fn connack_code(pkt: &[u8]) -> Option<u8> {
 /// topics starting with `$` are refused: a device may not publish into `$SYS` or make
 /// its messages match another scope.
 pub fn mount_topic(prefix: &str, topic: &str) -> Result<String, MqttError> {
-    if topic.is_empty() || topic.starts_with('$') || topic.contains(['+', '#', '\0']) {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
         return Err(MqttError::InvalidTopic);
+    }
+    if topic.starts_with('$') {
+        return Err(MqttError::ReservedTopic);
     }
     fits_u16(format!("{prefix}{topic}"))
 }
@@ -716,7 +759,7 @@ mod tests {
     #[test]
     fn refused_topics() {
         let mut m = Mount::new("acme");
-        for t in ["", "$SYS/x", "a/+", "a/#", "a\0b"] {
+        for t in ["", "a/+", "a/#", "a\0b"] {
             let mut out = BytesMut::new();
             assert_eq!(
                 m.device_to_backend(Version::V4, &publish_v4(t, 0, b"x"), &mut out),
@@ -724,6 +767,20 @@ mod tests {
                 "{t:?}"
             );
         }
+        let mut out = BytesMut::new();
+        assert_eq!(
+            m.device_to_backend(Version::V4, &publish_v4("$SYS/x", 1, b"x"), &mut out),
+            Err(MqttError::ReservedTopic)
+        );
+        assert_eq!(
+            reserved_topic_ack(&publish_v4("$SYS/x", 1, b"x")),
+            Some([0x40, 3, 0, 7, 0x90])
+        );
+        assert_eq!(
+            reserved_topic_ack(&publish_v4("$SYS/x", 2, b"x")),
+            Some([0x50, 3, 0, 7, 0x90])
+        );
+        assert_eq!(reserved_topic_ack(&publish_v4("$SYS/x", 0, b"x")), None);
         // Another tenant's prefix is just a topic inside ours.
         assert_eq!(mount_topic("acme/", "other/x").unwrap(), "acme/other/x");
         assert_eq!(mount_filter("acme/", "#").unwrap(), "acme/#");
@@ -853,7 +910,7 @@ mod tests {
         .concat();
         let mut pkt = BytesMut::new();
         write_packet(&mut pkt, 0x20, &[&[1, 0, props.len() as u8], &props]);
-        let out = connack_v5_for_device(&pkt, 100, 64, 2048).unwrap();
+        let out = connack_v5_for_device(&pkt, 100, 64, 2048, None).unwrap();
         let expect: Vec<u8> = [
             &[0x26u8, 0, 1, b'a', 0, 1, b'b'][..],
             &[0x21, 0, 20],
@@ -869,10 +926,18 @@ mod tests {
         );
         assert_eq!(connack_code(&out), Some(0));
         // No properties at all.
-        let out = connack_v5_for_device(&[0x20, 0x02, 0x00, 0x00], 100, 64, 2048).unwrap();
+        let out = connack_v5_for_device(&[0x20, 0x02, 0x00, 0x00], 100, 64, 2048, None).unwrap();
         assert_eq!(out[4], 11, "three properties added (3 + 3 + 5 bytes)");
+        // The CN as Assigned Client Identifier, in place of the backend's.
+        let out = connack_v5_for_device(&pkt, 100, 64, 2048, Some("dev-7")).unwrap();
         assert!(
-            connack_v5_for_device(&[0x20, 0x05, 0x00, 0x00, 0x03, 0x21, 0x00], 1, 1, 1).is_err()
+            out.ends_with(&[0x12, 0, 5, b'd', b'e', b'v', b'-', b'7']),
+            "{out:?}"
+        );
+        assert!(!out.windows(3).any(|w| w == b"x.y"), "{out:?}");
+        assert!(
+            connack_v5_for_device(&[0x20, 0x05, 0x00, 0x00, 0x03, 0x21, 0x00], 1, 1, 1, None)
+                .is_err()
         );
     }
 

@@ -181,6 +181,36 @@ struct Inflight {
     publish_rate: u32,
 }
 
+/// Packets the front-end itself answers to the device from the upstream pump (which
+/// does not own the device's writer): the downstream pump writes them.
+#[derive(Default)]
+struct Answers {
+    bytes: std::sync::Mutex<BytesMut>,
+    ready: tokio::sync::Notify,
+}
+
+impl Answers {
+    fn push(&self, pkt: &[u8]) {
+        self.bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(pkt);
+        self.ready.notify_one();
+    }
+
+    /// Moves what is waiting to `out`; the number of packets is not tracked, so one
+    /// is counted per call that found something.
+    fn take_into(&self, out: &mut BytesMut) -> bool {
+        let mut b = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if b.is_empty() {
+            return false;
+        }
+        out.extend_from_slice(&b);
+        b.clear();
+        true
+    }
+}
+
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
 /// length, or `None` on a clean EOF.
 pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
@@ -202,7 +232,7 @@ fn reason_for(e: &MqttError, version: Version) -> u8 {
     match (e, version) {
         (_, Version::V4) => codes::V4_NOT_AUTHORIZED,
         (MqttError::TooLarge(_), _) => codes::V5_PACKET_TOO_LARGE,
-        (MqttError::InvalidTopic, _) => codes::V5_TOPIC_INVALID,
+        (MqttError::InvalidTopic | MqttError::ReservedTopic, _) => codes::V5_TOPIC_INVALID,
         (MqttError::UnknownAlias(_), _) => codes::V5_TOPIC_ALIAS_INVALID,
         (MqttError::InflightExceeded, _) => codes::V5_RECEIVE_MAXIMUM_EXCEEDED,
         (MqttError::RateExceeded, _) => codes::V5_MESSAGE_RATE_TOO_HIGH,
@@ -570,6 +600,7 @@ where
             u16::try_from(limits.max_inflight).unwrap_or(u16::MAX),
             mqtt::MAX_TOPIC_ALIASES as u16,
             u32::try_from(max).unwrap_or(u32::MAX),
+            sent.is_empty().then_some(cn),
         ) {
             Ok(a) => ack = a,
             Err(_) => {
@@ -646,6 +677,7 @@ where
 
         // Packet pump, both ways, plus trust re-checks and shutdown.
         let own_pings = AtomicU32::new(0);
+        let answers = Answers::default();
         let inflight = Inflight {
             count: AtomicU32::new(0),
             max: limits.max_inflight,
@@ -662,7 +694,7 @@ where
         let end = {
             let up = pump_up(
                 &mut dr, &mut bw, dbuf, &mut mount, version, max, keep_alive, &own_pings,
-                &inflight, &shared,
+                &inflight, &answers, &shared,
             );
             let down = pump_down(
                 &mut br,
@@ -673,6 +705,7 @@ where
                 max,
                 &own_pings,
                 &inflight,
+                &answers,
                 &shared,
             );
             let watch = watch_trust(&mut trust_rx, &id);
@@ -748,6 +781,7 @@ async fn pump_up<R, W>(
     keep_alive: u16,
     own_pings: &AtomicU32,
     inflight: &Inflight,
+    answers: &Answers,
     shared: &Shared,
 ) -> End
 where
@@ -788,8 +822,27 @@ where
                     {
                         return End::Protocol(MqttError::InflightExceeded);
                     }
-                    if let Err(e) = mount.device_to_backend(version, &pkt, &mut out) {
-                        return End::Protocol(e);
+                    match mount.device_to_backend(version, &pkt, &mut out) {
+                        Ok(()) => {}
+                        // MQTT 5: this message is refused (reason 0x90), the session
+                        // goes on. 3.1.1 cannot refuse one message: the session ends
+                        // (see `mqtt::reserved_topic_ack`).
+                        Err(MqttError::ReservedTopic) if version == Version::V5 => {
+                            tracing::debug!(
+                                tenant = %inflight.tenant,
+                                "PUBLISH to a '$' topic refused with 0x90"
+                            );
+                            if let Some(ack) = mqtt::reserved_topic_ack(&pkt) {
+                                let _ = inflight.count.fetch_update(
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                    |c| c.checked_sub(1),
+                                );
+                                answers.push(&ack);
+                            }
+                            continue;
+                        }
+                        Err(e) => return End::Protocol(e),
                     }
                     packets += 1;
                     traffic |= is_message_flow(pkt[0]);
@@ -838,6 +891,7 @@ async fn pump_down<R, W>(
     max: usize,
     own_pings: &AtomicU32,
     inflight: &Inflight,
+    answers: &Answers,
     shared: &Shared,
 ) -> End
 where
@@ -849,6 +903,9 @@ where
     loop {
         let mut packets = 0u64;
         let mut traffic = false;
+        if answers.take_into(&mut out) {
+            packets += 1;
+        }
         loop {
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
@@ -886,10 +943,13 @@ where
             return End::Io(e);
         }
         relax(&mut buf, &mut buf_peak, READ_BUF);
-        match r.read_buf(&mut buf).await {
-            Ok(0) => return End::BackendClosed,
-            Ok(_) => buf_peak = buf_peak.max(buf.len()),
-            Err(e) => return End::Io(e),
+        tokio::select! {
+            r = r.read_buf(&mut buf) => match r {
+                Ok(0) => return End::BackendClosed,
+                Ok(_) => buf_peak = buf_peak.max(buf.len()),
+                Err(e) => return End::Io(e),
+            },
+            () = answers.ready.notified() => {}
         }
     }
 }
