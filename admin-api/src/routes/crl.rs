@@ -455,3 +455,60 @@ pub async fn upload(
     admin.publish().await?;
     Ok(json_status(StatusCode::CREATED, CrlInfo::from(&record)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_dates_follow_the_documented_pattern() {
+        let day = parse_date("2024-05-01").unwrap();
+        assert_eq!(day, 1_714_521_600);
+        assert_eq!(parse_date("2024-05-01T10:00:00Z"), Some(day + 36_000));
+        assert_eq!(parse_date("2024-05-01t10:00:00z"), Some(day + 36_000));
+        assert_eq!(parse_date("2024-05-01 10:00:00+02:00"), Some(day + 28_800));
+        assert_eq!(
+            parse_date("2024-05-01T10:00:00.123456789-00:30"),
+            Some(day + 37_800)
+        );
+        assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_date("2000-02-29").is_some(), true);
+        assert_eq!(parse_date("0000-02-29").is_some(), true);
+        for bad in [
+            "",
+            "2023-02-29",
+            "1900-02-29",
+            "2024-04-31",
+            "2024-13-01",
+            "2024-05-01X10:00:00Z",
+            "2024-05-01T23:59:60Z",
+            "2024-05-01T10:00:00",
+            "2024-05-01T10:00:00.Z",
+            "2024-05-01T10:00:00.1234567890Z",
+            "2024-05-01T10:00:00+24:00",
+            "2024-05-01\n",
+            "yesterday",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
+        assert!(REVOCATION_DATE_PATTERN.starts_with('^') && REVOCATION_DATE_PATTERN.ends_with('$'));
+    }
+
+    #[test]
+    fn serials_follow_the_documented_pattern() {
+        for ok in ["0", "0A:0B", "0x1f", "0X1F", ":01:", &"f".repeat(64)] {
+            assert!(serial_syntax_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "0x",
+            "xyz",
+            "0x0x1",
+            "01 02",
+            &"f".repeat(65),
+            "\u{0661}",
+        ] {
+            assert!(!serial_syntax_ok(bad), "{bad}");
+        }
+    }
+}

@@ -109,9 +109,28 @@ const CONTENT_CHECKED: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The schemathesis configuration: [`CONTENT_CHECKED`] as per-operation overrides.
-fn config_toml() -> String {
+/// The schemathesis configuration: half of the path parameters drawn from the fixture's
+/// identifiers (so that generated requests reach existing resources, not only 404s),
+/// and [`CONTENT_CHECKED`] as per-operation overrides.
+fn config_toml(fingerprint: &str) -> String {
     let mut toml = String::new();
+    for (param, value) in [
+        ("tenant_id", "fuzz"),
+        ("fingerprint", fingerprint),
+        ("common_name", "dev-1"),
+        ("user_name", "admin"),
+    ] {
+        toml.push_str(&format!(
+            "[dictionaries.{param}]\nvalues = [\"{value}\"]\n\n"
+        ));
+    }
+    toml.push_str("[parameters]\n");
+    for param in ["tenant_id", "fingerprint", "common_name", "user_name"] {
+        toml.push_str(&format!(
+            "\"path.{param}\" = {{ dictionary = \"{param}\", probability = 0.5 }}\n"
+        ));
+    }
+    toml.push('\n');
     for (operation, status, why) in CONTENT_CHECKED {
         toml.push_str(&format!(
             "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.positive_data_acceptance.expected-statuses = [\"2xx\", \"3xx\", \"401\", \"403\", \"404\", \"409\", \"429\", \"5xx\", \"{status}\"]\n\n"
@@ -121,9 +140,15 @@ fn config_toml() -> String {
 }
 
 /// Runs schemathesis against `base` as `user`; returns (success, output).
-async fn fuzz(exe: &Path, base: &str, user: &str, pass: &str, work: &Path) -> (bool, String) {
+async fn fuzz(
+    exe: &Path,
+    base: &str,
+    (user, pass): Creds<'_>,
+    fingerprint: &str,
+    work: &Path,
+) -> (bool, String) {
     let config = work.join("schemathesis.toml");
-    std::fs::write(&config, config_toml()).expect("write schemathesis.toml");
+    std::fs::write(&config, config_toml(fingerprint)).expect("write schemathesis.toml");
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--config-file")
         .arg(&config)
@@ -156,20 +181,19 @@ async fn fuzz(exe: &Path, base: &str, user: &str, pass: &str, work: &Path) -> (b
     (out.status.success(), text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_violation_of_the_openapi_document() {
-    let exe = tokio::task::spawn_blocking(schemathesis)
-        .await
-        .expect("locate schemathesis");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+/// A fresh server with tenant `fuzz` (its admin `fuzz/admin`, a trusted CA, a device).
+async fn fixture(dir: &Path) -> (Server, String, String) {
+    let mut cfg = config(dir);
     // Schemathesis' ignored_auth check sends wrong credentials on purpose: with the test
     // defaults (3 failures) the real credentials would be locked out mid-run.
     cfg.login_max_failures = 1_000_000;
     cfg.password_check_queue = 1024;
     let s = start_with(cfg).await;
     let login = s.tenant("fuzz").await;
-    s.trust("fuzz", &login, &ca("Fuzz CA"), true).await;
+    let fingerprint = s.trust("fuzz", &login, &ca("Fuzz CA"), true).await["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
     let (st, b) = s
         .post(
             "/tenant/tenants/fuzz/devices",
@@ -178,19 +202,41 @@ async fn schemathesis_finds_no_violation_of_the_openapi_document() {
         )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{b}");
+    (s, login, fingerprint)
+}
 
-    for (user, pass) in [MGMT, (login.as_str(), TENANT_PASS)] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_violation_of_the_openapi_document() {
+    let exe = tokio::task::spawn_blocking(schemathesis)
+        .await
+        .expect("locate schemathesis");
+    // One server per principal: the management admin's run may delete tenant `fuzz` or
+    // its admin, which would leave the tenant admin's run with nothing but 401s.
+    for tenant_admin in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, login, fingerprint) = fixture(dir.path()).await;
+        let (user, pass) = if tenant_admin {
+            (login.as_str(), TENANT_PASS)
+        } else {
+            MGMT
+        };
         let started = Instant::now();
-        let (ok, out) = fuzz(&exe, &s.base, user, pass, dir.path()).await;
+        let (ok, out) = fuzz(&exe, &s.base, (user, pass), &fingerprint, dir.path()).await;
+        let summary = out
+            .find("=== WARNINGS ===")
+            .or_else(|| out.find("=== SUMMARY ==="))
+            .map_or(out.as_str(), |i| &out[i..]);
         eprintln!(
-            "schemathesis as {user}: {:.1} s, {}",
-            started.elapsed().as_secs_f64(),
-            out.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
+            "schemathesis as {user}: {:.1} s\n{summary}",
+            started.elapsed().as_secs_f64()
         );
         assert!(ok, "schemathesis as {user} found problems:\n{out}");
+        // A run that never got past authentication tested nothing (a 403 is expected
+        // for the tenant admin on the management admin's operations).
+        assert!(
+            !out.contains("401 Unauthorized ("),
+            "schemathesis as {user} was refused:\n{out}"
+        );
+        s.stop().await;
     }
-    s.stop().await;
 }
