@@ -345,8 +345,8 @@ pub async fn list(
     ))
 }
 
-/// The CRL bytes of an upload: the raw body (PEM or DER), or the first part of a
-/// multipart form.
+/// The CRL bytes of an upload: the raw body (PEM or DER), or the `file` part of a
+/// multipart form (the only field it may have).
 async fn upload_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
     let is_multipart = req
         .headers()
@@ -355,15 +355,21 @@ async fn upload_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if is_multipart {
         let mut form = Multipart::from_request(req, &()).await?;
+        let mut file = None;
         while let Some(field) = form.next_field().await? {
-            let bytes = field.bytes().await?;
-            if !bytes.is_empty() {
-                return Ok(bytes.to_vec());
+            let name = field.name().unwrap_or_default().to_string();
+            if name != "file" {
+                return Err(ApiError::BadRequest(format!(
+                    "Unknown multipart field '{}': expected file",
+                    name.chars().take(64).collect::<String>()
+                )));
             }
+            let bytes = field.bytes().await?;
+            file.get_or_insert(bytes.to_vec());
         }
-        return Err(ApiError::BadRequest(
-            "The multipart form holds no CRL file".into(),
-        ));
+        return file.ok_or_else(|| {
+            ApiError::BadRequest("The multipart form holds no CRL file (field 'file')".into())
+        });
     }
     let bytes = Bytes::from_request(req, &()).await?;
     Ok(bytes.to_vec())

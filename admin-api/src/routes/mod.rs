@@ -624,9 +624,10 @@ pub(crate) mod schema {
 
     /// The multipart form of a CRL upload (documentation only).
     #[derive(utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     pub(crate) struct CrlForm {
-        /// The CRL file, PEM or DER (the first non-empty part is read, whatever its name).
+        /// The CRL file, PEM or DER (the form's only field).
         #[schema(format = Binary, value_type = String)]
         file: Vec<u8>,
     }

@@ -720,7 +720,7 @@ async fn integers_may_carry_a_zero_fraction_and_names_are_limited_as_sent() {
     assert_error(
         &got,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "Failed to deserialize the JSON body into the target type: maxChainLength: expected an integer, got 4.5 at line 1 column 23",
+        "Failed to deserialize the JSON body into the target type: maxChainLength: expected an integer, got 4.5 at line 1 column 22",
     );
     // maxLength counts what is sent: trailing blanks included.
     let long = format!("a{}", " ".repeat(256));
@@ -738,5 +738,40 @@ async fn integers_may_carry_a_zero_fraction_and_names_are_limited_as_sent() {
     assert_eq!(
         (st, b["company"].clone()),
         (StatusCode::OK, json!("Fx Inc"))
+    );
+}
+
+#[tokio::test]
+async fn a_crl_form_has_exactly_its_file_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let login = s.tenant("fx").await;
+    let upload = |form: reqwest::multipart::Form| {
+        let req = s
+            .client
+            .post(s.url("/tenant/tenants/fx/crls"))
+            .basic_auth(&login, Some(TENANT_PASS))
+            .multipart(form);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Any other field is refused by name, as the document's additionalProperties: false says.
+    let form = reqwest::multipart::Form::new().text("crl", "x");
+    assert_error(
+        &upload(form).await,
+        StatusCode::BAD_REQUEST,
+        "Unknown multipart field 'crl': expected file",
+    );
+    // An empty file is the empty body's 422.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(Vec::new()).file_name("ca.crl"),
+    );
+    assert_error(
+        &upload(form).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "The request body is empty: send the CRL (PEM or DER)",
     );
 }

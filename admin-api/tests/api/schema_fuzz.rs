@@ -109,6 +109,14 @@ const CONTENT_CHECKED: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Operations whose documented semantics differ from a check's assumption, with the
+/// check turned off for them alone.
+const CHECK_EXCEPTIONS: &[(&str, &str, &str)] = &[(
+    "GET /tenant/tenants/{tenant_id}/devices/{common_name}",
+    "use_after_free",
+    "DELETE on a device blocks it: the record stays with status BLOCKED, so reading it after the DELETE answers 200 by design",
+)];
+
 /// The schemathesis configuration: half of the path parameters drawn from the fixture's
 /// identifiers (so that generated requests reach existing resources, not only 404s),
 /// and [`CONTENT_CHECKED`] as per-operation overrides.
@@ -131,6 +139,11 @@ fn config_toml(fingerprint: &str) -> String {
         ));
     }
     toml.push('\n');
+    for (operation, check, why) in CHECK_EXCEPTIONS {
+        toml.push_str(&format!(
+            "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.{check}.enabled = false\n\n"
+        ));
+    }
     for (operation, status, why) in CONTENT_CHECKED {
         toml.push_str(&format!(
             "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.positive_data_acceptance.expected-statuses = [\"2xx\", \"3xx\", \"401\", \"403\", \"404\", \"409\", \"429\", \"5xx\", \"{status}\"]\n\n"
