@@ -478,8 +478,8 @@ mod tests {
             Some(day + 37_800)
         );
         assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800));
-        assert_eq!(parse_date("2000-02-29").is_some(), true);
-        assert_eq!(parse_date("0000-02-29").is_some(), true);
+        assert!(parse_date("2000-02-29").is_some());
+        assert!(parse_date("0000-02-29").is_some());
         for bad in [
             "",
             "2023-02-29",

@@ -327,7 +327,7 @@ async fn known_query_parameters(
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let name = query_name(pair.split('=').next().unwrap_or_default());
-        if !known.iter().any(|k| *k == name) {
+        if !known.contains(&name) {
             return ApiError::BadRequest(unknown_query_parameter(
                 &name,
                 &method,
