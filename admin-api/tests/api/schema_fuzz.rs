@@ -141,9 +141,15 @@ fn config_toml(fingerprint: &str) -> String {
     toml.push('\n');
     for (operation, check, why) in CHECK_EXCEPTIONS {
         toml.push_str(&format!(
-            "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.{check}.enabled = false\n\n"
+            "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.{check}.enabled = false\nphases.stateful.checks.{check}.enabled = false\n\n"
         ));
     }
+    // The same exception for the stateful phase, whose use_after_free check (4.32.5) is
+    // not turned off by the setting above: the device DELETE, which blocks, takes no part
+    // in stateful sequences (coverage and fuzzing phases still test it).
+    toml.push_str(
+        "[[operations]]\ninclude-name = \"DELETE /tenant/tenants/{tenant_id}/devices/{common_name}\"\nphases.stateful.enabled = false\n\n",
+    );
     for (operation, status, why) in CONTENT_CHECKED {
         toml.push_str(&format!(
             "# {why}\n[[operations]]\ninclude-name = \"{operation}\"\nchecks.positive_data_acceptance.expected-statuses = [\"2xx\", \"3xx\", \"401\", \"403\", \"404\", \"409\", \"429\", \"5xx\", \"{status}\"]\n\n"
