@@ -16,7 +16,8 @@ pub struct ErrorBody {
     pub error: String,
     /// A sentence for the person reading it.
     pub message: String,
-    /// Details (the failing row of a report, the index in a bulk request, ...).
+    /// Details (the failing row of a report, the index in a bulk request, the seconds
+    /// to wait, ...): always an object, `{}` when there are none.
     #[schema(value_type = Object)]
     pub info: serde_json::Value,
 }
@@ -53,7 +54,7 @@ pub enum ApiError {
     Unprocessable {
         /// The rule's sentence.
         message: String,
-        /// Details, `null` when none.
+        /// Details (an object; `null` is sent as `{}`).
         info: serde_json::Value,
     },
     /// 429: too many failed logins for this user name from this address, from this
@@ -155,6 +156,12 @@ impl ApiError {
                 serde_json::json!({ "retryAfterSeconds": retry_after_secs })
             }
             _ => serde_json::Value::Null,
+        };
+        // Always an object, as the document says: `{}` for no details.
+        let info = match info {
+            serde_json::Value::Object(_) => info,
+            serde_json::Value::Null => serde_json::json!({}),
+            other => serde_json::json!({ "detail": other }),
         };
         ErrorBody {
             error: error.to_string(),

@@ -148,7 +148,11 @@ fn candidates(admin: &Admin, chain: &[CertificateDer<'static>]) -> Vec<(String, 
 
 /// Checks a device chain against the live trust snapshot.
 #[utoipa::path(post, path = "/tenant/trusted-certificates/verify-cert-chain", tag = "trusted certificates",
-    request_body(content = String, description = "PEM chain, device certificate first (or use the X-Ssl-Cert-Chain header)", content_type = "application/x-pem-file"),
+    request_body(description = "PEM chain, device certificate first (or use the X-Ssl-Cert-Chain header); any content type",
+        content(
+            (inline(super::schema::PemText) = "application/x-pem-file"),
+            (inline(super::schema::PemText) = "text/plain"),
+        )),
     params(("X-Ssl-Cert-Chain" = Option<String>, Header, description = "PEM chain (optionally URL-encoded) instead of the body")),
     responses(
         (status = 200, description = "The verdict (valid or the reason)", body = ChainCheck),

@@ -25,16 +25,19 @@ use crate::Admin;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevokedEntry {
-    /// Serial number in hex (any case, `:` separators allowed).
+    /// Serial number in hex (any case, `:` separators and a `0x` prefix allowed).
+    #[schema(schema_with = super::schema::serial_hex)]
     pub serial_number_in_hex: String,
     /// Revocation date, RFC 3339 or `YYYY-MM-DD` (default: now).
+    #[schema(schema_with = super::schema::revocation_date)]
     pub revocation_date: Option<String>,
 }
 
 /// The manual revocation list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RevocationList {
-    /// Revoked serials.
+    /// Revoked serials: 1 to 10000 per request; the answer holds the whole list.
+    #[schema(min_items = 1)]
     pub crls: Vec<RevokedEntry>,
 }
 
@@ -73,15 +76,84 @@ pub struct CrlInfoList {
     pub crls: Vec<CrlInfo>,
 }
 
+/// The syntax of `revocationDate` in the document: a calendar date `YYYY-MM-DD`
+/// (Gregorian, leap years included), optionally followed by a time `THH:MM:SS`, up to 9
+/// fraction digits and `Z` or an offset `±HH:MM` (`t`, `z` or a space also accepted).
+/// [`parse_date`] accepts exactly these strings.
+pub const REVOCATION_DATE_PATTERN: &str = concat!(
+    "^(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
+    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[048]|[2468][048]|[13579][26])00)-02-29)",
+    "(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]))?$"
+);
+
+/// Parses a revocation date of [`REVOCATION_DATE_PATTERN`] to Unix seconds.
 fn parse_date(s: &str) -> Option<i64> {
-    use time::format_description::well_known::Rfc3339;
-    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
-        return Some(t.unix_timestamp());
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let d = b.get(r)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0u32, |n, c| n * 10 + u32::from(c - b'0')))
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
     }
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    time::Date::parse(s, &fmt)
-        .ok()
-        .map(|d| d.midnight().assume_utc().unix_timestamp())
+    let year = i32::try_from(num(0..4)?).ok()?;
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let day = u8::try_from(num(8..10)?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    if b.len() == 10 {
+        return Some(date.midnight().assume_utc().unix_timestamp());
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') || b.len() < 20 || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&n) {
+            return None;
+        }
+        nanos = frac[..n]
+            .iter()
+            .fold(0u32, |v, c| v * 10 + u32::from(c - b'0'))
+            * 10u32.pow(9 - n as u32);
+        rest = &frac[n..];
+    }
+    let offset_secs: i64 = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let h = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
+            let m = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let v = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    let time = time::Time::from_hms_nano(
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+        nanos,
+    )
+    .ok()?;
+    Some(date.with_time(time).assume_utc().unix_timestamp() - offset_secs)
 }
 
 fn list_of(serials: &[RevokedSerial]) -> RevocationList {
@@ -94,6 +166,18 @@ fn list_of(serials: &[RevokedSerial]) -> RevocationList {
             })
             .collect(),
     }
+}
+
+/// The syntax the document declares for `serialNumberInHex`: an optional `0x`/`0X`
+/// prefix, then 1 to 64 hex digits with any `:` separators
+/// (`^(?:0[xX])?:*(?:[0-9A-Fa-f]:*){1,64}$`).
+fn serial_syntax_ok(s: &str) -> bool {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let n = digits.bytes().filter(u8::is_ascii_hexdigit).count();
+    digits.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') && (1..=64).contains(&n)
 }
 
 /// The most serials one request may add.
@@ -127,7 +211,9 @@ pub async fn add_serials(
     let now = admin.now();
     let mut serials = Vec::with_capacity(body.crls.len());
     for (i, e) in body.crls.iter().enumerate() {
-        let serial_hex = certs::info::normalize_serial_hex(&e.serial_number_in_hex)
+        let serial_hex = Some(e.serial_number_in_hex.as_str())
+            .filter(|s| serial_syntax_ok(s))
+            .and_then(certs::info::normalize_serial_hex)
             .filter(|s| s.len() <= 64)
             .ok_or_else(|| {
                 ApiError::unprocessable(format!(
@@ -185,7 +271,7 @@ async fn signer(admin: &Admin, tenant: &str) -> Result<CrlSigner, ApiError> {
 /// signed by the tenant's revocation-list signer.
 #[utoipa::path(get, path = "/tenant/trusted-certificates/settings/crl", tag = "revocation",
     responses(
-        (status = 200, description = "DER CRL signed by the tenant's revocation-list signer", content_type = "application/pkix-crl", body = Vec<u8>),
+        (status = 200, description = "DER CRL signed by the tenant's revocation-list signer", content_type = "application/pkix-crl", body = inline(super::schema::BinaryFile)),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody)),
     security(("basic" = [])))]
@@ -218,7 +304,7 @@ pub async fn get_crl(State(admin): State<Admin>, who: Principal) -> Result<Respo
 /// The certificate of the caller's tenant's revocation-list signer (PEM).
 #[utoipa::path(get, path = "/tenant/trusted-certificates/settings/crl/signer", tag = "revocation",
     responses(
-        (status = 200, description = "PEM certificate", content_type = "application/x-pem-file", body = String),
+        (status = 200, description = "PEM certificate", content_type = "application/x-pem-file", body = inline(super::schema::PemText)),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody)),
     security(("basic" = [])))]
@@ -259,8 +345,8 @@ pub async fn list(
     ))
 }
 
-/// The CRL bytes of an upload: the raw body (PEM or DER), or the first part of a
-/// multipart form.
+/// The CRL bytes of an upload: the raw body (PEM or DER), or the `file` part of a
+/// multipart form (the only field it may have).
 async fn upload_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
     let is_multipart = req
         .headers()
@@ -269,15 +355,21 @@ async fn upload_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if is_multipart {
         let mut form = Multipart::from_request(req, &()).await?;
+        let mut file = None;
         while let Some(field) = form.next_field().await? {
-            let bytes = field.bytes().await?;
-            if !bytes.is_empty() {
-                return Ok(bytes.to_vec());
+            let name = field.name().unwrap_or_default().to_string();
+            if name != "file" {
+                return Err(ApiError::BadRequest(format!(
+                    "Unknown multipart field '{}': expected file",
+                    name.chars().take(64).collect::<String>()
+                )));
             }
+            let bytes = field.bytes().await?;
+            file.get_or_insert(bytes.to_vec());
         }
-        return Err(ApiError::BadRequest(
-            "The multipart form holds no CRL file".into(),
-        ));
+        return file.ok_or_else(|| {
+            ApiError::BadRequest("The multipart form holds no CRL file (field 'file')".into())
+        });
     }
     let bytes = Bytes::from_request(req, &()).await?;
     Ok(bytes.to_vec())
@@ -287,7 +379,14 @@ async fn upload_bytes(req: Request) -> Result<Vec<u8>, ApiError> {
 /// or a multipart form with the file). Replaces the tenant's older CRL of that issuer.
 #[utoipa::path(post, path = "/tenant/tenants/{tenant_id}/crls", tag = "revocation",
     params(("tenant_id" = String, Path, description = "Tenant id")),
-    request_body(content = Vec<u8>, description = "The CRL, PEM or DER", content_type = "application/pkix-crl"),
+    request_body(description = "The CRL, PEM or DER, as the body (any content type but multipart) or as the file of a multipart form",
+        content(
+            (inline(super::schema::BinaryFile) = "application/pkix-crl"),
+            (inline(super::schema::BinaryFile) = "application/octet-stream"),
+            (inline(super::schema::PemText) = "application/x-pem-file"),
+            (inline(super::schema::PemText) = "text/plain"),
+            (inline(super::schema::CrlForm) = "multipart/form-data"),
+        )),
     responses(
         (status = 201, body = CrlInfo),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -361,4 +460,61 @@ pub async fn upload(
     admin.store().put_crl(record.clone(), audit).await?;
     admin.publish().await?;
     Ok(json_status(StatusCode::CREATED, CrlInfo::from(&record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_dates_follow_the_documented_pattern() {
+        let day = parse_date("2024-05-01").unwrap();
+        assert_eq!(day, 1_714_521_600);
+        assert_eq!(parse_date("2024-05-01T10:00:00Z"), Some(day + 36_000));
+        assert_eq!(parse_date("2024-05-01t10:00:00z"), Some(day + 36_000));
+        assert_eq!(parse_date("2024-05-01 10:00:00+02:00"), Some(day + 28_800));
+        assert_eq!(
+            parse_date("2024-05-01T10:00:00.123456789-00:30"),
+            Some(day + 37_800)
+        );
+        assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800));
+        assert!(parse_date("2000-02-29").is_some());
+        assert!(parse_date("0000-02-29").is_some());
+        for bad in [
+            "",
+            "2023-02-29",
+            "1900-02-29",
+            "2024-04-31",
+            "2024-13-01",
+            "2024-05-01X10:00:00Z",
+            "2024-05-01T23:59:60Z",
+            "2024-05-01T10:00:00",
+            "2024-05-01T10:00:00.Z",
+            "2024-05-01T10:00:00.1234567890Z",
+            "2024-05-01T10:00:00+24:00",
+            "2024-05-01\n",
+            "yesterday",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
+        assert!(REVOCATION_DATE_PATTERN.starts_with('^') && REVOCATION_DATE_PATTERN.ends_with('$'));
+    }
+
+    #[test]
+    fn serials_follow_the_documented_pattern() {
+        for ok in ["0", "0A:0B", "0x1f", "0X1F", ":01:", &"f".repeat(64)] {
+            assert!(serial_syntax_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "0x",
+            "xyz",
+            "0x0x1",
+            "01 02",
+            &"f".repeat(65),
+            "\u{0661}",
+        ] {
+            assert!(!serial_syntax_ok(bad), "{bad}");
+        }
+    }
 }

@@ -63,13 +63,17 @@ pub struct DeviceList {
 #[serde(rename_all = "camelCase")]
 pub struct NewDevice {
     /// The Common Name its certificate will carry.
+    #[schema(schema_with = super::schema::common_name)]
     pub common_name: String,
 }
 
 /// A change of a device's status.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct DeviceUpdate {
-    /// `REGISTERED` (unblock) or `BLOCKED`.
+    /// `REGISTERED` (unblock) or `BLOCKED`, any case.
+    #[schema(
+        pattern = "^(?:[Rr][Ee][Gg][Ii][Ss][Tt][Ee][Rr][Ee][Dd]|[Bb][Ll][Oo][Cc][Kk][Ee][Dd])$"
+    )]
     pub status: String,
 }
 

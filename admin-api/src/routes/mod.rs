@@ -13,7 +13,10 @@ pub mod tenants;
 pub mod trusted_certificates;
 pub mod users;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -107,6 +110,7 @@ pub fn router(admin: Admin) -> Router {
         )
         .route("/system/ssl-certificate", get(system::get).put(system::put))
         .route("/audit", get(audit::list))
+        .route_layer(axum::middleware::from_fn(known_query_parameters))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(crate::error::json_errors))
@@ -176,29 +180,164 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page (1 to 2000, default 5).
-    pub page_size: Option<u32>,
-    /// Page number from 1 (default 1).
-    pub current_page: Option<u32>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 2000)]
+    pub page_size: Option<i64>,
+    /// Page number from 1 (default 1), at most 1000000.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000000)]
+    pub current_page: Option<i64>,
 }
 
 /// The largest page size.
 pub const MAX_PAGE_SIZE: u32 = 2000;
 
+/// The largest page number.
+pub const MAX_PAGE: u32 = 1_000_000;
+
 impl PageQuery {
-    /// Validates the parameters.
+    /// Validates the parameters (the bounds the document declares).
     pub fn page(&self) -> Result<PageRequest, ApiError> {
         let size = self.page_size.unwrap_or(5);
         let page = self.current_page.unwrap_or(1);
-        if !(1..=MAX_PAGE_SIZE).contains(&size) {
-            return Err(ApiError::unprocessable(format!(
-                "pageSize must be between 1 and {MAX_PAGE_SIZE}"
-            )));
-        }
-        if page < 1 {
-            return Err(ApiError::unprocessable("currentPage must be 1 or more"));
-        }
+        let size = u32::try_from(size)
+            .ok()
+            .filter(|s| (1..=MAX_PAGE_SIZE).contains(s))
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!("pageSize must be between 1 and {MAX_PAGE_SIZE}"))
+            })?;
+        let page = u32::try_from(page)
+            .ok()
+            .filter(|p| (1..=MAX_PAGE).contains(p))
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!("currentPage must be between 1 and {MAX_PAGE}"))
+            })?;
         Ok(PageRequest { size, page })
     }
+}
+
+/// Deserializes an optional JSON integer. JSON Schema's `integer` is any number without
+/// a fractional part, so `5.0` is as valid as `5`; serde's i64 refuses it.
+pub(crate) fn json_integer<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    n.map(|n| {
+        n.as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| D::Error::custom(format!("expected an integer, got {n}")))
+    })
+    .transpose()
+}
+
+/// The query parameters each documented operation takes, from the OpenAPI document:
+/// (method, path template) to names.
+fn documented_query_parameters() -> &'static HashMap<(String, String), Vec<String>> {
+    static TABLE: OnceLock<HashMap<(String, String), Vec<String>>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let doc = <openapi::ApiDoc as utoipa::OpenApi>::openapi();
+        let mut table = HashMap::new();
+        for (path, item) in &doc.paths.paths {
+            let common = item.parameters.clone().unwrap_or_default();
+            let ops = [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("DELETE", &item.delete),
+            ];
+            for (method, op) in ops {
+                let Some(op) = op else { continue };
+                let names = common
+                    .iter()
+                    .chain(op.parameters.iter().flatten())
+                    .filter(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                    .map(|p| p.name.clone())
+                    .collect();
+                table.insert((method.to_string(), path.clone()), names);
+            }
+        }
+        table
+    })
+}
+
+/// Percent-decodes a query-string name (`+` is a space).
+fn query_name(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The 400 for a query parameter the operation does not take (exact sentence).
+pub fn unknown_query_parameter(name: &str, method: &str, path: &str, known: &[String]) -> String {
+    let name: String = name.chars().take(64).collect();
+    if known.is_empty() {
+        format!("Unknown query parameter '{name}': {method} {path} takes no query parameters")
+    } else {
+        format!(
+            "Unknown query parameter '{name}': {method} {path} takes only {}",
+            known.join(", ")
+        )
+    }
+}
+
+/// Refuses a query parameter that the operation's OpenAPI description does not declare
+/// (400 naming it), so that a misspelt `pagesize` is not silently ignored. The allowed
+/// names come from the document itself, so the two cannot disagree.
+async fn known_query_parameters(
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (Some(matched), Some(query)) = (matched, req.uri().query()) else {
+        return next.run(req).await;
+    };
+    let method = if req.method() == axum::http::Method::HEAD {
+        "GET".to_string()
+    } else {
+        req.method().as_str().to_string()
+    };
+    let Some(known) =
+        documented_query_parameters().get(&(method.clone(), matched.as_str().to_string()))
+    else {
+        return next.run(req).await;
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = query_name(pair.split('=').next().unwrap_or_default());
+        if !known.contains(&name) {
+            return ApiError::BadRequest(unknown_query_parameter(
+                &name,
+                &method,
+                matched.as_str(),
+                known,
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Paging statistics of a list response.
@@ -264,8 +403,14 @@ fn is_invisible_format(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
 }
 
-/// Validates a display name (certificate name, company): 1 to `max` characters, any
-/// script, but no control or invisible formatting characters. Returns it trimmed.
+/// The OpenAPI pattern of a display name, as [`display_name`] checks it: no control or
+/// invisible formatting character, and at least one character that is not white space
+/// (Unicode White_Space; the control ones among them are refused anyway).
+pub const DISPLAY_NAME_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u202A-\u202E\u2060-\u206F\uFEFF]*[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u202A-\u202E\u2060-\u206F\uFEFF \u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u202A-\u202E\u2060-\u206F\uFEFF]*$";
+
+/// Validates a display name (certificate name, company): 1 to `max` characters as sent
+/// (the document's maxLength), any script, not only white space, no control or
+/// invisible formatting characters ([`DISPLAY_NAME_PATTERN`]). Returns it trimmed.
 pub(crate) fn display_name(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() {
@@ -273,7 +418,7 @@ pub(crate) fn display_name(field: &str, value: &str, max: usize) -> Result<Strin
             "{field} must not be empty"
         )));
     }
-    if v.chars().count() > max {
+    if value.chars().count() > max {
         return Err(ApiError::unprocessable(format!(
             "{field} must be at most {max} characters"
         )));
@@ -339,4 +484,174 @@ pub(crate) fn password(field: &str, value: &str) -> Result<(), ApiError> {
 /// A JSON response with a status.
 pub(crate) fn json_status<T: Serialize>(status: axum::http::StatusCode, body: T) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+/// Schemas of request fields whose rules a derive cannot spell: each states exactly what
+/// the handler enforces (the fuzz test holds the two together).
+pub(crate) mod schema {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::Object;
+
+    use super::DISPLAY_NAME_PATTERN;
+
+    fn string(nullable: bool) -> ObjectBuilder {
+        if nullable {
+            ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        } else {
+            ObjectBuilder::new().schema_type(Type::String)
+        }
+    }
+
+    fn display_name(max: usize, nullable: bool, description: &str) -> Object {
+        string(nullable)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(Some(DISPLAY_NAME_PATTERN))
+            .description(Some(description))
+            .build()
+    }
+
+    /// A tenant's company (required).
+    pub(crate) fn company() -> Object {
+        display_name(256, false, "Company name: 1 to 256 characters, not only white space, no control or invisible formatting characters")
+    }
+
+    /// A tenant's company in an update (optional).
+    pub(crate) fn company_opt() -> Object {
+        display_name(256, true, "Company name: 1 to 256 characters, not only white space, no control or invisible formatting characters")
+    }
+
+    /// A tenant's domain (optional).
+    pub(crate) fn domain() -> Object {
+        display_name(253, true, "Domain: 1 to 253 characters, not only white space, no control or invisible formatting characters")
+    }
+
+    /// A trusted certificate's display name (optional).
+    pub(crate) fn certificate_name() -> Object {
+        display_name(128, true, "Display name: 1 to 128 characters, not only white space, no control or invisible formatting characters (default: the subject's CN)")
+    }
+
+    /// The server certificate's display name (required).
+    pub(crate) fn server_certificate_name() -> Object {
+        display_name(128, false, "Display name: 1 to 128 characters, not only white space, no control or invisible formatting characters")
+    }
+
+    /// A tenant id (optional: generated when absent).
+    pub(crate) fn tenant_id() -> Object {
+        string(true)
+            .min_length(Some(1))
+            .max_length(Some(32))
+            .pattern(Some("^[a-z0-9][a-z0-9_-]*$"))
+            .description(Some("Tenant id: 1 to 32 characters of a-z, 0-9, '-' or '_', starting with a letter or digit; generated when absent"))
+            .build()
+    }
+
+    /// A user name.
+    pub(crate) fn user_name() -> Object {
+        string(false)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some("^[A-Za-z0-9._@+-]+$"))
+            .description(Some("User name: 1 to 64 letters, digits, '.', '_', '-', '@' or '+' (log in as tenantId/userName)"))
+            .build()
+    }
+
+    /// A new password.
+    pub(crate) fn password() -> Object {
+        string(false)
+            .min_length(Some(8))
+            .max_length(Some(256))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"))
+            .description(Some("Password: 8 to 256 characters, no control characters"))
+            .build()
+    }
+
+    /// A device Common Name.
+    pub(crate) fn common_name() -> Object {
+        string(false)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F+#/$]*$"))
+            .description(Some("The Common Name its certificate will carry: 1 to 64 characters, no control characters and none of + # / $"))
+            .build()
+    }
+
+    /// A revoked serial number.
+    pub(crate) fn serial_hex() -> Object {
+        string(false)
+            .pattern(Some("^(?:0[xX])?:*(?:[0-9A-Fa-f]:*){1,64}$"))
+            .description(Some("Serial number in hex: 1 to 64 hex digits (any case), ':' separators and a 0x prefix allowed"))
+            .build()
+    }
+
+    /// A revocation date.
+    pub(crate) fn revocation_date() -> Object {
+        string(true)
+            .description(Some("Revocation date, RFC 3339 (`2024-05-01T10:00:00Z`, up to 9 fraction digits, no leap second) or `YYYY-MM-DD` (default: now)"))
+            .pattern(Some(super::crl::REVOCATION_DATE_PATTERN))
+            .build()
+    }
+
+    /// A file body (DER CRL, ...): `type: string, format: binary`, so a generic client
+    /// sends the bytes as they are.
+    pub(crate) struct BinaryFile;
+
+    impl utoipa::PartialSchema for BinaryFile {
+        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+            use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for BinaryFile {}
+
+    /// PEM text (certificates or a CRL): `type: string`.
+    pub(crate) struct PemText;
+
+    impl utoipa::PartialSchema for PemText {
+        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("PEM text (-----BEGIN ...-----)"))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for PemText {}
+
+    /// The multipart form of a CRL upload (documentation only).
+    #[derive(utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    pub(crate) struct CrlForm {
+        /// The CRL file, PEM or DER (the form's only field).
+        #[schema(format = Binary, value_type = String)]
+        file: Vec<u8>,
+    }
+
+    /// A boolean as JSON or as the string `true`/`false` (any case), optional.
+    pub(crate) fn flex_bool() -> utoipa::openapi::schema::Schema {
+        use utoipa::openapi::schema::OneOfBuilder;
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(string(false).pattern(Some("^(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$")))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some(
+                "true or false, as a JSON boolean or a string (any case)",
+            ))
+            .build()
+            .into()
+    }
+
+    /// A certificate pasted as PEM or base64 DER.
+    pub(crate) fn certificate_pem() -> Object {
+        string(false)
+            .min_length(Some(1))
+            .pattern(Some(r"[^\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"))
+            .description(Some("The CA certificate: PEM with or without newlines, or its base64 DER alone. It must be a CA certificate that passes the upload rules (else 422)"))
+            .build()
+    }
 }

@@ -11,7 +11,7 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
 #[openapi(
     info(
         title = "Broker admin API",
-        description = "Tenants, users, trusted certificates, revocation, devices and the server certificate of the MQTT front-end. Authenticate with HTTP Basic as tenantId/user:password.",
+        description = "Tenants, users, trusted certificates, revocation, devices and the server certificate of the MQTT front-end. Authenticate with HTTP Basic as tenantId/user:password. Every error is a JSON ErrorBody whose info is always an object ({} when there are no details). A query parameter that an operation does not declare is refused with 400 (\"Unknown query parameter 'NAME': ...\"). Failed logins are limited per user name and source address (429 with Retry-After), and a full password-check queue answers 503 with Retry-After.",
     ),
     paths(
         tenants::list, tenants::create, tenants::get, tenants::update, tenants::delete,
@@ -40,18 +40,21 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
 pub struct ApiDoc;
 
 /// Adds the Basic security scheme, gives every operation a unique id derived from its
-/// method and path (handler names repeat across modules), documents 507 (the store is
-/// full) on every operation that changes something, and 503 (the password-check queue is
-/// full) on every authenticated operation.
+/// method and path (handler names repeat across modules), and documents the statuses
+/// every operation can meet: 400 (malformed path or an unknown query parameter), 500
+/// (a bug or a storage failure), 507 (the store is full) on every operation that changes
+/// something, and 429 and 503 (login throttling, password-check queue full) on every
+/// authenticated operation.
 struct DocFixes;
 
 /// The one POST that changes nothing.
 const READ_ONLY_POST: &str = "/tenant/trusted-certificates/verify-cert-chain";
 
-fn insufficient_storage() -> utoipa::openapi::Response {
+/// An error response with the ErrorBody schema.
+fn error_response(description: &str) -> utoipa::openapi::Response {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     ResponseBuilder::new()
-        .description("The store is full (disk or configured size limit); nothing was changed")
+        .description(description)
         .content(
             "application/json",
             ContentBuilder::new()
@@ -61,18 +64,32 @@ fn insufficient_storage() -> utoipa::openapi::Response {
         .build()
 }
 
-fn login_busy() -> utoipa::openapi::Response {
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-    ResponseBuilder::new()
-        .description("Every password-check thread is busy and the queue is full: retry after Retry-After seconds")
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                .build(),
-        )
-        .build()
+/// The same with a `Retry-After` header (seconds).
+fn retry_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let mut r = error_response(description);
+    r.headers.insert(
+        "Retry-After".into(),
+        HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .description(Some("Seconds to wait before retrying"))
+            .build(),
+    );
+    r
 }
+
+const BAD_REQUEST: &str = "Malformed request: a path segment that is not UTF-8, a query parameter this operation does not declare (the message names it) or of the wrong type, or a malformed body";
+const INTERNAL: &str = "A bug or a storage failure; the detail is in the server log only";
+const INSUFFICIENT_STORAGE: &str =
+    "The store is full (disk or configured size limit); nothing was changed";
+const TOO_MANY_REQUESTS: &str = "Too many failed logins for this user name from this source address, or from this address (locked), or for this user name (slowed down): retry after Retry-After seconds";
+const LOGIN_BUSY: &str =
+    "Every password-check thread is busy and the queue is full: retry after Retry-After seconds";
 
 impl Modify for DocFixes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -97,17 +114,22 @@ impl Modify for DocFixes {
                     let id = format!("{method}{slug}");
                     let id = id.trim_end_matches('_').replace("__", "_");
                     op.operation_id = Some(id);
-                    if op.responses.responses.contains_key("401") {
-                        op.responses
-                            .responses
-                            .entry("503".into())
-                            .or_insert_with(|| login_busy().into());
+                    let responses = &mut op.responses.responses;
+                    responses
+                        .entry("400".into())
+                        .or_insert_with(|| error_response(BAD_REQUEST).into());
+                    responses
+                        .entry("500".into())
+                        .or_insert_with(|| error_response(INTERNAL).into());
+                    if responses.contains_key("401") {
+                        // Documented with its header (replacing a bare 429).
+                        responses.insert("429".into(), retry_response(TOO_MANY_REQUESTS).into());
+                        responses.insert("503".into(), retry_response(LOGIN_BUSY).into());
                     }
                     if method != "get" && path != READ_ONLY_POST {
-                        op.responses
-                            .responses
+                        responses
                             .entry("507".into())
-                            .or_insert_with(|| insufficient_storage().into());
+                            .or_insert_with(|| error_response(INSUFFICIENT_STORAGE).into());
                     }
                 }
             }

@@ -66,25 +66,32 @@ pub struct Imported {
 
 /// The multipart form of `PUT /system/ssl-certificate` (documentation only).
 #[derive(ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ServerCertificateForm {
     /// Display name.
+    #[schema(schema_with = super::schema::server_certificate_name)]
     name: String,
     /// Passphrase of an encrypted key or PKCS#12 keystore.
+    #[schema(nullable = false)]
     passphrase: Option<String>,
     /// The private key file.
-    #[schema(format = Binary, value_type = String)]
+    #[schema(format = Binary, value_type = String, nullable = false)]
     key: Option<Vec<u8>>,
     /// The certificate file (PEM, DER or PKCS#12).
     #[schema(format = Binary, value_type = String)]
     crt: Vec<u8>,
     /// Intermediate and root CA certificates.
-    #[schema(format = Binary, value_type = Option<String>)]
+    #[schema(format = Binary, value_type = String, nullable = false)]
     chain: Option<Vec<u8>>,
-    /// `Required` (default) or `None`.
+    /// `Required` (default) or `None`, any case.
+    #[schema(
+        pattern = "^(?:[Rr][Ee][Qq][Uu][Ii][Rr][Ee][Dd]|[Nn][Oo][Nn][Ee])$",
+        nullable = false
+    )]
     validation: Option<String>,
-    /// `true` to check the CRL distribution point.
+    /// `true` to check the CRL distribution point (also `1`/`on`, `0`/`off`, any case).
+    #[schema(nullable = false)]
     crl_check: Option<bool>,
 }
 

@@ -24,6 +24,7 @@ use crate::Admin;
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
     /// Maximum chain length including device and trusted certificate (2 to 10).
+    #[schema(minimum = 2, maximum = 10)]
     pub max_chain_length: u8,
     /// Enforce the tenant's manual revocation list and uploaded CRLs.
     pub crl_offline_enabled: bool,
@@ -35,12 +36,16 @@ pub struct Settings {
     pub crl_online_fail_open: bool,
     /// `strict` refuses a ClientId other than the certificate's CN; `override`
     /// replaces it with the CN.
+    #[schema(value_type = ClientIdPolicyName)]
     pub client_id_policy: String,
     /// Maximum devices connected at once (0: unlimited).
+    #[schema(maximum = 100000000)]
     pub max_devices: u32,
     /// Maximum trusted certificates (0: unlimited).
+    #[schema(maximum = 100000000)]
     pub max_anchors: u32,
     /// Maximum PUBLISH packets per second from all devices together (0: unlimited).
+    #[schema(maximum = 100000000)]
     pub max_publish_rate: u32,
 }
 
@@ -59,11 +64,25 @@ impl From<&TenantSettings> for Settings {
     }
 }
 
-/// A change of settings: absent fields stay as they are.
+/// The ClientId policy: `strict` or `override`.
+#[derive(ToSchema)]
+#[schema(as = ClientIdPolicyName)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ClientIdPolicyName {
+    /// Refuse a ClientId other than the certificate's CN.
+    Strict,
+    /// Replace the ClientId with the CN.
+    Override,
+}
+
+/// A change of settings: absent (or `null`) fields stay as they are.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SettingsPatch {
     /// Maximum chain length (2 to 10).
+    #[serde(default, deserialize_with = "super::json_integer")]
+    #[schema(minimum = 2, maximum = 10)]
     pub max_chain_length: Option<i64>,
     /// Enforce the manual list and uploaded CRLs.
     pub crl_offline_enabled: Option<bool>,
@@ -72,12 +91,19 @@ pub struct SettingsPatch {
     /// Admit devices whose online revocation status is unknown (default false).
     pub crl_online_fail_open: Option<bool>,
     /// `strict` or `override`.
+    #[schema(value_type = Option<ClientIdPolicyName>)]
     pub client_id_policy: Option<String>,
     /// Maximum devices connected at once (0: unlimited).
+    #[serde(default, deserialize_with = "super::json_integer")]
+    #[schema(minimum = 0, maximum = 100000000)]
     pub max_devices: Option<i64>,
     /// Maximum trusted certificates (0: unlimited).
+    #[serde(default, deserialize_with = "super::json_integer")]
+    #[schema(minimum = 0, maximum = 100000000)]
     pub max_anchors: Option<i64>,
     /// Maximum PUBLISH packets per second, all devices together (0: unlimited).
+    #[serde(default, deserialize_with = "super::json_integer")]
+    #[schema(minimum = 0, maximum = 100000000)]
     pub max_publish_rate: Option<i64>,
 }
 
@@ -179,14 +205,19 @@ impl From<&TenantRecord> for Tenant {
 #[serde(rename_all = "camelCase")]
 pub struct NewTenant {
     /// Tenant id; generated when absent.
+    #[schema(schema_with = super::schema::tenant_id)]
     pub id: Option<String>,
     /// Company name.
+    #[schema(schema_with = super::schema::company)]
     pub company: String,
     /// Domain.
+    #[schema(schema_with = super::schema::domain)]
     pub domain: Option<String>,
     /// The first admin's user name.
+    #[schema(schema_with = super::schema::user_name)]
     pub admin_name: String,
     /// The first admin's password (8 to 256 characters).
+    #[schema(schema_with = super::schema::password)]
     pub admin_pass: String,
     /// Initial settings.
     pub settings: Option<SettingsPatch>,
@@ -198,8 +229,10 @@ pub struct NewTenant {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantUpdate {
     /// Company name.
+    #[schema(schema_with = super::schema::company_opt)]
     pub company: Option<String>,
     /// Domain.
+    #[schema(schema_with = super::schema::domain)]
     pub domain: Option<String>,
     /// Settings.
     pub settings: Option<SettingsPatch>,

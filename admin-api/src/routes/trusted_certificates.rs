@@ -19,13 +19,13 @@ use crate::error::{ApiError, ErrorBody};
 use crate::store::{AuditEntry, CertUpdate, TrustedCertRecord};
 use crate::Admin;
 
-/// A boolean sent as JSON `true`/`false` or as the string `"true"`/`"false"`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// A boolean sent as JSON `true`/`false` or as the string `"true"`/`"false"` (any case).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum FlexBool {
     /// A JSON boolean.
     Bool(bool),
-    /// A string `"true"` or `"false"`.
+    /// A string `"true"` or `"false"`, any case.
     Text(String),
 }
 
@@ -47,13 +47,17 @@ impl FlexBool {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewTrustedCertificate {
-    /// `ENABLED` (default) or `DISABLED`.
+    /// `ENABLED` (default) or `DISABLED`, any case.
+    #[schema(pattern = "^(?:[Ee][Nn][Aa][Bb][Ll][Ee][Dd]|[Dd][Ii][Ss][Aa][Bb][Ll][Ee][Dd])$")]
     pub status: Option<String>,
     /// Display name (default: the subject's CN).
+    #[schema(schema_with = super::schema::certificate_name)]
     pub name: Option<String>,
     /// Register devices at their first connect (default false).
+    #[schema(schema_with = super::schema::flex_bool)]
     pub auto_registration_enabled: Option<FlexBool>,
     /// The CA certificate: PEM with or without newlines, or its base64 DER alone.
+    #[schema(schema_with = super::schema::certificate_pem)]
     pub cert_in_pem_format: String,
 }
 
@@ -62,17 +66,21 @@ pub struct NewTrustedCertificate {
 #[serde(rename_all = "camelCase")]
 pub struct TrustedCertificateUpdate {
     /// New display name.
+    #[schema(schema_with = super::schema::certificate_name)]
     pub name: Option<String>,
-    /// `ENABLED` or `DISABLED`.
+    /// `ENABLED` or `DISABLED`, any case.
+    #[schema(pattern = "^(?:[Ee][Nn][Aa][Bb][Ll][Ee][Dd]|[Dd][Ii][Ss][Aa][Bb][Ll][Ee][Dd])$")]
     pub status: Option<String>,
     /// Register devices at their first connect.
+    #[schema(schema_with = super::schema::flex_bool)]
     pub auto_registration_enabled: Option<FlexBool>,
 }
 
 /// Several certificates to trust, all or nothing.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct BulkUpload {
-    /// The certificates.
+    /// The certificates (at least one).
+    #[schema(min_items = 1)]
     pub certificates: Vec<NewTrustedCertificate>,
 }
 

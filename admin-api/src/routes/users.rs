@@ -23,6 +23,7 @@ pub struct User {
     /// The user name (log in as `tenant/userName`).
     pub user_name: String,
     /// Roles: `ROLE_TENANT_ADMIN` (manage the tenant) or `ROLE_TENANT_READ`.
+    #[schema(value_type = Vec<RoleName>)]
     pub roles: Vec<String>,
     /// Creation time, RFC 3339.
     pub creation_time: String,
@@ -44,11 +45,24 @@ impl From<&UserRecord> for User {
 #[serde(rename_all = "camelCase")]
 pub struct NewUser {
     /// User name: letters, digits, `.`, `_`, `-`, `@`, `+`.
+    #[schema(schema_with = super::schema::user_name)]
     pub user_name: String,
     /// Password, 8 to 256 characters.
+    #[schema(schema_with = super::schema::password)]
     pub password: String,
     /// Roles (at least one).
+    #[schema(value_type = Vec<RoleName>, min_items = 1)]
     pub roles: Vec<String>,
+}
+
+/// A role.
+#[derive(ToSchema)]
+#[allow(dead_code, non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum RoleName {
+    /// Manage the tenant.
+    ROLE_TENANT_ADMIN,
+    /// Read the tenant.
+    ROLE_TENANT_READ,
 }
 
 /// The users of a tenant.

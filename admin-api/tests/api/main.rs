@@ -9,6 +9,7 @@ mod logins;
 mod persistence;
 mod pop;
 mod robustness;
+mod schema_fuzz;
 mod server_cert;
 mod storage_full;
 mod tenant_lifecycle;

@@ -255,6 +255,8 @@ async fn every_documented_operation_answers_as_documented() {
                     body["error"].is_string() && body["message"].is_string(),
                     "{body}"
                 );
+                // The document says object; `null` would violate it.
+                assert!(body["info"].is_object(), "{method} {path}: {body}");
             }
         }
     }
@@ -518,14 +520,17 @@ async fn malformed_requests_get_clear_4xx() {
     let (st, b) = send(s.client.get(format!("{path}?pageSize=abc"))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(b["message"].as_str().unwrap().contains("pageSize"), "{b}");
-    let (st, b) = send(s.client.get(format!("{path}?currentPage=0"))).await;
-    assert_eq!(
-        (st, b["message"].as_str().unwrap()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "currentPage must be 1 or more"
-        )
-    );
+    for page in ["0", "1000001", "2147483648", "-1"] {
+        let (st, b) = send(s.client.get(format!("{path}?currentPage={page}"))).await;
+        assert_eq!(
+            (st, b["message"].as_str().unwrap()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "currentPage must be between 1 and 1000000"
+            ),
+            "currentPage={page}"
+        );
+    }
 
     let nul = send(
         s.client
@@ -548,5 +553,225 @@ fn secrets_stay_out_of_debug_output() {
     assert!(
         !d.contains("hunter2-secret") && d.contains("<redacted>"),
         "{d}"
+    );
+}
+
+/// The schema of `name` in the document (following `$ref`s and `allOf`).
+fn property<'a>(doc: &'a Value, schema: &str, name: &str) -> &'a Value {
+    &doc["components"]["schemas"][schema]["properties"][name]
+}
+
+#[tokio::test]
+async fn the_document_declares_what_the_handlers_enforce() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (_, doc) = s.send(Method::GET, "/openapi.json", None, None).await;
+
+    // Error bodies: info is an object, never null.
+    assert_eq!(property(&doc, "ErrorBody", "info")["type"], "object");
+    assert_eq!(
+        doc["components"]["schemas"]["ErrorBody"]["required"],
+        json!(["error", "message", "info"])
+    );
+    let (st, b) = s.get("/tenant/tenants/none", MGMT).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(b["info"], json!({}), "{b}");
+
+    // Lengths, patterns, ranges, minItems.
+    let pass = property(&doc, "NewTenant", "adminPass");
+    assert_eq!(
+        (&pass["minLength"], &pass["maxLength"]),
+        (&json!(8), &json!(256))
+    );
+    let id = property(&doc, "NewTenant", "id");
+    assert_eq!(
+        (&id["minLength"], &id["maxLength"]),
+        (&json!(1), &json!(32))
+    );
+    assert_eq!(id["pattern"], "^[a-z0-9][a-z0-9_-]*$");
+    assert_eq!(property(&doc, "NewTenant", "company")["maxLength"], 256);
+    assert_eq!(property(&doc, "NewUser", "userName")["maxLength"], 64);
+    assert_eq!(property(&doc, "NewUser", "roles")["minItems"], 1);
+    assert_eq!(property(&doc, "BulkUpload", "certificates")["minItems"], 1);
+    assert_eq!(property(&doc, "RevocationList", "crls")["minItems"], 1);
+    assert_eq!(property(&doc, "NewDevice", "commonName")["maxLength"], 64);
+    let chain = property(&doc, "SettingsPatch", "maxChainLength");
+    assert_eq!(
+        (&chain["minimum"], &chain["maximum"]),
+        (&json!(2), &json!(10))
+    );
+    assert_eq!(
+        property(&doc, "SettingsPatch", "maxDevices")["maximum"],
+        100_000_000
+    );
+    let params = doc["paths"]["/audit"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let size = params.iter().find(|p| p["name"] == "pageSize").unwrap();
+    assert_eq!(
+        (&size["schema"]["minimum"], &size["schema"]["maximum"]),
+        (&json!(1), &json!(2000))
+    );
+
+    // Bodies a generic client can produce.
+    let crl = &doc["paths"]["/tenant/tenants/{tenant_id}/crls"]["post"]["requestBody"]["content"];
+    for binary in ["application/pkix-crl", "application/octet-stream"] {
+        assert_eq!(
+            (
+                &crl[binary]["schema"]["type"],
+                &crl[binary]["schema"]["format"]
+            ),
+            (&json!("string"), &json!("binary")),
+            "{binary}"
+        );
+    }
+    assert_eq!(crl["application/x-pem-file"]["schema"]["type"], "string");
+    assert!(crl["multipart/form-data"].is_object());
+    let verify = &doc["paths"]["/tenant/trusted-certificates/verify-cert-chain"]["post"]
+        ["requestBody"]["content"];
+    assert_eq!(verify["text/plain"]["schema"]["type"], "string");
+    let get_crl = &doc["paths"]["/tenant/trusted-certificates/settings/crl"]["get"]["responses"]
+        ["200"]["content"]["application/pkix-crl"]["schema"];
+    assert_eq!(
+        (&get_crl["type"], &get_crl["format"]),
+        (&json!("string"), &json!("binary"))
+    );
+
+    // Statuses every authenticated operation can meet, with Retry-After where it applies.
+    for (method, path, op) in operations(&doc) {
+        for status in ["400", "401", "429", "500", "503"] {
+            assert!(
+                op["responses"][status].is_object(),
+                "{method} {path} documents {status}"
+            );
+        }
+        assert!(
+            op["responses"]["429"]["headers"]["Retry-After"].is_object(),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.tenant("fx").await;
+    let cases = [
+        (
+            "/audit?pageSize=2&pagesize=3",
+            "Unknown query parameter 'pagesize': GET /audit takes only pageSize, currentPage, tenant",
+        ),
+        (
+            "/tenant/tenants/fx?verbose=1",
+            "Unknown query parameter 'verbose': GET /tenant/tenants/{tenant_id} takes no query parameters",
+        ),
+        (
+            "/tenant/tenants/fx/devices?page%20size=3",
+            "Unknown query parameter 'page size': GET /tenant/tenants/{tenant_id}/devices takes only pageSize, currentPage",
+        ),
+    ];
+    for (path, message) in cases {
+        let got = s.get(path, MGMT).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, message);
+    }
+    // POST too, before the body is read.
+    let got = s
+        .post("/tenant/tenants?dryRun=true", MGMT, &json!({}))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "Unknown query parameter 'dryRun': POST /tenant/tenants takes no query parameters",
+    );
+    // Declared names, also percent-encoded, and an empty pair are fine.
+    let (st, b) = s
+        .get("/audit?page%53ize=2&&currentPage=1&tenant=fx", MGMT)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["statistics"]["pageSize"], 2);
+}
+
+#[tokio::test]
+async fn integers_may_carry_a_zero_fraction_and_names_are_limited_as_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    s.tenant("fx").await;
+    // JSON Schema's integer includes 4.0.
+    let (st, b) = s
+        .put(
+            "/tenant/tenants/fx/settings",
+            MGMT,
+            &json!({"maxChainLength": 4.0, "maxDevices": 10.0}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["maxChainLength"].clone(), b["maxDevices"].clone()),
+        (json!(4), json!(10))
+    );
+    let got = s
+        .put(
+            "/tenant/tenants/fx/settings",
+            MGMT,
+            &json!({"maxChainLength": 4.5}),
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Failed to deserialize the JSON body into the target type: maxChainLength: expected an integer, got 4.5 at line 1 column 22",
+    );
+    // maxLength counts what is sent: trailing blanks included.
+    let long = format!("a{}", " ".repeat(256));
+    let got = s
+        .put("/tenant/tenants/fx", MGMT, &json!({"company": long}))
+        .await;
+    assert_error(
+        &got,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "company must be at most 256 characters",
+    );
+    let (st, b) = s
+        .put("/tenant/tenants/fx", MGMT, &json!({"company": " Fx Inc "}))
+        .await;
+    assert_eq!(
+        (st, b["company"].clone()),
+        (StatusCode::OK, json!("Fx Inc"))
+    );
+}
+
+#[tokio::test]
+async fn a_crl_form_has_exactly_its_file_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let login = s.tenant("fx").await;
+    let upload = |form: reqwest::multipart::Form| {
+        let req = s
+            .client
+            .post(s.url("/tenant/tenants/fx/crls"))
+            .basic_auth(&login, Some(TENANT_PASS))
+            .multipart(form);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Any other field is refused by name, as the document's additionalProperties: false says.
+    let form = reqwest::multipart::Form::new().text("crl", "x");
+    assert_error(
+        &upload(form).await,
+        StatusCode::BAD_REQUEST,
+        "Unknown multipart field 'crl': expected file",
+    );
+    // An empty file is the empty body's 422.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(Vec::new()).file_name("ca.crl"),
+    );
+    assert_error(
+        &upload(form).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "The request body is empty: send the CRL (PEM or DER)",
     );
 }
