@@ -674,21 +674,13 @@ async fn a_session_is_closed_when_its_certificate_expires() {
         &[],
     )
     .unwrap();
-    let (_c, el) = connect_v5(v5_options(
+    closed_at_expiry(
+        &env,
         "short-lived",
-        env.mqtt_port(),
         device_tls(&env.server_ca, &short, &[&ca]),
-    ))
-    .await
-    .expect("valid for a few more seconds");
-    let h = watch_v5(el);
-    let reason = tokio::time::timeout(Duration::from_secs(15), h)
-        .await
-        .expect("closed at its notAfter")
-        .unwrap();
-    assert_eq!(reason, Some(V5Reason::NotAuthorized));
-    // Not before its notAfter (second precision, as in the certificate).
-    assert!(time::OffsetDateTime::now_utc().unix_timestamp() >= not_after.unix_timestamp());
+        not_after,
+    )
+    .await;
     assert!(env
         .metrics()
         .await
@@ -726,17 +718,29 @@ async fn a_session_is_closed_when_an_intermediate_of_its_path_expires() {
     )
     .unwrap();
     let dev = device("long-lived", &issuing);
-    let (_c, el) = connect_v5(v5_options(
+    closed_at_expiry(
+        &env,
         "long-lived",
-        env.mqtt_port(),
         device_tls(&env.server_ca, &dev, &[&issuing]),
-    ))
-    .await
-    .expect("the intermediate is valid for a few more seconds");
-    let h = watch_v5(el);
-    let reason = tokio::time::timeout(Duration::from_secs(15), h)
+        not_after,
+    )
+    .await;
+}
+
+/// Connects a 5.0 device that is valid now and asserts that its session is closed with
+/// DISCONNECT 0x87 at `not_after`, not before (second precision, as in certificates).
+async fn closed_at_expiry(
+    env: &Env,
+    cn: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    not_after: time::OffsetDateTime,
+) {
+    let (_c, el) = connect_v5(v5_options(cn, env.mqtt_port(), tls))
         .await
-        .expect("closed at the intermediate's notAfter")
+        .expect("valid for a few more seconds");
+    let reason = tokio::time::timeout(Duration::from_secs(15), watch_v5(el))
+        .await
+        .expect("closed at the notAfter")
         .unwrap();
     assert_eq!(reason, Some(V5Reason::NotAuthorized));
     assert!(time::OffsetDateTime::now_utc().unix_timestamp() >= not_after.unix_timestamp());
