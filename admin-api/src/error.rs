@@ -240,6 +240,9 @@ fn conflict_message(c: &Conflict) -> String {
         Conflict::DeviceExists { common_name } => {
             format!("Device {common_name} is already registered")
         }
+        Conflict::AnchorLimit { tenant, max, have } => format!(
+            "Tenant {tenant} has reached its limit of {max} trusted certificates ({have} trusted)"
+        ),
     }
 }
 

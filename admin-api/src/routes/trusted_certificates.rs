@@ -16,7 +16,7 @@ use super::{
 };
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::store::{AuditEntry, CertUpdate, TrustedCertRecord};
+use crate::store::{AuditEntry, CertUpdate, Conflict, StoreError, TrustedCertRecord};
 use crate::Admin;
 
 /// A boolean sent as JSON `true`/`false` or as the string `"true"`/`"false"` (any case).
@@ -533,7 +533,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Refuses an upload that would take the tenant past its `maxAnchors` setting.
+/// Refuses early an upload that would take the tenant past its `maxAnchors` setting
+/// (the store checks it again inside the insert transaction, against concurrent uploads).
 fn check_anchor_limit(
     admin: &Admin,
     t: &crate::store::TenantRecord,
@@ -551,10 +552,12 @@ fn check_anchor_limit(
         .copied()
         .unwrap_or(0);
     if have + adding > max {
-        return Err(ApiError::Conflict(format!(
-            "Tenant {} has reached its limit of {max} trusted certificates ({have} trusted)",
-            t.id
-        )));
+        return Err(StoreError::Conflict(Conflict::AnchorLimit {
+            tenant: t.id.clone(),
+            max: t.settings.max_anchors,
+            have: have as u64,
+        })
+        .into());
     }
     Ok(())
 }

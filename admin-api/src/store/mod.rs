@@ -75,6 +75,15 @@ pub enum Conflict {
         /// Common Name.
         common_name: String,
     },
+    /// The tenant trusts as many certificates as its `maxAnchors` allows.
+    AnchorLimit {
+        /// Tenant id.
+        tenant: String,
+        /// The limit.
+        max: u32,
+        /// Certificates the tenant trusts now.
+        have: u64,
+    },
 }
 
 /// How a tenant treats an MQTT ClientId that differs from the certificate's CN.

@@ -686,6 +686,22 @@ impl Store for SqliteStore {
                 if !tenant_exists(tx, &c.tenant)? {
                     return Err(tenant_not_found(&c.tenant));
                 }
+                // maxAnchors, counted in this transaction: concurrent uploads cannot
+                // pass it together.
+                let (max, have): (u32, u64) = tx.query_row(
+                    "SELECT t.max_anchors,
+                        (SELECT COUNT(*) FROM trusted_certificates c WHERE c.tenant_id = t.id)
+                     FROM tenants t WHERE t.id = ?1",
+                    [&c.tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if max > 0 && have >= u64::from(max) {
+                    return Err(StoreError::Conflict(Conflict::AnchorLimit {
+                        tenant: c.tenant.clone(),
+                        max,
+                        have,
+                    }));
+                }
                 let exists = tx
                     .query_row(
                         "SELECT 1 FROM trusted_certificates WHERE fingerprint = ?1",

@@ -204,3 +204,53 @@ async fn a_recreated_tenant_inherits_nothing_of_the_deleted_one() {
     assert_eq!(archived.len() as u64, old_total + 1, "{all}");
     assert!(archived.iter().any(|r| r["action"] == "TENANT_DELETED"));
 }
+
+/// `maxAnchors` holds against uploads that arrive together: the store counts the
+/// tenant's certificates inside the insert transaction (the early check reads the
+/// published snapshot, which concurrent uploads all see before any of them lands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_cannot_pass_the_anchor_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let login = s.tenant("t1").await;
+    let (st, b) = s
+        .put(
+            "/tenant/tenants/t1/settings",
+            MGMT,
+            &json!({"maxAnchors": 2}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let cas: Vec<_> = (0..8).map(|i| ca(&format!("CA {i}"))).collect();
+    let path = "/tenant/tenants/t1/trusted-certificates";
+    let bodies: Vec<_> = cas.iter().map(|c| upload_body(c, "ca", true)).collect();
+    let creds = (login.as_str(), TENANT_PASS);
+    let (r0, r1, r2, r3, r4, r5, r6, r7) = tokio::join!(
+        s.post(path, creds, &bodies[0]),
+        s.post(path, creds, &bodies[1]),
+        s.post(path, creds, &bodies[2]),
+        s.post(path, creds, &bodies[3]),
+        s.post(path, creds, &bodies[4]),
+        s.post(path, creds, &bodies[5]),
+        s.post(path, creds, &bodies[6]),
+        s.post(path, creds, &bodies[7]),
+    );
+    let answers = [r0, r1, r2, r3, r4, r5, r6, r7];
+    let created = answers
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CREATED)
+        .count();
+    let statuses: Vec<u16> = answers.iter().map(|(st, _)| st.as_u16()).collect();
+    assert_eq!(created, 2, "exactly the limit is stored: {statuses:?}");
+    for (st, b) in answers.iter().filter(|(st, _)| *st != StatusCode::CREATED) {
+        assert_eq!(*st, StatusCode::CONFLICT, "{b}");
+        let m = b["message"].as_str().unwrap_or_default();
+        assert!(
+            m.starts_with("Tenant t1 has reached its limit of 2 trusted certificates ("),
+            "{b}"
+        );
+    }
+    let (st, b) = s.get(path, creds).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["statistics"]["totalElements"], 2, "{b}");
+}
