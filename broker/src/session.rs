@@ -77,11 +77,11 @@ async fn check_online_crl(
     if urls.is_empty() {
         return Ok(());
     }
-    // The config was validated at start: a bad allow-list cannot reach here.
-    let policy = Arc::new(shared.config.egress.policy().unwrap_or_default());
+    // The fetcher holds the policy built from the validated config at start.
+    let policy = shared.crl_fetcher.policy();
     let now = certs::now_unix();
     for url in &urls {
-        match crl_at(shared, &policy, url, chain, id, now).await {
+        match crl_at(shared, policy, url, chain, id, now).await {
             Ok(crl) if crl.is_revoked(&id.serial_hex) => return Err("revoked_online"),
             Ok(_) => {}
             Err(label) => unknown_revocation_status(shared, fail_open, id, url, label)?,

@@ -260,6 +260,16 @@ pub struct DeviceIdentity {
     pub path_fingerprints: Vec<String>,
 }
 
+/// What path building found between a device certificate and an anchor, read once.
+struct VerifiedPath<'a> {
+    /// The intermediates on the path, device side first.
+    intermediates: &'a [CertificateDer<'a>],
+    /// (issuer DN raw, serial hex) of the device and each intermediate.
+    serials: Vec<(Vec<u8>, String)>,
+    /// The earliest notAfter of device, intermediates and anchor.
+    not_after: i64,
+}
+
 struct AnchorEntry {
     tenant: Arc<str>,
     fingerprint: String,
@@ -821,22 +831,28 @@ impl TrustStore {
         let mut error = None;
         for (idx, inter) in &validated {
             let entry = &self.anchors[*idx];
-            let mut path_serials = vec![(
-                leaf_x.issuer().as_raw().to_vec(),
-                crate::info::CertInfo::from_x509(&leaf_x, leaf.as_ref()).serial_hex,
-            )];
-            for c in inter {
-                if let Ok((_, x)) = X509Certificate::from_der(c.as_ref()) {
-                    path_serials.push((
-                        x.issuer().as_raw().to_vec(),
-                        hex::encode(strip_sign(x.raw_serial())),
-                    ));
-                }
-            }
+            // Each intermediate is parsed once, for the revocation keys, the earliest
+            // notAfter and the RFC 5280 rules.
             let inter_x: Vec<X509Certificate<'_>> = inter
                 .iter()
                 .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, x)| x))
                 .collect();
+            let mut path_serials = vec![(
+                leaf_x.issuer().as_raw().to_vec(),
+                crate::info::CertInfo::from_x509(&leaf_x, leaf.as_ref()).serial_hex,
+            )];
+            path_serials.extend(inter_x.iter().map(|x| {
+                (
+                    x.issuer().as_raw().to_vec(),
+                    hex::encode(strip_sign(x.raw_serial())),
+                )
+            }));
+            let path_not_after = inter_x
+                .iter()
+                .map(|x| x.validity().not_after.timestamp())
+                .chain([leaf_x.validity().not_after.timestamp(), entry.not_after])
+                .min()
+                .unwrap_or(entry.not_after);
             let anchor_x = X509Certificate::from_der(entry.der.as_ref())
                 .ok()
                 .map(|(_, x)| x);
@@ -844,7 +860,12 @@ impl TrustStore {
                 keep_most_specific(&mut error, e);
                 continue;
             }
-            match self.finish(entry, &leaf_x, leaf.as_ref(), inter, path_serials, now) {
+            let path = VerifiedPath {
+                intermediates: inter,
+                serials: path_serials,
+                not_after: path_not_after,
+            };
+            match self.finish(entry, &leaf_x, leaf.as_ref(), path, now) {
                 Ok(id) => return Ok(id),
                 Err(e) => keep_most_specific(&mut error, e),
             }
@@ -958,10 +979,14 @@ impl TrustStore {
         entry: &AnchorEntry,
         leaf_x: &X509Certificate<'_>,
         leaf_der: &[u8],
-        intermediates: &[CertificateDer<'_>],
-        path_serials: Vec<(Vec<u8>, String)>,
+        path: VerifiedPath<'_>,
         now: UnixTime,
     ) -> Result<DeviceIdentity, VerifyError> {
+        let VerifiedPath {
+            intermediates,
+            serials: path_serials,
+            not_after: path_not_after,
+        } = path;
         if !entry.can_sign_certs {
             return Err(VerifyError::IssuerNotCa);
         }
@@ -1004,13 +1029,7 @@ impl TrustStore {
             serial_hex: path_serials[0].1.clone(),
             subject: leaf_x.subject().to_string(),
             not_after: leaf_x.validity().not_after.timestamp(),
-            path_not_after: intermediates
-                .iter()
-                .filter_map(|c| X509Certificate::from_der(c.as_ref()).ok())
-                .map(|(_, x)| x.validity().not_after.timestamp())
-                .chain([leaf_x.validity().not_after.timestamp(), entry.not_after])
-                .min()
-                .unwrap_or(entry.not_after),
+            path_not_after,
             auto_registration: entry.auto_registration,
             chain_length,
             path_serials,
