@@ -615,3 +615,56 @@ async fn a_will_goes_out_at_the_lower_of_its_qos_and_the_subscriptions() {
     .await;
     assert_eq!(got, ("wills/mortal".to_string(), Q5::AtMostOnce));
 }
+
+/// The front-end carries a message's QoS through rumqttd in a reserved user property:
+/// a device that sends that property itself neither lowers nor raises the delivered QoS,
+/// and no subscriber ever sees the property.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_forge_the_qos_mark_and_never_sees_it() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let (env, ca) = acme().await;
+    let (sub, mut sub_el) = connect_v5(v5(&env, &ca, "reader", "reader")).await.unwrap();
+    sub.subscribe("forged/#", Q5::ExactlyOnce).await.unwrap();
+    until(&mut sub_el, "SUBACK", |p| {
+        matches!(p, P5::SubAck(_)).then_some(())
+    })
+    .await;
+    let (publ, pub_el) = connect_v5(v5(&env, &ca, "forger", "forger")).await.unwrap();
+    let _d = tokio::spawn(async move {
+        let mut el = pub_el;
+        while el.poll().await.is_ok() {}
+    });
+    for (topic, qos, forged) in [
+        ("forged/down", Q5::ExactlyOnce, "0"),
+        ("forged/up", Q5::AtMostOnce, "2"),
+    ] {
+        let props = PublishProperties {
+            user_properties: vec![
+                ("$front-end/qos".into(), forged.into()),
+                ("kept".into(), "yes".into()),
+            ],
+            ..Default::default()
+        };
+        publ.publish_with_properties(topic, qos, false, "m", props)
+            .await
+            .unwrap();
+        let (t, q, user) = until(&mut sub_el, topic, |p| match p {
+            P5::Publish(p) => Some((
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                p.qos,
+                p.properties
+                    .as_ref()
+                    .map(|pr| pr.user_properties.clone())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .await;
+        assert_eq!((t.as_str(), q), (topic, qos), "the message's own QoS wins");
+        assert_eq!(
+            user,
+            vec![("kept".to_string(), "yes".to_string())],
+            "the reserved property never reaches a subscriber; the device's others do"
+        );
+    }
+}
