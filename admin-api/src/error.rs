@@ -70,6 +70,10 @@ pub enum ApiError {
         /// Seconds after which a retry is likely to be served.
         retry_after_secs: u64,
     },
+    /// 503: the database cannot be reached; nothing was changed. The detail is logged,
+    /// never sent.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     /// 507: the store is full (disk or configured size limit); nothing was changed.
     #[error("{0}")]
     InsufficientStorage(String),
@@ -133,6 +137,11 @@ impl ApiError {
                 "service_unavailable",
                 self.to_string(),
             ),
+            ApiError::DatabaseUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                DATABASE_UNAVAILABLE.to_string(),
+            ),
             ApiError::InsufficientStorage(m) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
@@ -155,6 +164,7 @@ impl ApiError {
             | ApiError::ServiceUnavailable { retry_after_secs } => {
                 serde_json::json!({ "retryAfterSeconds": retry_after_secs })
             }
+            ApiError::DatabaseUnavailable(_) => serde_json::json!({ "retryAfterSeconds": 1 }),
             _ => serde_json::Value::Null,
         };
         // Always an object, as the document says: `{}` for no details.
@@ -176,6 +186,9 @@ impl IntoResponse for ApiError {
         let (status, _, _) = self.parts();
         match &self {
             ApiError::Internal(detail) => tracing::error!(%detail, "request failed"),
+            ApiError::DatabaseUnavailable(detail) => {
+                tracing::warn!(%detail, "request refused: the database is unreachable")
+            }
             ApiError::InsufficientStorage(_) => {
                 tracing::error!("request refused: the database is full (disk or size limit)")
             }
@@ -195,6 +208,10 @@ impl IntoResponse for ApiError {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
+            ApiError::DatabaseUnavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         resp
@@ -211,12 +228,16 @@ impl From<StoreError> for ApiError {
                 ApiError::InsufficientStorage(STORAGE_FULL.into())
             }
             StoreError::Backend(detail) => ApiError::Internal(detail),
+            StoreError::Unavailable(detail) => ApiError::DatabaseUnavailable(detail),
         }
     }
 }
 
 /// The message of a 507: what happened, that nothing changed, what to do.
 pub const STORAGE_FULL: &str = "The database is full (no space left on the disk or the configured size limit reached): the change was not stored and existing data is unchanged. Free space or raise the limit, then retry";
+
+/// The message of a 503 when the database is unreachable.
+pub const DATABASE_UNAVAILABLE: &str = "The database is unreachable: the request was not carried out and nothing was changed. Retry in a moment";
 
 /// The sentence for each store conflict.
 fn conflict_message(c: &Conflict) -> String {
@@ -365,5 +386,18 @@ mod tests {
         assert_eq!(message, STORAGE_FULL);
         // The backend's own text stays in the log.
         assert!(!message.contains("database or disk is full"));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after() {
+        let e = ApiError::from(StoreError::Unavailable(
+            "error connecting to server: Connection refused".into(),
+        ));
+        let (status, kind, message) = e.parts();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(kind, "service_unavailable");
+        assert_eq!(message, DATABASE_UNAVAILABLE);
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -97,6 +97,10 @@ pub struct AdminConfig {
     /// Until then the published trust snapshot holds it as disabled. Default false: an
     /// upload is trusted at once, as before.
     pub require_proof_of_possession: bool,
+    /// A shared PostgreSQL database (`postgres://USER:PASSWORD@HOST:PORT/DB`, see
+    /// [`store::postgres`]) instead of the SQLite file in the data directory: several
+    /// front-end nodes on one database. Never logged (Debug redacts it).
+    pub store_url: Option<String>,
 }
 
 impl AdminConfig {
@@ -119,6 +123,7 @@ impl AdminConfig {
             verification_code_ttl: Duration::from_secs(3600),
             max_database_bytes: None,
             require_proof_of_possession: false,
+            store_url: None,
         }
     }
 }
@@ -157,6 +162,10 @@ impl std::fmt::Debug for AdminConfig {
             .field(
                 "require_proof_of_possession",
                 &self.require_proof_of_possession,
+            )
+            .field(
+                "store_url",
+                &self.store_url.as_deref().map(store::postgres::redact_url),
             )
             .finish()
     }
@@ -275,13 +284,18 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    /// Opens (or creates) `data_dir/broker.db`, bootstraps the management admin and
-    /// builds the first trust snapshot.
+    /// Opens (or creates) `data_dir/broker.db`, or connects to the PostgreSQL database
+    /// of `store_url`, bootstraps the management admin and builds the first trust
+    /// snapshot.
     pub async fn open(config: AdminConfig) -> Result<Admin, AdminError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| AdminError::Io {
             context: format!("creating data directory {}", config.data_dir.display()),
             source,
         })?;
+        if let Some(url) = &config.store_url {
+            let store = store::postgres::PostgresStore::connect(url).await?;
+            return Admin::with_store(config, Arc::new(store)).await;
+        }
         let path = config.data_dir.join(DATABASE_FILE);
         let max_bytes = config.max_database_bytes;
         let store = tokio::task::spawn_blocking(move || {
@@ -546,7 +560,7 @@ impl Admin {
                     AuditEntry::new("system", Some(auth::MANAGEMENT_TENANT), "USER_CREATED")
                         .target(auth::MANAGEMENT_ADMIN)
                         .detail("bootstrap management admin");
-                store
+                let created = store
                     .create_user(
                         UserRecord {
                             tenant: auth::MANAGEMENT_TENANT.into(),
@@ -557,7 +571,13 @@ impl Admin {
                         },
                         audit,
                     )
-                    .await?;
+                    .await;
+                if let Err(StoreError::Conflict(store::Conflict::UserExists { .. })) = created {
+                    // Another node on the same database created it meanwhile: start over
+                    // as with an existing admin.
+                    return Box::pin(self.bootstrap()).await;
+                }
+                created?;
                 if generated {
                     let path = self.inner.config.data_dir.join(ADMIN_PASSWORD_FILE);
                     write_secret_file(&path, &format!("{password}\n")).map_err(|source| {
@@ -739,9 +759,17 @@ fn spawn_change_listener(weak: Weak<Inner>, mut rx: tokio::sync::broadcast::Rece
                 Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
-            let Some(inner) = weak.upgrade() else { break };
-            if let Err(e) = (Admin { inner }).publish().await {
-                tracing::error!(error = %e, "rebuilding the trust snapshot after a remote change failed");
+            // Retried until it succeeds: the change is in the store, and a snapshot
+            // left stale would go on admitting what it revoked.
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                match (Admin { inner }).publish().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "rebuilding the trust snapshot after a remote change failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
             }
         }
     });

@@ -5,11 +5,13 @@
 //! returns once the change is durable: a 2xx answer means it survives a crash.
 //!
 //! [`sqlite::SqliteStore`] is the embedded default (one file, WAL, `synchronous=FULL`).
-//! A PostgreSQL implementation for several front-end nodes implements the same trait
+//! [`postgres::PostgresStore`], for several front-end nodes, implements the same trait
 //! with one transaction per method, and returns a receiver from [`Store::changes`] fed
-//! by `LISTEN/NOTIFY`, so every node rebuilds its [`certs::TrustStore`] when another
-//! node changes anchors, CRLs, devices or tenant settings.
+//! by `LISTEN/NOTIFY` and a change counter, so every node rebuilds its
+//! [`certs::TrustStore`] when another node changes anchors, CRLs, devices or tenant
+//! settings.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -34,6 +36,10 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, a bug). Never shown to clients.
     #[error("storage error: {0}")]
     Backend(String),
+    /// The database cannot be reached (connection refused or lost, shutting down): the
+    /// change was not made; retrying later may succeed. Never shown to clients.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The conflicts a store reports.
