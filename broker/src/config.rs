@@ -33,6 +33,32 @@ pub struct Config {
     pub admin: crate::listener::AdminLimits,
     /// Deployment-wide trust rules.
     pub trust: Trust,
+    /// Where the admin API's state is kept (SQLite in `data_dir`, or a shared PostgreSQL).
+    pub store: StoreConfig,
+}
+
+/// Where tenants, trust anchors, devices, users and the audit log are kept.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `None`: the SQLite file `data_dir/broker.db`. Otherwise a PostgreSQL database
+    /// shared by several front-end nodes, `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// (`?sslmode=require&sslrootcert=FILE` for TLS). Redacted in Debug output.
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field(
+                "url",
+                &self
+                    .url
+                    .as_deref()
+                    .map(admin_api::store::postgres::redact_url),
+            )
+            .finish()
+    }
 }
 
 /// Deployment-wide trust rules (a tenant's own choices are its settings, over REST).
@@ -193,6 +219,7 @@ impl Default for Config {
             egress: Egress::default(),
             admin: crate::listener::AdminLimits::default(),
             trust: Trust::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -360,6 +387,13 @@ impl Config {
                 "egress.max_crl_bytes and egress.crl_fetches_per_minute must be > 0".into(),
             ));
         }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(
+                    "store.url must be postgres://USER:PASSWORD@HOST:PORT/DATABASE".into(),
+                ));
+            }
+        }
         if let Backend::Mqtts(_) = self.backend()? {
             if self.backend_ca.is_none() {
                 return Err(ConfigError::Invalid(
@@ -499,6 +533,14 @@ h2_max_concurrent_streams = 32
 # An uploaded trusted certificate verifies no device until its proof of possession has
 # succeeded (or the management admin confirmed it): the reference platform's strict mode.
 require_proof_of_possession = false
+
+[store]
+# Tenants, trust anchors, devices, users and the audit log live in the SQLite file
+# DATA_DIR/broker.db unless a PostgreSQL database is named here: several front-end nodes
+# on one database share them (README "Running several nodes"). TLS to the database with
+# "?sslmode=require&sslrootcert=FILE" (the server's certificate is always verified).
+# Also --store URL or BROKER_STORE_URL; the password is never logged.
+# url = "postgres://frontend:PASSWORD@db.internal:5432/frontend"
 "#;
 
 #[cfg(test)]
@@ -526,6 +568,28 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "invalid configuration: limits.session_threads and limits.handshake_threads must be at most 1024"
         );
+    }
+
+    #[test]
+    fn the_store_url_is_checked_and_its_password_never_printed() {
+        let c: Config = toml::from_str(
+            "[store]\nurl = \"postgres://fe:hunter2-secret@db:5432/frontend?sslmode=disable\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2-secret"), "{debug}");
+        assert!(
+            debug.contains("postgres://fe:<redacted>@db:5432/frontend?sslmode=disable"),
+            "{debug}"
+        );
+        let c = Config {
+            store: StoreConfig {
+                url: Some("mysql://x".into()),
+            },
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("store.url"));
     }
 
     #[test]

@@ -178,6 +178,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         password_check_threads: config.limits.password_check_threads,
         password_check_queue: config.limits.password_check_queue,
         login_cache_ttl: Duration::from_secs(config.limits.login_cache_ttl_s),
+        store_url: config.store.url.clone(),
         ..admin_api::AdminConfig::new(config.data_dir.clone())
     })
     .await
@@ -400,6 +401,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         %admin_addr,
         %metrics_addr,
         session_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        store = if config.store.url.is_some() { "postgresql" } else { "sqlite" },
         "broker listening"
     );
     Ok(Broker {

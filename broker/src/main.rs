@@ -37,6 +37,10 @@ struct RunArgs {
     /// CA file verifying an `mqtts://` backend.
     #[arg(long)]
     backend_ca: Option<PathBuf>,
+    /// A PostgreSQL database shared by several nodes,
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (default: SQLite in the data directory).
+    #[arg(long, global = true, env = "BROKER_STORE_URL", hide_env_values = true)]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,9 @@ fn load_config(args: &RunArgs) -> Result<broker::Config, String> {
     if let Some(v) = &args.backend_ca {
         c.backend_ca = Some(v.clone());
     }
+    if let Some(v) = args.store.as_ref().filter(|v| !v.is_empty()) {
+        c.store.url = Some(v.clone());
+    }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -133,6 +140,7 @@ async fn real_main(command: Option<Command>, config: broker::Config) -> Result<(
             std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
             let admin = admin_api::Admin::open(admin_api::AdminConfig {
                 admin_password: password,
+                store_url: config.store.url.clone(),
                 ..admin_api::AdminConfig::new(config.data_dir.clone())
             })
             .await
