@@ -947,7 +947,7 @@ async fn nodes_migrate_once_and_hear_each_others_changes() {
     for s in starts {
         nodes.push(Arc::new(s.await.unwrap().unwrap()) as Arc<dyn Store>);
     }
-    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "1");
+    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "2");
     assert_eq!(pg.psql("nodes", "SELECT COUNT(*) FROM schema_version"), "1");
     // A node started later finds the schema in place.
     let late = PostgresStore::connect_with(&url, fast()).await.unwrap();
@@ -1211,4 +1211,46 @@ async fn tls_to_the_database_is_verified() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     // The password never shows in an error.
     assert!(!format!("{err:?}").contains(postgres::PG_PASSWORD));
+}
+
+/// maxDevices across nodes: each node reports its sessions per tenant and learns the
+/// others'; a node that stops reporting stops counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_exchange_their_session_counts() {
+    let pg = Postgres::start();
+    let url = pg.create_database("sessions");
+    let a = PostgresStore::connect_with(&url, fast()).await.unwrap();
+    let b = PostgresStore::connect_with(&url, fast()).await.unwrap();
+    let others = a
+        .exchange_sessions("node-a", vec![("acme".into(), 3), ("beta".into(), 1)], 5)
+        .await
+        .unwrap();
+    assert!(others.is_empty());
+    let others = b
+        .exchange_sessions("node-b", vec![("acme".into(), 2)], 5)
+        .await
+        .unwrap();
+    assert_eq!(others.get("acme"), Some(&3));
+    assert_eq!(others.get("beta"), Some(&1));
+    // node-a's beta sessions ended: its row goes.
+    a.exchange_sessions("node-a", vec![("acme".into(), 4)], 5)
+        .await
+        .unwrap();
+    let others = b.exchange_sessions("node-b", vec![], 5).await.unwrap();
+    assert_eq!(others.get("acme"), Some(&4));
+    assert_eq!(others.get("beta"), None);
+    let others = a.exchange_sessions("node-a", vec![], 5).await.unwrap();
+    assert!(others.is_empty(), "node-b reported none: {others:?}");
+    // A node silent for longer than the freshness window no longer counts.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let others = b.exchange_sessions("node-b", vec![], 1).await.unwrap();
+    assert!(others.is_empty(), "{others:?}");
+    // SQLite: one process, no other nodes.
+    let dir = tempfile::tempdir().unwrap();
+    let lite = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    assert!(lite
+        .exchange_sessions("n", vec![("acme".into(), 1)], 5)
+        .await
+        .unwrap()
+        .is_empty());
 }

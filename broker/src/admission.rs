@@ -539,6 +539,9 @@ mod tests {
 #[derive(Default)]
 pub struct TenantQuotas {
     sessions: Mutex<HashMap<Arc<str>, u32>>,
+    /// Sessions other front-end nodes on the same database hold, per tenant (as they
+    /// last reported them): counted against `maxDevices` too.
+    remote: Mutex<HashMap<String, u64>>,
     publish: Mutex<HashMap<Arc<str>, Bucket>>,
 }
 
@@ -564,9 +567,18 @@ impl Drop for SessionSlot {
 impl TenantQuotas {
     /// Takes a session slot unless the tenant already has `max` (0: unlimited).
     pub fn open_session(self: &Arc<Self>, tenant: &Arc<str>, max: u32) -> Option<SessionSlot> {
+        let elsewhere = match max {
+            0 => 0,
+            _ => self
+                .remote
+                .lock()
+                .ok()
+                .and_then(|r| r.get(&**tenant).copied())
+                .unwrap_or(0),
+        };
         let mut m = self.sessions.lock().ok()?;
         let n = m.entry(tenant.clone()).or_insert(0);
-        if max > 0 && *n >= max {
+        if max > 0 && u64::from(*n) + elsewhere >= u64::from(max) {
             return None;
         }
         *n += 1;
@@ -574,6 +586,21 @@ impl TenantQuotas {
             quotas: self.clone(),
             tenant: tenant.clone(),
         })
+    }
+
+    /// This node's sessions per tenant (reported to the other nodes).
+    pub fn local_sessions(&self) -> Vec<(String, u32)> {
+        self.sessions
+            .lock()
+            .map(|m| m.iter().map(|(t, n)| (t.to_string(), *n)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces what the other nodes hold per tenant.
+    pub fn set_remote_sessions(&self, elsewhere: HashMap<String, u64>) {
+        if let Ok(mut r) = self.remote.lock() {
+            *r = elsewhere;
+        }
     }
 
     /// Takes one PUBLISH token of the tenant's rate (`rate` per second, burst one
@@ -607,6 +634,19 @@ mod quota_tests {
         drop(a);
         assert!(q.open_session(&t, 2).is_some());
         assert!(q.open_session(&Arc::from("other"), 2).is_some());
+    }
+
+    #[test]
+    fn sessions_on_other_nodes_count_against_the_limit() {
+        let q = Arc::new(TenantQuotas::default());
+        let t: Arc<str> = Arc::from("acme");
+        let _a = q.open_session(&t, 3).unwrap();
+        q.set_remote_sessions(HashMap::from([("acme".to_string(), 2)]));
+        assert!(q.open_session(&t, 3).is_none(), "1 here + 2 elsewhere");
+        assert!(q.open_session(&t, 0).is_some(), "0 is unlimited");
+        assert_eq!(q.local_sessions(), [("acme".to_string(), 1)]);
+        q.set_remote_sessions(HashMap::new());
+        assert!(q.open_session(&t, 3).is_some());
     }
 
     #[test]

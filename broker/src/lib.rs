@@ -354,6 +354,35 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
             }
         }));
     }
+    // Several nodes on one database: maxDevices counts the other nodes' sessions too,
+    // as they reported them at most SESSION_EXCHANGE ago (see the README).
+    if config.store.url.is_some() {
+        let node = format!(
+            "{}-{}-{}",
+            hostname(),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let (admin, quotas) = (admin.clone(), shared.quotas.clone());
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SESSION_EXCHANGE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = crate::stopped(&mut stop) => return,
+                }
+                let mine = quotas.local_sessions();
+                match admin.store().exchange_sessions(&node, mine, 5).await {
+                    Ok(elsewhere) => quotas.set_remote_sessions(elsewhere),
+                    Err(e) => tracing::debug!(error = %e, "session counts not exchanged"),
+                }
+            }
+        }));
+    }
     if config.limits.session_lag_target_us > 0 {
         let target = Duration::from_micros(config.limits.session_lag_target_us);
         let mut stop = shutdown_rx.clone();
@@ -417,6 +446,10 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         _background: background,
     })
 }
+
+/// How often a node on a shared database reports its sessions per tenant and reads the
+/// other nodes' (for `maxDevices` across nodes).
+pub const SESSION_EXCHANGE: Duration = Duration::from_millis(500);
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {

@@ -699,6 +699,22 @@ pub trait Store: Send + Sync + 'static {
     /// Everything the trust snapshot is built from, read consistently.
     async fn trust_material(&self) -> StoreResult<TrustMaterial>;
 
+    // --- several nodes ---
+    /// For `maxDevices` across front-end nodes: records the devices this node (`node`,
+    /// an id unique to the process) has connected per tenant, replacing what it reported
+    /// before, and returns per tenant the devices the other nodes reported within the
+    /// last `fresh_secs` seconds (a node that stops reporting stops counting). A store
+    /// only one process opens (the SQLite file) has no other nodes: empty.
+    async fn exchange_sessions(
+        &self,
+        node: &str,
+        sessions: Vec<(String, u32)>,
+        fresh_secs: i64,
+    ) -> StoreResult<std::collections::HashMap<String, u64>> {
+        let _ = (node, sessions, fresh_secs);
+        Ok(std::collections::HashMap::new())
+    }
+
     /// Notifications of changes made by other processes (a shared PostgreSQL's
     /// `LISTEN/NOTIFY`). An embedded store has none.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<()>> {

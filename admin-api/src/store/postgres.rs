@@ -56,7 +56,8 @@ const MAX_ATTEMPTS: u32 = 30;
 const DEVICE_CACHE_MAX: usize = 200_000;
 
 /// The schema, one entry per version: entry `i` migrates version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
     company TEXT NOT NULL,
@@ -157,7 +158,17 @@ CREATE TABLE change_counter (
     version BIGINT NOT NULL
 );
 INSERT INTO change_counter (id, version) VALUES (1, 0);
-"#];
+"#,
+    r#"
+CREATE TABLE node_sessions (
+    node_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    sessions BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (node_id, tenant_id)
+);
+"#,
+];
 
 /// Tuning of a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -2013,6 +2024,53 @@ impl Store for PostgresStore {
                 crls,
                 blocked,
             })
+        }
+        .await;
+        r.map_err(StoreError::from)
+    }
+
+    async fn exchange_sessions(
+        &self,
+        node: &str,
+        sessions: Vec<(String, u32)>,
+        fresh_secs: i64,
+    ) -> StoreResult<HashMap<String, u64>> {
+        let tenants: Vec<&str> = sessions.iter().map(|s| s.0.as_str()).collect();
+        let counts: Vec<i64> = sessions.iter().map(|s| i64::from(s.1)).collect();
+        let mut client = self.client().await?;
+        let r: Res<HashMap<String, u64>> = async {
+            // The database's clock for every node, so that skewed node clocks agree.
+            let tx = client.transaction().await?;
+            tx.execute(
+                "DELETE FROM node_sessions
+                 WHERE (node_id = $1 AND NOT (tenant_id = ANY($2::text[])))
+                    OR updated_at < extract(epoch FROM now())::bigint - 3600",
+                &[&node, &tenants],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO node_sessions (node_id, tenant_id, sessions, updated_at)
+                 SELECT $1, t, n, extract(epoch FROM now())::bigint
+                 FROM unnest($2::text[], $3::bigint[]) AS s(t, n)
+                 ON CONFLICT (node_id, tenant_id) DO UPDATE
+                    SET sessions = excluded.sessions, updated_at = excluded.updated_at",
+                &[&node, &tenants, &counts],
+            )
+            .await?;
+            let others = tx
+                .query(
+                    "SELECT tenant_id, SUM(sessions)::bigint FROM node_sessions
+                     WHERE node_id <> $1
+                        AND updated_at >= extract(epoch FROM now())::bigint - $2
+                     GROUP BY tenant_id",
+                    &[&node, &fresh_secs],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, to_u64(r.try_get(1)?)?)))
+                .collect::<Res<HashMap<String, u64>>>()?;
+            tx.commit().await?;
+            Ok(others)
         }
         .await;
         r.map_err(StoreError::from)
