@@ -1795,7 +1795,7 @@ impl Store for PostgresStore {
         // Two nodes registering the same new device at once: the second insert waits
         // for the first and then fails serialization; its retry sees the row and
         // changes nothing, so the device is registered (and audited) once.
-        transaction!(self, Notify::No, |tx| async {
+        let (changed, device) = transaction!(self, Notify::No, |tx| async {
             if !tenant_exists(tx, tenant).await? {
                 return Err(tenant_not_found(tenant));
             }
@@ -1822,9 +1822,16 @@ impl Store for PostgresStore {
             if changed {
                 insert_audit(tx, &audit).await?;
             }
-            Ok::<_, Fail>(changed)
+            Ok::<_, Fail>((changed, get_device(tx, tenant, common_name).await?))
         }
-        .await)
+        .await)?;
+        // Known from now on, also while the database is away.
+        if let (Some(d), Ok(mut cache)) = (device, self.devices.lock()) {
+            if cache.len() < DEVICE_CACHE_MAX {
+                cache.insert((tenant.to_string(), common_name.to_string()), d);
+            }
+        }
+        Ok(changed)
     }
 
     async fn record_last_seen(&self, seen: Vec<(String, String, i64)>) -> StoreResult<()> {
