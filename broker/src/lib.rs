@@ -355,7 +355,8 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         }));
     }
     // Several nodes on one database: maxDevices counts the other nodes' sessions too,
-    // as they reported them at most SESSION_EXCHANGE ago (see the README).
+    // as they reported them at most SESSION_EXCHANGE ago (see the README); the store's
+    // reachability and last sync are published as metrics.
     if config.store.url.is_some() {
         let node = format!(
             "{}-{}-{}",
@@ -365,7 +366,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        let (admin, quotas) = (admin.clone(), shared.quotas.clone());
+        let (admin, quotas, metrics) = (admin.clone(), shared.quotas.clone(), metrics.clone());
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(SESSION_EXCHANGE);
@@ -374,6 +375,9 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = crate::stopped(&mut stop) => return,
+                }
+                if let Some((reachable, synced)) = admin.store().sync_state() {
+                    metrics.set_store_sync(reachable, synced);
                 }
                 let mine = quotas.local_sessions();
                 match admin.store().exchange_sessions(&node, mine, 5).await {

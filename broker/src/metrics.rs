@@ -28,6 +28,8 @@ struct Inner {
     admin_refused: IntCounterVec,
     anchors: IntGauge,
     admission_share: Gauge,
+    store_reachable: IntGauge,
+    store_synced: IntGauge,
 }
 
 impl Default for Metrics {
@@ -127,8 +129,18 @@ impl Metrics {
             "handshake_admission_share",
             "Share of the configured handshake rate admitted now (lower while connected devices' traffic lags)",
         ));
+        let store_reachable = must(IntGauge::new(
+            "store_reachable",
+            "1 while the shared database (PostgreSQL) is reachable, 0 while the node serves its last trust snapshot",
+        ));
+        let store_synced = must(IntGauge::new(
+            "store_synced_timestamp_seconds",
+            "Unix time the node last confirmed it had every change of the shared database",
+        ));
         for c in [
             Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_reachable.clone()),
+            Box::new(store_synced.clone()),
             Box::new(admission_share.clone()),
             Box::new(handshakes.clone()),
             Box::new(handshake_seconds.clone()),
@@ -168,6 +180,8 @@ impl Metrics {
                 admin_refused,
                 anchors,
                 admission_share,
+                store_reachable,
+                store_synced,
             }),
         }
     }
@@ -261,6 +275,12 @@ impl Metrics {
     /// Anchors in the live trust store.
     pub fn set_anchors(&self, n: usize) {
         self.inner.anchors.set(n as i64);
+    }
+
+    /// The shared database's state: reachable, and when the node last had every change.
+    pub fn set_store_sync(&self, reachable: bool, synced_at: i64) {
+        self.inner.store_reachable.set(i64::from(reachable));
+        self.inner.store_synced.set(synced_at);
     }
 
     /// Share of the configured handshake rate admitted now.

@@ -715,6 +715,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(std::collections::HashMap::new())
     }
 
+    /// For a shared database: whether it is reachable now, and the Unix time this
+    /// process last confirmed it had every change (the age of its trust snapshot at
+    /// most, plus the poll interval). An embedded store: `None`.
+    fn sync_state(&self) -> Option<(bool, i64)> {
+        None
+    }
+
     /// Notifications of changes made by other processes (a shared PostgreSQL's
     /// `LISTEN/NOTIFY`). An embedded store has none.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<()>> {

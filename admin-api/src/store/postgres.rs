@@ -2083,6 +2083,10 @@ impl Store for PostgresStore {
         r.map_err(StoreError::from)
     }
 
+    fn sync_state(&self) -> Option<(bool, i64)> {
+        Some((self.reachable(), self.last_sync()))
+    }
+
     fn changes(&self) -> Option<broadcast::Receiver<()>> {
         Some(self.changes.subscribe())
     }
