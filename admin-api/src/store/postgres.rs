@@ -408,7 +408,11 @@ fn parse_url(url: &str) -> StoreResult<(tokio_postgres::Config, Tls)> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "sslmode" => sslmode = Some(v.to_string()),
-            "sslrootcert" => rootcert = Some(percent_decode(v)),
+            "sslrootcert" => {
+                rootcert = Some(
+                    String::from_utf8_lossy(&crate::routes::chain::percent_decode(v)).into_owned(),
+                )
+            }
             _ => kept.push(pair),
         }
     }
@@ -478,25 +482,6 @@ pub fn redact_url(url: &str) -> String {
         out = format!("{base}{}", query.join("&"));
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn tls_connector(rootcert: &str) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
@@ -916,6 +901,27 @@ fn cert_not_found(fp: &str) -> Fail {
     StoreError::NotFound(format!("Trusted certificate {fp} not found")).into()
 }
 
+/// Runs `sql`, an UPDATE of one certificate (`$1` tenant, `$2` fingerprint, then
+/// `more`), audits it and returns the certificate as it is now.
+async fn update_cert(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    fp: &str,
+    sql: &str,
+    more: &[&(dyn ToSql + Sync)],
+    audit: &AuditEntry,
+) -> Res<TrustedCertRecord> {
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &fp];
+    params.extend_from_slice(more);
+    if tx.execute(sql, &params).await? == 0 {
+        return Err(cert_not_found(fp));
+    }
+    insert_audit(tx, audit).await?;
+    get_cert(tx, tenant, fp)
+        .await?
+        .ok_or_else(|| cert_not_found(fp))
+}
+
 macro_rules! device_cols {
     () => {
         "tenant_id, common_name, status, anchor_fingerprint, first_connection, last_connection, created_at"
@@ -1024,6 +1030,25 @@ async fn count(c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]
     to_u64(c.query_one(sql, params).await?.try_get(0)?)
 }
 
+/// One page: `select` (with `$n`/`$n+1` for LIMIT and OFFSET after the `params`) and the
+/// total from `total`.
+async fn paged<T>(
+    c: &impl GenericClient,
+    select: &str,
+    total: &str,
+    params: &[&(dyn ToSql + Sync)],
+    page: PageRequest,
+    row: fn(&Row) -> Res<T>,
+) -> Res<Page<T>> {
+    let (lim, off) = limit(page);
+    let mut all: Vec<&(dyn ToSql + Sync)> = params.to_vec();
+    all.push(&lim);
+    all.push(&off);
+    let items = rows(c.query(select, &all).await?, row)?;
+    let total = count(c, total, params).await?;
+    Ok(Page { items, total })
+}
+
 /// Runs a read on a pooled connection.
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {{
@@ -1072,19 +1097,15 @@ impl Store for PostgresStore {
     }
 
     async fn tenants(&self, page: PageRequest) -> StoreResult<Page<TenantRecord>> {
-        let (lim, off) = limit(page);
-        read!(self, |c| {
-            let items = rows(
-                c.query(
-                    &format!("SELECT {TENANT_COLS} FROM tenants ORDER BY id LIMIT $1 OFFSET $2"),
-                    &[&lim, &off],
-                )
-                .await?,
-                tenant_row,
-            )?;
-            let total = count(&**c, "SELECT COUNT(*) FROM tenants", &[]).await?;
-            Ok(Page { items, total })
-        })
+        read!(self, |c| paged(
+            &**c,
+            &format!("SELECT {TENANT_COLS} FROM tenants ORDER BY id LIMIT $1 OFFSET $2"),
+            "SELECT COUNT(*) FROM tenants",
+            &[],
+            page,
+            tenant_row,
+        )
+        .await)
     }
 
     async fn update_tenant(&self, t: TenantRecord, audit: AuditEntry) -> StoreResult<()> {
@@ -1348,27 +1369,18 @@ impl Store for PostgresStore {
         tenant: &str,
         page: PageRequest,
     ) -> StoreResult<Page<TrustedCertRecord>> {
-        let (lim, off) = limit(page);
-        read!(self, |c| {
-            let items = rows(
-                c.query(
-                    &format!(
-                        "SELECT {CERT_COLS} FROM trusted_certificates WHERE tenant_id = $1
-                         ORDER BY seq LIMIT $2 OFFSET $3"
-                    ),
-                    &[&tenant, &lim, &off],
-                )
-                .await?,
-                cert_row,
-            )?;
-            let total = count(
-                &**c,
-                "SELECT COUNT(*) FROM trusted_certificates WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await?;
-            Ok(Page { items, total })
-        })
+        read!(self, |c| paged(
+            &**c,
+            &format!(
+                "SELECT {CERT_COLS} FROM trusted_certificates WHERE tenant_id = $1
+                 ORDER BY seq LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM trusted_certificates WHERE tenant_id = $1",
+            &[&tenant],
+            page,
+            cert_row,
+        )
+        .await)
     }
 
     async fn certificate_counts(&self, tenant: &str) -> StoreResult<(u64, u64)> {
@@ -1466,20 +1478,16 @@ impl Store for PostgresStore {
         audit: AuditEntry,
     ) -> StoreResult<TrustedCertRecord> {
         transaction!(self, Notify::No, |tx| async {
-            let n = tx
-                .execute(
-                    "UPDATE trusted_certificates SET pop_code = $3, pop_code_expires = $4
-                     WHERE tenant_id = $1 AND fingerprint = $2",
-                    &[&tenant, &fingerprint, &code, &expires],
-                )
-                .await?;
-            if n == 0 {
-                return Err(cert_not_found(fingerprint));
-            }
-            insert_audit(tx, &audit).await?;
-            get_cert(tx, tenant, fingerprint)
-                .await?
-                .ok_or_else(|| cert_not_found(fingerprint))
+            update_cert(
+                tx,
+                tenant,
+                fingerprint,
+                "UPDATE trusted_certificates SET pop_code = $3, pop_code_expires = $4
+                 WHERE tenant_id = $1 AND fingerprint = $2",
+                &[&code, &expires],
+                &audit,
+            )
+            .await
         }
         .await)
     }
@@ -1492,21 +1500,17 @@ impl Store for PostgresStore {
     ) -> StoreResult<TrustedCertRecord> {
         // With require_proof_of_possession the snapshot depends on it: notify.
         transaction!(self, Notify::Yes, |tx| async {
-            let n = tx
-                .execute(
-                    "UPDATE trusted_certificates SET pop_valid = TRUE, pop_code = NULL,
-                        pop_code_expires = NULL
-                     WHERE tenant_id = $1 AND fingerprint = $2",
-                    &[&tenant, &fingerprint],
-                )
-                .await?;
-            if n == 0 {
-                return Err(cert_not_found(fingerprint));
-            }
-            insert_audit(tx, &audit).await?;
-            get_cert(tx, tenant, fingerprint)
-                .await?
-                .ok_or_else(|| cert_not_found(fingerprint))
+            update_cert(
+                tx,
+                tenant,
+                fingerprint,
+                "UPDATE trusted_certificates SET pop_valid = TRUE, pop_code = NULL,
+                    pop_code_expires = NULL
+                 WHERE tenant_id = $1 AND fingerprint = $2",
+                &[],
+                &audit,
+            )
+            .await
         }
         .await)
     }
@@ -1647,27 +1651,18 @@ impl Store for PostgresStore {
     }
 
     async fn devices(&self, tenant: &str, page: PageRequest) -> StoreResult<Page<DeviceRecord>> {
-        let (lim, off) = limit(page);
-        read!(self, |c| {
-            let items = rows(
-                c.query(
-                    &format!(
-                        "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1
-                         ORDER BY common_name LIMIT $2 OFFSET $3"
-                    ),
-                    &[&tenant, &lim, &off],
-                )
-                .await?,
-                device_row,
-            )?;
-            let total = count(
-                &**c,
-                "SELECT COUNT(*) FROM devices WHERE tenant_id = $1",
-                &[&tenant],
-            )
-            .await?;
-            Ok(Page { items, total })
-        })
+        read!(self, |c| paged(
+            &**c,
+            &format!(
+                "SELECT {DEVICE_COLS} FROM devices WHERE tenant_id = $1
+                 ORDER BY common_name LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM devices WHERE tenant_id = $1",
+            &[&tenant],
+            page,
+            device_row,
+        )
+        .await)
     }
 
     async fn device(&self, tenant: &str, common_name: &str) -> StoreResult<Option<DeviceRecord>> {
@@ -1923,43 +1918,32 @@ impl Store for PostgresStore {
         tenant: Option<&str>,
         page: PageRequest,
     ) -> StoreResult<Page<AuditEntry>> {
-        let (lim, off) = limit(page);
-        read!(self, |c| {
-            let (items, total) = match tenant {
-                Some(t) => (
-                    rows(
-                        c.query(
-                            &format!(
-                                "SELECT {AUDIT_COLS} FROM audit WHERE tenant_id = $1
-                                 ORDER BY id DESC LIMIT $2 OFFSET $3"
-                            ),
-                            &[&t, &lim, &off],
-                        )
-                        .await?,
-                        audit_row,
-                    )?,
-                    count(
-                        &**c,
-                        "SELECT COUNT(*) FROM audit WHERE tenant_id = $1",
-                        &[&t],
-                    )
-                    .await?,
-                ),
-                None => (
-                    rows(
-                        c.query(
-                            &format!(
-                                "SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT $1 OFFSET $2"
-                            ),
-                            &[&lim, &off],
-                        )
-                        .await?,
-                        audit_row,
-                    )?,
-                    count(&**c, "SELECT COUNT(*) FROM audit", &[]).await?,
-                ),
-            };
-            Ok(Page { items, total })
+        read!(self, |c| match tenant {
+            Some(t) => {
+                paged(
+                    &**c,
+                    &format!(
+                        "SELECT {AUDIT_COLS} FROM audit WHERE tenant_id = $1
+                         ORDER BY id DESC LIMIT $2 OFFSET $3"
+                    ),
+                    "SELECT COUNT(*) FROM audit WHERE tenant_id = $1",
+                    &[&t],
+                    page,
+                    audit_row,
+                )
+                .await
+            }
+            None => {
+                paged(
+                    &**c,
+                    &format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT $1 OFFSET $2"),
+                    "SELECT COUNT(*) FROM audit",
+                    &[],
+                    page,
+                    audit_row,
+                )
+                .await
+            }
         })
     }
 
