@@ -1257,3 +1257,41 @@ async fn nodes_exchange_their_session_counts() {
         .unwrap()
         .is_empty());
 }
+
+/// Nodes started at the same moment on an empty database: every one comes up, with one
+/// management tenant and one management admin between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_bootstrapping_together_all_start() {
+    let pg = Postgres::start();
+    let url = pg.create_database("bootstrap");
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let starts: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let mut config = admin_api::AdminConfig::new(d.path());
+            config.admin_password = Some("same-on-every-node".into());
+            config.password_hashing = admin_api::PasswordHashing {
+                memory_kib: 256,
+                iterations: 1,
+                parallelism: 1,
+            };
+            config.store_url = Some(url.clone());
+            tokio::spawn(admin_api::Admin::open(config))
+        })
+        .collect();
+    let mut admins = Vec::new();
+    for s in starts {
+        admins.push(s.await.unwrap().expect("every node starts"));
+    }
+    let store = admins[0].store();
+    assert_eq!(store.users("management").await.unwrap().len(), 1);
+    assert_eq!(
+        store.tenants(PAGE).await.unwrap().total,
+        1,
+        "one management tenant"
+    );
+    // Debug output of the configuration never shows the database password.
+    let shown = format!("{:?}", admins[1].config());
+    assert!(!shown.contains(postgres::PG_PASSWORD), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
