@@ -1,0 +1,498 @@
+//! Persistent sessions, their expiry and the embedded broker's state across restarts,
+//! with real clients over mTLS (rumqttc 3.1.1 and 5.0) against the real binary where a
+//! restart is involved (SIGTERM and SIGKILL), and in-process otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::{Event, Packet, QoS};
+
+type El5 = rumqttc::v5::EventLoop;
+
+/// Connects a 3.1.1 client and returns it with its CONNACK's session present flag.
+async fn v4(opts: rumqttc::MqttOptions) -> (rumqttc::AsyncClient, rumqttc::EventLoop, bool) {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                return (client, el, ack.session_present)
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// Connects a 5.0 client and returns it with its CONNACK's session present flag.
+async fn v5(opts: rumqttc::v5::MqttOptions) -> (rumqttc::v5::AsyncClient, El5, bool) {
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::ConnAck(ack)))) => {
+                return (client, el, ack.session_present)
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// The payloads of the PUBLISH packets a 3.1.1 client gets until `wait` passes with
+/// nothing new.
+async fn drain_v4(el: &mut rumqttc::EventLoop, wait: Duration) -> Vec<(String, String, QoS)> {
+    let mut got = Vec::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(wait, el.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = ev {
+            got.push((
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.qos,
+            ));
+        }
+    }
+    got
+}
+
+/// The PUBLISH packets a 5.0 client gets until `wait` passes with nothing new.
+async fn drain_v5(el: &mut El5, wait: Duration) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+    let mut got = Vec::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(wait, el.poll()).await {
+        if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = ev {
+            got.push(p);
+        }
+    }
+    got
+}
+
+/// Disconnects cleanly (DISCONNECT sent, the connection closed).
+async fn bye_v4(client: rumqttc::AsyncClient, mut el: rumqttc::EventLoop) {
+    client.disconnect().await.unwrap();
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), el.poll()).await {}
+}
+
+async fn bye_v5(client: rumqttc::v5::AsyncClient, mut el: El5) {
+    client.disconnect().await.unwrap();
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), el.poll()).await {}
+}
+
+/// Publishes `n` QoS 1 messages `<tag>-<i>` to `topic` and waits for every PUBACK:
+/// these are the messages the broker acknowledged.
+async fn publish_acked(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    id: &str,
+    topic: &str,
+    tag: &str,
+    n: usize,
+) {
+    let (client, mut el, _) = v4(v4_options(id, port, tls)).await;
+    for i in 0..n {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, format!("{tag}-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher: {other:?} after {acked} PUBACKs"),
+        }
+    }
+    bye_v4(client, el).await;
+}
+
+struct Pki {
+    ca: certs::issue::Issued,
+}
+
+impl Pki {
+    fn tls(&self, server_ca: &str, cn: &str) -> std::sync::Arc<rustls::ClientConfig> {
+        device_tls(server_ca, &device(cn, &self.ca), &[])
+    }
+}
+
+/// Creates tenant `acme` with an auto-registering CA over the admin API at `admin`.
+async fn acme_at(http: &reqwest::Client, admin: std::net::SocketAddr) -> Pki {
+    let ca = ca("Sessions CA");
+    let base = format!("https://localhost:{}", admin.port());
+    let r = http
+        .post(format!("{base}/tenant/tenants"))
+        .basic_auth("management/admin", Some(ADMIN_PW))
+        .json(&serde_json::json!({"id": "acme", "company": "acme", "adminName": "admin", "adminPass": "acme-pw-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = http
+        .post(format!("{base}/tenant/tenants/acme/trusted-certificates"))
+        .basic_auth("acme/admin", Some("acme-pw-1"))
+        .json(&serde_json::json!({
+            "status": "ENABLED", "name": "ca", "autoRegistrationEnabled": "true",
+            "certInPemFormat": ca.cert_pem(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    Pki { ca }
+}
+
+fn server_ca(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("server.crt")).unwrap()
+}
+
+fn stop(process: &mut BrokerProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(s) = process.child.try_wait().unwrap() {
+            if signal == "-TERM" {
+                assert!(s.success(), "SIGTERM exit: {s:?}");
+            }
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "broker did not exit on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queues_and_retained_messages_survive_sigterm_and_sigkill() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let ca_pem = server_ca(dir.path());
+    let http = https_client(&ca_pem);
+    let pki = acme_at(&http, broker.addr("admin_addr")).await;
+    let port = broker.addr("mqtt_addr").port();
+
+    // Two persistent sessions subscribe and leave: 3.1.1 CleanSession=0, and 5.0 with
+    // a Session Expiry Interval of an hour.
+    let mut o4 = v4_options("sub-4", port, pki.tls(&ca_pem, "sub-4"));
+    o4.set_clean_session(false);
+    let (c4, mut el4, present) = v4(o4).await;
+    assert!(!present, "a new session");
+    c4.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut el4).await;
+    bye_v4(c4, el4).await;
+    let mut o5 = v5_options("sub-5", port, pki.tls(&ca_pem, "sub-5"));
+    o5.set_clean_start(true)
+        .set_session_expiry_interval(Some(3600));
+    let (c5, mut el5, present) = v5(o5).await;
+    assert!(!present);
+    c5.subscribe("t/#", Q5::AtLeastOnce).await.unwrap();
+    loop {
+        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(10), el5.poll()).await
+        {
+            break;
+        }
+    }
+    bye_v5(c5, el5).await;
+
+    // Acknowledged while they are offline: 20 queued messages and a retained one.
+    publish_acked(
+        port,
+        pki.tls(&ca_pem, "pub"),
+        "pub",
+        "t/a",
+        "before-term",
+        20,
+    )
+    .await;
+    {
+        let (client, mut el, _) = v4(v4_options("pub", port, pki.tls(&ca_pem, "pub"))).await;
+        client
+            .publish("r/state", QoS::AtLeastOnce, true, "retained-1")
+            .await
+            .unwrap();
+        loop {
+            if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+            {
+                break;
+            }
+        }
+        bye_v4(client, el).await;
+    }
+
+    // SIGTERM, restart: everything is there; more messages go to the restored sessions.
+    stop(&mut broker, "-TERM");
+    let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    assert!(
+        broker
+            .before
+            .iter()
+            .any(|l| l.contains("embedded broker state restored")
+                && l.contains("retained=1")
+                && l.contains("sessions=2")),
+        "{:#?}",
+        broker.before
+    );
+    let port = broker.addr("mqtt_addr").port();
+    publish_acked(
+        port,
+        pki.tls(&ca_pem, "pub"),
+        "pub",
+        "t/b",
+        "before-kill",
+        10,
+    )
+    .await;
+    // Acknowledged more than a second before the kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop(&mut broker, "-KILL");
+    let broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let port = broker.addr("mqtt_addr").port();
+
+    let expected: Vec<String> = (0..20)
+        .map(|i| format!("before-term-{i}"))
+        .chain((0..10).map(|i| format!("before-kill-{i}")))
+        .collect();
+    // The 3.1.1 session resumes and gets all 30, in order, at QoS 1.
+    let mut o4 = v4_options("sub-4", port, pki.tls(&ca_pem, "sub-4"));
+    o4.set_clean_session(false);
+    let (c4, mut el4, present) = v4(o4).await;
+    assert!(present, "the session survived two restarts");
+    let got = drain_v4(&mut el4, Duration::from_secs(2)).await;
+    let payloads: Vec<&str> = got.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(
+        payloads,
+        expected,
+        "acknowledged 30, recovered {}",
+        got.len()
+    );
+    assert!(
+        got.iter().all(|(_, _, q)| *q == QoS::AtLeastOnce),
+        "{got:?}"
+    );
+    bye_v4(c4, el4).await;
+    // The 5.0 session too.
+    let mut o5 = v5_options("sub-5", port, pki.tls(&ca_pem, "sub-5"));
+    o5.set_clean_start(false)
+        .set_session_expiry_interval(Some(3600));
+    let (c5, mut el5, present) = v5(o5).await;
+    assert!(present);
+    let got = drain_v5(&mut el5, Duration::from_secs(2)).await;
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, expected);
+    bye_v5(c5, el5).await;
+
+    // Delivered and acknowledged: gone from the queue.
+    let mut o4 = v4_options("sub-4", port, pki.tls(&ca_pem, "sub-4"));
+    o4.set_clean_session(false);
+    let (c4, mut el4, present) = v4(o4).await;
+    assert!(present);
+    assert_eq!(drain_v4(&mut el4, Duration::from_secs(1)).await, vec![]);
+    bye_v4(c4, el4).await;
+
+    // The retained message survived SIGTERM and SIGKILL.
+    let (c, mut el, _) = v4(v4_options("late", port, pki.tls(&ca_pem, "late"))).await;
+    c.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let got = drain_v4(&mut el, Duration::from_secs(2)).await;
+    assert_eq!(
+        got,
+        vec![(
+            "r/state".to_string(),
+            "retained-1".to_string(),
+            QoS::AtLeastOnce
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_sessions_expire_and_clean_start_discards() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Expiry CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let tls = |cn: &str| pki.tls(&env.server_ca, cn);
+    let opts = |cn: &str, clean: bool, expiry: u32| {
+        let mut o = v5_options(cn, port, tls(cn));
+        o.set_clean_start(clean)
+            .set_session_expiry_interval(Some(expiry));
+        o
+    };
+    async fn subscribe(c: &rumqttc::v5::AsyncClient, el: &mut El5) {
+        c.subscribe("e/#", Q5::AtLeastOnce).await.unwrap();
+        loop {
+            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+            {
+                return;
+            }
+        }
+    }
+
+    // Expiry 2 s: gone 3.5 s after the disconnect, with what was queued for it.
+    let (c, mut el, _) = v5(opts("short", true, 2)).await;
+    subscribe(&c, &mut el).await;
+    bye_v5(c, el).await;
+    // Expiry 0 with CleanStart=0: the session ends with the connection.
+    let (c, mut el, _) = v5(opts("zero", false, 0)).await;
+    subscribe(&c, &mut el).await;
+    bye_v5(c, el).await;
+    // Expiry 60, then a CleanStart=1 connection: a new session, nothing queued.
+    let (c, mut el, _) = v5(opts("fresh", true, 60)).await;
+    subscribe(&c, &mut el).await;
+    bye_v5(c, el).await;
+    // Expiry 60, resumed: gets what was queued.
+    let (c, mut el, _) = v5(opts("kept", true, 60)).await;
+    subscribe(&c, &mut el).await;
+    bye_v5(c, el).await;
+
+    publish_acked(port, tls("pub"), "pub", "e/x", "m", 3).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let (c, mut el, present) = v5(opts("short", false, 2)).await;
+    assert!(!present, "expired after 2 s");
+    assert!(drain_v5(&mut el, Duration::from_secs(1)).await.is_empty());
+    bye_v5(c, el).await;
+    let (c, mut el, present) = v5(opts("zero", false, 0)).await;
+    assert!(!present, "ended at disconnect");
+    assert!(drain_v5(&mut el, Duration::from_secs(1)).await.is_empty());
+    bye_v5(c, el).await;
+    let (c, mut el, present) = v5(opts("fresh", true, 60)).await;
+    assert!(!present, "CleanStart=1 starts a new session");
+    assert!(drain_v5(&mut el, Duration::from_secs(1)).await.is_empty());
+    bye_v5(c, el).await;
+    let (c, mut el, present) = v5(opts("kept", false, 60)).await;
+    assert!(present);
+    let got: Vec<_> = drain_v5(&mut el, Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(got, ["m-0", "m-1", "m-2"]);
+    bye_v5(c, el).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_expire_and_the_queue_is_bounded() {
+    let env = start_with(|c| c.embedded.max_queued_messages = 5).await;
+    env.tenant("acme").await;
+    let ca = ca("Queue CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let tls = |cn: &str| pki.tls(&env.server_ca, cn);
+    let persistent = |cn: &str, clean: bool| {
+        let mut o = v5_options(cn, port, tls(cn));
+        o.set_clean_start(clean)
+            .set_session_expiry_interval(Some(600));
+        o
+    };
+    for (cn, filter) in [("exp", "x/#"), ("lim", "l/#")] {
+        let (c, mut el, _) = v5(persistent(cn, true)).await;
+        c.subscribe(filter, Q5::AtLeastOnce).await.unwrap();
+        loop {
+            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+            {
+                break;
+            }
+        }
+        bye_v5(c, el).await;
+    }
+
+    let (p, mut pel, _) = v5(v5_options("pub", port, tls("pub"))).await;
+    let expiring = |s: u32| PublishProperties {
+        message_expiry_interval: Some(s),
+        ..Default::default()
+    };
+    p.publish_with_properties("x/short", Q5::AtLeastOnce, false, "short", expiring(1))
+        .await
+        .unwrap();
+    p.publish_with_properties("x/long", Q5::AtLeastOnce, false, "long", expiring(100))
+        .await
+        .unwrap();
+    // 3 QoS 0, then 6 QoS 1 messages for a queue of 5: the QoS 0 ones make room
+    // first, then the sixth QoS 1 message is dropped.
+    for i in 0..3 {
+        p.publish("l/q0", Q5::AtMostOnce, false, format!("q0-{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..6 {
+        p.publish("l/q1", Q5::AtLeastOnce, false, format!("q1-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 8 {
+        match tokio::time::timeout(Duration::from_secs(10), pel.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    bye_v5(p, pel).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let (c, mut el, present) = v5(persistent("exp", false)).await;
+    assert!(present);
+    let got = drain_v5(&mut el, Duration::from_secs(1)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the 1 s message expired in the queue: {got:?}"
+    );
+    assert_eq!(&got[0].payload[..], b"long");
+    let left = got[0]
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .expect("the remaining expiry interval is forwarded");
+    assert!((95..=98).contains(&left), "remaining {left} s of 100");
+    bye_v5(c, el).await;
+
+    let (c, mut el, _) = v5(persistent("lim", false)).await;
+    let got: Vec<String> = drain_v5(&mut el, Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(got, ["q1-0", "q1-1", "q1-2", "q1-3", "q1-4"]);
+    bye_v5(c, el).await;
+    let m = env.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            r#"mqtt_session_messages_dropped_total{reason="queue_full_oldest_qos0",tenant="acme"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(
+            &m,
+            r#"mqtt_session_messages_dropped_total{reason="queue_full",tenant="acme"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &m,
+            r#"mqtt_session_messages_dropped_total{reason="expired",tenant="acme"}"#
+        ),
+        1.0
+    );
+}
