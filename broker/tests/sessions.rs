@@ -496,3 +496,155 @@ async fn queued_messages_expire_and_the_queue_is_bounded() {
         1.0
     );
 }
+
+/// What one publisher had acknowledged: (index, when), for queued and retained messages.
+#[derive(Default)]
+struct Acked {
+    queued: Vec<(usize, std::time::Instant)>,
+    retained: Vec<(usize, std::time::Instant)>,
+}
+
+/// Publishes QoS 1 messages `p<k>-<i>` to `load/p<k>` one at a time, and every tenth
+/// index as the retained message of `r/p<k>`, recording each PUBACK, until the broker
+/// goes away.
+async fn publish_until_killed(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    k: usize,
+) -> Acked {
+    let mut acked = Acked::default();
+    let id = format!("p{k}");
+    let (client, mut el, _) = v4(v4_options(&id, port, tls)).await;
+    let mut i = 0;
+    'outer: loop {
+        let retained = i % 10 == 0;
+        let (topic, payload) = if retained {
+            (format!("r/p{k}"), i.to_string())
+        } else {
+            (format!("load/p{k}"), format!("p{k}-{i}"))
+        };
+        if client
+            .publish(topic, QoS::AtLeastOnce, retained, payload)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                _ => break 'outer,
+            }
+        }
+        let entry = (i, std::time::Instant::now());
+        if retained {
+            acked.retained.push(entry);
+        } else {
+            acked.queued.push(entry);
+        }
+        i += 1;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_devices_publish_loses_nothing_acknowledged_before_the_last_second() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "[embedded]\nmax_queued_messages = 1000000\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut broker = BrokerProcess::start_with_args(dir.path(), ADMIN_PW, &args);
+    let ca_pem = server_ca(dir.path());
+    let pki = acme_at(&https_client(&ca_pem), broker.addr("admin_addr")).await;
+    let port = broker.addr("mqtt_addr").port();
+    let sink = |port| {
+        let mut o = v4_options("sink", port, pki.tls(&ca_pem, "sink"));
+        o.set_clean_session(false);
+        o
+    };
+    let (c, mut el, _) = v4(sink(port)).await;
+    c.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut el).await;
+    bye_v4(c, el).await;
+
+    const PUBLISHERS: usize = 4;
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|k| {
+            tokio::spawn(publish_until_killed(
+                port,
+                pki.tls(&ca_pem, &format!("p{k}")),
+                k,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(&mut broker, "-KILL");
+    let killed = std::time::Instant::now();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    let safe = killed - Duration::from_secs(1);
+
+    let broker = BrokerProcess::start_with_args(dir.path(), ADMIN_PW, &args);
+    let port = broker.addr("mqtt_addr").port();
+    let (c, mut el, present) = v4(sink(port)).await;
+    assert!(present);
+    let got = drain_v4(&mut el, Duration::from_secs(3)).await;
+    bye_v4(c, el).await;
+    let mut recovered: Vec<Vec<usize>> = vec![Vec::new(); PUBLISHERS];
+    for (topic, payload, _) in &got {
+        let (k, i) = payload
+            .strip_prefix('p')
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(k, i)| Some((k.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
+            .unwrap_or_else(|| panic!("unexpected message {topic} {payload}"));
+        assert_eq!(topic, &format!("load/p{k}"));
+        recovered[k].push(i);
+    }
+    let (mut total_acked, mut total_recovered, mut lost_last_second) = (0, 0, 0);
+    for (k, a) in acked.iter().enumerate() {
+        let r = &recovered[k];
+        assert!(r.windows(2).all(|w| w[0] < w[1]), "p{k} in order: {r:?}");
+        for (i, at) in &a.queued {
+            let back = r.binary_search(i).is_ok();
+            if *at < safe {
+                assert!(
+                    back,
+                    "p{k}-{i} acknowledged {:?} before the kill, lost",
+                    killed - *at
+                );
+            } else if !back {
+                lost_last_second += 1;
+            }
+        }
+        total_acked += a.queued.len();
+        total_recovered += r.len();
+    }
+    eprintln!(
+        "SIGKILL: {total_acked} QoS 1 messages acknowledged to offline sessions, {total_recovered} recovered, {lost_last_second} lost (all acknowledged within the last second)"
+    );
+    assert!(total_acked > 100, "the publishers got going: {total_acked}");
+
+    // Retained: each topic holds at least the last value acknowledged before `safe`.
+    let (c, mut el, _) = v4(v4_options("late", port, pki.tls(&ca_pem, "late"))).await;
+    c.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let got = drain_v4(&mut el, Duration::from_secs(2)).await;
+    for (k, a) in acked.iter().enumerate() {
+        let want = a
+            .retained
+            .iter()
+            .filter(|(_, at)| *at < safe)
+            .map(|(i, _)| *i)
+            .max();
+        let have = got
+            .iter()
+            .find(|(t, _, _)| *t == format!("r/p{k}"))
+            .map(|(_, p, _)| p.parse::<usize>().unwrap());
+        if let Some(want) = want {
+            assert!(have.is_some_and(|h| h >= want), "r/p{k}: {have:?} < {want}");
+        }
+    }
+}

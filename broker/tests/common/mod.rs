@@ -350,8 +350,14 @@ impl BrokerProcess {
     /// Starts the binary on the data directory `dir` with the admin password
     /// `admin_pw`, and waits up to 60 s for its "broker listening" line.
     pub fn start(dir: &std::path::Path, admin_pw: &str) -> BrokerProcess {
+        Self::start_with_args(dir, admin_pw, &[])
+    }
+
+    /// [`BrokerProcess::start`] with more command-line arguments (`--config FILE`).
+    pub fn start_with_args(dir: &std::path::Path, admin_pw: &str, extra: &[&str]) -> BrokerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(extra)
             .env("BROKER_ADMIN_PASSWORD", admin_pw)
             .env("RUST_LOG", "info")
             .args(["--data-dir"])
