@@ -318,7 +318,19 @@ async fn offline_queues_and_retained_messages_survive_sigterm_and_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v5_sessions_expire_and_clean_start_discards() {
-    let env = start().await;
+    expiry_and_clean_start(start().await).await;
+}
+
+/// Through `--backend` to Mosquitto, the front-end costs nothing of what Mosquitto does
+/// right: the same session expiry and clean start behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_sessions_expire_and_clean_start_discards_through_mosquitto() {
+    let mosquitto = start_mosquitto().await;
+    let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{}", mosquitto.port)).await;
+    expiry_and_clean_start(env).await;
+}
+
+async fn expiry_and_clean_start(env: Env) {
     env.tenant("acme").await;
     let ca = ca("Expiry CA");
     env.upload("acme", &ca, true).await;

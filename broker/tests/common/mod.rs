@@ -525,3 +525,55 @@ pub async fn admin_tls_from(
         )
         .await
 }
+
+/// A Mosquitto broker on a free loopback port (anonymous, plain TCP), killed on drop:
+/// the external backend of `--backend mqtt://` tests.
+pub struct Mosquitto {
+    pub port: u16,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts [`Mosquitto`] and waits until it accepts connections.
+pub async fn start_mosquitto() -> Mosquitto {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto not installed: .ci/run installs Debian's mosquitto");
+    let child = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Mosquitto {
+        port,
+        _child: child,
+        _dir: dir,
+    }
+}
