@@ -231,6 +231,18 @@ async fn offline_queues_and_retained_messages_survive_sigterm_and_sigkill() {
 
     // SIGTERM, restart: everything is there; more messages go to the restored sessions.
     stop(&mut broker, "-TERM");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("broker-state.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the tenants' messages are the broker's only"
+        );
+    }
     let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
     assert!(
         broker
@@ -659,4 +671,51 @@ async fn sigkill_while_devices_publish_loses_nothing_acknowledged_before_the_las
             assert!(have.is_some_and(|h| h >= want), "r/p{k}: {have:?} < {want}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_device_with_the_same_cn_gets_nothing_of_a_persistent_session() {
+    let env = start().await;
+    let port = env.mqtt_port();
+    let mut pki = Vec::new();
+    for tenant in ["acme", "mallory"] {
+        env.tenant(tenant).await;
+        let ca = ca(&format!("{tenant} CA"));
+        env.upload(tenant, &ca, true).await;
+        pki.push(Pki { ca });
+    }
+    let persistent = |p: &Pki, cn: &str| {
+        let mut o = v4_options(cn, port, p.tls(&env.server_ca, cn));
+        o.set_clean_session(false);
+        o
+    };
+    let (c, mut el, _) = v4(persistent(&pki[0], "meter")).await;
+    c.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut el).await;
+    bye_v4(c, el).await;
+    publish_acked(
+        port,
+        pki[0].tls(&env.server_ca, "ops"),
+        "ops",
+        "cmd/open",
+        "secret",
+        3,
+    )
+    .await;
+
+    // mallory's device named like acme's: a session of its own, nothing queued.
+    let (c, mut el, present) = v4(persistent(&pki[1], "meter")).await;
+    assert!(!present, "mallory's 'meter' is not acme's");
+    assert_eq!(drain_v4(&mut el, Duration::from_secs(1)).await, vec![]);
+    bye_v4(c, el).await;
+    // acme's still gets all of it.
+    let (c, mut el, present) = v4(persistent(&pki[0], "meter")).await;
+    assert!(present);
+    let got: Vec<String> = drain_v4(&mut el, Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(got, ["secret-0", "secret-1", "secret-2"]);
+    bye_v4(c, el).await;
 }

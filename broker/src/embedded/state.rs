@@ -100,6 +100,28 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// Creates `path` with mode 0600 if it does not exist.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map(drop)
+}
+
+/// Mode 0600 on `path` if it exists (the mode at creation is reduced by the umask and
+/// SQLite creates its -wal and -shm files with the database's mode).
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if path.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let c = Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -141,9 +163,16 @@ impl StateStore {
     pub fn open(data_dir: &Path) -> std::io::Result<StateStore> {
         let path = data_dir.join(STATE_FILE);
         let fail = |e: rusqlite::Error| std::io::Error::other(format!("{}: {e}", path.display()));
+        // Tenants' messages: readable by the broker's user only, like the admin store.
+        create_private(&path)?;
         let writer = open_connection(&path).map_err(fail)?;
         writer.execute_batch(SCHEMA).map_err(fail)?;
         let reader = open_connection(&path).map_err(fail)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            restrict(std::path::Path::new(&p))?;
+        }
         let (writes, queue) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("broker-state".into())
