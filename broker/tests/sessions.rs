@@ -719,3 +719,142 @@ async fn another_tenants_device_with_the_same_cn_gets_nothing_of_a_persistent_se
     assert_eq!(got, ["secret-0", "secret-1", "secret-2"]);
     bye_v4(c, el).await;
 }
+
+/// Subscribes `c` to `filter` at QoS 1 with the given options and waits for the SUBACK.
+async fn subscribe_with(
+    c: &rumqttc::v5::AsyncClient,
+    el: &mut El5,
+    filter: &str,
+    no_local: bool,
+    retain_as_published: bool,
+    retain_handling: rumqttc::v5::mqttbytes::v5::RetainForwardRule,
+) {
+    let f = rumqttc::v5::mqttbytes::v5::Filter {
+        path: filter.into(),
+        qos: Q5::AtLeastOnce,
+        nolocal: no_local,
+        preserve_retain: retain_as_published,
+        retain_forward_rule: retain_handling,
+    };
+    c.subscribe_many([f]).await.unwrap();
+    loop {
+        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+        {
+            return;
+        }
+    }
+}
+
+/// (payload, retain flag) of what a 5.0 client gets until 1 s passes with nothing new.
+async fn got_v5(el: &mut El5) -> Vec<(String, bool)> {
+    drain_v5(el, Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|p| (String::from_utf8_lossy(&p.payload).into_owned(), p.retain))
+        .collect()
+}
+
+async fn subscription_options(env: Env) {
+    use rumqttc::v5::mqttbytes::v5::RetainForwardRule as Rh;
+    env.tenant("acme").await;
+    let ca = ca("Options CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let client = |cn: &str| v5_options(cn, port, pki.tls(&env.server_ca, cn));
+
+    let (other, mut other_el, _) = v5(client("other")).await;
+    other
+        .publish("so/r/old", Q5::AtLeastOnce, true, "old")
+        .await
+        .unwrap();
+    loop {
+        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::PubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(10), other_el.poll()).await
+        {
+            break;
+        }
+    }
+    // No Local: "me" does not get its own message, and gets the other's.
+    let (me, mut me_el, _) = v5(client("me")).await;
+    subscribe_with(
+        &me,
+        &mut me_el,
+        "so/nl/#",
+        true,
+        false,
+        Rh::OnEverySubscribe,
+    )
+    .await;
+    // Retain As Published 1 and 0 (both get the retained message at subscribe, flag
+    // set); Retain Handling 2: none at subscribe.
+    let (rap1, mut rap1_el, _) = v5(client("rap1")).await;
+    subscribe_with(
+        &rap1,
+        &mut rap1_el,
+        "so/r/#",
+        false,
+        true,
+        Rh::OnEverySubscribe,
+    )
+    .await;
+    let (rap0, mut rap0_el, _) = v5(client("rap0")).await;
+    subscribe_with(
+        &rap0,
+        &mut rap0_el,
+        "so/r/#",
+        false,
+        false,
+        Rh::OnEverySubscribe,
+    )
+    .await;
+    let (rh2, mut rh2_el, _) = v5(client("rh2")).await;
+    subscribe_with(&rh2, &mut rh2_el, "so/r/#", false, false, Rh::Never).await;
+    assert_eq!(got_v5(&mut rap1_el).await, [("old".to_string(), true)]);
+    assert_eq!(got_v5(&mut rap0_el).await, [("old".to_string(), true)]);
+    assert_eq!(
+        got_v5(&mut rh2_el).await,
+        [],
+        "Retain Handling 2: no retained message"
+    );
+
+    me.publish("so/nl/x", Q5::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
+    // "mine" is on its way (sent before the event loop waits for more) when "theirs" is.
+    let _ = tokio::time::timeout(Duration::from_millis(300), me_el.poll()).await;
+    other
+        .publish("so/nl/x", Q5::AtLeastOnce, false, "theirs")
+        .await
+        .unwrap();
+    other
+        .publish("so/r/new", Q5::AtLeastOnce, true, "live")
+        .await
+        .unwrap();
+    let _ = drain_v5(&mut other_el, Duration::from_millis(500)).await;
+    assert_eq!(
+        got_v5(&mut me_el).await,
+        [("theirs".to_string(), false)],
+        "No Local"
+    );
+    assert_eq!(
+        got_v5(&mut rap1_el).await,
+        [("live".to_string(), true)],
+        "Retain As Published"
+    );
+    assert_eq!(got_v5(&mut rap0_el).await, [("live".to_string(), false)]);
+    assert_eq!(got_v5(&mut rh2_el).await, [("live".to_string(), false)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_options_no_local_retain_as_published_retain_handling() {
+    subscription_options(start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_options_through_mosquitto() {
+    let mosquitto = start_mosquitto().await;
+    let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{}", mosquitto.port)).await;
+    subscription_options(env).await;
+}

@@ -38,7 +38,8 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::sync::oneshot;
 
-use super::link::{bye, publish_layout, pubrec, take_qos_mark, Hub, Link};
+use super::link::{bye, publish_layout, pubrec, Hub, Opened};
+use super::marks;
 use super::state::{Queued, Retained, StateStore, StoredSession, StoredSub, NEVER};
 
 /// Now, in Unix seconds.
@@ -188,7 +189,7 @@ impl Durable {
                 self.state.unretain(r.topic);
                 continue;
             };
-            let props = super::link::mark_qos(props, r.qos);
+            let props = marks::mark_qos(props, r.qos);
             if tx.send(Packet::Publish(publish, props)).await.is_err() {
                 return Err(std::io::Error::other(
                     "the embedded broker's router stopped",
@@ -232,24 +233,26 @@ impl Durable {
         clean: bool,
         persist: Option<u32>,
         topic_alias_max: u16,
-    ) -> Option<(Link, Vec<Queued>)> {
+    ) -> Option<Opened> {
         self.stop_keeper(&client_id).await;
         match persist {
             Some(expiry) => self.state.begin(&client_id, expiry, clean),
             None if clean => self.state.forget(&client_id),
             None => {}
         }
-        let queue = if clean {
-            Vec::new()
+        let (queue, subs) = if clean {
+            (Vec::new(), Vec::new())
         } else {
             self.state.barrier().await;
             let state = self.state.clone();
             let id = client_id.clone();
-            tokio::task::spawn_blocking(move || state.load_queue(&id))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, std::io::Error>((state.load_queue(&id)?, state.load_subs(&id)?))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
         };
         if clean && persist.is_some() {
             // A new session that the router must keep: its old state goes first.
@@ -260,7 +263,11 @@ impl Durable {
             .link(client_id, router_clean, topic_alias_max)
             .await
             .ok()?;
-        Some((link, queue))
+        Some(Opened {
+            link,
+            queue,
+            subs: subs.iter().map(filter).collect(),
+        })
     }
 
     /// A device session ended (not taken over): `persist` is its expiry as it ended
@@ -494,7 +501,7 @@ fn take(
         }
         _ => return None,
     };
-    let own = take_qos_mark(&mut props);
+    let own = marks::take(&mut props).qos;
     let retained = publish.retain;
     let mut wire = BytesMut::new();
     V5.write(Packet::Publish(publish, props), &mut wire).ok()?;

@@ -25,8 +25,8 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
+    Disconnect, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet, Protocol,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
     PublishProperties, QoS,
 };
 use rumqttd::Notification;
@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::durable::{self, Durable};
+use super::marks;
+use super::options::{SubOptions, Verdict};
 use super::state::{Queued, NEVER};
 use crate::mqtt::relax;
 
@@ -246,6 +248,7 @@ impl Hub {
             persist: None,
             resumed: false,
             replay: None,
+            options: None,
         }
     }
 
@@ -392,7 +395,7 @@ impl Announcer {
 }
 
 /// Publishes wills through the front-end's own link, in order.
-/// `mark`: with the QoS mark (see [`QOS_MARK`]).
+/// `mark`: with the QoS mark (see [`marks`]).
 async fn publish_wills(
     mut tx: LinkTx,
     mut pending: mpsc::UnboundedReceiver<Will>,
@@ -469,49 +472,11 @@ fn will_publish(
         content_type: p.content_type,
     });
     let props = if mark {
-        mark_qos(props, will.qos as u8)
+        marks::mark_qos(props, will.qos as u8)
     } else {
         props
     };
     Some(Packet::Publish(publish, props))
-}
-
-/// The user property that carries a message's own QoS through the router.
-///
-/// rumqttd stores a message with the QoS it was published at, but forwards every copy
-/// at the QoS granted to the matching subscription (`publish.qos = filter.qos`), so a
-/// QoS 0 message reaches a QoS 2 subscriber at QoS 2. MQTT (3.1.1 3.8.4, 5.0 3.8.4)
-/// delivers at the lower of the two. The link marks each QoS 0 or 1 message it hands
-/// the router with its QoS (QoS 2 needs none: the lower QoS is then the subscription's;
-/// a property of that name a device sent is dropped), and reads and
-/// removes the mark when the router forwards a copy ([`LinkIo::deliver`]): devices never
-/// see it. Only the in-process link does this; over loopback TCP or to an external
-/// broker the message's QoS is not known downstream.
-const QOS_MARK: &str = "$front-end/qos";
-
-/// `props` with the QoS mark set to `qos` (see [`QOS_MARK`]). QoS 2 messages carry
-/// none (a copy goes out at the subscription's QoS, as without a mark): no allocation
-/// for them. A mark a device sent itself is dropped either way.
-pub(crate) fn mark_qos(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
-    let mut props = match (props, qos) {
-        (None, 2) => return None,
-        (props, _) => props.unwrap_or_default(),
-    };
-    props.user_properties.retain(|(k, _)| k != QOS_MARK);
-    if qos < 2 {
-        props
-            .user_properties
-            .push((QOS_MARK.to_owned(), qos.to_string()));
-    }
-    Some(props)
-}
-
-/// Removes the QoS mark from `props` and returns the QoS it carried, if any.
-pub(crate) fn take_qos_mark(props: &mut Option<PublishProperties>) -> Option<u8> {
-    let p = props.as_mut()?;
-    let i = p.user_properties.iter().rposition(|(k, _)| k == QOS_MARK)?;
-    let (_, v) = p.user_properties.remove(i);
-    v.parse().ok().filter(|q| *q <= 2)
 }
 
 /// Length of an MQTT variable byte integer.
@@ -720,7 +685,16 @@ async fn next_batch(
 
 /// The router's answer to a session's CONNECT, with the messages queued for the session
 /// while it was offline; `None`: refused.
-type Opening = Pin<Box<dyn Future<Output = Option<(Link, Vec<Queued>)>> + Send>>;
+type Opening = Pin<Box<dyn Future<Output = Option<Opened>> + Send>>;
+
+/// A session's router link, with what a resumed session had.
+pub(crate) struct Opened {
+    pub(crate) link: Link,
+    /// Messages queued while it was offline.
+    pub(crate) queue: Vec<Queued>,
+    /// Its stored subscriptions (their options).
+    pub(crate) subs: Vec<Filter>,
+}
 
 /// Most messages of the offline queue in flight to the device at once.
 const REPLAY_WINDOW: usize = 32;
@@ -799,6 +773,9 @@ pub struct LinkIo {
     resumed: bool,
     /// The offline queue being delivered, if any.
     replay: Option<Box<Replay>>,
+    /// The session's subscriptions and their options (from its first SUBSCRIBE, or
+    /// the stored ones of a resumed session).
+    options: Option<Box<SubOptions>>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -849,7 +826,14 @@ impl LinkIo {
             }
             p => return self.encode(p),
         };
-        let own = take_qos_mark(&mut props);
+        let m = marks::take(&mut props);
+        let own = m.qos;
+        let verdict = match &self.options {
+            Some(o) => o.verdict(&publish.topic, publish.retain, &m, self.generation),
+            None => Verdict::Deliver {
+                retain: publish.retain,
+            },
+        };
         let start = self.output.len();
         self.encode(Packet::Publish(publish, props))?;
         let bad = || invalid("PUBLISH encoding");
@@ -872,6 +856,16 @@ impl LinkIo {
         let too_large = self
             .device_max_packet
             .is_some_and(|m| 1 + varint_len(dev_rem) + dev_rem > m);
+        let retain = match verdict {
+            Verdict::Deliver { retain } => retain,
+            Verdict::Drop => {
+                self.output.truncate(start);
+                if granted > 0 {
+                    self.acks.sent(pkid, granted, None, &mut self.to_router);
+                }
+                return Ok(());
+            }
+        };
         if too_large {
             tracing::debug!(
                 client_id = %self.client_id,
@@ -889,6 +883,10 @@ impl LinkIo {
             self.acks
                 .sent(pkid, granted, Some(delivered), &mut self.to_router);
         }
+        if retain {
+            self.output[start] |= 0x01;
+        }
+        let first = self.output[start];
         if delivered < granted {
             let pkt = self.output.split_off(start);
             // DUP is 0 at QoS 0 (MQTT 3.3.1.1).
@@ -1013,7 +1011,12 @@ impl LinkIo {
             match packet {
                 Packet::Publish(p, props) => {
                     let qos = first.map_or(0, |b| (b >> 1) & 0x03);
-                    let props = mark_qos(props, qos);
+                    // The origin only for a session with a No Local subscription.
+                    let origin = match &self.options {
+                        Some(o) if o.no_local() => self.generation,
+                        _ => None,
+                    };
+                    let props = marks::mark(props, qos, origin, p.retain);
                     if p.retain {
                         if let Some(durable) = &self.hub.durable {
                             durable.retain(&p, &props, qos);
@@ -1030,6 +1033,10 @@ impl LinkIo {
                     }
                 }
                 Packet::Subscribe(sub, props) => {
+                    let options = self.options.get_or_insert_with(Default::default);
+                    for f in &sub.filters {
+                        options.subscribe(f);
+                    }
                     if let (Some(durable), Some(_)) = (&self.hub.durable, self.persist) {
                         let subs = sub.filters.iter().map(durable::options).collect();
                         durable.state.subscribe(&self.client_id, subs);
@@ -1037,6 +1044,11 @@ impl LinkIo {
                     ready.push(Packet::Subscribe(sub, props));
                 }
                 Packet::Unsubscribe(unsub, props) => {
+                    if let Some(options) = &mut self.options {
+                        for f in &unsub.filters {
+                            options.unsubscribe(f);
+                        }
+                    }
                     if let (Some(durable), Some(_)) = (&self.hub.durable, self.persist) {
                         durable
                             .state
@@ -1091,9 +1103,13 @@ impl LinkIo {
                             let answer =
                                 self.hub
                                     .request(connect.client_id, clean, topic_alias_max)?;
-                            Box::pin(
-                                async move { answer.await.ok()?.ok().map(|l| (l, Vec::new())) },
-                            )
+                            Box::pin(async move {
+                                answer.await.ok()?.ok().map(|link| Opened {
+                                    link,
+                                    queue: Vec::new(),
+                                    subs: Vec::new(),
+                                })
+                            })
                         }
                     };
                     self.state = State::Connecting {
@@ -1144,13 +1160,15 @@ impl LinkIo {
 
     /// The router answered the CONNECT: the CONNACK goes to the session, the packets
     /// written meanwhile to the router.
-    fn connected(
-        &mut self,
-        link: Link,
-        pending: Vec<Packet>,
-        queue: Vec<Queued>,
-    ) -> io::Result<()> {
+    fn connected(&mut self, opened: Opened, pending: Vec<Packet>) -> io::Result<()> {
+        let Opened { link, queue, subs } = opened;
         let (mut tx, rx, connack) = link;
+        if !subs.is_empty() {
+            let options = self.options.get_or_insert_with(Default::default);
+            for f in &subs {
+                options.subscribe(f);
+            }
+        }
         if !queue.is_empty() {
             self.replay = Some(Box::new(Replay {
                 queue: queue.into(),
@@ -1222,7 +1240,11 @@ impl LinkIo {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let hub = self.hub.clone();
                     runtime.spawn(async move {
-                        if let Some(((mut tx, _rx, _), _)) = answer.await {
+                        if let Some(Opened {
+                            link: (mut tx, _rx, _),
+                            ..
+                        }) = answer.await
+                        {
                             let _ = tx.send(bye()).await;
                         }
                         if let Some((durable, client_id)) = durable {
@@ -1326,7 +1348,7 @@ impl AsyncRead for LinkIo {
                     return Poll::Pending;
                 }
                 State::Connecting { answer, pending } => {
-                    let (link, queue) = match answer.as_mut().poll(cx) {
+                    let opened = match answer.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Some(opened)) => opened,
                         // Refused (rumqttd drops a link it has no room for): end of stream,
@@ -1337,7 +1359,7 @@ impl AsyncRead for LinkIo {
                         }
                     };
                     let pending = std::mem::take(pending);
-                    this.connected(link, pending, queue)?;
+                    this.connected(opened, pending)?;
                 }
                 State::Connected { .. } if this.replay.is_some() => {
                     // The offline queue first; the router's messages wait.

@@ -7,6 +7,8 @@
 
 pub mod durable;
 pub mod link;
+mod marks;
+mod options;
 pub mod state;
 
 pub use durable::Durable;

@@ -297,6 +297,22 @@ impl StateStore {
         })
     }
 
+    /// The stored subscriptions of a session.
+    pub fn load_subs(&self, client_id: &str) -> std::io::Result<Vec<StoredSub>> {
+        let client_id = client_id.to_owned();
+        self.read(move |c| {
+            let mut q =
+                c.prepare("SELECT filter, options FROM subscriptions WHERE client_id = ?1")?;
+            let rows = q.query_map([client_id], |r| {
+                Ok(StoredSub {
+                    filter: r.get(0)?,
+                    options: r.get(1)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// The messages queued for a session, oldest first (after [`StateStore::barrier`]).
     pub fn load_queue(&self, client_id: &str) -> std::io::Result<Vec<Queued>> {
         let client_id = client_id.to_owned();
