@@ -81,7 +81,7 @@ impl Durable {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "mqtt_session_messages_dropped_total",
-                "Messages for offline persistent sessions not queued or not delivered, per tenant and reason",
+                "Messages not queued for an offline session or not delivered to a session (queue full, expired, larger than its Maximum Packet Size), per tenant and reason",
             ),
             &["tenant", "reason"],
         )
@@ -185,10 +185,11 @@ impl Durable {
             let Some((publish, props)) = decode(&r.packet) else {
                 continue;
             };
-            let Some(props) = remaining_expiry(props, r.stored_at, now) else {
+            // The interval left is computed when a copy goes out (the time mark).
+            if remaining_expiry(props.clone(), r.stored_at, now).is_none() {
                 self.state.unretain(r.topic);
                 continue;
-            };
+            }
             let props = marks::mark_qos(props, r.qos);
             if tx.send(Packet::Publish(publish, props)).await.is_err() {
                 return Err(std::io::Error::other(
@@ -501,7 +502,9 @@ fn take(
         }
         _ => return None,
     };
-    let own = marks::take(&mut props).qos;
+    let m = marks::take(&mut props);
+    let own = m.qos;
+    let published_at = marks::original_expiry(&mut props, &m);
     let retained = publish.retain;
     let mut wire = BytesMut::new();
     V5.write(Packet::Publish(publish, props), &mut wire).ok()?;
@@ -563,7 +566,7 @@ fn take(
             id,
             qos,
             packet,
-            stored_at: unix_now(),
+            stored_at: published_at.unwrap_or_else(unix_now),
         },
     );
     ack

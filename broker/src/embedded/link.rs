@@ -828,12 +828,26 @@ impl LinkIo {
         };
         let m = marks::take(&mut props);
         let own = m.qos;
-        let verdict = match &self.options {
+        let mut verdict = match &self.options {
             Some(o) => o.verdict(&publish.topic, publish.retain, &m, self.generation),
             None => Verdict::Deliver {
                 retain: publish.retain,
             },
         };
+        // A message that waited (retained, or behind others) goes out with the expiry
+        // interval it has left, or not at all.
+        if let Some(t) = marks::original_expiry(&mut props, &m) {
+            match durable::remaining_expiry(props, t, durable::unix_now()) {
+                Some(left) => props = left,
+                None => {
+                    props = None;
+                    verdict = Verdict::Drop;
+                    if let Some(d) = &self.hub.durable {
+                        d.count_dropped(&self.client_id, "expired");
+                    }
+                }
+            }
+        }
         let start = self.output.len();
         self.encode(Packet::Publish(publish, props))?;
         let bad = || invalid("PUBLISH encoding");
@@ -867,6 +881,9 @@ impl LinkIo {
             }
         };
         if too_large {
+            if let Some(d) = &self.hub.durable {
+                d.count_dropped(&self.client_id, "too_large");
+            }
             tracing::debug!(
                 client_id = %self.client_id,
                 size = 1 + varint_len(dev_rem) + dev_rem,

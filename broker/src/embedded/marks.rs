@@ -12,6 +12,12 @@
 //!   on messages of a session that has a No Local subscription.
 //! - `$front-end/retain`: the message was published with the retain flag, for Retain
 //!   As Published (rumqttd clears the flag on every live copy).
+//! - `$front-end/t`: `<published at, Unix seconds>:<Message Expiry Interval as
+//!   published>`, on a message with an expiry: a copy forwarded later (a retained
+//!   message, one behind others, a queued one) goes out with the interval that is left,
+//!   or not at all (MQTT 5 3.3.2.3.3). rumqttd lowers the interval itself, but in place
+//!   at every read (a retained message read twice loses its age twice) and from the
+//!   time it got the message (a restored message would look new).
 
 use rumqttd::protocol::PublishProperties;
 
@@ -20,6 +26,7 @@ pub(crate) const PREFIX: &str = "$front-end/";
 const QOS: &str = "$front-end/qos";
 const ORIGIN: &str = "$front-end/origin";
 const RETAIN: &str = "$front-end/retain";
+const TIME: &str = "$front-end/t";
 
 /// What the marks of a forwarded copy said.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +37,9 @@ pub(crate) struct Marks {
     pub origin: Option<u64>,
     /// Published with the retain flag.
     pub retained: bool,
+    /// (published at, Unix seconds; Message Expiry Interval as published), if it has
+    /// an expiry.
+    pub expiry: Option<(i64, u32)>,
 }
 
 /// `props` with the marks of a message published at `qos` (see the module docs). No
@@ -62,6 +72,12 @@ pub(crate) fn mark(
             .user_properties
             .push((RETAIN.to_owned(), "1".to_owned()));
     }
+    if let Some(interval) = props.message_expiry_interval {
+        let now = super::durable::unix_now();
+        props
+            .user_properties
+            .push((TIME.to_owned(), format!("{now}:{interval}")));
+    }
     Some(props)
 }
 
@@ -70,7 +86,26 @@ pub(crate) fn mark(
 pub(crate) fn mark_qos(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
     let mut props = props;
     let m = take(&mut props);
-    mark(props, qos, m.origin, m.retained)
+    let mut props = mark(props, qos, m.origin, m.retained);
+    // The publication time stays the original one.
+    if let (Some((t, interval)), Some(p)) = (m.expiry, props.as_mut()) {
+        for (k, v) in &mut p.user_properties {
+            if k == TIME {
+                *v = format!("{t}:{interval}");
+            }
+        }
+    }
+    props
+}
+
+/// `props` with the Message Expiry Interval the message was published with (see
+/// `$front-end/t` in the module docs), and when it was published.
+pub(crate) fn original_expiry(props: &mut Option<PublishProperties>, m: &Marks) -> Option<i64> {
+    let (t, interval) = m.expiry?;
+    if let Some(p) = props.as_mut() {
+        p.message_expiry_interval = Some(interval);
+    }
+    Some(t)
 }
 
 /// Removes every mark from `props` and returns what they said.
@@ -87,6 +122,11 @@ pub(crate) fn take(props: &mut Option<PublishProperties>) -> Marks {
             QOS => m.qos = v.parse().ok().filter(|q| *q <= 2),
             ORIGIN => m.origin = v.parse().ok(),
             RETAIN => m.retained = true,
+            TIME => {
+                m.expiry = v
+                    .split_once(':')
+                    .and_then(|(t, i)| Some((t.parse().ok()?, i.parse().ok()?)))
+            }
             _ => return !k.starts_with(PREFIX),
         }
         false
@@ -122,7 +162,8 @@ mod tests {
             Marks {
                 qos: Some(1),
                 origin: None,
-                retained: true
+                retained: true,
+                expiry: None
             }
         );
         assert_eq!(user(&props), vec![("k".to_string(), "v".to_string())]);
@@ -133,7 +174,8 @@ mod tests {
             Marks {
                 qos: Some(0),
                 origin: Some(42),
-                retained: false
+                retained: false,
+                expiry: None
             }
         );
         assert!(user(&props).is_empty());
@@ -144,7 +186,8 @@ mod tests {
             Marks {
                 qos: Some(1),
                 origin: Some(3),
-                retained: true
+                retained: true,
+                expiry: None
             }
         );
     }
