@@ -396,8 +396,12 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     let durable = if listeners {
         None
     } else {
-        let d = Durable::load(&config.data_dir, e.max_queued_messages)
-            .map_err(|e| BackendError::Start(e.to_string()))?;
+        let d = Durable::load(
+            &config.data_dir,
+            e.max_queued_messages,
+            e.max_retained_per_tenant,
+        )
+        .map_err(|e| BackendError::Start(e.to_string()))?;
         Some(Arc::new(d))
     };
     let hub = Hub::start(rconfig, max_packet, durable.clone())

@@ -170,6 +170,11 @@ pub struct Embedded {
     /// directory). When full, the oldest QoS 0 message makes room; without one, the new
     /// message is dropped. Both are counted in `mqtt_session_messages_dropped_total`.
     pub max_queued_messages: usize,
+    /// Most retained messages one tenant holds (kept across restarts). A retained
+    /// message on a new topic beyond it is refused: MQTT 5 QoS 1/2 publishers get 0x97
+    /// "Quota exceeded", others' messages go out live without being retained; counted in
+    /// `mqtt_retained_refused_total`.
+    pub max_retained_per_tenant: usize,
 }
 
 /// How sessions reach the embedded rumqttd.
@@ -237,6 +242,7 @@ impl Default for Embedded {
             max_inflight: 100,
             transport: Transport::InProcess,
             max_queued_messages: 1000,
+            max_retained_per_tenant: 10_000,
         }
     }
 }

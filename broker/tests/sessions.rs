@@ -891,3 +891,125 @@ async fn subscription_options_through_mosquitto() {
     let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{}", mosquitto.port)).await;
     subscription_options(env).await;
 }
+
+/// Publishes one QoS 1 message and returns the reason of its PUBACK.
+async fn puback_reason(
+    c: &rumqttc::v5::AsyncClient,
+    el: &mut El5,
+    topic: &str,
+    retain: bool,
+    payload: &str,
+) -> rumqttc::v5::mqttbytes::v5::PubAckReason {
+    c.publish(topic, Q5::AtLeastOnce, retain, payload.to_owned())
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::PubAck(a)))) => return a.reason,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK for {topic}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_retained_messages_are_bounded() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason::{QuotaExceeded, Success};
+    let env = start_with(|c| c.embedded.max_retained_per_tenant = 2).await;
+    let port = env.mqtt_port();
+    let mut pki = Vec::new();
+    for tenant in ["acme", "other"] {
+        env.tenant(tenant).await;
+        let ca = ca(&format!("{tenant} retained CA"));
+        env.upload(tenant, &ca, true).await;
+        pki.push(Pki { ca });
+    }
+    let (c, mut el, _) = v5(v5_options("pub5", port, pki[0].tls(&env.server_ca, "pub5"))).await;
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/1", true, "one").await,
+        Success
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/2", true, "two").await,
+        Success
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/3", true, "three").await,
+        QuotaExceeded,
+        "a third topic is over the limit of 2"
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/1", true, "one again").await,
+        Success,
+        "an update is no new topic"
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/2", true, "").await,
+        Success,
+        "deleted"
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "r/3", true, "three").await,
+        Success,
+        "room again"
+    );
+    assert_eq!(
+        puback_reason(&c, &mut el, "live/x", false, "not retained").await,
+        Success
+    );
+    bye_v5(c, el).await;
+
+    // 3.1.1 cannot be refused one message: it goes out live, not retained.
+    let (sub, mut sub_el, _) = v4(v4_options(
+        "watch",
+        port,
+        pki[0].tls(&env.server_ca, "watch"),
+    ))
+    .await;
+    sub.subscribe("r/4", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut sub_el).await;
+    let (p4, mut p4_el, _) = v4(v4_options("pub4", port, pki[0].tls(&env.server_ca, "pub4"))).await;
+    p4.publish("r/4", QoS::AtLeastOnce, true, "four")
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), p4_el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+    bye_v4(p4, p4_el).await;
+    let live = drain_v4(&mut sub_el, Duration::from_secs(1)).await;
+    assert_eq!(
+        live,
+        [("r/4".to_string(), "four".to_string(), QoS::AtLeastOnce)]
+    );
+
+    // Another tenant has a limit of its own.
+    let (c, mut el, _) = v5(v5_options("pub5", port, pki[1].tls(&env.server_ca, "pub5"))).await;
+    for t in ["r/1", "r/2"] {
+        assert_eq!(puback_reason(&c, &mut el, t, true, "theirs").await, Success);
+    }
+    bye_v5(c, el).await;
+
+    let (c, mut el, _) = v4(v4_options("late", port, pki[0].tls(&env.server_ca, "late"))).await;
+    c.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let got = drain_v4(&mut el, Duration::from_secs(1)).await;
+    let mut got: Vec<(&str, &str)> = got
+        .iter()
+        .map(|(t, p, _)| (t.as_str(), p.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("r/1", "one again"), ("r/3", "three")]);
+    let m = env.metrics().await;
+    assert_eq!(
+        counter(&m, r#"mqtt_retained_refused_total{tenant="acme"}"#),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, r#"mqtt_retained_refused_total{tenant="other"}"#),
+        0.0
+    );
+}

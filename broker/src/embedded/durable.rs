@@ -63,6 +63,10 @@ pub struct Durable {
     next_id: AtomicI64,
     max_queue: usize,
     dropped: IntCounterVec,
+    /// Retained topics per tenant (the mount prefix), for the tenant's limit.
+    retained: Mutex<HashMap<String, std::collections::HashSet<Vec<u8>>>>,
+    max_retained: usize,
+    retained_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for Durable {
@@ -75,7 +79,11 @@ impl std::fmt::Debug for Durable {
 
 impl Durable {
     /// Opens the state in `data_dir`; `max_queue` messages at most per offline session.
-    pub fn load(data_dir: &std::path::Path, max_queue: usize) -> std::io::Result<Durable> {
+    pub fn load(
+        data_dir: &std::path::Path,
+        max_queue: usize,
+        max_retained: usize,
+    ) -> std::io::Result<Durable> {
         let state = StateStore::open(data_dir)?;
         let next_id = state.max_queue_id()? + 1;
         let dropped = IntCounterVec::new(
@@ -86,7 +94,18 @@ impl Durable {
             &["tenant", "reason"],
         )
         .map_err(std::io::Error::other)?;
+        let retained_refused = IntCounterVec::new(
+            Opts::new(
+                "mqtt_retained_refused_total",
+                "Retained messages on a new topic refused because the tenant holds its maximum (embedded.max_retained_per_tenant)",
+            ),
+            &["tenant"],
+        )
+        .map_err(std::io::Error::other)?;
         Ok(Durable {
+            retained: Mutex::new(HashMap::new()),
+            max_retained: max_retained.max(1),
+            retained_refused,
             state,
             keepers: Mutex::new(HashMap::new()),
             next_id: AtomicI64::new(next_id),
@@ -97,7 +116,10 @@ impl Durable {
 
     /// The metrics of this module, for the product's registry.
     pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![Box::new(self.dropped.clone())]
+        vec![
+            Box::new(self.dropped.clone()),
+            Box::new(self.retained_refused.clone()),
+        ]
     }
 
     /// Counts a message of `client_id`'s session that was dropped for `reason`.
@@ -108,14 +130,44 @@ impl Durable {
     }
 
     /// Stores a retained message a session published (or removes the topic's, for an
-    /// empty payload). `packet` is the PUBLISH as rumqttd decoded it.
-    pub(crate) fn retain(&self, publish: &Publish, props: &Option<PublishProperties>, qos: u8) {
-        if publish.payload.is_empty() {
-            self.state.unretain(publish.topic.to_vec());
-            return;
+    /// empty payload). `false`: refused, the topic is new and its tenant holds
+    /// `embedded.max_retained_per_tenant` retained messages already (counted).
+    pub(crate) fn retain(
+        &self,
+        publish: &Publish,
+        props: &Option<PublishProperties>,
+        qos: u8,
+    ) -> bool {
+        let topic = &publish.topic[..];
+        let tenant = topic
+            .split(|b| *b == b'/')
+            .next()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        {
+            let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+            let topics = retained.entry(tenant.clone()).or_default();
+            if publish.payload.is_empty() {
+                topics.remove(topic);
+                self.state.unretain(topic.to_vec());
+                return true;
+            }
+            if !topics.contains(topic) {
+                if topics.len() >= self.max_retained {
+                    drop(retained);
+                    self.retained_refused.with_label_values(&[&tenant]).inc();
+                    tracing::warn!(
+                        tenant,
+                        max = self.max_retained,
+                        "retained message on a new topic refused: the tenant's limit"
+                    );
+                    return false;
+                }
+                topics.insert(topic.to_vec());
+            }
         }
         let Some(packet) = qos0_bytes(Packet::Publish(publish.clone(), props.clone()), true) else {
-            return;
+            return true;
         };
         self.state.retain(Retained {
             topic: publish.topic.to_vec(),
@@ -123,6 +175,7 @@ impl Durable {
             packet,
             stored_at: unix_now(),
         });
+        true
     }
 
     /// Stops the keeper of `client_id`, if any, once what it queued is committed.
@@ -191,6 +244,14 @@ impl Durable {
                 continue;
             }
             let props = marks::mark_qos(props, r.qos);
+            if let Some(tenant) = r.topic.split(|b| *b == b'/').next() {
+                self.retained
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(String::from_utf8_lossy(tenant).into_owned())
+                    .or_default()
+                    .insert(r.topic.clone());
+            }
             if tx.send(Packet::Publish(publish, props)).await.is_err() {
                 return Err(std::io::Error::other(
                     "the embedded broker's router stopped",

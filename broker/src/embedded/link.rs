@@ -409,9 +409,11 @@ async fn publish_wills(
         let Some(publish) = will_publish(will, props, pkid, mark) else {
             continue;
         };
-        if let (Some(durable), Packet::Publish(p, props)) = (&durable, &publish) {
-            if p.retain {
-                durable.retain(p, props, qos);
+        let mut publish = publish;
+        if let (Some(durable), Packet::Publish(p, props)) = (&durable, &mut publish) {
+            // A will over the tenant's retained limit still goes out, live.
+            if p.retain && !durable.retain(p, props, qos) {
+                p.retain = false;
             }
         }
         if tx.send(publish).await.is_err() {
@@ -1022,11 +1024,18 @@ impl LinkIo {
         loop {
             // rumqttd's `Publish` keeps its QoS private: it is read off the wire.
             let first = self.input.first().copied();
+            // And its packet ID, for the answer to a retained message over the limit.
+            let retained_pkid = match first {
+                Some(b) if b & 0xF1 == 0x31 && b & 0x06 != 0 => publish_layout(&self.input)
+                    .and_then(|(h, _, topic)| self.input.get(h + 2 + topic..h + 4 + topic))
+                    .map(|id| u16::from_be_bytes([id[0], id[1]])),
+                _ => None,
+            };
             let Some(packet) = self.decode()? else {
                 break;
             };
             match packet {
-                Packet::Publish(p, props) => {
+                Packet::Publish(mut p, props) => {
                     let qos = first.map_or(0, |b| (b >> 1) & 0x03);
                     // The origin only for a session with a No Local subscription.
                     let origin = match &self.options {
@@ -1036,7 +1045,22 @@ impl LinkIo {
                     let props = marks::mark(props, qos, origin, p.retain);
                     if p.retain {
                         if let Some(durable) = &self.hub.durable {
-                            durable.retain(&p, &props, qos);
+                            if !durable.retain(&p, &props, qos) {
+                                // Over the tenant's retained-message limit: an MQTT 5
+                                // QoS 1/2 message is refused with 0x97 "Quota exceeded";
+                                // otherwise (no way to refuse one message) it goes out
+                                // live, not retained.
+                                match (self.v5, qos, retained_pkid) {
+                                    (true, 1 | 2, Some(pkid)) => {
+                                        self.encode(quota_exceeded(qos, pkid))?;
+                                        if let Some(w) = self.read_waker.take() {
+                                            w.wake();
+                                        }
+                                        continue;
+                                    }
+                                    _ => p.retain = false,
+                                }
+                            }
                         }
                     }
                     ready.push(Packet::Publish(p, props));
@@ -1286,6 +1310,28 @@ fn relax_vec<T>(v: &mut Vec<T>) {
     }
 }
 
+/// The MQTT 5 refusal of a QoS 1 (PUBACK) or QoS 2 (PUBREC) message: 0x97 "Quota
+/// exceeded".
+fn quota_exceeded(qos: u8, pkid: u16) -> Packet {
+    if qos == 1 {
+        Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::QuotaExceeded,
+            },
+            None,
+        )
+    } else {
+        Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: PubRecReason::QuotaExceeded,
+            },
+            None,
+        )
+    }
+}
+
 /// Turns the QoS 0 PUBLISH at `start` of `out` into one at `qos` with packet ID `pkid`.
 fn raise_qos(out: &mut BytesMut, start: usize, qos: u8, pkid: u16) -> io::Result<()> {
     let pkt = out.split_off(start);
@@ -1400,6 +1446,15 @@ impl AsyncRead for LinkIo {
                     let (r, mut batch, result) = match future.as_mut().poll(cx) {
                         Poll::Pending => {
                             *rx = Some(Receiver::Waiting(future));
+                            // An answer of the front-end's own (written by `absorb`)
+                            // wakes the reader too.
+                            if !this
+                                .read_waker
+                                .as_ref()
+                                .is_some_and(|w| w.will_wake(cx.waker()))
+                            {
+                                this.read_waker = Some(cx.waker().clone());
+                            }
                             return Poll::Pending;
                         }
                         Poll::Ready(v) => v,
