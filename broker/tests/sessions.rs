@@ -1013,3 +1013,251 @@ async fn a_tenants_retained_messages_are_bounded() {
         0.0
     );
 }
+
+async fn properties_and_overlapping_subscriptions(env: Env) {
+    use rumqttc::v5::mqttbytes::v5::SubscribeProperties;
+    env.tenant("acme").await;
+    let ca = ca("Properties CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let client = |cn: &str| v5_options(cn, port, pki.tls(&env.server_ca, cn));
+    let (sub, mut sub_el, _) = v5(client("sub")).await;
+    for (filter, qos, id) in [("pp/#", Q5::AtMostOnce, 1), ("pp/x", Q5::AtLeastOnce, 2)] {
+        sub.subscribe_with_properties(
+            filter,
+            qos,
+            SubscribeProperties {
+                id: Some(id),
+                user_properties: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+        loop {
+            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+                tokio::time::timeout(Duration::from_secs(10), sub_el.poll()).await
+            {
+                break;
+            }
+        }
+    }
+    let sent = PublishProperties {
+        payload_format_indicator: Some(1),
+        response_topic: Some("pp/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00corr\xff")),
+        user_properties: vec![("k".into(), "1".into()), ("k".into(), "2".into())],
+        content_type: Some("text/plain; charset=utf-8".into()),
+        ..Default::default()
+    };
+    let (p, mut pel, _) = v5(client("pub")).await;
+    p.publish_with_properties("pp/x", Q5::AtLeastOnce, false, "hello", sent.clone())
+        .await
+        .unwrap();
+    let _ = drain_v5(&mut pel, Duration::from_millis(300)).await;
+    let got = drain_v5(&mut sub_el, Duration::from_secs(1)).await;
+    assert!(!got.is_empty());
+    // One copy per matching subscription, each at the lower of the message's and that
+    // subscription's QoS with its identifier, or one copy at the higher with both.
+    let mut copies: Vec<(Q5, Vec<usize>)> = Vec::new();
+    for m in &got {
+        assert_eq!(&m.payload[..], b"hello");
+        let props = m.properties.clone().expect("properties arrive");
+        let mut ids = props.subscription_identifiers.clone();
+        ids.sort();
+        copies.push((m.qos, ids));
+        let unchanged = PublishProperties {
+            subscription_identifiers: Vec::new(),
+            ..props
+        };
+        assert_eq!(unchanged, sent, "properties arrive unchanged");
+    }
+    copies.sort_by_key(|(q, _)| *q as u8);
+    assert!(
+        copies == [(Q5::AtMostOnce, vec![1]), (Q5::AtLeastOnce, vec![2])]
+            || copies == [(Q5::AtLeastOnce, vec![1, 2])],
+        "{copies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_arrive_unchanged_and_overlapping_subscriptions_follow_the_spec() {
+    properties_and_overlapping_subscriptions(start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_and_overlapping_subscriptions_through_mosquitto() {
+    let mosquitto = start_mosquitto().await;
+    let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{}", mosquitto.port)).await;
+    properties_and_overlapping_subscriptions(env).await;
+}
+
+/// A raw 3.1.1 connection over mTLS that sends CONNECT with an empty ClientId and
+/// CleanSession=0 (rumqttc refuses to), and returns the stream and the CONNACK.
+async fn empty_id_persistent(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    [u8; 4],
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    // CONNECT: "MQTT" level 4, flags 0 (CleanSession=0), keep-alive 60, ClientId "".
+    s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 0])
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut connack))
+        .await
+        .expect("CONNACK")
+        .unwrap();
+    (s, connack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_client_id_with_clean_session_0_gets_the_cn_s_persistent_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Empty id CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    // MQTT 3.1.1 3.1.3.1 lets a server refuse this (no identity to keep a session
+    // for); here the certificate's CN is the identity, so the session is the CN's.
+    let (mut s, connack) = empty_id_persistent(port, pki.tls(&env.server_ca, "dev-e")).await;
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted, no session yet");
+    // SUBSCRIBE e/# QoS 1, SUBACK granted 1; DISCONNECT.
+    s.write_all(&[0x82, 8, 0, 1, 0, 3, b'e', b'/', b'#', 1])
+        .await
+        .unwrap();
+    let mut suback = [0u8; 5];
+    s.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, 1]);
+    s.write_all(&[0xE0, 0]).await.unwrap();
+    drop(s);
+    publish_acked(
+        port,
+        pki.tls(&env.server_ca, "pub"),
+        "pub",
+        "e/1",
+        "while-away",
+        1,
+    )
+    .await;
+
+    // Back with an empty ClientId again: the CN's session, with its message.
+    let (mut s, connack) = empty_id_persistent(port, pki.tls(&env.server_ca, "dev-e")).await;
+    assert_eq!(connack, [0x20, 2, 1, 0], "session present");
+    let mut publish = [0u8; 2 + 2 + 3 + 2 + 12];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut publish))
+        .await
+        .expect("the queued message")
+        .unwrap();
+    assert_eq!(publish[0] & 0xF6, 0x32, "PUBLISH QoS 1: {publish:?}");
+    assert_eq!(&publish[4..7], b"e/1");
+    assert_eq!(&publish[9..], b"while-away-0");
+    // And the ClientId equal to the CN resumes the same session.
+    let mut o = v4_options("dev-e", port, pki.tls(&env.server_ca, "dev-e"));
+    o.set_clean_session(false);
+    s.write_all(&[0x40, 2, publish[7], publish[8]])
+        .await
+        .unwrap();
+    s.write_all(&[0xE0, 0]).await.unwrap();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (c, el, present) = v4(o).await;
+    assert!(present);
+    bye_v4(c, el).await;
+}
+
+/// A raw MQTT 5 session of `cn` (CleanStart=1, Session Expiry Interval `expiry`) that
+/// subscribes to `d/#` and leaves with a DISCONNECT setting the interval to `at_end`
+/// (rumqttc sends no DISCONNECT properties).
+async fn v5_leaving_with_expiry(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    cn: &str,
+    expiry: u32,
+    at_end: u32,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 5, 0x11];
+    body.extend_from_slice(&expiry.to_be_bytes());
+    body.extend_from_slice(&(cn.len() as u16).to_be_bytes());
+    body.extend_from_slice(cn.as_bytes());
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
+    s.write_all(&connect).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; head[1] as usize];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(rest[1], 0, "accepted");
+    // SUBSCRIBE d/# QoS 1 (no properties); SUBACK.
+    s.write_all(&[0x82, 9, 0, 1, 0, 0, 3, b'd', b'/', b'#', 1])
+        .await
+        .unwrap();
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x90, "SUBACK");
+    let mut rest = vec![0u8; head[1] as usize];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(rest.last(), Some(&1), "granted QoS 1");
+    // DISCONNECT, normal, Session Expiry Interval `at_end`.
+    let mut disconnect = vec![0xE0, 7, 0, 5, 0x11];
+    disconnect.extend_from_slice(&at_end.to_be_bytes());
+    s.write_all(&disconnect).await.unwrap();
+    let mut end = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut end)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_disconnect_changes_the_session_expiry() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Disconnect CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let tls = |cn: &str| pki.tls(&env.server_ca, cn);
+    // 3600 s at CONNECT, 0 at DISCONNECT: the session ends now.
+    v5_leaving_with_expiry(port, tls("ends"), "ends", 3600, 0).await;
+    // 1 s at CONNECT, 3600 s at DISCONNECT: the session outlives the first second.
+    v5_leaving_with_expiry(port, tls("stays"), "stays", 1, 3600).await;
+    publish_acked(port, tls("pub"), "pub", "d/x", "m", 1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (cn, present, messages) in [("ends", false, 0), ("stays", true, 1)] {
+        let mut o = v5_options(cn, port, tls(cn));
+        o.set_clean_start(false)
+            .set_session_expiry_interval(Some(60));
+        let (c, mut el, p) = v5(o).await;
+        assert_eq!(p, present, "{cn}: session present");
+        assert_eq!(
+            drain_v5(&mut el, Duration::from_secs(1)).await.len(),
+            messages,
+            "{cn}"
+        );
+        bye_v5(c, el).await;
+    }
+}
