@@ -83,6 +83,14 @@ impl std::fmt::Debug for BackendLogin {
 }
 
 impl BackendLogin {
+    /// The login of the CONNECT packets the front-end forwards.
+    pub fn connect_login(&self) -> rumqttd::protocol::Login {
+        rumqttd::protocol::Login {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
+    }
+
     /// A new credential from the crypto provider's random generator.
     pub fn generate() -> Result<BackendLogin, BackendError> {
         let mut bytes = [0u8; 32];
@@ -514,10 +522,16 @@ impl Echo {
 
     /// Reads one packet and returns its first byte.
     async fn next_packet(&mut self) -> std::io::Result<u8> {
-        match crate::session::read_packet(&mut self.io, &mut self.buf, 4096).await {
-            Ok(Some(n)) => Ok(self.buf.split_to(n)[0]),
-            Ok(None) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Err(e) => Err(std::io::Error::other(format!("{e:?}"))),
+        use tokio::io::AsyncReadExt;
+        loop {
+            match crate::mqtt::frame_len(&self.buf, 4096) {
+                Ok(Some(n)) => return Ok(self.buf.split_to(n)[0]),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
     }
 }

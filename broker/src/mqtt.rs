@@ -220,7 +220,7 @@ impl Connect {
         backend_client_id: &str,
         prefix: &str,
         keep_alive: u16,
-        login: Option<&crate::backend::BackendLogin>,
+        login: Option<protocol::Login>,
     ) -> Result<BytesMut, MqttError> {
         let Packet::Connect(mut c, mut props, mut will, will_props, _login) = self.packet else {
             return Err(MqttError::NotConnect);
@@ -237,10 +237,6 @@ impl Connect {
             p.authentication_data = None;
         }
         let mut out = BytesMut::with_capacity(128);
-        let login = login.map(|l| protocol::Login {
-            username: l.username.clone(),
-            password: l.password.clone(),
-        });
         let packet = Packet::Connect(c, props, will, will_props, login);
         match self.version {
             Version::V4 => protocol::v4::V4.write(packet, &mut out),

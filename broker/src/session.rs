@@ -192,7 +192,7 @@ impl Answers {
 
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
 /// length, or `None` on a clean EOF.
-pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
+async fn read_packet<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
@@ -509,7 +509,10 @@ where
         &backend_client_id,
         &mount.prefix,
         backend_keep_alive,
-        shared.backend.login(),
+        shared
+            .backend
+            .login()
+            .map(crate::backend::BackendLogin::connect_login),
     ) {
         Ok(o) => o,
         Err(_) => {

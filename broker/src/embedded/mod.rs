@@ -1,9 +1,19 @@
-//! The embedded rumqttd: the in-process links that carry sessions into its router
-//! ([`link`]), and what the front-end adds so that its state survives a restart and
-//! sessions expire as MQTT specifies ([`durable`], stored by [`state`]).
+//! The embedded rumqttd and what the front-end adds to it.
 //!
-//! Dependencies run one way: `durable` uses `link` and `state`; `link` calls into
-//! `durable` only through the [`Durable`] handle the [`Hub`] holds.
+//! - [`link`]: the router, started in-process ([`Hub`]), and each session's in-process
+//!   link into it ([`LinkIo`]): CONNECT handling, delivered QoS, Maximum Packet Size,
+//!   wills, and the offline queue of a resumed session delivered first.
+//! - [`durable`]: retained messages and persistent sessions kept across restarts,
+//!   keepers of offline sessions, session expiry ([`Durable`]).
+//! - [`state`]: their SQLite file in the data directory.
+//! - `marks`: what a message carries through the router (its QoS, origin, retain flag,
+//!   publication time) and loses before a device sees it.
+//! - `options`: the MQTT 5 subscription options rumqttd ignores.
+//!
+//! Nothing here imports the session, the edge or the external backend: the session
+//! reaches this module only through the byte stream of a [`LinkIo`], and `backend`
+//! starts it. `link` and `durable` work as a pair (a link opens and ends through
+//! [`Durable`]; a keeper is a link of the front-end's own).
 
 pub mod durable;
 pub mod link;
