@@ -1261,3 +1261,63 @@ async fn a_v5_disconnect_changes_the_session_expiry() {
         bye_v5(c, el).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_survives_a_restart_and_goes_out_once() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let ca_pem = server_ca(dir.path());
+    let pki = acme_at(&https_client(&ca_pem), broker.addr("admin_addr")).await;
+    let port = broker.addr("mqtt_addr").port();
+
+    let mut o = v5_options("dying", port, pki.tls(&ca_pem, "dying"));
+    o.set_session_expiry_interval(Some(60));
+    o.set_last_will(LastWill::new(
+        "w/dying",
+        "gone",
+        Q5::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: Some(4),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    ));
+    let (c, el, _) = v5(o).await;
+    // The connection drops without DISCONNECT: the will waits 4 s.
+    drop(el);
+    drop(c);
+    let dropped = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(&mut broker, "-TERM");
+    let broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    assert!(
+        broker.before.iter().any(|l| l.contains("delayed_wills=1")),
+        "{:#?}",
+        broker.before
+    );
+    let port = broker.addr("mqtt_addr").port();
+    let (s, mut el, _) = v5(v5_options("watch", port, pki.tls(&ca_pem, "watch"))).await;
+    s.subscribe("w/#", Q5::AtLeastOnce).await.unwrap();
+    let got = drain_v5(&mut el, Duration::from_secs(6)).await;
+    let got: Vec<_> = got
+        .iter()
+        .map(|p| {
+            (
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("w/dying".to_string(), "gone".to_string())]);
+    assert!(
+        dropped.elapsed() >= Duration::from_secs(4),
+        "not before its delay"
+    );
+}

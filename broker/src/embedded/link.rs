@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::durable::{self, Durable};
 use super::marks;
 use super::options::{SubOptions, Verdict};
-use super::state::{Queued, NEVER};
+use super::state::{DelayedWill, Queued, NEVER};
 use crate::mqtt::relax;
 
 /// A link as the router hands it out: sending half, receiving half, and the CONNACK.
@@ -175,10 +175,25 @@ impl Hub {
         let (mut tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
         if let Some(durable) = &hub.durable {
             let (retained, sessions) = durable.restore(&hub, &mut tx).await?;
+            let wills = durable.state.load_wills()?;
+            let delayed = wills.len();
+            let now = durable::unix_now();
+            for w in wills {
+                let Some(will) = will_from_publish(&w.packet) else {
+                    durable.state.drop_will(&w.client_id);
+                    continue;
+                };
+                let left = u32::try_from((w.due_at - now).max(0)).unwrap_or(u32::MAX);
+                if left == 0 {
+                    durable.state.drop_will(&w.client_id);
+                }
+                hub.publish_will(w.client_id, will, left);
+            }
             tracing::info!(
                 retained,
                 sessions,
-                "embedded broker state restored (retained messages, persistent sessions)"
+                delayed_wills = delayed,
+                "embedded broker state restored (retained messages, persistent sessions, delayed wills)"
             );
         }
         tokio::spawn(publish_wills(tx, pending, mark, hub.durable.clone()));
@@ -259,6 +274,21 @@ impl Hub {
             let _ = self.wills.send(will);
             return;
         }
+        // Kept across a restart until it is published or cancelled.
+        if let Some(durable) = &self.durable {
+            if let Some(Packet::Publish(p, props)) =
+                will_publish(will.0.clone(), will.1.clone(), 1, false)
+            {
+                let mut packet = BytesMut::new();
+                if V5.write(Packet::Publish(p, props), &mut packet).is_ok() {
+                    durable.state.put_will(DelayedWill {
+                        client_id: client_id.clone(),
+                        due_at: durable::unix_now() + i64::from(delay),
+                        packet: packet.to_vec(),
+                    });
+                }
+            }
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             let _ = self.wills.send(will);
             return;
@@ -285,6 +315,9 @@ impl Hub {
                 .is_some_and(|(g, _)| *g == generation)
             {
                 delayed.remove(&client_id);
+                if let Some(durable) = &hub.durable {
+                    durable.state.drop_will(&client_id);
+                }
             }
             drop(delayed);
             if publish {
@@ -436,6 +469,32 @@ async fn drain(mut rx: LinkRx) {
             Err(_) => return,
         }
     }
+}
+
+/// The will a stored PUBLISH (see [`Hub::publish_will`]) came from.
+fn will_from_publish(packet: &[u8]) -> Option<Will> {
+    let qos = match (packet.first()? >> 1) & 0x03 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let (publish, props) = durable::decode(packet)?;
+    let will = LastWill {
+        topic: publish.topic,
+        message: publish.payload,
+        qos,
+        retain: publish.retain,
+    };
+    let props = props.map(|p| LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    });
+    Some((will, props))
 }
 
 /// The PUBLISH a will turns into. rumqttd's `Publish` keeps its QoS private, so the

@@ -82,6 +82,8 @@ enum Op {
     Subscribe(String, Vec<StoredSub>),
     Unsubscribe(String, Vec<String>),
     Enqueue(String, Queued),
+    PutWill(DelayedWill),
+    DropWill(String),
     /// Delivered (or dropped) queued messages, by row id.
     Dequeue(Vec<i64>),
     Barrier(oneshot::Sender<()>),
@@ -156,7 +158,23 @@ CREATE TABLE IF NOT EXISTS queue (
     stored_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_by_client ON queue (client_id, id);
+CREATE TABLE IF NOT EXISTS wills (
+    client_id TEXT PRIMARY KEY,
+    due_at INTEGER NOT NULL,
+    packet BLOB NOT NULL
+);
 ";
+
+/// A will waiting for its delay (MQTT 5 Will Delay Interval).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayedWill {
+    /// The backend client ID of the session that left it.
+    pub client_id: String,
+    /// When it is due (Unix seconds).
+    pub due_at: i64,
+    /// The will as the MQTT 5 PUBLISH it becomes (QoS in the first byte).
+    pub packet: Vec<u8>,
+}
 
 impl StateStore {
     /// Opens (or creates) the state database in `data_dir` and starts its writer thread.
@@ -222,6 +240,31 @@ impl StateStore {
     /// Removes subscriptions of a persistent session.
     pub fn unsubscribe(&self, client_id: &str, filters: Vec<String>) {
         self.send(Op::Unsubscribe(client_id.to_owned(), filters));
+    }
+
+    /// Stores a will waiting for its delay (replacing the client's).
+    pub fn put_will(&self, will: DelayedWill) {
+        self.send(Op::PutWill(will));
+    }
+
+    /// The will of `client_id` was published or cancelled.
+    pub fn drop_will(&self, client_id: &str) {
+        self.send(Op::DropWill(client_id.to_owned()));
+    }
+
+    /// Every will waiting for its delay.
+    pub fn load_wills(&self) -> std::io::Result<Vec<DelayedWill>> {
+        self.read(|c| {
+            let mut s = c.prepare("SELECT client_id, due_at, packet FROM wills")?;
+            let rows = s.query_map([], |r| {
+                Ok(DelayedWill {
+                    client_id: r.get(0)?,
+                    due_at: r.get(1)?,
+                    packet: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Queues a message for an offline session.
@@ -394,6 +437,16 @@ fn apply(
                 "INSERT INTO queue (id, client_id, qos, packet, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![q.id, client_id, q.qos, q.packet, q.stored_at],
             )?;
+        }
+        Op::PutWill(w) => {
+            t.execute(
+                "INSERT INTO wills (client_id, due_at, packet) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (client_id) DO UPDATE SET due_at = ?2, packet = ?3",
+                params![w.client_id, w.due_at, w.packet],
+            )?;
+        }
+        Op::DropWill(client_id) => {
+            t.execute("DELETE FROM wills WHERE client_id = ?1", [client_id])?;
         }
         Op::Dequeue(ids) => {
             for id in ids {
