@@ -20,7 +20,7 @@
 pub mod admission;
 pub mod backend;
 pub mod config;
-pub mod link;
+pub mod embedded;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
@@ -153,6 +153,12 @@ impl Broker {
         if let Err(e) = self.admin.flush_device_seen().await {
             tracing::warn!(error = %e, "last-seen times not saved");
         }
+        if let Some(durable) = self.shared.backend.durable() {
+            // The sessions that just ended hand their places to keepers, which take what
+            // the router still had for them: let them, then commit everything.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            durable.state.barrier().await;
+        }
     }
 }
 
@@ -245,6 +251,13 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         .map_err(|e| StartError::Tls(e.to_string()))?;
 
     let backend = backend::BackendPool::start(&config).await?;
+    for c in backend
+        .durable()
+        .map(|d| d.collectors())
+        .unwrap_or_default()
+    {
+        metrics.register(c);
+    }
 
     let mqtt_l = TcpListener::bind(config.mqtt_listen)
         .await

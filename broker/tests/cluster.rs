@@ -122,9 +122,10 @@ async fn cluster() -> (Postgres, Mosquitto, Node, Node) {
     install_provider();
     let pg = Postgres::start();
     let url = pg.create_database("frontend");
-    let mosq = Mosquitto::start().await;
-    let n1 = Node::start(&url, &mosq.backend());
-    let n2 = Node::start(&url, &mosq.backend());
+    let mosq = start_mosquitto().await;
+    let backend = format!("mqtt://127.0.0.1:{}", mosq.port);
+    let n1 = Node::start(&url, &backend);
+    let n2 = Node::start(&url, &backend);
     assert_eq!(n1.env.server_ca, n2.env.server_ca, "one server certificate");
     n1.env.tenant("acme").await;
     (pg, mosq, n1, n2)

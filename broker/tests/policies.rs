@@ -209,11 +209,10 @@ async fn keep_alive_zero_is_accepted_although_rumqttd_refuses_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_backend_mosquitto_gets_mounted_sessions() {
     install_provider();
-    let mosq = Mosquitto::start().await;
-    let port = mosq.port;
-
+    let mosquitto = start_mosquitto().await;
+    let port = mosquitto.port;
     let env = start_in(tempfile::tempdir().unwrap(), |c| {
-        c.backend = mosq.backend();
+        c.backend = format!("mqtt://127.0.0.1:{port}");
     })
     .await;
     env.tenant("acme").await;
@@ -282,6 +281,7 @@ async fn external_backend_mosquitto_gets_mounted_sessions() {
     };
     assert_eq!(&got.topic[..], b"line/3/temp", "unmounted on the way back");
     assert_eq!(&got.payload[..], b"80.1");
+    drop(mosquitto);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
