@@ -20,6 +20,8 @@
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod data_dir;
+pub mod health;
 pub mod link;
 pub mod listener;
 pub mod metrics;
@@ -99,6 +101,9 @@ pub enum StartError {
     /// The backend could not be started.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    /// Another process uses the data directory.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::LockError),
 }
 
 /// A running broker.
@@ -120,6 +125,7 @@ pub struct Broker {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     // Dropped last: stops the handshake threads.
     _background: listener::Background,
+    _data_dir: data_dir::DataDirLock,
 }
 
 impl Broker {
@@ -169,6 +175,18 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
+    let data_dir_lock = data_dir::DataDirLock::acquire(&config.data_dir)?;
+    // Listen first: a start that cannot listen (port in use) has changed nothing in the
+    // data directory yet (admin password, server certificate).
+    let mqtt_l = TcpListener::bind(config.mqtt_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.mqtt_listen, e))?;
+    let admin_l = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+    let metrics_l = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
     let provider = tls::provider();
     let metrics = metrics::Metrics::new();
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
@@ -245,15 +263,6 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
 
     let backend = backend::BackendPool::start(&config).await?;
 
-    let mqtt_l = TcpListener::bind(config.mqtt_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.mqtt_listen, e))?;
-    let admin_l = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
-    let metrics_l = TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
     let local = |l: &TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
     let mqtt_addr = local(&mqtt_l, config.mqtt_listen);
     let admin_addr = local(&admin_l, config.admin_listen);
@@ -413,6 +422,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         permits,
         tasks,
         _background: background,
+        _data_dir: data_dir_lock,
     })
 }
 
