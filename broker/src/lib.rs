@@ -26,6 +26,7 @@ pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod refusal_log;
 pub mod session;
 pub mod tls;
 
