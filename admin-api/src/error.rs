@@ -254,7 +254,19 @@ impl From<certs::UploadError> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        from_status(r.status(), r.body_text())
+        let text = r.body_text();
+        // The usual mistake: a PEM file pasted into a JSON string as it is, with its
+        // line breaks, which JSON strings cannot hold.
+        if text.contains("control character") {
+            let at = text
+                .find(" at line ")
+                .map(|i| text[i..].to_string())
+                .unwrap_or_default();
+            return ApiError::BadRequest(format!(
+                "The JSON body has a raw line break (or another control character) inside a string{at}: JSON strings cannot hold one. Send a PEM certificate on one line with \\n for each line break (for example PEM=$(awk '{{printf \"%s\\\\n\", $0}}' ca.crt)), or its base64 DER alone"
+            ));
+        }
+        from_status(r.status(), text)
     }
 }
 
