@@ -241,3 +241,82 @@ fn import_refuses_a_certificate_every_client_would_refuse() {
         assert!(err.contains(sentence), "{name}: {err}");
     }
 }
+
+/// The README's PKI: root (pathlen 1) -> issuing CA -> devices. Trusting the root, a
+/// device's chain is 3 long and refused until the tenant admin raises maxChainLength;
+/// the issuing CA's CRL is refused with what to do, and accepted once the issuing CA is
+/// trusted too, after which it revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_pki_works_with_the_documented_steps() {
+    use reqwest::Method;
+    use serde_json::json;
+    let env = start().await;
+    env.tenant("acme").await;
+    let root = certs::issue::ca(
+        &certs::issue::Subject::cn("Acme Root"),
+        certs::issue::Validity::days(30),
+        certs::issue::KeyType::P256,
+        &certs::issue::CaOptions {
+            path_len: Some(1),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let issuing = intermediate("Acme Issuing", &root);
+    let sensor = device("sensor-2", &issuing);
+    env.upload("acme", &root, true).await;
+    let chain = [&issuing];
+    let connect = || raw_connect_v4_from(&env, "127.0.0.1", "sensor-2", &sensor, &chain);
+    let refused = connect().await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("AccessDenied")),
+        "{refused:?}"
+    );
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/tenants/acme/settings",
+            Some(json!({"maxChainLength": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(connect().await, Ok(vec![0x20, 0x02, 0x00, 0x00]));
+
+    // The issuing CA's CRL, revoking sensor-2.
+    let serial = certs::CertInfo::parse(sensor.cert_der.as_ref())
+        .unwrap()
+        .serial_hex;
+    let crl = certs::issue::crl(
+        &issuing.issuer().unwrap(),
+        &[certs::issue::Revocation {
+            serial_hex: serial,
+            revoked_at: time::OffsetDateTime::now_utc(),
+        }],
+        1,
+        7,
+    )
+    .unwrap();
+    let upload_crl = || {
+        env.http
+            .post(format!("{}/tenant/tenants/acme/crls", env.base))
+            .basic_auth("acme/admin", Some("acme-pw-1"))
+            .body(crl.clone())
+            .send()
+    };
+    let r = upload_crl().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("trust that issuing CA too"), "{text}");
+    env.upload("acme", &issuing, true).await;
+    let r = upload_crl().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let revoked = connect().await;
+    assert!(
+        revoked
+            .as_ref()
+            .is_err_and(|e| e.contains("CertificateRevoked")),
+        "{revoked:?}"
+    );
+}
