@@ -3,7 +3,7 @@
 //! [`start`] composes everything: the admin API and its SQLite store, the live
 //! `TrustStore`, the mTLS MQTT listener, the backend (embedded rumqttd or an external
 //! broker), the admin HTTPS listener and the Prometheus endpoint. See
-//! `../shared/DESIGN.md` for the life of a device connection.
+//! `docs/DESIGN.md` for the life of a device connection.
 //!
 //! - [`config`]: typed configuration and its defaults.
 //! - [`listener`]: accept loops.

@@ -7,22 +7,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The first ```sh block after the "## Quick start" heading.
-fn quick_start_block() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+/// The repository's root.
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The first ```sh block after the README heading that starts with `heading`.
+fn readme_block(heading: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     let section = readme
-        .split("\n## Quick start")
+        .split(&format!("\n{heading}"))
         .nth(1)
-        .expect("a '## Quick start' section");
+        .unwrap_or_else(|| panic!("a '{heading}' section"));
     let body = section
         .split("```sh\n")
         .nth(1)
-        .expect("a sh block in the quick start");
+        .unwrap_or_else(|| panic!("a sh block under '{heading}'"));
     body.split("\n```")
         .next()
         .expect("closed block")
         .to_string()
+}
+
+fn quick_start_block() -> String {
+    readme_block("## Quick start")
 }
 
 /// A port nothing listens on right now.
@@ -121,4 +129,124 @@ fn readme_quick_start_delivers_the_message() {
     // Nothing failed on the way: no curl error, no refused handshake.
     assert!(!stderr.contains("curl: ("), "{stderr}");
     assert!(!stderr.contains("handshake refused"), "{stderr}");
+}
+
+/// The README's server-certificate block, run as it stands: the certificate
+/// `certs issue --server` makes with its defaults passes `certs check` and is imported.
+#[test]
+fn readme_server_certificate_block_runs() {
+    let block = readme_block("### The server certificate");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-e", "-c", &block])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("BROKER_ADMIN_PASSWORD", "readme-block-1")
+        .env_remove("BROKER_DATA_DIR")
+        .env_remove("BROKER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("certificate meets every requirement"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("imported server certificate"), "{stdout}");
+}
+
+/// Links in the docs point inside the repository and resolve; admin API URLs are the
+/// HTTPS listener's; the Docker build context leaves secrets and build output out; no
+/// tracked file is ignored by .gitignore.
+#[test]
+fn docs_point_at_what_exists() {
+    let mut docs = vec![
+        repo().join("README.md"),
+        repo().join("admin-api/README.md"),
+        repo().join("loadtest/README.md"),
+    ];
+    for e in std::fs::read_dir(repo().join("docs")).expect("docs/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "md") {
+            docs.push(p);
+        }
+    }
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).expect("doc");
+        let base = doc.parent().expect("dir");
+        // Markdown links: ](target)
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or_default();
+            let target = target.split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let resolved = base.join(target);
+            assert!(
+                resolved.exists(),
+                "{}: link to {target} does not resolve",
+                doc.display()
+            );
+            let inside = resolved
+                .canonicalize()
+                .expect("canonical")
+                .starts_with(repo().canonicalize().expect("repo"));
+            assert!(
+                inside,
+                "{}: {target} is outside the repository",
+                doc.display()
+            );
+        }
+        // The admin API is HTTPS on 8443; other local ports are the metrics (9464),
+        // Prometheus (9090) and Grafana (3000).
+        for scheme in ["http://", "https://"] {
+            for part in text.split(scheme).skip(1) {
+                let host_port = part
+                    .split(|c: char| c == '/' || c.is_whitespace() || c == '`' || c == ')')
+                    .next()
+                    .unwrap_or_default();
+                let Some((host, port)) = host_port.rsplit_once(':') else {
+                    continue;
+                };
+                let numeric = port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty();
+                if !matches!(host, "localhost" | "127.0.0.1") || !(numeric || port == "$ADMIN_PORT")
+                {
+                    continue;
+                }
+                let ok = match port {
+                    "8443" | "$ADMIN_PORT" => scheme == "https://",
+                    "9464" | "9090" | "3000" => scheme == "http://",
+                    _ => false,
+                };
+                assert!(ok, "{}: {scheme}{host_port}", doc.display());
+            }
+        }
+    }
+    let dockerignore =
+        std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    for must in ["/target", "/data", "/pki"] {
+        assert!(
+            dockerignore.lines().any(|l| l.trim() == must),
+            ".dockerignore lacks {must}"
+        );
+    }
+    let git = Command::new("git")
+        .args(["ls-files", "--cached", "--ignored", "--exclude-standard"])
+        .current_dir(repo())
+        .output()
+        .expect("git");
+    assert!(
+        git.status.success(),
+        "{}",
+        String::from_utf8_lossy(&git.stderr)
+    );
+    let ignored = String::from_utf8_lossy(&git.stdout);
+    assert!(ignored.trim().is_empty(), "tracked but ignored: {ignored}");
 }
