@@ -7,14 +7,11 @@ use std::time::Duration;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_fleet_report_matches_what_was_delivered() {
-    // The report's accounting is under test, not admission: with the lag feedback on, a
-    // slow debug build may refuse a few devices that connect while others publish.
-    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
+/// loadtest's defaults pointed at `env`: its MQTT and admin listeners, its server CA.
+fn against(env: &Env) -> loadtest::Config {
     let ca_file = env.dir.path().join("server-ca.pem");
     std::fs::write(&ca_file, &env.server_ca).unwrap();
-    let config = loadtest::Config {
+    loadtest::Config {
         broker: env.broker().mqtt_addr.to_string(),
         admin: Some(format!(
             "https://127.0.0.1:{}",
@@ -22,6 +19,16 @@ async fn small_fleet_report_matches_what_was_delivered() {
         )),
         admin_password: Some(ADMIN_PW.into()),
         server_ca: Some(ca_file),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_report_matches_what_was_delivered() {
+    // The report's accounting is under test, not admission: with the lag feedback on, a
+    // slow debug build may refuse a few devices that connect while others publish.
+    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
+    let config = loadtest::Config {
         devices: 50,
         messages: 10,
         qos: 1,
@@ -29,7 +36,7 @@ async fn small_fleet_report_matches_what_was_delivered() {
         publish_interval: Duration::from_millis(20),
         connect_rate: 500.0,
         duration: Duration::from_secs(60),
-        ..Default::default()
+        ..against(&env)
     };
     let report = loadtest::run(config).await.expect("loadtest run");
     assert_eq!(report.connect.attempted, 50);
@@ -67,23 +74,14 @@ async fn admission_refusals_are_reported_and_retried_and_the_tenant_is_removed()
         c.limits.handshake_burst = 5;
     })
     .await;
-    let ca_file = env.dir.path().join("server-ca.pem");
-    std::fs::write(&ca_file, &env.server_ca).unwrap();
     let config = loadtest::Config {
-        broker: env.broker().mqtt_addr.to_string(),
-        admin: Some(format!(
-            "https://127.0.0.1:{}",
-            env.broker().admin_addr.port()
-        )),
-        admin_password: Some(ADMIN_PW.into()),
-        server_ca: Some(ca_file),
         devices: 30,
         messages: 1,
         subscribers: 1,
         connect_rate: 1000.0,
         connect_retries: 8,
         duration: Duration::from_secs(60),
-        ..Default::default()
+        ..against(&env)
     };
     let tenant_status = |tenant: String| {
         let env = &env;

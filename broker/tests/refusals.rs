@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
 use rustls::AlertDescription;
-use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Everything this test binary's broker logged.
@@ -100,15 +98,7 @@ async fn alert_from(
 }
 
 fn no_client_cert(server_ca: &str) -> Arc<rustls::ClientConfig> {
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots(server_ca))
-        .with_no_client_auth(),
-    )
+    Arc::new(anonymous_tls(server_ca))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,18 +140,7 @@ async fn each_refusal_gets_its_alert_and_one_log_line() {
     assert_eq!(logged("unknown_issuer", "127.0.0.12").await.len(), 1);
 
     // Expired: certificate_expired, with the tenant.
-    let now = time::OffsetDateTime::now_utc();
-    let expired = certs::issue::device(
-        "old",
-        certs::issue::Validity {
-            not_before: now - time::Duration::days(10),
-            not_after: now - time::Duration::days(1),
-        },
-        certs::issue::KeyType::P256,
-        &root.issuer().unwrap(),
-        &[],
-    )
-    .unwrap();
+    let expired = expired_device("old", &root);
     let a = alert_from(
         &env,
         "127.0.0.13",
@@ -175,18 +154,7 @@ async fn each_refusal_gets_its_alert_and_one_log_line() {
 
     // Revoked: certificate_revoked.
     let revoked = device("revoked-1", &root);
-    let serial = certs::CertInfo::parse(revoked.cert_der.as_ref())
-        .unwrap()
-        .serial_hex;
-    let (s, b) = env
-        .as_tenant(
-            "acme",
-            Method::PUT,
-            "/tenant/trusted-certificates/settings/crl",
-            Some(json!({"crls": [{"serialNumberInHex": serial}]})),
-        )
-        .await;
-    assert!((200..300).contains(&s), "{s} {b}");
+    env.revoke_serial("acme", &revoked).await;
     let a = alert_from(
         &env,
         "127.0.0.14",

@@ -807,6 +807,26 @@ enum End {
     Closed(String),
 }
 
+/// One connection attempt of device `index` with the run's settings.
+async fn connect(
+    ctx: &Ctx,
+    index: usize,
+    tls: &Option<Arc<ClientConfig>>,
+    cn: &str,
+) -> Result<(Conn, crate::mqtt::Timings, Option<u16>), crate::mqtt::ConnectError> {
+    establish(
+        ctx.target(index),
+        tls.clone(),
+        ctx.source(index),
+        ctx.codec,
+        cn,
+        ctx.keep_alive_secs(),
+        ctx.login.as_ref(),
+        ctx.connect_timeout,
+    )
+    .await
+}
+
 /// One device: connect (bounded by the concurrency permits), publish, stay connected until
 /// the run stops; in the revoke scenario, keep trying to reconnect once cut off.
 async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn: String) {
@@ -835,17 +855,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
         } else {
             s.retries.fetch_add(1, Relaxed);
         }
-        let result = establish(
-            ctx.target(index),
-            tls.clone(),
-            ctx.source(index),
-            ctx.codec,
-            &cn,
-            ctx.keep_alive_secs(),
-            ctx.login.as_ref(),
-            ctx.connect_timeout,
-        )
-        .await;
+        let result = connect(&ctx, index, &tls, &cn).await;
         drop(permit);
         match result {
             Err(e) if e.retryable && retry < ctx.connect_retries => {
@@ -929,17 +939,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
             r = async {
                 let _permit = ctx.connect_permits.acquire().await;
                 s.reconnect_attempts.fetch_add(1, Relaxed);
-                establish(
-                    ctx.target(index),
-                    tls.clone(),
-                    ctx.source(index),
-                    ctx.codec,
-                    &cn,
-                    ctx.keep_alive_secs(),
-                    ctx.login.as_ref(),
-                    ctx.connect_timeout,
-                )
-                .await
+                connect(&ctx, index, &tls, &cn).await
             } => r,
         };
         if let Ok((conn, _, receive_max)) = attempt {
@@ -1131,18 +1131,7 @@ async fn subscribe(
     cn: &str,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<Conn, String> {
-    let (mut conn, _, _) = establish(
-        ctx.target(index),
-        tls,
-        ctx.source(index),
-        ctx.codec,
-        cn,
-        ctx.keep_alive_secs(),
-        ctx.login.as_ref(),
-        ctx.connect_timeout,
-    )
-    .await
-    .map_err(|e| e.kind)?;
+    let (mut conn, _, _) = connect(ctx, index, &tls, cn).await.map_err(|e| e.kind)?;
     let filter = format!("loadtest/{}/#", ctx.run_id);
     ctx.codec.subscribe(1, &filter, ctx.qos, &mut conn.out);
     conn.flush()
