@@ -57,6 +57,15 @@ pub enum ApiError {
         /// Details (an object; `null` is sent as `{}`).
         info: serde_json::Value,
     },
+    /// 401 for the reference platform's forms of the chain check: the chain is refused;
+    /// `info` carries the verdict.
+    #[error("{message}")]
+    ChainRefused {
+        /// Why the chain is refused.
+        message: String,
+        /// The verdict.
+        info: serde_json::Value,
+    },
     /// 429: too many failed logins for this user name from this address, from this
     /// address, or (slowed down) for this user name.
     #[error("Too many failed logins; try again in {}", seconds(*retry_after_secs))]
@@ -123,6 +132,11 @@ impl ApiError {
                 "unprocessable_entity",
                 message.clone(),
             ),
+            ApiError::ChainRefused { message, .. } => (
+                StatusCode::UNAUTHORIZED,
+                "certificate_chain_invalid",
+                message.clone(),
+            ),
             ApiError::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
@@ -150,7 +164,9 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, error, message) = self.parts();
         let info = match self {
-            ApiError::Unprocessable { info, .. } => info.clone(),
+            ApiError::Unprocessable { info, .. } | ApiError::ChainRefused { info, .. } => {
+                info.clone()
+            }
             ApiError::TooManyRequests { retry_after_secs }
             | ApiError::ServiceUnavailable { retry_after_secs } => {
                 serde_json::json!({ "retryAfterSeconds": retry_after_secs })
