@@ -1,5 +1,5 @@
 //! Where sessions are forwarded: the embedded rumqttd, reached in-process through
-//! [`crate::link`] (or over several loopback listeners per protocol level, so its
+//! [`crate::embedded`] (or over several loopback listeners per protocol level, so its
 //! per-listener accept pacing is not the limit), or an external broker over `mqtt://` /
 //! `mqtts://`.
 //!
@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{Backend, Config, Transport};
-use crate::link::Hub;
+use crate::embedded::{Durable, Hub};
 use crate::mqtt::Version;
 
 /// A byte stream to the backend.
@@ -83,6 +83,14 @@ impl std::fmt::Debug for BackendLogin {
 }
 
 impl BackendLogin {
+    /// The login of the CONNECT packets the front-end forwards.
+    pub fn connect_login(&self) -> rumqttd::protocol::Login {
+        rumqttd::protocol::Login {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
+    }
+
     /// A new credential from the crypto provider's random generator.
     pub fn generate() -> Result<BackendLogin, BackendError> {
         let mut bytes = [0u8; 32];
@@ -104,6 +112,8 @@ impl BackendLogin {
 pub struct BackendPool {
     /// The embedded rumqttd's router, when sessions reach it in-process.
     hub: Option<Arc<Hub>>,
+    /// The embedded broker's durable state (in-process transport).
+    durable: Option<Arc<Durable>>,
     v4: Vec<String>,
     v5: Vec<String>,
     /// The credential of the embedded rumqttd's loopback listeners (loopback transport).
@@ -124,6 +134,7 @@ impl BackendPool {
         {
             Backend::Embedded => start_embedded(config).await,
             Backend::Mqtt(addr) => Ok(BackendPool {
+                durable: None,
                 hub: None,
                 v4: vec![addr.clone()],
                 v5: vec![addr],
@@ -156,6 +167,7 @@ impl BackendPool {
                 let name = rustls::pki_types::ServerName::try_from(host)
                     .map_err(|e| BackendError::Ca(e.to_string()))?;
                 Ok(BackendPool {
+                    durable: None,
                     hub: None,
                     v4: vec![addr.clone()],
                     v5: vec![addr],
@@ -235,6 +247,12 @@ impl BackendPool {
             Version::V4 => &self.v4,
             Version::V5 => &self.v5,
         }
+    }
+
+    /// The embedded broker's durable state, when it has one (its metrics belong in the
+    /// product's registry).
+    pub fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
     }
 
     /// The credential the front-end puts in the CONNECT packets it forwards (the
@@ -381,7 +399,20 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     };
     // The mount prefix makes a session's packets longer than the device's.
     let max_packet = config.limits.max_packet_size.saturating_add(64 * 1024);
-    let hub = Hub::start(rconfig, max_packet)
+    // Retained messages and persistent sessions survive a restart with the in-process
+    // transport (the front-end sees every packet and every session end there).
+    let durable = if listeners {
+        None
+    } else {
+        let d = Durable::load(
+            &config.data_dir,
+            e.max_queued_messages,
+            e.max_retained_per_tenant,
+        )
+        .map_err(|e| BackendError::Start(e.to_string()))?;
+        Some(Arc::new(d))
+    };
+    let hub = Hub::start(rconfig, max_packet, durable.clone())
         .await
         .map_err(|e| BackendError::Start(e.to_string()))?;
     // Wait until every listener accepts.
@@ -409,6 +440,7 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
         }
     }
     Ok(BackendPool {
+        durable,
         hub: (!listeners).then_some(hub),
         v4: v4_addrs,
         v5: v5_addrs,
@@ -490,10 +522,16 @@ impl Echo {
 
     /// Reads one packet and returns its first byte.
     async fn next_packet(&mut self) -> std::io::Result<u8> {
-        match crate::session::read_packet(&mut self.io, &mut self.buf, 4096).await {
-            Ok(Some(n)) => Ok(self.buf.split_to(n)[0]),
-            Ok(None) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Err(e) => Err(std::io::Error::other(format!("{e:?}"))),
+        use tokio::io::AsyncReadExt;
+        loop {
+            match crate::mqtt::frame_len(&self.buf, 4096) {
+                Ok(Some(n)) => return Ok(self.buf.split_to(n)[0]),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
     }
 }

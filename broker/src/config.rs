@@ -166,6 +166,15 @@ pub struct Embedded {
     /// then has no listener at all) or `loopback` (a TCP connection to one of its
     /// listeners, as an external broker would be reached; for comparison).
     pub transport: Transport,
+    /// Most messages queued for one offline persistent session (stored in the data
+    /// directory). When full, the oldest QoS 0 message makes room; without one, the new
+    /// message is dropped. Both are counted in `mqtt_session_messages_dropped_total`.
+    pub max_queued_messages: usize,
+    /// Most retained messages one tenant holds (kept across restarts). A retained
+    /// message on a new topic beyond it is refused: MQTT 5 QoS 1/2 publishers get 0x97
+    /// "Quota exceeded", others' messages go out live without being retained; counted in
+    /// `mqtt_retained_refused_total`.
+    pub max_retained_per_tenant: usize,
 }
 
 /// How sessions reach the embedded rumqttd.
@@ -232,6 +241,8 @@ impl Default for Embedded {
             max_connections: 100_000,
             max_inflight: 100,
             transport: Transport::InProcess,
+            max_queued_messages: 1000,
+            max_retained_per_tenant: 10_000,
         }
     }
 }

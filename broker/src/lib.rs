@@ -12,8 +12,11 @@
 //! - [`session`]: one device session.
 //! - [`mqtt`]: framing and topic mounting.
 //! - [`backend`]: embedded rumqttd or an external broker.
-//! - [`link`]: sessions' in-process links into the embedded rumqttd.
+//! - [`embedded`]: the embedded rumqttd and what the front-end adds to it.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`data_dir`]: one broker per data directory.
+//! - [`health`]: is the broker ready for clients?
+//! - [`refusal_log`]: the rate-limited log of refused connections.
 
 #![forbid(unsafe_code)]
 
@@ -21,8 +24,8 @@ pub mod admission;
 pub mod backend;
 pub mod config;
 pub mod data_dir;
+pub mod embedded;
 pub mod health;
-pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
@@ -160,6 +163,12 @@ impl Broker {
         if let Err(e) = self.admin.flush_device_seen().await {
             tracing::warn!(error = %e, "last-seen times not saved");
         }
+        if let Some(durable) = self.shared.backend.durable() {
+            // The sessions that just ended hand their places to keepers, which take what
+            // the router still had for them: let them, then commit everything.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            durable.state.barrier().await;
+        }
     }
 }
 
@@ -263,6 +272,13 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         .map_err(|e| StartError::Tls(e.to_string()))?;
 
     let backend = backend::BackendPool::start(&config).await?;
+    for c in backend
+        .durable()
+        .map(|d| d.collectors())
+        .unwrap_or_default()
+    {
+        metrics.register(c);
+    }
 
     let local = |l: &TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
     let mqtt_addr = local(&mqtt_l, config.mqtt_listen);

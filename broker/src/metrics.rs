@@ -258,6 +258,11 @@ impl Metrics {
         self.inner.admin_refused.with_label_values(&[reason]).inc();
     }
 
+    /// Registers a module's own metrics (the embedded broker's durable state).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        must(self.inner.registry.register(collector));
+    }
+
     /// Anchors in the live trust store.
     pub fn set_anchors(&self, n: usize) {
         self.inner.anchors.set(n as i64);

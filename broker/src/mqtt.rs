@@ -220,7 +220,7 @@ impl Connect {
         backend_client_id: &str,
         prefix: &str,
         keep_alive: u16,
-        login: Option<&crate::backend::BackendLogin>,
+        login: Option<protocol::Login>,
     ) -> Result<BytesMut, MqttError> {
         let Packet::Connect(mut c, mut props, mut will, will_props, _login) = self.packet else {
             return Err(MqttError::NotConnect);
@@ -237,10 +237,6 @@ impl Connect {
             p.authentication_data = None;
         }
         let mut out = BytesMut::with_capacity(128);
-        let login = login.map(|l| protocol::Login {
-            username: l.username.clone(),
-            password: l.password.clone(),
-        });
         let packet = Packet::Connect(c, props, will, will_props, login);
         match self.version {
             Version::V4 => protocol::v4::V4.write(packet, &mut out),
@@ -721,6 +717,27 @@ pub(crate) fn write_packet(out: &mut BytesMut, first: u8, parts: &[&[u8]]) {
     put_varint(out, len);
     for p in parts {
         out.extend_from_slice(p);
+    }
+}
+
+/// Largest buffer a session keeps between uses. One that grew past it (a large message,
+/// up to `max_packet_size`, 1 MiB by default) is freed once it is empty, so that a
+/// device's one large message does not cost memory for the rest of its session. The
+/// batches of a busy session (a subscriber taking a fleet's messages) stay below it and
+/// keep their buffers: freeing those after every batch cost throughput.
+pub(crate) const KEEP_BUF: usize = 64 * 1024;
+
+/// Once `buf` is empty: if it held more than [`KEEP_BUF`] bytes since it was last empty
+/// (`peak`, which the caller raises as the buffer fills), a new buffer of `fresh` bytes
+/// takes its place. A `BytesMut` whose contents were split off or advanced past keeps
+/// their whole allocation alive (and takes it back on its next reserve), whatever its
+/// `capacity()` says, so only the peak tells.
+pub(crate) fn relax(buf: &mut BytesMut, peak: &mut usize, fresh: usize) {
+    if buf.is_empty() {
+        if *peak > KEEP_BUF {
+            *buf = BytesMut::with_capacity(fresh);
+        }
+        *peak = 0;
     }
 }
 

@@ -11,33 +11,12 @@ use certs::{DeviceIdentity, TrustStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::mqtt::{self, codes, Connect, Mount, MqttError, Version};
+use crate::mqtt::{self, codes, relax, Connect, Mount, MqttError, Version, KEEP_BUF};
 use crate::Shared;
 
 /// Initial read buffer per direction. Idle devices dominate a fleet: buffers start
 /// small and grow only for the packets that need it (output buffers start empty).
 const READ_BUF: usize = 1024;
-
-/// Largest buffer a session keeps between uses. One that grew past it (a large message,
-/// up to `max_packet_size`, 1 MiB by default) is freed once it is empty, so that a
-/// device's one large message does not cost memory for the rest of its session. The
-/// batches of a busy session (a subscriber taking a fleet's messages) stay below it and
-/// keep their buffers: freeing those after every batch cost throughput.
-pub(crate) const KEEP_BUF: usize = 64 * 1024;
-
-/// Once `buf` is empty: if it held more than [`KEEP_BUF`] bytes since it was last empty
-/// (`peak`, which the caller raises as the buffer fills), a new buffer of `fresh` bytes
-/// takes its place. A `BytesMut` whose contents were split off or advanced past keeps
-/// their whole allocation alive (and takes it back on its next reserve), whatever its
-/// `capacity()` says, so only the peak tells.
-pub(crate) fn relax(buf: &mut BytesMut, peak: &mut usize, fresh: usize) {
-    if buf.is_empty() {
-        if *peak > KEEP_BUF {
-            *buf = BytesMut::with_capacity(fresh);
-        }
-        *peak = 0;
-    }
-}
 
 /// How a session ended.
 #[derive(Debug)]
@@ -213,7 +192,7 @@ impl Answers {
 
 /// Reads one complete packet into `buf` (which may already hold bytes) and returns its
 /// length, or `None` on a clean EOF.
-pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
+async fn read_packet<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
@@ -530,7 +509,10 @@ where
         &backend_client_id,
         &mount.prefix,
         backend_keep_alive,
-        shared.backend.login(),
+        shared
+            .backend
+            .login()
+            .map(crate::backend::BackendLogin::connect_login),
     ) {
         Ok(o) => o,
         Err(_) => {

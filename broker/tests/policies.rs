@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -207,46 +206,11 @@ async fn keep_alive_zero_is_accepted_although_rumqttd_refuses_it() {
     assert_eq!((t.as_str(), p.as_slice()), ("echo", &b"hi"[..]));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_backend_mosquitto_gets_mounted_sessions() {
     install_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("mosquitto not installed: .ci/run installs Debian's mosquitto");
-    let mut mosq = tokio::process::Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let mosquitto = start_mosquitto().await;
+    let port = mosquitto.port;
     let env = start_in(tempfile::tempdir().unwrap(), |c| {
         c.backend = format!("mqtt://127.0.0.1:{port}");
     })
@@ -317,7 +281,7 @@ async fn external_backend_mosquitto_gets_mounted_sessions() {
     };
     assert_eq!(&got.topic[..], b"line/3/temp", "unmounted on the way back");
     assert_eq!(&got.payload[..], b"80.1");
-    let _ = mosq.kill().await;
+    drop(mosquitto);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

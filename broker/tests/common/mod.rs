@@ -416,8 +416,14 @@ impl BrokerProcess {
     /// Starts the binary on the data directory `dir` with the admin password
     /// `admin_pw`, and waits up to 60 s for its "broker listening" line.
     pub fn start(dir: &std::path::Path, admin_pw: &str) -> BrokerProcess {
+        Self::start_with_args(dir, admin_pw, &[])
+    }
+
+    /// [`BrokerProcess::start`] with more command-line arguments (`--config FILE`).
+    pub fn start_with_args(dir: &std::path::Path, admin_pw: &str, extra: &[&str]) -> BrokerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(extra)
             .env("BROKER_ADMIN_PASSWORD", admin_pw)
             .env("RUST_LOG", "info")
             .args(["--data-dir"])
@@ -577,4 +583,56 @@ pub async fn admin_tls_from(
             tcp,
         )
         .await
+}
+
+/// A Mosquitto broker on a free loopback port (anonymous, plain TCP), killed on drop:
+/// the external backend of `--backend mqtt://` tests.
+pub struct Mosquitto {
+    pub port: u16,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts [`Mosquitto`] and waits until it accepts connections.
+pub async fn start_mosquitto() -> Mosquitto {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto not installed: .ci/run installs Debian's mosquitto");
+    let child = tokio::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Mosquitto {
+        port,
+        _child: child,
+        _dir: dir,
+    }
 }

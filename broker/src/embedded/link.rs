@@ -25,17 +25,22 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PublishProperties, QoS,
+    Disconnect, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet, Protocol,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
+    PublishProperties, QoS,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::session::relax;
+use super::durable::{self, Durable};
+use super::marks;
+use super::options::{SubOptions, Verdict};
+use super::state::{DelayedWill, Queued, NEVER};
+use crate::mqtt::relax;
 
 /// A link as the router hands it out: sending half, receiving half, and the CONNACK.
-type Link = (LinkTx, LinkRx, Notification);
+pub(crate) type Link = (LinkTx, LinkRx, Notification);
 
 /// The client ID of the front-end's own link that publishes wills.
 const WILLS_CLIENT_ID: &str = "!front-end.wills";
@@ -72,6 +77,9 @@ pub struct Hub {
     /// Largest packet rumqttd's codec accepts from a session: the device limit plus room
     /// for the tenant mount prefix.
     max_packet: usize,
+    /// Retained messages and persistent sessions kept across restarts (in-process
+    /// transport only).
+    durable: Option<Arc<Durable>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -88,7 +96,11 @@ impl Hub {
     /// names none), the link registration thread, the will
     /// publisher and the `Announcer`. Must run inside the sessions' tokio runtime
     /// (the will publisher and the announcer are tasks).
-    pub async fn start(config: rumqttd::Config, max_packet: usize) -> io::Result<Arc<Hub>> {
+    pub async fn start(
+        config: rumqttd::Config,
+        max_packet: usize,
+        durable: Option<Arc<Durable>>,
+    ) -> io::Result<Arc<Hub>> {
         let router_tx = rumqttd::Router::new(config.id, config.router.clone()).spawn();
         // Sessions reached over rumqttd's own listeners are not links: their messages
         // carry no QoS mark, and rumqttd's 3.1.1 connections cannot encode properties
@@ -158,9 +170,33 @@ impl Hub {
             generation: AtomicU64::new(0),
             announcer,
             max_packet,
+            durable,
         });
-        let (tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
-        tokio::spawn(publish_wills(tx, pending, mark));
+        let (mut tx, rx, _) = hub.link(WILLS_CLIENT_ID.into(), true, 0).await?;
+        if let Some(durable) = &hub.durable {
+            let (retained, sessions) = durable.restore(&hub, &mut tx).await?;
+            let wills = durable.state.load_wills()?;
+            let delayed = wills.len();
+            let now = durable::unix_now();
+            for w in wills {
+                let Some(will) = will_from_publish(&w.packet) else {
+                    durable.state.drop_will(&w.client_id);
+                    continue;
+                };
+                let left = u32::try_from((w.due_at - now).max(0)).unwrap_or(u32::MAX);
+                if left == 0 {
+                    durable.state.drop_will(&w.client_id);
+                }
+                hub.publish_will(w.client_id, will, left);
+            }
+            tracing::info!(
+                retained,
+                sessions,
+                delayed_wills = delayed,
+                "embedded broker state restored (retained messages, persistent sessions, delayed wills)"
+            );
+        }
+        tokio::spawn(publish_wills(tx, pending, mark, hub.durable.clone()));
         tokio::spawn(drain(rx));
         Ok(hub)
     }
@@ -186,7 +222,12 @@ impl Hub {
     }
 
     /// Registers a link with the router (from any runtime).
-    async fn link(&self, client_id: String, clean: bool, topic_alias_max: u16) -> io::Result<Link> {
+    pub(crate) async fn link(
+        &self,
+        client_id: String,
+        clean: bool,
+        topic_alias_max: u16,
+    ) -> io::Result<Link> {
         match self.request(client_id, clean, topic_alias_max)?.await {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(e)) => Err(io::Error::other(format!(
@@ -219,6 +260,10 @@ impl Hub {
             to_router: Vec::new(),
             device_max_packet: None,
             prefix_len: 0,
+            persist: None,
+            resumed: false,
+            replay: None,
+            options: None,
         }
     }
 
@@ -228,6 +273,21 @@ impl Hub {
         if delay == 0 {
             let _ = self.wills.send(will);
             return;
+        }
+        // Kept across a restart until it is published or cancelled.
+        if let Some(durable) = &self.durable {
+            if let Some(Packet::Publish(p, props)) =
+                will_publish(will.0.clone(), will.1.clone(), 1, false)
+            {
+                let mut packet = BytesMut::new();
+                if V5.write(Packet::Publish(p, props), &mut packet).is_ok() {
+                    durable.state.put_will(DelayedWill {
+                        client_id: client_id.clone(),
+                        due_at: durable::unix_now() + i64::from(delay),
+                        packet: packet.to_vec(),
+                    });
+                }
+            }
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             let _ = self.wills.send(will);
@@ -255,6 +315,9 @@ impl Hub {
                 .is_some_and(|(g, _)| *g == generation)
             {
                 delayed.remove(&client_id);
+                if let Some(durable) = &hub.durable {
+                    durable.state.drop_will(&client_id);
+                }
             }
             drop(delayed);
             if publish {
@@ -365,14 +428,27 @@ impl Announcer {
 }
 
 /// Publishes wills through the front-end's own link, in order.
-/// `mark`: with the QoS mark (see [`QOS_MARK`]).
-async fn publish_wills(mut tx: LinkTx, mut pending: mpsc::UnboundedReceiver<Will>, mark: bool) {
+/// `mark`: with the QoS mark (see [`marks`]).
+async fn publish_wills(
+    mut tx: LinkTx,
+    mut pending: mpsc::UnboundedReceiver<Will>,
+    mark: bool,
+    durable: Option<Arc<Durable>>,
+) {
     let mut pkid: u16 = 0;
     while let Some((will, props)) = pending.recv().await {
         pkid = pkid.checked_add(1).unwrap_or(1);
+        let qos = will.qos as u8;
         let Some(publish) = will_publish(will, props, pkid, mark) else {
             continue;
         };
+        let mut publish = publish;
+        if let (Some(durable), Packet::Publish(p, props)) = (&durable, &mut publish) {
+            // A will over the tenant's retained limit still goes out, live.
+            if p.retain && !durable.retain(p, props, qos) {
+                p.retain = false;
+            }
+        }
         if tx.send(publish).await.is_err() {
             tracing::error!("the embedded broker's router stopped: wills are not published");
             return;
@@ -393,6 +469,32 @@ async fn drain(mut rx: LinkRx) {
             Err(_) => return,
         }
     }
+}
+
+/// The will a stored PUBLISH (see [`Hub::publish_will`]) came from.
+fn will_from_publish(packet: &[u8]) -> Option<Will> {
+    let qos = match (packet.first()? >> 1) & 0x03 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let (publish, props) = durable::decode(packet)?;
+    let will = LastWill {
+        topic: publish.topic,
+        message: publish.payload,
+        qos,
+        retain: publish.retain,
+    };
+    let props = props.map(|p| LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    });
+    Some((will, props))
 }
 
 /// The PUBLISH a will turns into. rumqttd's `Publish` keeps its QoS private, so the
@@ -431,49 +533,11 @@ fn will_publish(
         content_type: p.content_type,
     });
     let props = if mark {
-        mark_qos(props, will.qos as u8)
+        marks::mark_qos(props, will.qos as u8)
     } else {
         props
     };
     Some(Packet::Publish(publish, props))
-}
-
-/// The user property that carries a message's own QoS through the router.
-///
-/// rumqttd stores a message with the QoS it was published at, but forwards every copy
-/// at the QoS granted to the matching subscription (`publish.qos = filter.qos`), so a
-/// QoS 0 message reaches a QoS 2 subscriber at QoS 2. MQTT (3.1.1 3.8.4, 5.0 3.8.4)
-/// delivers at the lower of the two. The link marks each QoS 0 or 1 message it hands
-/// the router with its QoS (QoS 2 needs none: the lower QoS is then the subscription's;
-/// a property of that name a device sent is dropped), and reads and
-/// removes the mark when the router forwards a copy ([`LinkIo::deliver`]): devices never
-/// see it. Only the in-process link does this; over loopback TCP or to an external
-/// broker the message's QoS is not known downstream.
-const QOS_MARK: &str = "$front-end/qos";
-
-/// `props` with the QoS mark set to `qos` (see [`QOS_MARK`]). QoS 2 messages carry
-/// none (a copy goes out at the subscription's QoS, as without a mark): no allocation
-/// for them. A mark a device sent itself is dropped either way.
-fn mark_qos(props: Option<PublishProperties>, qos: u8) -> Option<PublishProperties> {
-    let mut props = match (props, qos) {
-        (None, 2) => return None,
-        (props, _) => props.unwrap_or_default(),
-    };
-    props.user_properties.retain(|(k, _)| k != QOS_MARK);
-    if qos < 2 {
-        props
-            .user_properties
-            .push((QOS_MARK.to_owned(), qos.to_string()));
-    }
-    Some(props)
-}
-
-/// Removes the QoS mark from `props` and returns the QoS it carried, if any.
-fn take_qos_mark(props: &mut Option<PublishProperties>) -> Option<u8> {
-    let p = props.as_mut()?;
-    let i = p.user_properties.iter().rposition(|(k, _)| k == QOS_MARK)?;
-    let (_, v) = p.user_properties.remove(i);
-    v.parse().ok().filter(|q| *q <= 2)
 }
 
 /// Length of an MQTT variable byte integer.
@@ -487,7 +551,7 @@ fn varint_len(v: usize) -> usize {
 }
 
 /// (header length, remaining length, topic length) of an encoded PUBLISH.
-fn publish_layout(pkt: &[u8]) -> Option<(usize, usize, usize)> {
+pub(crate) fn publish_layout(pkt: &[u8]) -> Option<(usize, usize, usize)> {
     let mut rem = 0usize;
     let mut i = 1;
     loop {
@@ -628,7 +692,7 @@ impl RouterAcks {
     }
 }
 
-fn pubrec(pkid: u16) -> Packet {
+pub(crate) fn pubrec(pkid: u16) -> Packet {
     Packet::PubRec(
         PubRec {
             pkid,
@@ -680,6 +744,32 @@ async fn next_batch(
     (rx, batch, Ok(()))
 }
 
+/// The router's answer to a session's CONNECT, with the messages queued for the session
+/// while it was offline; `None`: refused.
+type Opening = Pin<Box<dyn Future<Output = Option<Opened>> + Send>>;
+
+/// A session's router link, with what a resumed session had.
+pub(crate) struct Opened {
+    pub(crate) link: Link,
+    /// Messages queued while it was offline.
+    pub(crate) queue: Vec<Queued>,
+    /// Its stored subscriptions (their options).
+    pub(crate) subs: Vec<Filter>,
+}
+
+/// Most messages of the offline queue in flight to the device at once.
+const REPLAY_WINDOW: usize = 32;
+
+/// The offline queue of a resumed session, delivered before anything the router sends.
+/// The router's own messages wait meanwhile, so the two never share a packet ID.
+#[derive(Default)]
+struct Replay {
+    queue: VecDeque<Queued>,
+    /// Packet ID -> (row id, QoS).
+    inflight: HashMap<u16, (i64, u8)>,
+    next_pkid: u16,
+}
+
 enum Receiver {
     Ready(LinkRx),
     Waiting(NextBatch),
@@ -688,9 +778,10 @@ enum Receiver {
 enum State {
     /// Nothing written yet: the session's CONNECT comes first.
     Idle,
-    /// CONNECT sent to the link thread; packets written meanwhile wait in `pending`.
+    /// CONNECT sent to the link thread (after the session's keeper left, see
+    /// [`Durable::open`]); packets written meanwhile wait in `pending`.
     Connecting {
-        answer: oneshot::Receiver<Result<Link, LinkError>>,
+        answer: Opening,
         pending: Vec<Packet>,
     },
     Connected {
@@ -710,7 +801,7 @@ pub struct LinkIo {
     input: BytesMut,
     /// Encoded for the session to read.
     output: BytesMut,
-    /// The most each held since it was last empty (see [`crate::session::relax`]).
+    /// The most each held since it was last empty (see [`crate::mqtt::relax`]).
     input_peak: usize,
     output_peak: usize,
     read_waker: Option<Waker>,
@@ -736,6 +827,16 @@ pub struct LinkIo {
     /// Length of the tenant mount prefix the session strips from topics (`<tenant>/`,
     /// from the backend ClientId `<tenant>.<cn>`; tenant ids have no `.`).
     prefix_len: usize,
+    /// The session outlives the connection by this many seconds ([`NEVER`]: always);
+    /// `None`: it ends with the connection.
+    persist: Option<u32>,
+    /// The router link kept the session's state (CleanSession=0).
+    resumed: bool,
+    /// The offline queue being delivered, if any.
+    replay: Option<Box<Replay>>,
+    /// The session's subscriptions and their options (from its first SUBSCRIBE, or
+    /// the stored ones of a resumed session).
+    options: Option<Box<SubOptions>>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -786,7 +887,28 @@ impl LinkIo {
             }
             p => return self.encode(p),
         };
-        let own = take_qos_mark(&mut props);
+        let m = marks::take(&mut props);
+        let own = m.qos;
+        let mut verdict = match &self.options {
+            Some(o) => o.verdict(&publish.topic, publish.retain, &m, self.generation),
+            None => Verdict::Deliver {
+                retain: publish.retain,
+            },
+        };
+        // A message that waited (retained, or behind others) goes out with the expiry
+        // interval it has left, or not at all.
+        if let Some(t) = marks::original_expiry(&mut props, &m) {
+            match durable::remaining_expiry(props, t, durable::unix_now()) {
+                Some(left) => props = left,
+                None => {
+                    props = None;
+                    verdict = Verdict::Drop;
+                    if let Some(d) = &self.hub.durable {
+                        d.count_dropped(&self.client_id, "expired");
+                    }
+                }
+            }
+        }
         let start = self.output.len();
         self.encode(Packet::Publish(publish, props))?;
         let bad = || invalid("PUBLISH encoding");
@@ -809,7 +931,20 @@ impl LinkIo {
         let too_large = self
             .device_max_packet
             .is_some_and(|m| 1 + varint_len(dev_rem) + dev_rem > m);
+        let retain = match verdict {
+            Verdict::Deliver { retain } => retain,
+            Verdict::Drop => {
+                self.output.truncate(start);
+                if granted > 0 {
+                    self.acks.sent(pkid, granted, None, &mut self.to_router);
+                }
+                return Ok(());
+            }
+        };
         if too_large {
+            if let Some(d) = &self.hub.durable {
+                d.count_dropped(&self.client_id, "too_large");
+            }
             tracing::debug!(
                 client_id = %self.client_id,
                 size = 1 + varint_len(dev_rem) + dev_rem,
@@ -826,6 +961,10 @@ impl LinkIo {
             self.acks
                 .sent(pkid, granted, Some(delivered), &mut self.to_router);
         }
+        if retain {
+            self.output[start] |= 0x01;
+        }
+        let first = self.output[start];
         if delivered < granted {
             let pkt = self.output.split_off(start);
             // DUP is 0 at QoS 0 (MQTT 3.3.1.1).
@@ -843,24 +982,179 @@ impl LinkIo {
         Ok(())
     }
 
+    /// Puts the next messages of the offline queue in the output, up to
+    /// [`REPLAY_WINDOW`] in flight. `true` once the whole queue is delivered and
+    /// acknowledged. A message that expired while queued, or that is larger than the
+    /// device's Maximum Packet Size, is dropped and counted.
+    fn replay_fill(&mut self) -> io::Result<bool> {
+        let (Some(mut r), Some(durable)) = (self.replay.take(), self.hub.durable.clone()) else {
+            return Ok(true);
+        };
+        let now = durable::unix_now();
+        let mut gone = Vec::new();
+        while r.inflight.len() < REPLAY_WINDOW {
+            let Some(q) = r.queue.pop_front() else {
+                break;
+            };
+            let Some((publish, props)) = durable::decode(&q.packet) else {
+                gone.push(q.id);
+                continue;
+            };
+            let Some(props) = durable::remaining_expiry(props, q.stored_at, now) else {
+                durable.count_dropped(&self.client_id, "expired");
+                gone.push(q.id);
+                continue;
+            };
+            let start = self.output.len();
+            self.encode(Packet::Publish(publish, props))?;
+            let (_, rem, topic) =
+                publish_layout(&self.output[start..]).ok_or_else(|| invalid("PUBLISH encoding"))?;
+            let id_len = if q.qos > 0 { 2 } else { 0 };
+            let dev_rem = rem - self.prefix_len.min(topic) + id_len;
+            if self
+                .device_max_packet
+                .is_some_and(|m| 1 + varint_len(dev_rem) + dev_rem > m)
+            {
+                self.output.truncate(start);
+                durable.count_dropped(&self.client_id, "too_large");
+                gone.push(q.id);
+                continue;
+            }
+            if q.qos == 0 {
+                gone.push(q.id);
+                continue;
+            }
+            let pkid = loop {
+                r.next_pkid = r.next_pkid.checked_add(1).unwrap_or(1);
+                if !r.inflight.contains_key(&r.next_pkid) {
+                    break r.next_pkid;
+                }
+            };
+            raise_qos(&mut self.output, start, q.qos, pkid)?;
+            r.inflight.insert(pkid, (q.id, q.qos));
+        }
+        durable.state.dequeue(gone);
+        if r.queue.is_empty() && r.inflight.is_empty() {
+            return Ok(true);
+        }
+        self.replay = Some(r);
+        Ok(false)
+    }
+
+    /// An ack from the device for a message of the offline queue is taken here (the
+    /// message leaves the queue; a PUBREC gets its PUBREL); `Some` if it is for the
+    /// router.
+    fn replay_ack(&mut self, packet: Packet) -> io::Result<Option<Packet>> {
+        let Some(r) = self.replay.as_mut() else {
+            return Ok(Some(packet));
+        };
+        let (pkid, complete) = match &packet {
+            Packet::PubAck(a, _) => (a.pkid, true),
+            Packet::PubComp(c, _) => (c.pkid, true),
+            Packet::PubRec(c, _) => (c.pkid, false),
+            _ => return Ok(Some(packet)),
+        };
+        let Some(&(id, _)) = r.inflight.get(&pkid) else {
+            return Ok(Some(packet));
+        };
+        if complete {
+            r.inflight.remove(&pkid);
+            if let Some(durable) = &self.hub.durable {
+                durable.state.dequeue(vec![id]);
+            }
+        } else {
+            self.encode(Packet::PubRel(
+                PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                },
+                None,
+            ))?;
+        }
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        Ok(None)
+    }
+
     /// Takes the whole packets the session wrote to the router.
     fn absorb(&mut self) -> io::Result<()> {
         let mut ready = std::mem::take(&mut self.outbox);
         loop {
             // rumqttd's `Publish` keeps its QoS private: it is read off the wire.
             let first = self.input.first().copied();
+            // And its packet ID, for the answer to a retained message over the limit.
+            let retained_pkid = match first {
+                Some(b) if b & 0xF1 == 0x31 && b & 0x06 != 0 => publish_layout(&self.input)
+                    .and_then(|(h, _, topic)| self.input.get(h + 2 + topic..h + 4 + topic))
+                    .map(|id| u16::from_be_bytes([id[0], id[1]])),
+                _ => None,
+            };
             let Some(packet) = self.decode()? else {
                 break;
             };
             match packet {
-                Packet::Publish(p, props) => {
+                Packet::Publish(mut p, props) => {
                     let qos = first.map_or(0, |b| (b >> 1) & 0x03);
-                    ready.push(Packet::Publish(p, mark_qos(props, qos)));
+                    // The origin only for a session with a No Local subscription.
+                    let origin = match &self.options {
+                        Some(o) if o.no_local() => self.generation,
+                        _ => None,
+                    };
+                    let props = marks::mark(props, qos, origin, p.retain);
+                    if p.retain {
+                        if let Some(durable) = &self.hub.durable {
+                            if !durable.retain(&p, &props, qos) {
+                                // Over the tenant's retained-message limit: an MQTT 5
+                                // QoS 1/2 message is refused with 0x97 "Quota exceeded";
+                                // otherwise (no way to refuse one message) it goes out
+                                // live, not retained.
+                                match (self.v5, qos, retained_pkid) {
+                                    (true, 1 | 2, Some(pkid)) => {
+                                        self.encode(quota_exceeded(qos, pkid))?;
+                                        if let Some(w) = self.read_waker.take() {
+                                            w.wake();
+                                        }
+                                        continue;
+                                    }
+                                    _ => p.retain = false,
+                                }
+                            }
+                        }
+                    }
+                    ready.push(Packet::Publish(p, props));
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
+                    let Some(p) = self.replay_ack(p)? else {
+                        continue;
+                    };
                     if let Some(p) = self.acks.device_ack(p, &mut ready) {
                         ready.push(p);
                     }
+                }
+                Packet::Subscribe(sub, props) => {
+                    let options = self.options.get_or_insert_with(Default::default);
+                    for f in &sub.filters {
+                        options.subscribe(f);
+                    }
+                    if let (Some(durable), Some(_)) = (&self.hub.durable, self.persist) {
+                        let subs = sub.filters.iter().map(durable::options).collect();
+                        durable.state.subscribe(&self.client_id, subs);
+                    }
+                    ready.push(Packet::Subscribe(sub, props));
+                }
+                Packet::Unsubscribe(unsub, props) => {
+                    if let Some(options) = &mut self.options {
+                        for f in &unsub.filters {
+                            options.unsubscribe(f);
+                        }
+                    }
+                    if let (Some(durable), Some(_)) = (&self.hub.durable, self.persist) {
+                        durable
+                            .state
+                            .unsubscribe(&self.client_id, unsub.filters.clone());
+                    }
+                    ready.push(Packet::Unsubscribe(unsub, props));
                 }
                 Packet::Connect(connect, props, will, will_props, _) => {
                     if !matches!(self.state, State::Idle) {
@@ -883,16 +1177,41 @@ impl LinkIo {
                         .and_then(|p| p.max_packet_size)
                         .filter(|m| *m > 0)
                         .and_then(|m| usize::try_from(m).ok());
-                    self.generation = Some(
-                        self.hub
-                            .connecting(&connect.client_id, connect.clean_session),
-                    );
+                    let clean = connect.clean_session;
+                    self.generation = Some(self.hub.connecting(&connect.client_id, clean));
                     let topic_alias_max = props.and_then(|p| p.topic_alias_max).unwrap_or(0);
-                    let answer = self.hub.request(
-                        connect.client_id,
-                        connect.clean_session,
-                        topic_alias_max,
-                    )?;
+                    let answer: Opening = match self.hub.durable.clone() {
+                        Some(durable) => {
+                            // 3.1.1: CleanSession=0 keeps the session until the device
+                            // starts a clean one; 5.0: the Session Expiry Interval says
+                            // how long it outlives the connection (0: not at all).
+                            self.persist = match (self.v5, clean) {
+                                (false, true) => None,
+                                (false, false) => Some(NEVER),
+                                (true, _) => (session_expiry > 0).then_some(session_expiry),
+                            };
+                            self.resumed = !(clean && self.persist.is_none());
+                            Box::pin(durable.open(
+                                self.hub.clone(),
+                                connect.client_id,
+                                clean,
+                                self.persist,
+                                topic_alias_max,
+                            ))
+                        }
+                        None => {
+                            let answer =
+                                self.hub
+                                    .request(connect.client_id, clean, topic_alias_max)?;
+                            Box::pin(async move {
+                                answer.await.ok()?.ok().map(|link| Opened {
+                                    link,
+                                    queue: Vec::new(),
+                                    subs: Vec::new(),
+                                })
+                            })
+                        }
+                    };
                     self.state = State::Connecting {
                         answer,
                         pending: Vec::new(),
@@ -904,6 +1223,13 @@ impl LinkIo {
                 Packet::Disconnect(d, props) => {
                     if d.reason_code != DisconnectReasonCode::DisconnectWithWillMessage {
                         self.will = None;
+                    }
+                    // MQTT 5 3.14.2.2.2: a session that had an expiry may change it (0
+                    // ends it now); one that had none may not get one.
+                    if let Some(expiry) = props.as_ref().and_then(|p| p.session_expiry_interval) {
+                        if self.persist.is_some() {
+                            self.persist = (expiry > 0).then_some(expiry);
+                        }
                     }
                     self.disconnect_sent = true;
                     ready.push(Packet::Disconnect(d, props));
@@ -934,8 +1260,22 @@ impl LinkIo {
 
     /// The router answered the CONNECT: the CONNACK goes to the session, the packets
     /// written meanwhile to the router.
-    fn connected(&mut self, link: Link, pending: Vec<Packet>) -> io::Result<()> {
+    fn connected(&mut self, opened: Opened, pending: Vec<Packet>) -> io::Result<()> {
+        let Opened { link, queue, subs } = opened;
         let (mut tx, rx, connack) = link;
+        if !subs.is_empty() {
+            let options = self.options.get_or_insert_with(Default::default);
+            for f in &subs {
+                options.subscribe(f);
+            }
+        }
+        if !queue.is_empty() {
+            self.replay = Some(Box::new(Replay {
+                queue: queue.into(),
+                inflight: HashMap::new(),
+                next_pkid: 0,
+            }));
+        }
         if let Some(p) = Option::<Packet>::from(connack) {
             self.encode(p)?;
         }
@@ -959,10 +1299,18 @@ impl LinkIo {
     /// resumed this session, as rumqttd does for its own connections and as MQTT 5's
     /// will delay intends: a device back on a new connection is not gone.
     fn finish(&mut self) {
-        let taken_over = match self.generation.take() {
+        let generation = self.generation.take();
+        let taken_over = match generation {
             Some(g) => self.hub.ended(&self.client_id, g),
             None => None,
         };
+        // The durable state's part, once the router has the DISCONNECT: a keeper for a
+        // session that goes on, or the end of one that does not.
+        let durable = match (&self.hub.durable, generation, taken_over) {
+            (Some(d), Some(_), None) => Some((d.clone(), self.client_id.clone())),
+            _ => None,
+        };
+        let (persist, resumed) = (self.persist, self.resumed);
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Connected { door, rx } => {
                 if let Some(will) = self.will.take() {
@@ -981,14 +1329,26 @@ impl LinkIo {
                     held.push(bye());
                 }
                 let _ = send(tx, held);
+                drop(d);
+                if let Some((durable, client_id)) = durable {
+                    durable.session_ended(&self.hub, client_id, persist, resumed);
+                }
             }
             // The session ended before the router answered: take the link down once it
             // exists.
             State::Connecting { answer, .. } => {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let hub = self.hub.clone();
                     runtime.spawn(async move {
-                        if let Ok(Ok((mut tx, _rx, _))) = answer.await {
+                        if let Some(Opened {
+                            link: (mut tx, _rx, _),
+                            ..
+                        }) = answer.await
+                        {
                             let _ = tx.send(bye()).await;
+                        }
+                        if let Some((durable, client_id)) = durable {
+                            durable.session_ended(&hub, client_id, persist, resumed);
                         }
                     });
                 }
@@ -999,7 +1359,7 @@ impl LinkIo {
 }
 
 /// Most packets or notifications a link keeps room for between uses (see
-/// [`crate::session::KEEP_BUF`]): a burst's vector is freed once empty.
+/// [`crate::mqtt::KEEP_BUF`]): a burst's vector is freed once empty.
 const KEEP_ITEMS: usize = 32;
 
 /// Frees `v` if it is empty and grew past [`KEEP_ITEMS`].
@@ -1009,8 +1369,43 @@ fn relax_vec<T>(v: &mut Vec<T>) {
     }
 }
 
+/// The MQTT 5 refusal of a QoS 1 (PUBACK) or QoS 2 (PUBREC) message: 0x97 "Quota
+/// exceeded".
+fn quota_exceeded(qos: u8, pkid: u16) -> Packet {
+    if qos == 1 {
+        Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::QuotaExceeded,
+            },
+            None,
+        )
+    } else {
+        Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: PubRecReason::QuotaExceeded,
+            },
+            None,
+        )
+    }
+}
+
+/// Turns the QoS 0 PUBLISH at `start` of `out` into one at `qos` with packet ID `pkid`.
+fn raise_qos(out: &mut BytesMut, start: usize, qos: u8, pkid: u16) -> io::Result<()> {
+    let pkt = out.split_off(start);
+    let (h, _, topic) = publish_layout(&pkt).ok_or_else(|| invalid("PUBLISH encoding"))?;
+    let at = h + 2 + topic;
+    crate::mqtt::write_packet(
+        out,
+        (pkt[0] & !0x06) | (qos << 1),
+        &[&pkt[h..at], &pkid.to_be_bytes(), &pkt[at..]],
+    );
+    Ok(())
+}
+
 /// The DISCONNECT that ends a link normally.
-fn bye() -> Packet {
+pub(crate) fn bye() -> Packet {
     Packet::Disconnect(
         Disconnect {
             reason_code: DisconnectReasonCode::NormalDisconnection,
@@ -1075,18 +1470,27 @@ impl AsyncRead for LinkIo {
                     return Poll::Pending;
                 }
                 State::Connecting { answer, pending } => {
-                    let link = match Pin::new(answer).poll(cx) {
+                    let opened = match answer.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(Ok(link))) => link,
+                        Poll::Ready(Some(opened)) => opened,
                         // Refused (rumqttd drops a link it has no room for): end of stream,
                         // which the session answers as a refusal.
-                        Poll::Ready(_) => {
+                        Poll::Ready(None) => {
                             this.state = State::Closed;
                             return Poll::Ready(Ok(()));
                         }
                     };
                     let pending = std::mem::take(pending);
-                    this.connected(link, pending)?;
+                    this.connected(opened, pending)?;
+                }
+                State::Connected { .. } if this.replay.is_some() => {
+                    // The offline queue first; the router's messages wait.
+                    if this.replay_fill()? {
+                        this.replay = None;
+                    } else if this.output.is_empty() {
+                        this.read_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
                 }
                 State::Connected { rx, .. } => {
                     let mut future = match rx.take() {
@@ -1101,6 +1505,15 @@ impl AsyncRead for LinkIo {
                     let (r, mut batch, result) = match future.as_mut().poll(cx) {
                         Poll::Pending => {
                             *rx = Some(Receiver::Waiting(future));
+                            // An answer of the front-end's own (written by `absorb`)
+                            // wakes the reader too.
+                            if !this
+                                .read_waker
+                                .as_ref()
+                                .is_some_and(|w| w.will_wake(cx.waker()))
+                            {
+                                this.read_waker = Some(cx.waker().clone());
+                            }
                             return Poll::Pending;
                         }
                         Poll::Ready(v) => v,
@@ -1179,7 +1592,7 @@ mod tests {
             },
             ..Default::default()
         };
-        Hub::start(config, 1 << 20).await.unwrap()
+        Hub::start(config, 1 << 20, None).await.unwrap()
     }
 
     /// A 3.1.1 CONNECT: clean session, keep-alive 60 s.
@@ -1346,7 +1759,7 @@ mod tests {
         let mut pong = [0u8; 2];
         sub.read_exact(&mut pong).await.unwrap();
         assert_eq!(pong, [0xD0, 0x00]);
-        let keep = crate::session::KEEP_BUF;
+        let keep = crate::mqtt::KEEP_BUF;
         assert!(sub.output.capacity() <= keep, "{}", sub.output.capacity());
     }
 
