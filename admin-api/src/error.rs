@@ -57,6 +57,15 @@ pub enum ApiError {
         /// Details (an object; `null` is sent as `{}`).
         info: serde_json::Value,
     },
+    /// 401 for the reference platform's forms of the chain check: the chain is refused;
+    /// `info` carries the verdict.
+    #[error("{message}")]
+    ChainRefused {
+        /// Why the chain is refused.
+        message: String,
+        /// The verdict.
+        info: serde_json::Value,
+    },
     /// 429: too many failed logins for this user name from this address, from this
     /// address, or (slowed down) for this user name.
     #[error("Too many failed logins; try again in {}", seconds(*retry_after_secs))]
@@ -127,6 +136,11 @@ impl ApiError {
                 "unprocessable_entity",
                 message.clone(),
             ),
+            ApiError::ChainRefused { message, .. } => (
+                StatusCode::UNAUTHORIZED,
+                "certificate_chain_invalid",
+                message.clone(),
+            ),
             ApiError::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
@@ -159,7 +173,9 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, error, message) = self.parts();
         let info = match self {
-            ApiError::Unprocessable { info, .. } => info.clone(),
+            ApiError::Unprocessable { info, .. } | ApiError::ChainRefused { info, .. } => {
+                info.clone()
+            }
             ApiError::TooManyRequests { retry_after_secs }
             | ApiError::ServiceUnavailable { retry_after_secs } => {
                 serde_json::json!({ "retryAfterSeconds": retry_after_secs })
@@ -275,7 +291,19 @@ impl From<certs::UploadError> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        from_status(r.status(), r.body_text())
+        let text = r.body_text();
+        // The usual mistake: a PEM file pasted into a JSON string as it is, with its
+        // line breaks, which JSON strings cannot hold.
+        if text.contains("control character") {
+            let at = text
+                .find(" at line ")
+                .map(|i| text[i..].to_string())
+                .unwrap_or_default();
+            return ApiError::BadRequest(format!(
+                "The JSON body has a raw line break (or another control character) inside a string{at}: JSON strings cannot hold one. Send a PEM certificate on one line with \\n for each line break (for example PEM=$(awk '{{printf \"%s\\\\n\", $0}}' ca.crt)), or its base64 DER alone"
+            ));
+        }
+        from_status(r.status(), text)
     }
 }
 

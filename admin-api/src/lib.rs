@@ -592,8 +592,44 @@ impl Admin {
                         auth::MANAGEMENT_ADMIN,
                         path.display()
                     );
+                    return Ok(());
                 }
             }
+        }
+        self.remove_stale_password_file().await
+    }
+
+    /// The store is the one source of truth for the management admin's password:
+    /// `admin-password` only records a generated password while it is still the
+    /// password. Once it is not (set from `BROKER_ADMIN_PASSWORD`, or changed over the
+    /// API), the file is removed rather than left to mislead.
+    async fn remove_stale_password_file(&self) -> Result<(), AdminError> {
+        let path = self.inner.config.data_dir.join(ADMIN_PASSWORD_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let Some(user) = self
+            .inner
+            .store
+            .user(auth::MANAGEMENT_TENANT, auth::MANAGEMENT_ADMIN)
+            .await?
+        else {
+            return Ok(());
+        };
+        let written = text.trim_end_matches(['\r', '\n']).to_string();
+        let hash = user.password_hash;
+        let current = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &written))
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        if !current {
+            std::fs::remove_file(&path).map_err(|source| AdminError::Io {
+                context: format!("removing the outdated {}", path.display()),
+                source,
+            })?;
+            tracing::warn!(
+                file = %path.display(),
+                "removed the generated admin password file: the management admin's password was changed since (BROKER_ADMIN_PASSWORD or the API)"
+            );
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! [`start`] composes everything: the admin API and its SQLite store, the live
 //! `TrustStore`, the mTLS MQTT listener, the backend (embedded rumqttd or an external
 //! broker), the admin HTTPS listener and the Prometheus endpoint. See
-//! `../shared/DESIGN.md` for the life of a device connection.
+//! `docs/DESIGN.md` for the life of a device connection.
 //!
 //! - [`config`]: typed configuration and its defaults.
 //! - [`listener`]: accept loops.
@@ -12,18 +12,24 @@
 //! - [`session`]: one device session.
 //! - [`mqtt`]: framing and topic mounting.
 //! - [`backend`]: embedded rumqttd or an external broker.
-//! - [`link`]: sessions' in-process links into the embedded rumqttd.
+//! - [`embedded`]: the embedded rumqttd and what the front-end adds to it.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`data_dir`]: one broker per data directory.
+//! - [`health`]: is the broker ready for clients?
+//! - [`refusal_log`]: the rate-limited log of refused connections.
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod data_dir;
 pub mod embedded;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod refusal_log;
 pub mod session;
 pub mod tls;
 
@@ -99,6 +105,9 @@ pub enum StartError {
     /// The backend could not be started.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    /// Another process uses the data directory.
+    #[error(transparent)]
+    DataDir(#[from] data_dir::LockError),
 }
 
 /// A running broker.
@@ -120,6 +129,7 @@ pub struct Broker {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     // Dropped last: stops the handshake threads.
     _background: listener::Background,
+    _data_dir: data_dir::DataDirLock,
 }
 
 impl Broker {
@@ -175,6 +185,18 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Admin(format!("{}: {e}", config.data_dir.display())))?;
+    let data_dir_lock = data_dir::DataDirLock::acquire(&config.data_dir)?;
+    // Listen first: a start that cannot listen (port in use) has changed nothing in the
+    // data directory yet (admin password, server certificate).
+    let mqtt_l = TcpListener::bind(config.mqtt_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.mqtt_listen, e))?;
+    let admin_l = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+    let metrics_l = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
     let provider = tls::provider();
     let metrics = metrics::Metrics::new();
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
@@ -259,15 +281,6 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         metrics.register(c);
     }
 
-    let mqtt_l = TcpListener::bind(config.mqtt_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.mqtt_listen, e))?;
-    let admin_l = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
-    let metrics_l = TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
     let local = |l: &TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
     let mqtt_addr = local(&mqtt_l, config.mqtt_listen);
     let admin_addr = local(&admin_l, config.admin_listen);
@@ -461,6 +474,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         permits,
         tasks,
         _background: background,
+        _data_dir: data_dir_lock,
     })
 }
 

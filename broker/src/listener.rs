@@ -174,6 +174,7 @@ pub async fn serve_mqtt(
     let admission =
         crate::admission::Admission::new(&shared.config.limits, &source, shared.pressure.clone());
     let first_byte = Duration::from_millis(source.first_byte_timeout_ms);
+    let refusals = Arc::new(crate::refusal_log::RefusalLog::default());
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -207,6 +208,7 @@ pub async fn serve_mqtt(
             Err(r) => {
                 shared.metrics.refused(r.label());
                 drop(sock);
+                refusals.refused(peer.ip(), crate::refusal_log::Refused::Admission(r.label()));
                 continue;
             }
         };
@@ -215,6 +217,7 @@ pub async fn serve_mqtt(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let sessions = sessions.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted_at = Instant::now();
             let handshake_timeout =
@@ -255,13 +258,24 @@ pub async fn serve_mqtt(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     // One handshake, one outcome: a refused chain is `rejected` with
-                    // the verifier's reason, not also `failed`.
-                    let (outcome, reason) = match refused {
-                        Some(reason) => ("rejected", reason),
-                        None => ("failed", classify(&e)),
-                    };
-                    shared.metrics.handshake(outcome, reason, elapsed);
-                    tracing::debug!(%peer, error = %e, reason, "TLS handshake failed");
+                    // the verifier's reason, not also `failed`; refusals are logged
+                    // (rate-limited), other failures only at debug level.
+                    use crate::refusal_log::Refused;
+                    match &refused {
+                        Some(r) => {
+                            shared.metrics.handshake("rejected", r.reason, elapsed);
+                            refusals.refused(peer.ip(), Refused::Certificate(r));
+                        }
+                        None => {
+                            let reason = classify(&e);
+                            shared.metrics.handshake("failed", reason, elapsed);
+                            if reason == "no_client_certificate" {
+                                refusals.refused(peer.ip(), Refused::NoCertificate);
+                            } else {
+                                tracing::debug!(%peer, error = %e, reason, "TLS handshake failed");
+                            }
+                        }
+                    }
                     return;
                 }
                 Err(_) => {

@@ -17,19 +17,20 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// TOML config file (see `broker print-config`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "BROKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory (SQLite store, admin password file, server.crt).
-    #[arg(long, global = true)]
+    /// Data directory (SQLite store, admin password file, server.crt). One broker
+    /// per data directory (`broker.lock`).
+    #[arg(long, global = true, env = "BROKER_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// MQTT mTLS listen address.
-    #[arg(long)]
+    #[arg(long, global = true, env = "BROKER_MQTT_LISTEN")]
     mqtt_listen: Option<std::net::SocketAddr>,
     /// Admin HTTPS listen address.
-    #[arg(long)]
+    #[arg(long, global = true, env = "BROKER_ADMIN_LISTEN")]
     admin_listen: Option<std::net::SocketAddr>,
     /// Prometheus metrics listen address (plain HTTP).
-    #[arg(long)]
+    #[arg(long, global = true, env = "BROKER_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Backend: `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     #[arg(long)]
@@ -47,6 +48,14 @@ struct RunArgs {
 enum Command {
     /// Print the default configuration with comments.
     PrintConfig,
+    /// Exit 0 when the broker of this configuration is ready for clients: MQTT accepts
+    /// connections, the admin API answers, and DATA_DIR/server.crt holds the served
+    /// certificate. Otherwise exit 1 with the reason.
+    Health {
+        /// Keep trying for up to this many seconds (for scripts that just started it).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// Import the server certificate (same validation as PUT /system/ssl-certificate).
     ImportCertificate {
         /// Certificate (PEM or DER).
@@ -130,6 +139,18 @@ async fn real_main(command: Option<Command>, config: broker::Config) -> Result<(
     match command {
         // Printed before the configuration is loaded (see `main`).
         Some(Command::PrintConfig) => Ok(()),
+        Some(Command::Health { wait }) => {
+            let ready = broker::health::wait(&config, std::time::Duration::from_secs(wait))
+                .await
+                .map_err(|e| format!("not ready: {e}"))?;
+            println!(
+                "ready: MQTT on {}, admin API on https://{}; clients' CA file: {}",
+                ready.mqtt,
+                ready.admin,
+                ready.server_crt.display()
+            );
+            Ok(())
+        }
         Some(Command::ImportCertificate {
             crt,
             key,

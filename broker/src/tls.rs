@@ -63,23 +63,39 @@ impl IdentityCache {
     }
 }
 
+/// A device chain the verifier refused: what the refusal's log line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The metric label of the reason (`VerifyError::label`).
+    pub reason: &'static str,
+    /// The reason in words (with what to do, where there is something to do).
+    pub detail: String,
+    /// The tenant(s) whose trusted certificates the chain names, where known.
+    pub tenant: Option<String>,
+    /// The device certificate's subject.
+    pub subject: String,
+    /// The device certificate's SHA-1 fingerprint.
+    pub fingerprint: String,
+}
+
 tokio::task_local! {
     /// Why the verifier refused the chain of the handshake this task is running (see
     /// [`recording_refusal`]).
-    static REFUSED: std::cell::Cell<Option<&'static str>>;
+    static REFUSED: std::cell::RefCell<Option<Refusal>>;
 }
 
-/// Runs a handshake future and returns its output with the reason the verifier refused
-/// the device's chain, if it did. The handshake's one outcome is then counted once, by
-/// the caller: `rejected` with this reason, or `failed`/`ok` otherwise. (rustls calls the
-/// verifier synchronously inside the handshake future's poll, so in this task.)
+/// Runs a handshake future and returns its output with the verifier's refusal of the
+/// device's chain, if it refused it. The handshake's one outcome is then counted and
+/// logged once, by the caller: `rejected` with this reason, or `failed`/`ok` otherwise.
+/// (rustls calls the verifier synchronously inside the handshake future's poll, so in
+/// this task.)
 pub async fn recording_refusal<F: std::future::Future>(
     handshake: F,
-) -> (F::Output, Option<&'static str>) {
+) -> (F::Output, Option<Refusal>) {
     REFUSED
-        .scope(std::cell::Cell::new(None), async move {
+        .scope(std::cell::RefCell::new(None), async move {
             let out = handshake.await;
-            (out, REFUSED.with(|r| r.get()))
+            (out, REFUSED.with(|r| r.borrow_mut().take()))
         })
         .await
 }
@@ -115,23 +131,79 @@ impl DeviceVerifier {
     }
 }
 
-/// Maps a chain rejection to the TLS alert the device sees.
+/// Maps a chain rejection to the TLS alert the device sees, the most specific one TLS
+/// has (rustls turns each `CertificateError` into its alert):
+///
+/// | refusal | alert |
+/// | --- | --- |
+/// | expired, not yet valid, anchor expired | `certificate_expired` |
+/// | revoked | `certificate_revoked` |
+/// | no trusted certificate issued the chain | `unknown_ca` |
+/// | a valid chain the tenant's policy refuses: longer than `maxChainLength`, disabled or removed anchor, two tenants | `access_denied` |
+/// | not for client authentication | `unsupported_certificate` |
+/// | a signature does not verify | `decrypt_error` |
+/// | a certificate breaks a rule (RFC 5280, pathLenConstraint, CA as device, CN) | `bad_certificate` |
 fn to_rustls(e: &VerifyError) -> rustls::Error {
     let ce = match e {
-        VerifyError::Expired | VerifyError::AnchorExpired => CertificateError::Expired,
-        VerifyError::NotYetValid => CertificateError::NotValidYet,
+        VerifyError::Expired | VerifyError::AnchorExpired | VerifyError::NotYetValid => {
+            CertificateError::Expired
+        }
         VerifyError::Revoked => CertificateError::Revoked,
-        VerifyError::UnknownIssuer | VerifyError::ChainTooLong { .. } => {
-            CertificateError::UnknownIssuer
-        }
+        VerifyError::UnknownIssuer => CertificateError::UnknownIssuer,
+        VerifyError::ChainTooLong { .. }
+        | VerifyError::AnchorDisabled
+        | VerifyError::AnchorRemoved
+        | VerifyError::AmbiguousTenant => CertificateError::ApplicationVerificationFailure,
+        VerifyError::NotForClientAuth => CertificateError::InvalidPurpose,
         VerifyError::BadSignature => CertificateError::BadSignature,
-        VerifyError::Malformed(_) | VerifyError::NoCertificate => CertificateError::BadEncoding,
-        VerifyError::AnchorDisabled | VerifyError::AnchorRemoved => {
-            CertificateError::ApplicationVerificationFailure
+        VerifyError::UnsupportedCriticalExtension(_) => {
+            CertificateError::UnhandledCriticalExtension
         }
-        _ => CertificateError::ApplicationVerificationFailure,
+        VerifyError::NoCertificate
+        | VerifyError::Malformed(_)
+        | VerifyError::PathTooDeep
+        | VerifyError::PathLenExceeded
+        | VerifyError::IssuerNotCa
+        | VerifyError::DeviceIsCa
+        | VerifyError::NoCommonName
+        | VerifyError::ForbiddenCnCharacter(_)
+        | VerifyError::CriticalAuthorityKeyId
+        | VerifyError::CriticalSubjectKeyId
+        | VerifyError::MissingAuthorityKeyId
+        | VerifyError::MissingSubjectKeyId
+        | VerifyError::PolicyConstraintsNotCritical
+        | VerifyError::CriticalExtendedKeyUsage
+        | VerifyError::UnsupportedNameConstraint(_)
+        | VerifyError::SelfIssuedIntermediate
+        | VerifyError::NameConstraintViolation
+        | VerifyError::Invalid(_) => CertificateError::BadEncoding,
     };
     rustls::Error::InvalidCertificate(ce)
+}
+
+/// The refusal's reason in words, with what an operator can do where there is a knob.
+fn detail(e: &VerifyError) -> String {
+    match e {
+        VerifyError::ChainTooLong { .. } => format!(
+            "{e}: the tenant admin raises maxChainLength with PUT /tenant/tenants/{{id}}/settings, or trusts the CA that issues the devices"
+        ),
+        VerifyError::UnknownIssuer => format!(
+            "{e}: upload the CA that issued the device (or its chain) as a trusted certificate of the device's tenant"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Hands the refusal to the handshake's [`recording_refusal`] scope; gives it back when
+/// there is none.
+fn record(refusal: Refusal) -> Result<(), Refusal> {
+    let mut slot = Some(refusal);
+    let stored = REFUSED.try_with(|r| *r.borrow_mut() = slot.take());
+    match (stored, slot) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(r)) => Err(r),
+        (Err(_), None) => Ok(()),
+    }
 }
 
 impl ClientCertVerifier for DeviceVerifier {
@@ -164,16 +236,32 @@ impl ClientCertVerifier for DeviceVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                // Inside the listener's handshake the listener counts the outcome;
-                // anywhere else, here.
-                if REFUSED.try_with(|r| r.set(Some(e.label()))).is_err() {
-                    self.metrics.handshake_rejected(e.label());
-                }
-                let (subject, fp) = certs::CertInfo::parse(end_entity.as_ref())
+                let (subject, fingerprint) = certs::CertInfo::parse(end_entity.as_ref())
                     .map(|i| (i.subject, i.fingerprint_sha1))
                     .unwrap_or_default();
-                tracing::warn!(reason = %e, %subject, fingerprint = %fp, "device certificate refused");
-                Err(to_rustls(&e))
+                let tenants = store.candidate_tenants(&chain);
+                let refusal = Refusal {
+                    reason: e.label(),
+                    detail: detail(&e),
+                    tenant: (!tenants.is_empty()).then(|| tenants.join(",")),
+                    subject,
+                    fingerprint,
+                };
+                // Inside the listener's handshake the listener counts and logs the
+                // outcome (it knows the source address); anywhere else, here.
+                let alert = to_rustls(&e);
+                if let Err(refusal) = record(refusal) {
+                    self.metrics.handshake_rejected(e.label());
+                    tracing::warn!(
+                        reason = refusal.reason,
+                        detail = %refusal.detail,
+                        tenant = refusal.tenant.as_deref().unwrap_or("-"),
+                        subject = %refusal.subject,
+                        fingerprint = %refusal.fingerprint,
+                        "device certificate refused"
+                    );
+                }
+                Err(alert)
             }
         }
     }

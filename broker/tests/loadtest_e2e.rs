@@ -7,14 +7,11 @@ use std::time::Duration;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_fleet_report_matches_what_was_delivered() {
-    // The report's accounting is under test, not admission: with the lag feedback on, a
-    // slow debug build may refuse a few devices that connect while others publish.
-    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
+/// loadtest's defaults pointed at `env`: its MQTT and admin listeners, its server CA.
+fn against(env: &Env) -> loadtest::Config {
     let ca_file = env.dir.path().join("server-ca.pem");
     std::fs::write(&ca_file, &env.server_ca).unwrap();
-    let config = loadtest::Config {
+    loadtest::Config {
         broker: env.broker().mqtt_addr.to_string(),
         admin: Some(format!(
             "https://127.0.0.1:{}",
@@ -22,6 +19,16 @@ async fn small_fleet_report_matches_what_was_delivered() {
         )),
         admin_password: Some(ADMIN_PW.into()),
         server_ca: Some(ca_file),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_report_matches_what_was_delivered() {
+    // The report's accounting is under test, not admission: with the lag feedback on, a
+    // slow debug build may refuse a few devices that connect while others publish.
+    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
+    let config = loadtest::Config {
         devices: 50,
         messages: 10,
         qos: 1,
@@ -29,7 +36,7 @@ async fn small_fleet_report_matches_what_was_delivered() {
         publish_interval: Duration::from_millis(20),
         connect_rate: 500.0,
         duration: Duration::from_secs(60),
-        ..Default::default()
+        ..against(&env)
     };
     let report = loadtest::run(config).await.expect("loadtest run");
     assert_eq!(report.connect.attempted, 50);
@@ -54,4 +61,79 @@ async fn small_fleet_report_matches_what_was_delivered() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(connects >= 52.0, "broker counted {connects} sessions");
+}
+
+/// A broker whose admission control turns devices away: loadtest says so (not "closed by
+/// peer"), retries with back-off as devices do and counts the retries apart, and deletes
+/// the tenant it created unless told to keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refusals_are_reported_and_retried_and_the_tenant_is_removed() {
+    let env = start_with(|c| {
+        c.limits.session_lag_target_us = 0;
+        c.limits.handshake_rate = 10;
+        c.limits.handshake_burst = 5;
+    })
+    .await;
+    let config = loadtest::Config {
+        devices: 30,
+        messages: 1,
+        subscribers: 1,
+        connect_rate: 1000.0,
+        connect_retries: 8,
+        duration: Duration::from_secs(60),
+        ..against(&env)
+    };
+    let tenant_status = |tenant: String| {
+        let env = &env;
+        async move {
+            env.api(
+                reqwest::Method::GET,
+                &format!("/tenant/tenants/{tenant}"),
+                "management/admin",
+                ADMIN_PW,
+                None,
+            )
+            .await
+            .0
+        }
+    };
+
+    let report = loadtest::run(config.clone()).await.expect("run");
+    let c = &report.connect;
+    assert_eq!(c.succeeded, 30, "{}", report.summary_table());
+    assert!(c.admission_refused > 0, "{}", report.summary_table());
+    assert!(
+        c.retries >= c.admission_refused,
+        "{}",
+        report.summary_table()
+    );
+    assert!(c.succeeded_after_retry > 0, "{}", report.summary_table());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.summary_table().contains("admission control"));
+    let tenant = report.certs.tenant.clone().expect("tenant");
+    assert!(report.certs.tenant_deleted);
+    assert_eq!(tenant_status(tenant).await, 404, "tenant left behind");
+
+    // Without retries the refusals are failures, named as what they are; --keep keeps
+    // the tenant.
+    let report = loadtest::run(loadtest::Config {
+        connect_retries: 0,
+        keep_tenant: true,
+        ..config
+    })
+    .await
+    .expect("run");
+    let c = &report.connect;
+    assert!(c.failed > 0, "{}", report.summary_table());
+    assert_eq!(c.failed, c.admission_refused, "{:?}", report.errors);
+    assert_eq!(c.retries, 0);
+    let kinds: Vec<&String> = report.errors.keys().collect();
+    assert_eq!(kinds.len(), 1, "{kinds:?}");
+    assert!(
+        kinds[0].contains("refused by the broker's admission control"),
+        "{kinds:?}"
+    );
+    assert!(!report.certs.tenant_deleted);
+    let tenant = report.certs.tenant.clone().expect("tenant");
+    assert_eq!(tenant_status(tenant).await, 200, "--keep keeps the tenant");
 }

@@ -99,7 +99,7 @@ impl CertInfo {
     /// Parses a DER certificate.
     pub fn parse(der: &[u8]) -> Result<CertInfo, ReadError> {
         let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+            .map_err(|e| ReadError::malformed_certificate(&e, der))?;
         Ok(Self::from_x509(&cert, der))
     }
 

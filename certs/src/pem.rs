@@ -39,6 +39,27 @@ pub enum ReadError {
     MalformedPkcs12(String),
 }
 
+impl ReadError {
+    /// A certificate whose DER x509-parser refused (`parser` is its error), as a
+    /// sentence a person can act on, the parser's own words kept at the end (`der`: what it was given).
+    pub fn malformed_certificate(parser: &impl std::fmt::Debug, der: &[u8]) -> ReadError {
+        let detail = format!("{parser:?}");
+        let what = if der.first() != Some(&0x30) {
+            "the data is not an X.509 certificate (it decodes to something else)".to_string()
+        } else if detail.contains("Eof") || detail.contains("Incomplete") {
+            format!(
+                "the certificate data ends early ({} bytes decoded): it was cut off, or it is not a whole certificate",
+                der.len()
+            )
+        } else {
+            "the certificate is not valid X.509".to_string()
+        };
+        ReadError::MalformedCertificate(format!(
+            "{what}; send the whole certificate as PEM (-----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----) or DER [parser: {detail}]"
+        ))
+    }
+}
+
 /// One PEM block: label, RFC 1421 headers (legacy encryption) and the decoded body.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PemBlock {
@@ -153,7 +174,7 @@ pub fn read_certificates(input: &[u8]) -> Result<Vec<CertificateDer<'static>>, R
     ders.into_iter()
         .map(|der| {
             x509_parser::parse_x509_certificate(&der)
-                .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+                .map_err(|e| ReadError::malformed_certificate(&e, &der))?;
             Ok(CertificateDer::from(der))
         })
         .collect()
@@ -330,7 +351,7 @@ pub fn decode_any(input: &[u8], password: Option<&str>) -> Result<Decoded, ReadE
                     // OpenSSL's TRUSTED CERTIFICATE appends trust settings after the
                     // certificate: keep the certificate only.
                     let (_, cert) = x509_parser::parse_x509_certificate(&block.contents)
-                        .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+                        .map_err(|e| ReadError::malformed_certificate(&e, &block.contents))?;
                     let len = cert.as_raw().len();
                     let mut der = block.contents;
                     der.truncate(len);

@@ -45,6 +45,10 @@ pub mod rows {
     pub const SUBJECT: &str = "Subject contains CN, C, OU and O";
     /// The Common Name is not a wildcard.
     pub const NO_WILDCARD: &str = "Common Name is not a wildcard";
+    /// An extended key usage, when present, allows TLS server authentication.
+    pub const SERVER_AUTH: &str = "Extended key usage allows TLS server authentication";
+    /// Subject alternative names name the host (TLS clients ignore the CN).
+    pub const HOST_NAMES: &str = "Subject alternative names list the host names";
     /// The private key decodes (with the passphrase when encrypted).
     pub const KEY_READABLE: &str = "Private key is readable";
     /// The private key is the certificate's.
@@ -337,6 +341,31 @@ fn offline(input: &Input<'_>) -> (Report, Option<Context>) {
         .push(Row::check(rows::NO_WILDCARD, !cn.contains('*'), || {
             format!("Wildcard certificates are not supported (CN={cn})")
         }));
+    // What every TLS client checks: with an EKU, serverAuth must be in it (curl:
+    // "unsuitable certificate purpose"), and the host name is matched against the
+    // subject alternative names only (RFC 6125; the CN is ignored).
+    let eku = info.extended_key_usage.clone().unwrap_or_default();
+    report.rows.push(Row::check(
+        rows::SERVER_AUTH,
+        info.extended_key_usage.is_none()
+            || eku
+                .iter()
+                .any(|u| u == "serverAuth" || u == "anyExtendedKeyUsage"),
+        || {
+            format!(
+                "The certificate's extended key usage is {} without serverAuth: TLS clients refuse it as a server certificate (\"unsuitable certificate purpose\"); issue it with the serverAuth extended key usage",
+                eku.join(", ")
+            )
+        },
+    ));
+    let hosts: Vec<&String> = info
+        .subject_alt_names
+        .iter()
+        .filter(|n| !n.starts_with("email:") && !n.starts_with("URI:"))
+        .collect();
+    report.rows.push(Row::check(rows::HOST_NAMES, !hosts.is_empty(), || {
+        "The certificate has no DNS name or IP address in its subject alternative names: TLS clients match the host they connect to against those only (not the Common Name); issue it with the host names as SANs".to_string()
+    }));
 
     match &material.key {
         Ok(key) => {

@@ -677,6 +677,26 @@ impl TrustStore {
         })
     }
 
+    /// The tenants whose trusted certificates a chain names as its issuers (by
+    /// fingerprint, key identifier or subject, before any signature check), in order of
+    /// first appearance: whom a refused device belongs to, for the refusal's log line.
+    /// Empty when no tenant's certificate is named (an unknown issuer).
+    pub fn candidate_tenants(&self, chain: &[CertificateDer<'_>]) -> Vec<Arc<str>> {
+        let chain = &chain[..chain.len().min(MAX_PRESENTED)];
+        let parsed: Vec<Option<X509Certificate<'_>>> = chain
+            .iter()
+            .map(|c| X509Certificate::from_der(c.as_ref()).ok().map(|(_, x)| x))
+            .collect();
+        let mut tenants: Vec<Arc<str>> = Vec::new();
+        for c in self.candidates(chain, &parsed) {
+            let t = &self.anchors[c.anchor].tenant;
+            if !tenants.contains(t) {
+                tenants.push(t.clone());
+            }
+        }
+        tenants
+    }
+
     /// Verifies a device chain at `now` (leaf first, optionally followed by
     /// intermediates and the uploaded CA, as devices are told to send).
     ///

@@ -935,6 +935,159 @@ fn check_server_certificate() {
     );
 }
 
+/// `certs issue --server` with its defaults makes what `certs check` passes (and
+/// `openssl verify -purpose sslserver` accepts); from a CA that cannot sign such a
+/// certificate it writes nothing and says why, unless told to skip the requirements.
+#[test]
+fn server_certificate_defaults_pass_check() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Server Root",
+            "--o",
+            "Acme",
+            "--ou",
+            "Ops",
+            "--c",
+            "DE",
+            "--key-type",
+            "rsa2048",
+            "--out",
+            "sroot",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "sroot",
+            "--cn",
+            "localhost",
+            "--server",
+            "--out",
+            "srv",
+        ],
+    );
+    let out = certs_ok(
+        p,
+        &[
+            "check",
+            "--crt",
+            "srv/localhost.crt",
+            "--key",
+            "srv/localhost.key",
+            "--chain",
+            "sroot/ca.crt",
+        ],
+    );
+    assert!(out.contains("certificate meets every requirement"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    // The independent judge: a TLS server certificate for localhost.
+    let verified = openssl_ok(
+        p,
+        &[
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+            "sroot/ca.crt",
+            "srv/localhost.crt",
+        ],
+    );
+    assert!(verified.contains("OK"), "{verified}");
+
+    // The default CA (P-256, CN only) cannot sign a certificate the requirements accept.
+    certs_ok(p, &["ca", "create", "--cn", "EC Root", "--out", "ec"]);
+    let (code, line) = certs_err(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "ec",
+            "--cn",
+            "localhost",
+            "--server",
+            "--out",
+            "ecsrv",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(line.contains("not written"), "{line}");
+    assert!(line.contains("create an RSA CA for servers"), "{line}");
+    assert!(line.contains("give --o, --ou and --c"), "{line}");
+    assert!(!p.join("ecsrv/localhost.crt").exists());
+    let r = certs(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "ec",
+            "--cn",
+            "localhost",
+            "--server",
+            "--skip-requirements",
+            "--out",
+            "ecsrv",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r
+        .stderr
+        .contains("warning: server-certificate requirement not met"));
+    assert!(p.join("ecsrv/localhost.crt").exists());
+
+    // A device certificate (clientAuth only, no SAN) is not a server certificate.
+    certs_ok(
+        p,
+        &["issue", "--ca-dir", "sroot", "--cn", "dev", "--out", "devs"],
+    );
+    let r = certs(
+        p,
+        &[
+            "check",
+            "--crt",
+            "devs/dev.crt",
+            "--key",
+            "devs/dev.key",
+            "--chain",
+            "sroot/ca.crt",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout
+            .contains("FAIL  Extended key usage allows TLS server authentication"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("FAIL  Subject alternative names list the host names"),
+        "{}",
+        r.stdout
+    );
+    let (ok, _) = openssl(
+        p,
+        &[
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            "sroot/ca.crt",
+            "devs/dev.crt",
+        ],
+    );
+    assert!(!ok, "openssl agrees: not a server certificate");
+}
+
 #[test]
 fn bad_input_is_one_line_and_nonzero() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -98,6 +98,8 @@ fn a_good_certificate_passes_every_row() {
             rows::VALID_TO,
             rows::SUBJECT,
             rows::NO_WILDCARD,
+            rows::SERVER_AUTH,
+            rows::HOST_NAMES,
             rows::KEY_READABLE,
             rows::KEY_MATCHES,
             rows::CHAIN,
@@ -546,4 +548,59 @@ async fn crl_fetched_from_the_distribution_point() {
     let (gc, gk) = (g.cert_pem(), g.key_pem());
     let r = requirements::check_with_crl_fetch(&crl_input(&gc, &gk, &chain), &fetcher).await;
     assert_eq!(failure(&r).0, rows::CRL_DP);
+}
+
+/// What breaks every TLS client is refused: an extended key usage without serverAuth
+/// (curl: "unsuitable certificate purpose") and no host name among the SANs (clients
+/// ignore the CN). No EKU at all is fine.
+#[test]
+fn client_auth_only_and_no_san_are_refused() {
+    let root = rsa_root().cert_pem();
+    let row = |issued: &Issued, name: &str| {
+        let r = run(
+            issued.cert_pem().as_bytes(),
+            issued.key_pem().as_bytes(),
+            Some(root.as_bytes()),
+            None,
+        );
+        r.row(name).cloned().expect("row")
+    };
+    let client_only = custom_device(rsa_root(), |p| {
+        let mut dn = rcgen::DistinguishedName::new();
+        for (t, v) in [
+            (rcgen::DnType::CountryName, "DE"),
+            (rcgen::DnType::OrganizationName, "Acme"),
+            (rcgen::DnType::OrganizationalUnitName, "IoT"),
+            (rcgen::DnType::CommonName, "mqtt.example.com"),
+        ] {
+            dn.push(t, v);
+        }
+        p.distinguished_name = dn;
+    });
+    let eku = row(&client_only, rows::SERVER_AUTH);
+    assert!(!eku.passed && eku.required, "{eku:?}");
+    assert!(
+        eku.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("clientAuth without serverAuth")),
+        "{eku:?}"
+    );
+    let san = row(&client_only, rows::HOST_NAMES);
+    assert!(!san.passed && san.required, "{san:?}");
+    assert!(
+        san.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no DNS name or IP address")),
+        "{san:?}"
+    );
+    // No EKU, one IP SAN: both rows pass.
+    let no_eku = custom_device(rsa_root(), |p| {
+        p.extended_key_usages.clear();
+        p.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    });
+    assert!(row(&no_eku, rows::SERVER_AUTH).passed);
+    assert!(row(&no_eku, rows::HOST_NAMES).passed);
+    // The good server certificate passes both.
+    assert!(row(good_server(), rows::SERVER_AUTH).passed);
+    assert!(row(good_server(), rows::HOST_NAMES).passed);
 }

@@ -12,6 +12,7 @@ use crate::error::chain;
 use crate::Error;
 
 /// A client of the admin API pinned to a loopback address.
+#[derive(Clone)]
 pub(crate) struct Admin {
     http: reqwest::Client,
     base: String,
@@ -228,6 +229,20 @@ impl Admin {
                 status: 201,
                 message: format!("answer has no \"fingerprint\": {v}"),
             })
+    }
+
+    /// Deletes `tenant` (as the management user) with everything it owns.
+    pub(crate) async fn delete_tenant(&self, tenant: &str) -> Result<(), Error> {
+        self.call(
+            Method::DELETE,
+            &format!("/tenant/tenants/{tenant}"),
+            &self.user,
+            &self.password,
+            Value::Null,
+            &[StatusCode::OK, StatusCode::NO_CONTENT],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sets the status (`ENABLED` / `DISABLED`) of the trusted CA `fingerprint` of `tenant`.

@@ -237,6 +237,14 @@ pub struct Config {
     pub sync_start: bool,
     /// Show a live progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// How many times a device tries again, as real devices do, after a connection
+    /// attempt the broker turned away before its TLS handshake (admission control: rate
+    /// or concurrency limits) or that timed out; waits 250 ms, doubled each time up to
+    /// 4 s, between attempts. Refusals of the certificate or the CONNECT are final.
+    pub connect_retries: u32,
+    /// Keep the tenant the run created (default: deleted at the end of the run, with
+    /// everything it owns).
+    pub keep_tenant: bool,
 }
 
 impl Default for Config {
@@ -273,6 +281,8 @@ impl Default for Config {
             hold: Duration::ZERO,
             sync_start: false,
             progress: false,
+            connect_retries: 5,
+            keep_tenant: false,
         }
     }
 }

@@ -96,6 +96,14 @@ struct RunArgs {
     /// Tenant to create and upload the CA to (default: a fresh one per run).
     #[arg(long)]
     tenant: Option<String>,
+    /// Keep the tenant the run created (default: deleted when the run ends).
+    #[arg(long)]
+    keep: bool,
+    /// Retries of a device turned away by the broker's admission control (closed before
+    /// the TLS handshake) or timed out, with back-off from 250 ms to 4 s; counted apart
+    /// in the report (0: no retry).
+    #[arg(long, default_value_t = 5)]
+    connect_retries: u32,
     /// Payload bytes per message (at least 16).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -234,6 +242,8 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
         keep_alive: Duration::from_secs(a.keep_alive),
         connect_timeout: Duration::from_secs(a.connect_timeout),
         progress: !a.quiet,
+        connect_retries: a.connect_retries,
+        keep_tenant: a.keep,
     })
 }
 

@@ -490,12 +490,32 @@ pub(crate) struct Timings {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectError {
     pub(crate) kind: String,
+    /// The broker closed the connection before the TLS handshake: its admission control
+    /// (the product refuses over-limit connections right after accept, before any TLS
+    /// work).
+    pub(crate) admission: bool,
+    /// Worth another attempt later (admission refusal, timeout), as a real device would.
+    pub(crate) retryable: bool,
 }
+
+/// The error kind of a connection the broker closed before the TLS handshake.
+pub(crate) const ADMISSION_REFUSED: &str = "tls_handshake: closed before the handshake: refused by the broker's admission control (handshake rate or concurrency limit; the broker's log names it)";
 
 impl ConnectError {
     fn new(phase: &str, what: impl std::fmt::Display) -> Self {
+        let kind = format!("{phase}: {what}");
         ConnectError {
-            kind: format!("{phase}: {what}"),
+            retryable: kind.ends_with("timed out"),
+            admission: false,
+            kind,
+        }
+    }
+
+    fn admission() -> Self {
+        ConnectError {
+            kind: ADMISSION_REFUSED.to_string(),
+            admission: true,
+            retryable: true,
         }
     }
 }
@@ -570,7 +590,21 @@ pub(crate) async fn establish(
             )
             .await
             .map_err(|_| ConnectError::new("tls_handshake", "timed out"))?
-            .map_err(|e| ConnectError::new("tls_handshake", describe_io(&e)))?;
+            .map_err(|e| {
+                // Closed with no TLS answer at all: what the product's admission control
+                // does to a connection over its limits.
+                let closed = matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) && e.get_ref().is_none_or(|i| !i.is::<rustls::Error>());
+                if closed {
+                    ConnectError::admission()
+                } else {
+                    ConnectError::new("tls_handshake", describe_io(&e))
+                }
+            })?;
             (Stream::Tls(Box::new(stream)), Some(tls_start.elapsed()))
         }
         None => (Stream::Plain(tcp), None),

@@ -132,6 +132,10 @@ pub struct CertsReport {
     pub tenant: Option<String>,
     /// SHA-1 fingerprint the admin API returned for the CA.
     pub ca_fingerprint: Option<String>,
+    /// Whether the tenant the run created was deleted at its end (`false` with
+    /// `--keep`, or when the deletion failed: see `errors`).
+    #[serde(default)]
+    pub tenant_deleted: bool,
 }
 
 /// Connection figures of the devices' first connection attempt.
@@ -151,6 +155,16 @@ pub struct ConnectReport {
     pub tls_handshake_ms: LatencyMs,
     /// Most device sessions open at the same time.
     pub peak_connected: u64,
+    /// Attempts the broker turned away before the TLS handshake: its admission control
+    /// (handshake rate or concurrency limits; the broker logs which), retried or not.
+    #[serde(default)]
+    pub admission_refused: u64,
+    /// Attempts after a device's first (see `--connect-retries`); not in `attempted`.
+    #[serde(default)]
+    pub retries: u64,
+    /// Devices in `succeeded` that connected only after one or more retries.
+    #[serde(default)]
+    pub succeeded_after_retry: u64,
 }
 
 /// What the devices published.
@@ -283,6 +297,16 @@ impl Report {
                 c.succeeded, c.attempted, c.failed, c.rate_per_s, c.peak_connected
             ),
         );
+        if c.admission_refused > 0 || c.retries > 0 {
+            row(
+                &mut s,
+                "admission refused, retries",
+                format!(
+                    "{} turned away before TLS (broker's admission control); {} retries, {} devices connected after retrying",
+                    c.admission_refused, c.retries, c.succeeded_after_retry
+                ),
+            );
+        }
         let l = &c.latency_ms;
         row(
             &mut s,

@@ -37,6 +37,10 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// Longest pause between two reconnect attempts (shorter than [`REVOKE_WATCH`], so every
 /// device tries again while the watch lasts).
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(1600);
+/// First pause before a device turned away at its first connection tries again.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between two such retries.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(4);
 /// How long "no session open, no reconnect accepted" must hold after a revocation.
 const REVOKE_WATCH: Duration = Duration::from_secs(2);
 /// Longest wait for sessions to close after a revocation.
@@ -68,6 +72,9 @@ struct Stats {
     last_close_ns: AtomicU64,
     reconnect_attempts: AtomicU64,
     reconnect_succeeded: AtomicU64,
+    admission_refused: AtomicU64,
+    retries: AtomicU64,
+    succeeded_after_retry: AtomicU64,
     revoked: AtomicBool,
     errors: Mutex<BTreeMap<String, u64>>,
     connect_latency: Mutex<Histogram<u64>>,
@@ -97,6 +104,9 @@ impl Stats {
             last_close_ns: AtomicU64::new(0),
             reconnect_attempts: AtomicU64::new(0),
             reconnect_succeeded: AtomicU64::new(0),
+            admission_refused: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            succeeded_after_retry: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
             errors: Mutex::new(BTreeMap::new()),
             connect_latency: Mutex::new(new_histogram()),
@@ -149,6 +159,7 @@ struct Ctx {
     /// Username and password of every CONNECT (`--plain` with `--credentials-file`).
     login: Option<Login>,
     connect_timeout: Duration,
+    connect_retries: u32,
     scenario: Scenario,
     connect_permits: Semaphore,
     stop: watch::Receiver<bool>,
@@ -321,9 +332,22 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         pki::random_bytes(&provider, &mut pw)?;
         let tenant_password = format!("Lt-{}", pki::hex(&pw));
         admin.create_tenant(&tenant, &tenant_password).await?;
-        let fp = admin.upload_ca(&tenant, &tenant_password, &ca.pem).await?;
+        let fp = match admin.upload_ca(&tenant, &tenant_password, &ca.pem).await {
+            Ok(fp) => fp,
+            Err(e) => {
+                // Leave nothing behind for a run that never started.
+                if !config.keep_tenant {
+                    let _ = admin.delete_tenant(&tenant).await;
+                }
+                return Err(e);
+            }
+        };
         tenant_auth = Some((admin, tenant, tenant_password, fp));
     }
+    let cleanup = match &tenant_auth {
+        Some((admin, tenant, ..)) if !config.keep_tenant => Some((admin.clone(), tenant.clone())),
+        _ => None,
+    };
 
     let mut device_tls: Vec<Option<Arc<ClientConfig>>> =
         tls_configs.into_iter().map(Some).collect();
@@ -338,7 +362,23 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         ca_generated: config.ca_cert.is_none(),
         tenant_auth,
     };
-    measure(config, targets, sources, prepared).await
+    let result = measure(config, targets, sources, prepared).await;
+    // The tenant goes, with everything it owns (its CA, devices), whatever the outcome.
+    let Some((admin, tenant)) = cleanup else {
+        return result;
+    };
+    let deleted = admin.delete_tenant(&tenant).await;
+    let mut report = result?;
+    match deleted {
+        Ok(()) => report.certs.tenant_deleted = true,
+        Err(e) => {
+            *report
+                .errors
+                .entry(format!("cleanup: tenant {tenant} not deleted: {e}"))
+                .or_insert(0) += 1;
+        }
+    }
+    Ok(report)
 }
 
 /// The admin handle, tenant, tenant password and CA fingerprint of an upload.
@@ -400,6 +440,7 @@ async fn measure(
         keep_alive: config.keep_alive,
         login: config.login.clone(),
         connect_timeout: config.connect_timeout,
+        connect_retries: config.connect_retries,
         scenario: config.scenario,
         connect_permits: Semaphore::new(config.concurrency),
         stop: stop_rx,
@@ -553,6 +594,7 @@ async fn measure(
             ca_uploaded: config.upload,
             tenant: tenant_name,
             ca_fingerprint: fingerprint,
+            tenant_deleted: false,
         },
         connect: ConnectReport {
             attempted: stats.attempted.load(Relaxed),
@@ -565,6 +607,9 @@ async fn measure(
             latency_ms: connect_latency,
             tls_handshake_ms: tls_latency,
             peak_connected: u64::try_from(stats.peak_connected.load(Relaxed)).unwrap_or(0),
+            admission_refused: stats.admission_refused.load(Relaxed),
+            retries: stats.retries.load(Relaxed),
+            succeeded_after_retry: stats.succeeded_after_retry.load(Relaxed),
         },
         publish: PublishReport {
             sent,
@@ -762,6 +807,26 @@ enum End {
     Closed(String),
 }
 
+/// One connection attempt of device `index` with the run's settings.
+async fn connect(
+    ctx: &Ctx,
+    index: usize,
+    tls: &Option<Arc<ClientConfig>>,
+    cn: &str,
+) -> Result<(Conn, crate::mqtt::Timings, Option<u16>), crate::mqtt::ConnectError> {
+    establish(
+        ctx.target(index),
+        tls.clone(),
+        ctx.source(index),
+        ctx.codec,
+        cn,
+        ctx.keep_alive_secs(),
+        ctx.login.as_ref(),
+        ctx.connect_timeout,
+    )
+    .await
+}
+
 /// One device: connect (bounded by the concurrency permits), publish, stay connected until
 /// the run stops; in the revoke scenario, keep trying to reconnect once cut off.
 async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn: String) {
@@ -775,26 +840,50 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
         }
     };
 
-    let permit = tokio::select! {
-        _ = stopped(&mut stop) => { finish(&mut finished); return; }
-        p = ctx.connect_permits.acquire() => p,
+    // The first attempt, then retries with back-off while the broker turns the device
+    // away before TLS (admission control) or the attempt times out, as devices do.
+    let mut retry = 0u32;
+    let mut pause = RETRY_PAUSE;
+    let result = loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => { finish(&mut finished); return; }
+            p = ctx.connect_permits.acquire() => p,
+        };
+        if retry == 0 {
+            s.attempted.fetch_add(1, Relaxed);
+            s.first_attempt_ns.fetch_min(s.now_ns(), Relaxed);
+        } else {
+            s.retries.fetch_add(1, Relaxed);
+        }
+        let result = connect(&ctx, index, &tls, &cn).await;
+        drop(permit);
+        match result {
+            Err(e) if e.retryable && retry < ctx.connect_retries => {
+                if e.admission {
+                    s.admission_refused.fetch_add(1, Relaxed);
+                }
+                retry += 1;
+                // Spread the retries of devices turned away together.
+                let jitter = Duration::from_millis((index as u64 * 37) % 100);
+                tokio::select! {
+                    _ = stopped(&mut stop) => {
+                        ctx.resolved(false);
+                        s.error(e.kind);
+                        finish(&mut finished);
+                        return;
+                    }
+                    _ = sleep(pause + jitter) => {}
+                }
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+            other => break other,
+        }
     };
-    s.attempted.fetch_add(1, Relaxed);
-    s.first_attempt_ns.fetch_min(s.now_ns(), Relaxed);
-    let result = establish(
-        ctx.target(index),
-        tls.clone(),
-        ctx.source(index),
-        ctx.codec,
-        &cn,
-        ctx.keep_alive_secs(),
-        ctx.login.as_ref(),
-        ctx.connect_timeout,
-    )
-    .await;
-    drop(permit);
     let (conn, receive_max) = match result {
         Ok((conn, timings, receive_max)) => {
+            if retry > 0 {
+                s.succeeded_after_retry.fetch_add(1, Relaxed);
+            }
             ctx.resolved(true);
             s.last_connack_ns.fetch_max(s.now_ns(), Relaxed);
             report::record(
@@ -810,6 +899,9 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
             (conn, receive_max)
         }
         Err(e) => {
+            if e.admission {
+                s.admission_refused.fetch_add(1, Relaxed);
+            }
             ctx.resolved(false);
             s.error(e.kind);
             finish(&mut finished);
@@ -847,17 +939,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
             r = async {
                 let _permit = ctx.connect_permits.acquire().await;
                 s.reconnect_attempts.fetch_add(1, Relaxed);
-                establish(
-                    ctx.target(index),
-                    tls.clone(),
-                    ctx.source(index),
-                    ctx.codec,
-                    &cn,
-                    ctx.keep_alive_secs(),
-                    ctx.login.as_ref(),
-                    ctx.connect_timeout,
-                )
-                .await
+                connect(&ctx, index, &tls, &cn).await
             } => r,
         };
         if let Ok((conn, _, receive_max)) = attempt {
@@ -1049,18 +1131,7 @@ async fn subscribe(
     cn: &str,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<Conn, String> {
-    let (mut conn, _, _) = establish(
-        ctx.target(index),
-        tls,
-        ctx.source(index),
-        ctx.codec,
-        cn,
-        ctx.keep_alive_secs(),
-        ctx.login.as_ref(),
-        ctx.connect_timeout,
-    )
-    .await
-    .map_err(|e| e.kind)?;
+    let (mut conn, _, _) = connect(ctx, index, &tls, cn).await.map_err(|e| e.kind)?;
     let filter = format!("loadtest/{}/#", ctx.run_id);
     ctx.codec.subscribe(1, &filter, ctx.qos, &mut conn.out);
     conn.flush()

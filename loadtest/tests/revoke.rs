@@ -104,9 +104,14 @@ fn respond(status: u16, body: Value) -> Vec<u8> {
         401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
+        204 => "No Content",
         _ => "Other",
     };
-    let body = body.to_string();
+    let body = if status == 204 {
+        String::new()
+    } else {
+        body.to_string()
+    };
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -204,6 +209,15 @@ fn route(
             }
             let _ = state.disabled.send(true);
             (200, json!({"fingerprint": fp, "status": "DISABLED"}))
+        }
+        ("DELETE", ["tenant", "tenants", tenant]) => {
+            if user != "management/admin" || password != MGMT_PASSWORD {
+                return error(401, "Bad credentials");
+            }
+            if seen.tenants.remove(*tenant).is_none() {
+                return error(404, "no such tenant");
+            }
+            (204, Value::Null)
         }
         _ => error(404, "no such route"),
     }
@@ -412,7 +426,9 @@ async fn revoke_measures_until_every_session_is_closed() {
     let seen = r.state.seen.lock().expect("lock");
     let tenant = report.certs.tenant.clone().expect("tenant");
     assert!(tenant.starts_with("loadtest-"), "{tenant}");
-    assert!(seen.tenants.contains_key(&tenant));
+    // Created, used, and deleted at the end of the run (no --keep).
+    assert!(!seen.tenants.contains_key(&tenant));
+    assert!(report.certs.tenant_deleted);
     assert_eq!(
         report.certs.ca_fingerprint, seen.uploaded_pem_fingerprint,
         "{summary}"
@@ -424,7 +440,7 @@ async fn revoke_measures_until_every_session_is_closed() {
         .collect();
     assert_eq!(
         methods,
-        [("POST", 201), ("POST", 201), ("PUT", 200)],
+        [("POST", 201), ("POST", 201), ("PUT", 200), ("DELETE", 204)],
         "{:?}",
         seen.requests
     );

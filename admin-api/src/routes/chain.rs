@@ -4,8 +4,8 @@
 //! learns about chains of its own tenant: another tenant's chain is "unknown issuer".
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use certs::{CertificateDer, UnixTime, VerifyError};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,17 @@ use crate::{Admin, DeviceState};
 /// The header a TLS-terminating proxy puts the client chain in (PEM, optionally
 /// URL-encoded as nginx's `$ssl_client_escaped_cert`).
 pub const CHAIN_HEADER: &str = "x-ssl-cert-chain";
+
+/// The reference platform's chain header: certificates separated by `,`, each as base64
+/// DER (or PEM) whose lines are separated by spaces.
+pub const REFERENCE_CHAIN_HEADER: &str = "x-cumulocity-client-cert-chain";
+
+/// The reference platform's tenant header of this call.
+pub const REFERENCE_TENANT_HEADER: &str = "x-cumulocity-tenantid";
+
+/// Most certificates the reference forms take: in the header, and in the uploaded file.
+const REFERENCE_HEADER_MAX: usize = 5;
+const REFERENCE_FILE_MAX: usize = 10;
 
 /// The presented device certificate.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -60,6 +71,14 @@ pub struct DeviceCheck {
 pub struct ChainCheck {
     /// Whether the TLS handshake would accept the chain now.
     pub valid: bool,
+    /// `valid`, under the reference platform's name.
+    pub successfully_validated: bool,
+    /// `tenant`, under the reference platform's name.
+    pub tenant_id: Option<String>,
+    /// The device certificate's issuer DN (as the reference platform answers).
+    pub issuer: String,
+    /// The device certificate's subject DN (as the reference platform answers).
+    pub subject: String,
     /// The tenant the chain maps to (when known to the caller).
     pub tenant: Option<String>,
     /// The fingerprint of the trusted certificate it chains to.
@@ -94,6 +113,128 @@ pub(crate) fn percent_decode(s: &str) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// What a request asks to check.
+struct ChainRequest {
+    /// The chain, PEM or DER.
+    chain: Vec<u8>,
+    /// The tenant to check it against (reference forms only).
+    tenant: Option<String>,
+    /// Sent in a reference platform form (multipart `tenantId` + `file`, or the
+    /// `X-Cumulocity-Client-Cert-Chain` header): answered as the reference platform does,
+    /// 401 for an invalid chain.
+    reference: bool,
+}
+
+/// Reads the chain from, in order: a multipart form (`file`, optional `tenantId`), the
+/// reference header, the proxy header, the body.
+async fn read_request(headers: &HeaderMap, req: Request) -> Result<ChainRequest, ApiError> {
+    let header_tenant = || -> Result<Option<String>, ApiError> {
+        headers
+            .get(REFERENCE_TENANT_HEADER)
+            .map(|v| {
+                v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
+                    ApiError::BadRequest("The X-Cumulocity-TenantId header must be ASCII".into())
+                })
+            })
+            .transpose()
+            .map(|t| t.filter(|t| !t.is_empty()))
+    };
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if is_multipart {
+        let mut form = Multipart::from_request(req, &()).await?;
+        let (mut file, mut tenant) = (None, None);
+        while let Some(field) = form.next_field().await? {
+            let name = field.name().unwrap_or_default().to_string();
+            match name.as_str() {
+                "file" => {
+                    let bytes = field.bytes().await?;
+                    file.get_or_insert(bytes.to_vec());
+                }
+                "tenantId" => {
+                    let text = field.text().await?;
+                    tenant.get_or_insert(text.trim().to_string());
+                }
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "Unknown multipart field '{}': expected file and tenantId",
+                        other.chars().take(64).collect::<String>()
+                    )))
+                }
+            }
+        }
+        let chain = file.ok_or_else(|| {
+            ApiError::BadRequest(
+                "The multipart form holds no certificate chain (field 'file')".into(),
+            )
+        })?;
+        return Ok(ChainRequest {
+            chain,
+            tenant: tenant.filter(|t| !t.is_empty()).or(header_tenant()?),
+            reference: true,
+        });
+    }
+    if let Some(h) = headers.get(REFERENCE_CHAIN_HEADER) {
+        let s = h.to_str().map_err(|_| {
+            ApiError::BadRequest("The X-Cumulocity-Client-Cert-Chain header must be ASCII".into())
+        })?;
+        return Ok(ChainRequest {
+            chain: reference_header_chain(s)?,
+            tenant: header_tenant()?,
+            reference: true,
+        });
+    }
+    let body = Bytes::from_request(req, &()).await?;
+    Ok(ChainRequest {
+        chain: chain_input(headers, &body)?,
+        tenant: None,
+        reference: false,
+    })
+}
+
+/// The certificates of the reference header, as PEM: `,` between certificates, each
+/// base64 DER (spaces inside ignored) or PEM on one line.
+fn reference_header_chain(value: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let parts: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.is_empty() {
+        return Err(ApiError::BadRequest(
+            "The X-Cumulocity-Client-Cert-Chain header holds no certificate".into(),
+        ));
+    }
+    if parts.len() > REFERENCE_HEADER_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "The X-Cumulocity-Client-Cert-Chain header holds {} certificates; it takes at most {REFERENCE_HEADER_MAX} (send longer chains as a file)",
+            parts.len()
+        )));
+    }
+    let mut pem = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if part.contains("-----BEGIN") {
+            pem.push_str(part);
+            pem.push('\n');
+            continue;
+        }
+        let b64: String = part.chars().filter(|c| !c.is_whitespace()).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "Certificate {} of the X-Cumulocity-Client-Cert-Chain header is not base64 DER or PEM",
+                    i + 1
+                ))
+            })?;
+        pem.push_str(&certs::pem::to_pem("CERTIFICATE", &der));
+    }
+    Ok(pem.into_bytes())
 }
 
 /// The chain from the header or the body.
@@ -148,29 +289,51 @@ fn candidates(admin: &Admin, chain: &[CertificateDer<'static>]) -> Vec<(String, 
 }
 
 /// Checks a device chain against the live trust snapshot.
+///
+/// Also in the reference platform's forms: a multipart form with the chain file (`file`)
+/// and optionally `tenantId`, or the chain in `X-Cumulocity-Client-Cert-Chain` (with
+/// `X-Cumulocity-TenantId`). Those are answered as the reference platform does: 200
+/// for a valid chain, 401 with the verdict in `info` for a refused one, 404 for an
+/// unknown tenant.
 #[utoipa::path(post, path = "/tenant/trusted-certificates/verify-cert-chain", tag = "trusted certificates",
-    request_body(description = "PEM chain, device certificate first (or use the X-Ssl-Cert-Chain header); any content type",
+    request_body(description = "PEM chain, device certificate first (or use the X-Ssl-Cert-Chain header); any content type; or the reference platform's multipart form",
         content(
             (inline(super::schema::PemText) = "application/x-pem-file"),
             (inline(super::schema::PemText) = "text/plain"),
+            (inline(super::schema::ChainForm) = "multipart/form-data"),
         )),
-    params(("X-Ssl-Cert-Chain" = Option<String>, Header, description = "PEM chain (optionally URL-encoded) instead of the body")),
+    params(
+        ("X-Ssl-Cert-Chain" = Option<String>, Header, description = "PEM chain (optionally URL-encoded) instead of the body"),
+        ("X-Cumulocity-Client-Cert-Chain" = Option<String>, Header, description = "The reference platform's form: certificates separated by ',', each base64 DER whose blocks may be separated by spaces; at most 5. A refused chain is then answered 401"),
+        ("X-Cumulocity-TenantId" = Option<String>, Header, description = "With the reference forms: the tenant to check the chain against (404 if unknown)"),
+    ),
     responses(
-        (status = 200, description = "The verdict (valid or the reason)", body = ChainCheck),
+        (status = 200, description = "The verdict (valid or the reason; the reference forms: valid)", body = ChainCheck),
         (status = 400, description = "No chain, or it cannot be read", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 401, description = "Bad credentials; or, in the reference forms, a refused chain (its verdict in info)", body = ErrorBody),
+        (status = 404, description = "The reference forms' tenant does not exist", body = ErrorBody),
+        (status = 413, body = ErrorBody),
         (status = 429, body = ErrorBody)),
     security(("basic" = [])))]
 pub async fn verify(
     State(admin): State<Admin>,
     who: Principal,
     headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let input = chain_input(&headers, &body)?;
-    let chain = certs::pem::read_certificates(&input).map_err(|e| {
+    let request = read_request(&headers, req).await?;
+    if let Some(t) = &request.tenant {
+        super::readable_tenant(&admin, &who, t).await?;
+    }
+    let chain = certs::pem::read_certificates(&request.chain).map_err(|e| {
         ApiError::BadRequest(format!("The certificate chain could not be read: {e}"))
     })?;
+    if request.reference && chain.len() > REFERENCE_FILE_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "The chain holds {} certificates; at most {REFERENCE_FILE_MAX} are checked",
+            chain.len()
+        )));
+    }
     let leaf_info = certs::CertInfo::parse(chain[0].as_ref()).map_err(|e| {
         ApiError::BadRequest(format!("The certificate chain could not be read: {e}"))
     })?;
@@ -183,10 +346,17 @@ pub async fn verify(
         not_after: leaf_info.not_after_rfc3339(),
         fingerprint: leaf_info.fingerprint_sha1.clone(),
     };
-    let visible = |tenant: &str| who.is_management() || who.tenant == tenant;
+    let visible = |tenant: &str| {
+        (who.is_management() || who.tenant == tenant)
+            && request.tenant.as_deref().is_none_or(|t| t == tenant)
+    };
     let trust = admin.trust_store().borrow().clone();
     let unknown = |certificate: PresentedCertificate| ChainCheck {
         valid: false,
+        successfully_validated: false,
+        tenant_id: None,
+        issuer: certificate.issuer.clone(),
+        subject: certificate.subject.clone(),
         tenant: None,
         anchor_fingerprint: None,
         chain_length: None,
@@ -210,6 +380,10 @@ pub async fn verify(
             };
             ChainCheck {
                 valid: true,
+                successfully_validated: true,
+                tenant_id: Some(id.tenant.to_string()),
+                issuer: certificate.issuer.clone(),
+                subject: certificate.subject.clone(),
                 tenant: Some(id.tenant.to_string()),
                 anchor_fingerprint: Some(id.anchor_fingerprint.clone()),
                 chain_length: Some(id.chain_length),
@@ -232,8 +406,15 @@ pub async fn verify(
                 unknown(certificate)
             } else {
                 let first = mine.first();
+                let tenant = first
+                    .filter(|_| e != VerifyError::UnknownIssuer)
+                    .map(|(t, _)| t.clone());
                 ChainCheck {
                     valid: false,
+                    successfully_validated: false,
+                    tenant_id: tenant.clone(),
+                    issuer: certificate.issuer.clone(),
+                    subject: certificate.subject.clone(),
                     tenant: first
                         .filter(|_| e != VerifyError::UnknownIssuer)
                         .map(|(t, _)| t.clone()),
@@ -249,6 +430,16 @@ pub async fn verify(
             }
         }
     };
+    if request.reference && !verdict.valid {
+        let message = verdict
+            .reason
+            .clone()
+            .unwrap_or_else(|| "The certificate chain is not valid".into());
+        return Err(ApiError::ChainRefused {
+            message,
+            info: serde_json::to_value(&verdict).unwrap_or_default(),
+        });
+    }
     Ok(json_status(StatusCode::OK, verdict))
 }
 

@@ -434,7 +434,7 @@ pub async fn upload(
         let message = match bad_signature {
             Some(e) => e.to_string(),
             None => format!(
-                "The CRL is not issued by any trusted certificate of this tenant (CRL issuer: {})",
+                "The CRL is not issued by any trusted certificate of this tenant (CRL issuer: {}). A CRL is accepted from a trusted certificate only: to upload the CRL of an issuing CA below your trusted root, trust that issuing CA too; or revoke its certificates by serial number with PUT /tenant/trusted-certificates/settings/crl",
                 crl.issuer
             ),
         };

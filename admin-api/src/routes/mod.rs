@@ -632,6 +632,20 @@ pub(crate) mod schema {
         file: Vec<u8>,
     }
 
+    /// The reference platform's form of the chain check.
+    #[derive(utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    pub(crate) struct ChainForm {
+        /// The chain file, PEM (device certificate first) or DER; at most 10
+        /// certificates.
+        #[schema(format = Binary, value_type = String)]
+        file: Vec<u8>,
+        /// The tenant to check the chain against (404 if unknown).
+        #[serde(rename = "tenantId")]
+        tenant_id: Option<String>,
+    }
+
     /// A boolean as JSON or as the string `true`/`false` (any case), optional.
     pub(crate) fn flex_bool() -> utoipa::openapi::schema::Schema {
         use utoipa::openapi::schema::OneOfBuilder;

@@ -169,3 +169,116 @@ async fn another_tenants_chain_is_an_unknown_issuer() {
     assert_eq!(v["tenant"], "tb");
     assert_eq!(v["reasonCode"], "expired");
 }
+
+/// The reference platform's forms: a multipart form with `tenantId` and `file`, and the
+/// chain in `X-Cumulocity-Client-Cert-Chain` (certificates separated by ',', base64 DER
+/// in space-separated blocks) with `X-Cumulocity-TenantId`. A valid chain is 200 with
+/// `successfullyValidated`, a refused one 401 with the verdict, an unknown tenant 404.
+#[tokio::test]
+async fn the_reference_platforms_forms_are_answered_as_it_answers() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let login = s.tenant("t1").await;
+    let a: Creds = (&login, TENANT_PASS);
+    let root = ca("Reference Root");
+    s.trust("t1", &login, &root, true).await;
+    let dev = device("sensor-9", &root);
+    let stranger = device("stranger", &ca("Nobody's Root"));
+
+    let form = |pem: String, tenant: &str| {
+        let mut f = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(pem.into_bytes()).file_name("chain.pem"),
+        );
+        if !tenant.is_empty() {
+            f = f.text("tenantId", tenant.to_string());
+        }
+        s.client
+            .post(s.url(PATH))
+            .basic_auth(a.0, Some(a.1))
+            .multipart(f)
+            .send()
+    };
+    let r = form(pem_chain(&[&dev, &root]), "t1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["successfullyValidated"], true, "{v}");
+    assert_eq!(v["tenantId"], "t1");
+    assert_eq!(v["subject"], "CN=sensor-9");
+    assert_eq!(v["issuer"], "CN=Reference Root");
+
+    let r = form(pem_chain(&[&stranger]), "t1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("www-authenticate").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "certificate_chain_invalid", "{v}");
+    assert_eq!(
+        v["message"],
+        "unknown issuer: no trusted certificate issued this chain"
+    );
+    assert_eq!(v["info"]["successfullyValidated"], false);
+    assert_eq!(v["info"]["subject"], "CN=stranger");
+
+    let r = form(pem_chain(&[&dev]), "no-such-tenant").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = form("not a certificate".into(), "t1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // The header form: base64 DER in 64-character blocks separated by spaces, the
+    // certificates by ','.
+    let header = |certs: &[&certs::issue::Issued]| {
+        certs
+            .iter()
+            .map(|c| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c.cert_der.as_ref());
+                b64.as_bytes()
+                    .chunks(64)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let send = |chain: String, tenant: Option<&str>| {
+        let mut rb = s
+            .client
+            .post(s.url(PATH))
+            .basic_auth(a.0, Some(a.1))
+            .header("X-Cumulocity-Client-Cert-Chain", chain);
+        if let Some(t) = tenant {
+            rb = rb.header("X-Cumulocity-TenantId", t);
+        }
+        rb.send()
+    };
+    let r = send(header(&[&dev, &root]), Some("t1")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["successfullyValidated"], true, "{v}");
+    // Without a tenant id the chain's own tenant is found.
+    let r = send(header(&[&dev]), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let old = device_with("old", &root, expired());
+    let r = send(header(&[&old]), Some("t1")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "certificate expired");
+    assert_eq!(v["info"]["tenantId"], "t1");
+    let r = send(header(&[&dev]), Some("nope")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = send("%%%".into(), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let six = [&dev, &root, &dev, &root, &dev, &root];
+    let r = send(header(&six), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Another tenant's id answers like a missing one.
+    s.tenant("t2").await;
+    let r = form(pem_chain(&[&dev]), "t2").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The plain form is unchanged: 200 with the verdict for a refused chain.
+    let (st, v) = check(&s, a, &pem_chain(&[&stranger])).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["successfullyValidated"], false);
+}

@@ -174,7 +174,7 @@ async fn uploaded_crls_must_be_signed_by_a_tenant_anchor() {
     assert_error(
         &r,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "The CRL is not issued by any trusted certificate of this tenant (CRL issuer: CN=Stranger CA)",
+        "The CRL is not issued by any trusted certificate of this tenant (CRL issuer: CN=Stranger CA). A CRL is accepted from a trusted certificate only: to upload the CRL of an issuing CA below your trusted root, trust that issuing CA too; or revoke its certificates by serial number with PUT /tenant/trusted-certificates/settings/crl",
     );
     // Same issuer name, different key: a forged CRL.
     let impostor = ca("Uploaded CRL CA");

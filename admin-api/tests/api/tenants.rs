@@ -148,22 +148,21 @@ async fn generated_admin_password_is_written_once_with_mode_0600() {
     assert_eq!(db_mode & 0o777, 0o600);
     s.stop().await;
 
-    // A restart keeps the password and does not rewrite the file.
-    std::fs::write(&file, "changed by operator\n").unwrap();
+    // A restart keeps the password and the file (still the password).
+    let written = std::fs::read_to_string(&file).unwrap();
     let s = start_with(cfg.clone()).await;
     assert_eq!(
         s.get("/tenant/tenants", (ADMIN_USER, &password)).await.0,
         StatusCode::OK
     );
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "changed by operator\n"
-    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
     s.stop().await;
 
-    // BROKER_ADMIN_PASSWORD set later wins (the recovery path).
+    // BROKER_ADMIN_PASSWORD set later wins (the recovery path), and the file that no
+    // longer holds the password is gone: the store is the one source of truth.
     cfg.admin_password = Some("recovered-pass".into());
-    let s = start_with(cfg).await;
+    let s = start_with(cfg.clone()).await;
+    assert!(!file.exists(), "outdated admin-password file removed");
     assert_eq!(
         s.get("/tenant/tenants", (ADMIN_USER, "recovered-pass"))
             .await
@@ -182,6 +181,20 @@ async fn generated_admin_password_is_written_once_with_mode_0600() {
         .unwrap()
         .iter()
         .any(|r| r["action"] == "PASSWORD_RESET"));
+    s.stop().await;
+
+    // A file that disagrees with the store (edited, or the password changed over the
+    // API) is removed at the next start too; the password stays the stored one.
+    std::fs::write(&file, "not-the-password\n").unwrap();
+    cfg.admin_password = None;
+    let s = start_with(cfg).await;
+    assert!(!file.exists(), "misleading admin-password file removed");
+    assert_eq!(
+        s.get("/tenant/tenants", (ADMIN_USER, "recovered-pass"))
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

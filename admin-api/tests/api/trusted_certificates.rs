@@ -235,6 +235,48 @@ async fn upload_rules_answer_422_with_the_rule_sentence() {
         "{}",
         garbage.1
     );
+    // What the parser said is kept for experts, after a sentence for everyone.
+    let message = garbage.1["message"].as_str().unwrap();
+    assert!(
+        message.contains("the data is not an X.509 certificate")
+            && message.contains("send the whole certificate as PEM"),
+        "{message}"
+    );
+    // A certificate cut short (a PEM copied in part).
+    let whole = ca("Cut").cert_pem();
+    let mut lines: Vec<&str> = whole.lines().collect();
+    lines.drain(3..lines.len() - 1);
+    let cut = post(lines.join("\n")).await;
+    assert_eq!(cut.0, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = cut.1["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Certificate could not be parsed: ")
+            && message.contains("the certificate data ends early"),
+        "{message}"
+    );
+    // Raw line breaks inside the JSON string: what to send instead.
+    let raw = format!(
+        "{{\"name\":\"x\",\"status\":\"ENABLED\",\"certInPemFormat\":\"{}\"}}",
+        ca("Raw").cert_pem()
+    );
+    let resp = s
+        .client
+        .post(s.url(path))
+        .basic_auth(a.0, Some(a.1))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The JSON body has a raw line break")
+            && message.contains(" at line ")
+            && message.contains("with \\n for each line break"),
+        "{message}"
+    );
     let words = post("hello world".into()).await;
     assert_eq!(words.0, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(

@@ -173,6 +173,35 @@ impl Env {
         b["fingerprint"].as_str().unwrap().to_string()
     }
 
+    /// Changes a tenant's settings as its admin (expects 200).
+    pub async fn settings(&self, tenant: &str, settings: Value) {
+        let (s, b) = self
+            .as_tenant(
+                tenant,
+                reqwest::Method::PUT,
+                &format!("/tenant/tenants/{tenant}/settings"),
+                Some(settings),
+            )
+            .await;
+        assert_eq!(s, 200, "settings: {b}");
+    }
+
+    /// Revokes `dev` by serial number in the tenant's manual list (expects 2xx).
+    pub async fn revoke_serial(&self, tenant: &str, dev: &Issued) {
+        let serial = certs::CertInfo::parse(dev.cert_der.as_ref())
+            .unwrap()
+            .serial_hex;
+        let (s, b) = self
+            .as_tenant(
+                tenant,
+                reqwest::Method::PUT,
+                "/tenant/trusted-certificates/settings/crl",
+                Some(json!({"crls": [{"serialNumberInHex": serial}]})),
+            )
+            .await;
+        assert!((200..300).contains(&s), "revoke: {s} {b}");
+    }
+
     pub async fn set_status(&self, tenant: &str, fp: &str, status: &str) {
         let (s, b) = self
             .as_tenant(
@@ -217,6 +246,33 @@ pub fn device(cn: &str, ca: &Issued) -> Issued {
         &[],
     )
     .unwrap()
+}
+
+/// A device certificate of `ca` that expired yesterday.
+pub fn expired_device(cn: &str, ca: &Issued) -> Issued {
+    let now = time::OffsetDateTime::now_utc();
+    issue::device(
+        cn,
+        Validity {
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        },
+        KeyType::P256,
+        &ca.issuer().unwrap(),
+        &[],
+    )
+    .unwrap()
+}
+
+/// A TLS client config that trusts the server and has no client certificate.
+pub fn anonymous_tls(server_ca: &str) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(server_ca))
+    .with_no_client_auth()
 }
 
 /// A device's TLS client config: chain = device + `chain` (as devices are told to send).
@@ -336,6 +392,16 @@ pub fn drive(
     })
 }
 
+/// The `broker` flags that put every listener on loopback port 0.
+pub const PORT_ZERO_ARGS: [&str; 6] = [
+    "--mqtt-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
 /// The real `broker` binary (this test target's build) on loopback port 0, killed when
 /// dropped while still running: a test that fails half-way leaves no broker behind.
 pub struct BrokerProcess {
@@ -362,14 +428,7 @@ impl BrokerProcess {
             .env("RUST_LOG", "info")
             .args(["--data-dir"])
             .arg(dir)
-            .args([
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(PORT_ZERO_ARGS)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("broker starts");

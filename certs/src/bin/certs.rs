@@ -143,15 +143,25 @@ struct IssueArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 365)]
     days: u32,
-    /// Key algorithm.
-    #[arg(long, value_enum, default_value = "p256")]
-    key_type: KeyTypeArg,
-    /// Issue a server certificate (serverAuth) instead of a device certificate.
+    /// Key algorithm [default: p256 for a device, rsa2048 for a server].
+    #[arg(long, value_enum)]
+    key_type: Option<KeyTypeArg>,
+    /// Issue a server certificate instead of a device certificate. It follows the
+    /// server-certificate requirements `certs check` and `broker import-certificate`
+    /// apply (RSA key signed with SHA256RSA, subject CN, C, OU and O, serverAuth, host
+    /// names as SANs): O, OU and C default to the CA's, and a certificate that would
+    /// fail them is not written (unless --skip-requirements).
     #[arg(long)]
     server: bool,
-    /// Subject alternative names of a server certificate (DNS names or IP addresses).
+    /// Subject alternative names of a server certificate (DNS names or IP addresses;
+    /// default: the CN).
     #[arg(long, num_args = 1.., requires = "server")]
     san: Vec<String>,
+    /// Write a server certificate even when it fails the server-certificate
+    /// requirements (e.g. an ECDSA one for your own clients); the failed rows are
+    /// printed as warnings.
+    #[arg(long, requires = "server")]
+    skip_requirements: bool,
     /// CRL distribution point URL (repeatable).
     #[arg(long)]
     crl_url: Vec<String>,
@@ -431,20 +441,40 @@ fn issue(a: IssueArgs) -> Result<Outcome, Failure> {
         } else {
             a.san.clone()
         };
-        ca.issue_server(
-            &subject(&a.cn, &a.subject),
+        // O, OU and C come from the CA unless given: the requirements want all four.
+        let ca_info = CertInfo::parse(ca.certificate().as_ref())?;
+        let inherit = |given: &Option<String>, short: &str| {
+            given
+                .clone()
+                .or_else(|| ca_info.subject_attribute(short).map(str::to_string))
+        };
+        let subject = Subject {
+            cn: a.cn.clone(),
+            o: inherit(&a.subject.o, "O"),
+            ou: inherit(&a.subject.ou, "OU"),
+            c: inherit(&a.subject.c, "C"),
+        };
+        let issued = ca.issue_server(
+            &subject,
             &sans,
             validity,
-            a.key_type.into(),
+            a.key_type.map_or(KeyType::Rsa2048, KeyType::from),
             &a.crl_url,
-        )?
+        )?;
+        server_requirements(&ca, &issued, a.skip_requirements)?;
+        issued
     } else {
         if a.subject.o.is_some() || a.subject.ou.is_some() || a.subject.c.is_some() {
             return Err(Failure(
                 "--o, --ou and --c apply to server certificates (--server); device certificates carry only a CN".into(),
             ));
         }
-        ca.issue_device(&a.cn, validity, a.key_type.into(), &a.crl_url)?
+        ca.issue_device(
+            &a.cn,
+            validity,
+            a.key_type.map_or(KeyType::P256, KeyType::from),
+            &a.crl_url,
+        )?
     };
     let files = ca.write_issued(&a.out, &a.cn, &issued, a.force)?;
     let info = CertInfo::parse(issued.cert_der.as_ref())?;
@@ -453,6 +483,56 @@ fn issue(a: IssueArgs) -> Result<Outcome, Failure> {
         out!("  {}", p.display());
     }
     Ok(Outcome::Ok)
+}
+
+/// Checks a freshly issued server certificate with its CA's chain against the
+/// requirements `certs check` applies: an error naming every failed row (with how to fix
+/// it), or warnings with `skip`.
+fn server_requirements(
+    ca: &CaDir,
+    issued: &certs::issue::Issued,
+    skip: bool,
+) -> Result<(), Failure> {
+    let chain = ca_dir::chain_pem(ca.chain());
+    let crt = issued.cert_pem();
+    let key = issued.key_pem();
+    let report = certs::requirements::check(&certs::requirements::Input {
+        crt: crt.as_bytes(),
+        key: key.as_bytes(),
+        chain: Some(chain.as_bytes()),
+        passphrase: None,
+        crl_check: false,
+        now: certs::now_unix(),
+    });
+    let failed: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.required && !r.passed)
+        .map(|r| {
+            let mut line = r.reason.clone().unwrap_or_else(|| r.name.clone());
+            if r.name == certs::requirements::rows::SIGNATURE {
+                line.push_str(
+                    " (the signature is the CA's: create an RSA CA for servers, `certs ca create --key-type rsa2048 --o ORG --ou UNIT --c CC`)",
+                );
+            } else if r.name == certs::requirements::rows::SUBJECT {
+                line.push_str(" (give --o, --ou and --c, or create the CA with them)");
+            }
+            line
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    if skip {
+        for f in &failed {
+            err!("certs: warning: server-certificate requirement not met: {f}");
+        }
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "not written: the server certificate would fail `certs check` and `broker import-certificate`: {} [--skip-requirements writes it anyway]",
+        failed.join("; ")
+    )))
 }
 
 fn revoke(a: RevokeArgs) -> Result<Outcome, Failure> {

@@ -1,0 +1,211 @@
+//! What a refused device and the operator see: the TLS alert the device's TLS stack
+//! receives (the most specific one for each reason), and one log line per refusal
+//! reason and source address, with the reason, the tenant where known, the
+//! certificate's subject and fingerprint. Admission refusals and missing client
+//! certificates are logged too.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use rustls::AlertDescription;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Everything this test binary's broker logged.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink;
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut l) = logs().lock() {
+                    l.extend_from_slice(buf);
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter("warn,rumqttd=off")
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .init();
+        Mutex::new(Vec::new())
+    })
+}
+
+/// The "handshake refused" lines logged so far with `reason=REASON` from `source`.
+fn refusal_lines(reason: &str, source: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    text.lines()
+        .filter(|l| l.contains("handshake refused"))
+        .filter(|l| l.contains(&format!(" reason={reason} ")))
+        .filter(|l| l.contains(&format!("peer={source} ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The lines of [`refusal_lines`] once there is one (the server logs right after it sent
+/// the alert), and after a moment for any that should not come.
+async fn logged(reason: &str, source: &str) -> Vec<String> {
+    for _ in 0..100 {
+        if !refusal_lines(reason, source).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    refusal_lines(reason, source)
+}
+
+/// Connects from `from` with `cfg` and writes a CONNECT; the alert the server sent, if
+/// the connection ended with one.
+async fn alert_from(
+    env: &Env,
+    from: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Option<AlertDescription> {
+    let alert_of =
+        |e: &std::io::Error| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => Some(*a),
+            _ => None,
+        };
+    let tcp = tcp_from(from, env.broker().mqtt_addr).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // TLS 1.3: the client's handshake completes before the server has judged its
+    // certificate; the alert comes with the next read.
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) => return alert_of(&e),
+    };
+    let connect = [
+        0x10, 0x0d, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01, b'x',
+    ];
+    if let Err(e) = tls.write_all(&connect).await {
+        return alert_of(&e);
+    }
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Err(e)) => alert_of(&e),
+        _ => None,
+    }
+}
+
+fn no_client_cert(server_ca: &str) -> Arc<rustls::ClientConfig> {
+    Arc::new(anonymous_tls(server_ca))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_gets_its_alert_and_one_log_line() {
+    logs();
+    let env = start().await;
+    env.tenant("acme").await;
+    let root = ca("Acme Root");
+    env.upload("acme", &root, true).await;
+    let fingerprint = |i: &certs::issue::Issued| {
+        certs::CertInfo::parse(i.cert_der.as_ref())
+            .unwrap()
+            .fingerprint_sha1
+    };
+
+    // Unknown CA: unknown_ca, and one line for three attempts from one source.
+    let stranger = device("stranger", &ca("Nobody's CA"));
+    for _ in 0..3 {
+        let a = alert_from(
+            &env,
+            "127.0.0.11",
+            device_tls(&env.server_ca, &stranger, &[]),
+        )
+        .await;
+        assert_eq!(a, Some(AlertDescription::UnknownCA));
+    }
+    let lines = logged("unknown_issuer", "127.0.0.11").await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("subject=CN=stranger"), "{}", lines[0]);
+    assert!(lines[0].contains(&fingerprint(&stranger)), "{}", lines[0]);
+    assert!(lines[0].contains("tenant=-"), "{}", lines[0]);
+    // Another source is logged at once.
+    alert_from(
+        &env,
+        "127.0.0.12",
+        device_tls(&env.server_ca, &stranger, &[]),
+    )
+    .await;
+    assert_eq!(logged("unknown_issuer", "127.0.0.12").await.len(), 1);
+
+    // Expired: certificate_expired, with the tenant.
+    let expired = expired_device("old", &root);
+    let a = alert_from(
+        &env,
+        "127.0.0.13",
+        device_tls(&env.server_ca, &expired, &[]),
+    )
+    .await;
+    assert_eq!(a, Some(AlertDescription::CertificateExpired));
+    let lines = logged("expired", "127.0.0.13").await;
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("tenant=acme"), "{}", lines[0]);
+
+    // Revoked: certificate_revoked.
+    let revoked = device("revoked-1", &root);
+    env.revoke_serial("acme", &revoked).await;
+    let a = alert_from(
+        &env,
+        "127.0.0.14",
+        device_tls(&env.server_ca, &revoked, &[]),
+    )
+    .await;
+    assert_eq!(a, Some(AlertDescription::CertificateRevoked));
+    let lines = logged("revoked", "127.0.0.14").await;
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("tenant=acme"), "{}", lines[0]);
+    assert!(lines[0].contains("subject=CN=revoked-1"), "{}", lines[0]);
+
+    // Root -> issuing CA -> device is 3 long, the tenant allows 2: access_denied (a
+    // policy refusal of a valid chain), not unknown_ca; the line says what to raise.
+    let issuing = intermediate("Acme Issuing", &root);
+    let deep = device("deep", &issuing);
+    let a = alert_from(
+        &env,
+        "127.0.0.15",
+        device_tls(&env.server_ca, &deep, &[&issuing]),
+    )
+    .await;
+    assert_eq!(a, Some(AlertDescription::AccessDenied));
+    let lines = logged("chain_too_long", "127.0.0.15").await;
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("tenant=acme"), "{}", lines[0]);
+    assert!(lines[0].contains("maxChainLength"), "{}", lines[0]);
+
+    // No client certificate: certificate_required, and a line too.
+    let a = alert_from(&env, "127.0.0.16", no_client_cert(&env.server_ca)).await;
+    assert_eq!(a, Some(AlertDescription::CertificateRequired));
+    assert_eq!(logged("no_client_certificate", "127.0.0.16").await.len(), 1);
+
+    // A good device still connects.
+    let good = device("good", &root);
+    let connack = raw_connect_v4_from(&env, "127.0.0.17", "good", &good, &[]).await;
+    assert_eq!(connack, Ok(vec![0x20, 0x02, 0x00, 0x00]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refusals_are_logged() {
+    logs();
+    let env = start_with(|c| {
+        c.limits.handshake_rate_per_source = 1;
+        c.limits.handshake_burst_per_source = 1;
+    })
+    .await;
+    for _ in 0..4 {
+        let _ = alert_from(&env, "127.0.0.21", no_client_cert(&env.server_ca)).await;
+    }
+    let lines = logged("handshake_rate_per_source", "127.0.0.21").await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("admission control"), "{}", lines[0]);
+}
