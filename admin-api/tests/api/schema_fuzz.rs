@@ -177,7 +177,11 @@ async fn fuzz(
         .args(["--checks", "all"])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--seed", SEED])
-        .args(["--workers", "2"])
+        // One worker: hypothesis's internal caches are not thread-safe, and with two
+        // the coverage phase crashed (KeyError / SystemError in its lambda-source cache,
+        // a "Runtime Error" of the tool, not a finding) in 4 of 7 runs once the chain
+        // check's multipart form was documented; one worker costs a few seconds.
+        .args(["--workers", "1"])
         .args(["--request-timeout", "30"])
         .args(["--suppress-health-check", "all"])
         .arg("--continue-on-failure")
