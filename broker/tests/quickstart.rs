@@ -204,8 +204,9 @@ fn docs_point_at_what_exists() {
                 doc.display()
             );
         }
-        // The admin API is HTTPS on 8443; other local ports are the metrics (9464),
-        // Prometheus (9090) and Grafana (3000).
+        // The admin API is HTTPS on 8443 (18443 through the cluster profile's load
+        // balancer); other local ports are the metrics (9464,
+        // 9465 for a second node), Prometheus (9090) and Grafana (3000).
         for scheme in ["http://", "https://"] {
             for part in text.split(scheme).skip(1) {
                 let host_port = part
@@ -221,8 +222,8 @@ fn docs_point_at_what_exists() {
                     continue;
                 }
                 let ok = match port {
-                    "8443" | "$ADMIN_PORT" => scheme == "https://",
-                    "9464" | "9090" | "3000" => scheme == "http://",
+                    "8443" | "18443" | "$ADMIN_PORT" => scheme == "https://",
+                    "9464" | "9465" | "9090" | "3000" => scheme == "http://",
                     _ => false,
                 };
                 assert!(ok, "{}: {scheme}{host_port}", doc.display());
