@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,12 +108,21 @@ impl BackendLogin {
     }
 }
 
+/// Sessions by backend ClientId, with the number of the newest.
+#[derive(Default)]
+struct LiveSessions {
+    map: std::sync::Mutex<HashMap<String, u64>>,
+    next: AtomicU64,
+}
+
 /// Connects sessions to the backend.
 pub struct BackendPool {
     /// The embedded rumqttd's router, when sessions reach it in-process.
     hub: Option<Arc<Hub>>,
     /// The embedded broker's durable state (in-process transport).
     durable: Option<Arc<Durable>>,
+    /// This node's sessions on a backend reached over TCP, by backend ClientId.
+    live: LiveSessions,
     v4: Vec<String>,
     v5: Vec<String>,
     /// The credential of the embedded rumqttd's loopback listeners (loopback transport).
@@ -135,6 +144,7 @@ impl BackendPool {
             Backend::Embedded => start_embedded(config).await,
             Backend::Mqtt(addr) => Ok(BackendPool {
                 durable: None,
+                live: LiveSessions::default(),
                 hub: None,
                 v4: vec![addr.clone()],
                 v5: vec![addr],
@@ -168,6 +178,7 @@ impl BackendPool {
                     .map_err(|e| BackendError::Ca(e.to_string()))?;
                 Ok(BackendPool {
                     durable: None,
+                    live: LiveSessions::default(),
                     hub: None,
                     v4: vec![addr.clone()],
                     v5: vec![addr],
@@ -246,6 +257,36 @@ impl BackendPool {
         match version {
             Version::V4 => &self.v4,
             Version::V5 => &self.v5,
+        }
+    }
+
+    /// Registers a session of `client_id` on a backend reached over TCP (`None` for
+    /// in-process links, which learn of a takeover from the router itself): its number.
+    pub fn session_began(&self, client_id: &str) -> Option<u64> {
+        if self.hub.is_some() {
+            return None;
+        }
+        let n = self.live.next.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.to_owned(), n);
+        Some(n)
+    }
+
+    /// The session `n` of `client_id` ended: `true` if a newer session of the same
+    /// ClientId on this node took it over (a broker that closes the older connection
+    /// without a DISCONNECT, as Mosquitto 2.0 does, says nothing more).
+    pub fn session_ended(&self, client_id: &str, n: u64) -> bool {
+        let mut map = self.live.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(client_id) {
+            Some(&newest) if newest == n => {
+                map.remove(client_id);
+                false
+            }
+            Some(_) => true,
+            None => false,
         }
     }
 
@@ -441,6 +482,7 @@ async fn start_embedded(config: &Config) -> Result<BackendPool, BackendError> {
     }
     Ok(BackendPool {
         durable,
+        live: LiveSessions::default(),
         hub: (!listeners).then_some(hub),
         v4: v4_addrs,
         v5: v5_addrs,

@@ -373,12 +373,17 @@ pub mod codes {
     pub const V5_CLIENT_ID_NOT_VALID: u8 = 0x85;
     /// 5.0: not authorized.
     pub const V5_NOT_AUTHORIZED: u8 = 0x87;
-    /// 5.0: server unavailable.
+    /// 5.0: server unavailable (CONNACK only).
     pub const V5_SERVER_UNAVAILABLE: u8 = 0x88;
+    /// 5.0: server busy (the DISCONNECT code nearest to "unavailable", which 5.0 allows
+    /// in CONNACK only).
+    pub const V5_SERVER_BUSY: u8 = 0x89;
     /// 5.0: banned.
     pub const V5_BANNED: u8 = 0x8A;
     /// 5.0: server shutting down.
     pub const V5_SHUTTING_DOWN: u8 = 0x8B;
+    /// 5.0: session taken over (DISCONNECT).
+    pub const V5_SESSION_TAKEN_OVER: u8 = 0x8E;
     /// 5.0: keep alive timeout.
     pub const V5_KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     /// 5.0: topic name invalid.

@@ -18,13 +18,35 @@ use crate::Shared;
 /// small and grow only for the packets that need it (output buffers start empty).
 const READ_BUF: usize = 1024;
 
+/// A session registered with [`crate::backend::BackendPool::session_began`] that
+/// unregisters itself if the set-up fails.
+struct LiveGuard {
+    n: Option<u64>,
+    id: String,
+    shared: Arc<Shared>,
+    keep: bool,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let (false, Some(n)) = (self.keep, self.n) {
+            self.shared.backend.session_ended(&self.id, n);
+        }
+    }
+}
+
 /// How a session ended.
 #[derive(Debug)]
 pub(crate) enum End {
     /// The device closed the connection.
     DeviceClosed,
-    /// The backend closed the connection.
+    /// The backend closed the connection after a DISCONNECT of its own (forwarded).
     BackendClosed,
+    /// The backend closed the connection without a word: it went away.
+    BackendLost,
+    /// The backend closed the connection because a newer session of the same ClientId
+    /// on this node took it over.
+    TakenOver,
     /// The device sent something unacceptable.
     Protocol(MqttError),
     /// I/O error on either side.
@@ -285,6 +307,9 @@ pub struct Established<S> {
     keep_alive: u16,
     publish_rate: u32,
     mount: Mount,
+    /// Its number among this node's sessions on a TCP backend (see
+    /// [`crate::backend::BackendPool::session_began`]).
+    live: Option<u64>,
     _slot: crate::admission::SessionSlot,
 }
 
@@ -535,6 +560,14 @@ where
     if refuse_withdrawn(&mut dev, &shared, &shared.trust.load_full(), &id, version).await {
         return None;
     }
+    // Registered before the backend sees the CONNECT: a broker that closes the older
+    // session of this ClientId may do so before this one's CONNACK.
+    let mut live = LiveGuard {
+        n: shared.backend.session_began(&backend_client_id),
+        id: backend_client_id.clone(),
+        shared: shared.clone(),
+        keep: false,
+    };
     let mut backend = match shared.backend.connect_for(version, sessions).await {
         Ok(b) => b,
         Err(e) => {
@@ -612,7 +645,10 @@ where
         .connected(tenant, proto, accepted_at.elapsed().as_secs_f64());
     shared.admin.device_seen(tenant, cn);
     tracing::debug!(tenant, cn, protocol = proto, "session started");
+    live.keep = true;
+    let live = live.n;
     Some(Established {
+        live,
         dev,
         backend,
         dbuf,
@@ -650,6 +686,7 @@ where
             keep_alive,
             publish_rate,
             mount,
+            live,
             _slot,
         } = self;
         let limits = &shared.config.limits;
@@ -698,7 +735,21 @@ where
                 _ = crate::stopped(&mut shutdown) => End::Shutdown,
             }
         };
+        let backend_client_id = format!("{tenant}.{cn}");
+        let taken_over = live.is_some_and(|n| shared.backend.session_ended(&backend_client_id, n));
+        let end = match end {
+            End::BackendLost if taken_over => End::TakenOver,
+            end => end,
+        };
         match &end {
+            End::TakenOver => {
+                tracing::info!(tenant, cn, "session closed: taken over by a newer one");
+                if version == Version::V5 {
+                    let _ = dw
+                        .write_all(&mqtt::disconnect_v5(codes::V5_SESSION_TAKEN_OVER))
+                        .await;
+                }
+            }
             End::Revoked(code, label) => {
                 shared.metrics.revoked_session(label);
                 tracing::warn!(
@@ -733,6 +784,19 @@ where
                 if version == Version::V5 {
                     let _ = dw
                         .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
+                        .await;
+                }
+            }
+            End::BackendLost => {
+                shared.metrics.refused("backend_lost");
+                tracing::warn!(
+                    tenant,
+                    cn,
+                    "session closed: the broker behind the front-end went away"
+                );
+                if version == Version::V5 {
+                    let _ = dw
+                        .write_all(&mqtt::disconnect_v5(codes::V5_SERVER_BUSY))
                         .await;
                 }
             }
@@ -882,6 +946,8 @@ where
 {
     let mut out = BytesMut::new();
     let mut buf_peak = buf.len();
+    // The backend said DISCONNECT (taken over, shutting down): its close is no loss.
+    let mut told = false;
     loop {
         let mut packets = 0u64;
         let mut traffic = false;
@@ -909,6 +975,7 @@ where
                             |c| c.checked_sub(1),
                         );
                     }
+                    told |= pkt[0] >> 4 == mqtt::kind::DISCONNECT;
                     if mount.backend_to_device(version, &pkt, &mut out).is_err() {
                         return End::BackendClosed;
                     }
@@ -927,7 +994,8 @@ where
         relax(&mut buf, &mut buf_peak, READ_BUF);
         tokio::select! {
             r = r.read_buf(&mut buf) => match r {
-                Ok(0) => return End::BackendClosed,
+                Ok(0) if told => return End::BackendClosed,
+                Ok(0) => return End::BackendLost,
                 Ok(_) => buf_peak = buf_peak.max(buf.len()),
                 Err(e) => return End::Io(e),
             },

@@ -1321,3 +1321,132 @@ async fn a_delayed_will_survives_a_restart_and_goes_out_once() {
         "not before its delay"
     );
 }
+
+/// The next DISCONNECT a 5.0 client gets (its reason), or `None` if the connection
+/// ends without one within 10 s.
+async fn disconnect_reason(
+    el: &mut El5,
+) -> Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::Disconnect(d)))) => return Some(d.reason_code),
+            Ok(Ok(_)) => {}
+            // rumqttc reports the server's DISCONNECT as an error of its state.
+            Ok(Err(rumqttc::v5::ConnectionError::MqttState(
+                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+            ))) => return Some(reason_code),
+            _ => return None,
+        }
+    }
+}
+
+async fn taken_over(env: Env) {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    env.tenant("acme").await;
+    let ca = ca("Takeover CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let (_a, mut a_el, _) = v5(v5_options("twin", port, pki.tls(&env.server_ca, "twin"))).await;
+    let (_b, _b_el, _) = v5(v5_options("twin", port, pki.tls(&env.server_ca, "twin"))).await;
+    assert_eq!(
+        disconnect_reason(&mut a_el).await,
+        Some(DisconnectReasonCode::SessionTakenOver)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_session_taken_over_is_told_so() {
+    taken_over(start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_session_taken_over_is_told_so_through_mosquitto() {
+    let mosquitto = start_mosquitto().await;
+    let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{}", mosquitto.port)).await;
+    taken_over(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_external_broker_closes_sessions_and_refuses_devices_until_it_returns() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode};
+    let mosquitto = start_mosquitto().await;
+    let backend_port = mosquitto.port;
+    let env = start_with(|c| c.backend = format!("mqtt://127.0.0.1:{backend_port}")).await;
+    env.tenant("acme").await;
+    let ca = ca("Loss CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let (_c5, mut el5, _) = v5(v5_options("d5", port, pki.tls(&env.server_ca, "d5"))).await;
+    let (_c4, mut el4, _) = v4(v4_options("d4", port, pki.tls(&env.server_ca, "d4"))).await;
+
+    drop(mosquitto);
+    assert_eq!(
+        disconnect_reason(&mut el5).await,
+        Some(DisconnectReasonCode::ServerBusy),
+        "5.0: DISCONNECT 0x89 (0x88 is a CONNACK code only)"
+    );
+    // 3.1.1 has no DISCONNECT from the server: the connection closes.
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), el4.poll()).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "3.1.1 session closed");
+    // New devices are refused cleanly while it is away.
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(
+        v5_options("new5", port, pki.tls(&env.server_ca, "new5")),
+        10,
+    );
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            Ok(Err(rumqttc::v5::ConnectionError::ConnectionRefused(
+                ConnectReturnCode::ServerUnavailable
+            )))
+        ),
+        "CONNACK 0x88: {refused:?}"
+    );
+    let (_c, mut el) = rumqttc::AsyncClient::new(
+        v4_options("new4", port, pki.tls(&env.server_ca, "new4")),
+        10,
+    );
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            Ok(Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::ServiceUnavailable
+            )))
+        ),
+        "CONNACK 3: {refused:?}"
+    );
+    let m = env.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            r#"mqtt_connections_refused_total{reason="backend_lost"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+
+    // Back on its port: devices connect again, by themselves.
+    let _mosquitto = start_mosquitto_on(backend_port).await;
+    let (c, el, _) = v5(v5_options("d5", port, pki.tls(&env.server_ca, "d5"))).await;
+    bye_v5(c, el).await;
+}

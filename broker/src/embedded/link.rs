@@ -1521,7 +1521,17 @@ impl AsyncRead for LinkIo {
                     if result.is_err() {
                         // The router dropped the link (a newer session took the client ID
                         // over): end of stream, and no receiver left (`finish` reads
-                        // that). The will still goes out when the session ends.
+                        // that). The will still goes out when the session ends. An MQTT 5
+                        // device is told why first (3.14.2.1: 0x8E Session taken over),
+                        // as rumqttd's own connections and other brokers do.
+                        if this.v5 {
+                            // With its property length, which some clients (rumqttc)
+                            // need although 5.0 lets it be left out.
+                            this.output.extend_from_slice(&crate::mqtt::disconnect_v5(
+                                crate::mqtt::codes::V5_SESSION_TAKEN_OVER,
+                            ));
+                            continue;
+                        }
                         return Poll::Ready(Ok(()));
                     }
                     *rx = Some(Receiver::Ready(r));

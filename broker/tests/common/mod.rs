@@ -595,12 +595,17 @@ pub struct Mosquitto {
 
 /// Starts [`Mosquitto`] and waits until it accepts connections.
 pub async fn start_mosquitto() -> Mosquitto {
-    let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    start_mosquitto_on(port).await
+}
+
+/// [`start_mosquitto`] on a given port (a broker started again where it was).
+pub async fn start_mosquitto_on(port: u16) -> Mosquitto {
+    let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
