@@ -1450,3 +1450,65 @@ async fn losing_the_external_broker_closes_sessions_and_refuses_devices_until_it
     let (c, el, _) = v5(v5_options("d5", port, pki.tls(&env.server_ca, "d5"))).await;
     bye_v5(c, el).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_messages_queued_for_an_offline_session_complete_their_flow() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("QoS 2 CA");
+    env.upload("acme", &ca, true).await;
+    let pki = Pki { ca };
+    let port = env.mqtt_port();
+    let opts = |clean: bool| {
+        let mut o = v5_options("q2", port, pki.tls(&env.server_ca, "q2"));
+        o.set_clean_start(clean)
+            .set_session_expiry_interval(Some(600));
+        o
+    };
+    let (c, mut el, _) = v5(opts(true)).await;
+    c.subscribe("q2/#", Q5::ExactlyOnce).await.unwrap();
+    loop {
+        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
+            tokio::time::timeout(Duration::from_secs(10), el.poll()).await
+        {
+            break;
+        }
+    }
+    bye_v5(c, el).await;
+
+    // QoS 2 from the publisher: PUBREC and PUBCOMP for each.
+    let (p, mut pel, _) = v5(v5_options("pub", port, pki.tls(&env.server_ca, "pub"))).await;
+    for i in 0..5 {
+        p.publish("q2/x", Q5::ExactlyOnce, false, format!("two-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut completed = 0;
+    while completed < 5 {
+        match tokio::time::timeout(Duration::from_secs(10), pel.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::PubComp(_)))) => completed += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    bye_v5(p, pel).await;
+
+    // Delivered at QoS 2 in order; rumqttc answers PUBREC, the front-end PUBREL, the
+    // device PUBCOMP.
+    let (c, mut el, present) = v5(opts(false)).await;
+    assert!(present);
+    let got = drain_v5(&mut el, Duration::from_secs(1)).await;
+    let got: Vec<(String, Q5)> = got
+        .iter()
+        .map(|p| (String::from_utf8_lossy(&p.payload).into_owned(), p.qos))
+        .collect();
+    let want: Vec<(String, Q5)> = (0..5)
+        .map(|i| (format!("two-{i}"), Q5::ExactlyOnce))
+        .collect();
+    assert_eq!(got, want);
+    bye_v5(c, el).await;
+    // Completed: not delivered again.
+    let (c, mut el, _) = v5(opts(false)).await;
+    assert!(drain_v5(&mut el, Duration::from_secs(1)).await.is_empty());
+    bye_v5(c, el).await;
+}
