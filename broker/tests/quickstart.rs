@@ -33,12 +33,18 @@ fn quick_start_block() -> String {
     readme_block("## Quick start")
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below Linux's ephemeral range (32768-60999):
+/// a port handed out by `bind(0)` could be given to another test's socket, even an
+/// outgoing connection, before the quick start's broker binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    (0..2000u32)
+        .map(|i| 20_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 12_000) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 20000-31999")
 }
 
 /// The directory holding this build's binaries: `broker`, and `certs` (built by
@@ -78,6 +84,10 @@ fn readme_quick_start_delivers_the_message() {
     );
     let out = std::fs::File::create(dir.path().join("stdout.txt")).expect("stdout file");
     let err = std::fs::File::create(dir.path().join("stderr.txt")).expect("stderr file");
+    let mqtt_port = free_port();
+    let admin_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != mqtt_port)
+        .expect("a second port");
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new("bash")
@@ -85,8 +95,10 @@ fn readme_quick_start_delivers_the_message() {
             .arg(&block)
             .current_dir(dir.path())
             .env("PATH", path)
-            .env("MQTT_PORT", free_port().to_string())
-            .env("ADMIN_PORT", free_port().to_string())
+            .env("MQTT_PORT", mqtt_port.to_string())
+            .env("ADMIN_PORT", admin_port.to_string())
+            // Servers in tests listen on loopback only.
+            .env("LISTEN_ADDR", "127.0.0.1")
             // Not part of the block: the default metrics port may be taken on a
             // machine running other brokers.
             .env("BROKER_METRICS_LISTEN", "127.0.0.1:0")
