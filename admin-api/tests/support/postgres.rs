@@ -43,12 +43,24 @@ fn bin_dir() -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port nothing listens on right now, below Linux's ephemeral range (32768-60999),
+/// for a server started (and restarted) by a test: a port handed out by `bind(0)` and
+/// released could be given to another socket, even an outgoing connection, before the
+/// server binds it.
+fn low_free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    (0..4000u32)
+        .map(|_| {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16
+        })
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 20000-31999")
 }
 
 /// uid and gid of `nobody` (from /etc/passwd).
@@ -131,7 +143,7 @@ impl Postgres {
         let mut pg = Postgres {
             dir,
             bin,
-            port: free_port(),
+            port: low_free_port(),
             child: None,
             run_as,
             extra: settings.iter().map(|s| s.to_string()).collect(),

@@ -595,12 +595,27 @@ pub struct Mosquitto {
 
 /// Starts [`Mosquitto`] and waits until it accepts connections.
 pub async fn start_mosquitto() -> Mosquitto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    start_mosquitto_on(port).await
+    start_mosquitto_on(low_free_port()).await
+}
+
+/// A port nothing listens on right now, below Linux's ephemeral range (32768-60999),
+/// for a server started (and restarted) by a test: a port handed out by `bind(0)` and
+/// released could be given to another socket, even an outgoing connection, before the
+/// server binds it.
+pub fn low_free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    (0..4000u32)
+        .map(|_| {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16
+        })
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 20000-31999")
 }
 
 /// [`start_mosquitto`] on a given port (a broker started again where it was).
