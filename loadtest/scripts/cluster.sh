@@ -189,7 +189,7 @@ for rep in $(seq "$REPEAT"); do
   "$CERTS" ca create --cn "Cluster $rep" --o Cluster --out "$KEYS/ca$rep" >/dev/null 2>&1 \
     || die "certs ca create failed"
   connect_test "two.$rep" "127.0.0.1:$N1_MQTT,127.0.0.1:$N2_MQTT" \
-    --ca-cert "$KEYS/ca$rep/ca.crt" --ca-key "$KEYS/ca$rep/ca.key" --tenant "cl$rep"
+    --ca-cert "$KEYS/ca$rep/ca.crt" --ca-key "$KEYS/ca$rep/ca.key" --tenant "cl$rep" --keep
   sleep 6 # the registrations and last-seen times are written
   connect_test "again.$rep" "127.0.0.1:$N1_MQTT,127.0.0.1:$N2_MQTT" \
     --ca-cert "$KEYS/ca$rep/ca.crt" --ca-key "$KEYS/ca$rep/ca.key" --tenant "cl$rep" --no-upload
