@@ -68,6 +68,28 @@ async fn drain_v5(el: &mut El5, wait: Duration) -> Vec<rumqttc::v5::mqttbytes::v
     got
 }
 
+/// Polls a 5.0 client until its SUBACK.
+async fn suback5(el: &mut El5) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+}
+
+/// Polls a 3.1.1 client until its PUBACK.
+async fn puback4(el: &mut rumqttc::EventLoop) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+}
+
 /// Disconnects cleanly (DISCONNECT sent, the connection closed).
 async fn bye_v4(client: rumqttc::AsyncClient, mut el: rumqttc::EventLoop) {
     client.disconnect().await.unwrap();
@@ -194,13 +216,7 @@ async fn offline_queues_and_retained_messages_survive_sigterm_and_sigkill() {
     let (c5, mut el5, present) = v5(o5).await;
     assert!(!present);
     c5.subscribe("t/#", Q5::AtLeastOnce).await.unwrap();
-    loop {
-        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-            tokio::time::timeout(Duration::from_secs(10), el5.poll()).await
-        {
-            break;
-        }
-    }
+    suback5(&mut el5).await;
     bye_v5(c5, el5).await;
 
     // Acknowledged while they are offline: 20 queued messages and a retained one.
@@ -219,13 +235,7 @@ async fn offline_queues_and_retained_messages_survive_sigterm_and_sigkill() {
             .publish("r/state", QoS::AtLeastOnce, true, "retained-1")
             .await
             .unwrap();
-        loop {
-            if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
-            {
-                break;
-            }
-        }
+        puback4(&mut el).await;
         bye_v4(client, el).await;
     }
 
@@ -357,13 +367,7 @@ async fn expiry_and_clean_start(env: Env) {
     };
     async fn subscribe(c: &rumqttc::v5::AsyncClient, el: &mut El5) {
         c.subscribe("e/#", Q5::AtLeastOnce).await.unwrap();
-        loop {
-            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
-            {
-                return;
-            }
-        }
+        suback5(el).await;
     }
 
     // Expiry 2 s: gone 3.5 s after the disconnect, with what was queued for it.
@@ -427,13 +431,7 @@ async fn queued_messages_expire_and_the_queue_is_bounded() {
     for (cn, filter) in [("exp", "x/#"), ("lim", "l/#")] {
         let (c, mut el, _) = v5(persistent(cn, true)).await;
         c.subscribe(filter, Q5::AtLeastOnce).await.unwrap();
-        loop {
-            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-                tokio::time::timeout(Duration::from_secs(10), el.poll()).await
-            {
-                break;
-            }
-        }
+        suback5(&mut el).await;
         bye_v5(c, el).await;
     }
 
@@ -770,13 +768,7 @@ async fn subscribe_with(
         retain_forward_rule: retain_handling,
     };
     c.subscribe_many([f]).await.unwrap();
-    loop {
-        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-            tokio::time::timeout(Duration::from_secs(10), el.poll()).await
-        {
-            return;
-        }
-    }
+    suback5(el).await;
 }
 
 /// (payload, retain flag) of what a 5.0 client gets until 1 s passes with nothing new.
@@ -972,13 +964,7 @@ async fn a_tenants_retained_messages_are_bounded() {
     p4.publish("r/4", QoS::AtLeastOnce, true, "four")
         .await
         .unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), p4_el.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("no PUBACK: {other:?}"),
-        }
-    }
+    puback4(&mut p4_el).await;
     bye_v4(p4, p4_el).await;
     let live = drain_v4(&mut sub_el, Duration::from_secs(1)).await;
     assert_eq!(
@@ -1034,13 +1020,7 @@ async fn properties_and_overlapping_subscriptions(env: Env) {
         )
         .await
         .unwrap();
-        loop {
-            if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-                tokio::time::timeout(Duration::from_secs(10), sub_el.poll()).await
-            {
-                break;
-            }
-        }
+        suback5(&mut sub_el).await;
     }
     let sent = PublishProperties {
         payload_format_indicator: Some(1),
@@ -1467,13 +1447,7 @@ async fn qos_2_messages_queued_for_an_offline_session_complete_their_flow() {
     };
     let (c, mut el, _) = v5(opts(true)).await;
     c.subscribe("q2/#", Q5::ExactlyOnce).await.unwrap();
-    loop {
-        if let Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) =
-            tokio::time::timeout(Duration::from_secs(10), el.poll()).await
-        {
-            break;
-        }
-    }
+    suback5(&mut el).await;
     bye_v5(c, el).await;
 
     // QoS 2 from the publisher: PUBREC and PUBCOMP for each.
