@@ -379,6 +379,23 @@ pub async fn wait_suback(el: &mut rumqttc::EventLoop) {
     }
 }
 
+/// Waits for a v5 session to be closed by the server; returns the DISCONNECT reason.
+pub fn watch_v5(
+    mut el: rumqttc::v5::EventLoop,
+) -> tokio::task::JoinHandle<Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>> {
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(_) => continue,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return Some(reason_code),
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
 /// Drives an event loop in the background (for publishers).
 pub fn drive(
     mut el: rumqttc::EventLoop,
