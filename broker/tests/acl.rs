@@ -129,6 +129,22 @@ async fn until4<T>(
     }
 }
 
+async fn puback5(el: &mut El5) -> PubAckReason {
+    until5(el, "PUBACK", |p| match p {
+        P5::PubAck(a) => Some(a.reason),
+        _ => None,
+    })
+    .await
+}
+
+async fn pubrec5(el: &mut El5) -> PubRecReason {
+    until5(el, "PUBREC", |p| match p {
+        P5::PubRec(a) => Some(a.reason),
+        _ => None,
+    })
+    .await
+}
+
 async fn suback5(el: &mut El5) -> Vec<V5Sub> {
     until5(el, "SUBACK", |p| match p {
         P5::SubAck(a) => Some(a.return_codes.clone()),
@@ -211,20 +227,12 @@ async fn a_v5_device_is_held_to_its_own_topics_with_reason_codes() {
     c.publish("devices/bob/cmd", Q5::AtLeastOnce, false, "forged")
         .await
         .unwrap();
-    let r = until5(&mut el, "PUBACK", |p| match p {
-        P5::PubAck(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = puback5(&mut el).await;
     assert_eq!(r, PubAckReason::NotAuthorized);
     c.publish("elsewhere/x", Q5::ExactlyOnce, false, "forged")
         .await
         .unwrap();
-    let r = until5(&mut el, "PUBREC", |p| match p {
-        P5::PubRec(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = pubrec5(&mut el).await;
     assert_eq!(r, PubRecReason::NotAuthorized);
     c.publish("devices/bob/cmd", Q5::AtMostOnce, false, "forged")
         .await
@@ -233,20 +241,12 @@ async fn a_v5_device_is_held_to_its_own_topics_with_reason_codes() {
     c.publish("telemetry/acme/alice", Q5::ExactlyOnce, false, "too high")
         .await
         .unwrap();
-    let r = until5(&mut el, "PUBREC", |p| match p {
-        P5::PubRec(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = pubrec5(&mut el).await;
     assert_eq!(r, PubRecReason::NotAuthorized);
     c.publish("telemetry/acme/alice", Q5::AtLeastOnce, true, "retained")
         .await
         .unwrap();
-    let r = until5(&mut el, "PUBACK", |p| match p {
-        P5::PubAck(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = puback5(&mut el).await;
     assert_eq!(r, PubAckReason::NotAuthorized);
 
     // Own topics: accepted and delivered (to alice's own subscription too).
@@ -426,11 +426,7 @@ async fn a_rule_change_applies_to_live_sessions_within_a_second() {
     c.publish("shared/news", Q5::AtLeastOnce, false, "x")
         .await
         .unwrap();
-    let r = until5(&mut el, "PUBACK", |p| match p {
-        P5::PubAck(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = puback5(&mut el).await;
     assert_eq!(r, PubAckReason::NotAuthorized);
     c.subscribe("devices/dave/#", Q5::AtLeastOnce)
         .await
@@ -452,11 +448,7 @@ async fn a_rule_change_applies_to_live_sessions_within_a_second() {
         c.publish("shared/news", Q5::AtLeastOnce, false, "x")
             .await
             .unwrap();
-        let r = until5(&mut el, "PUBACK", |p| match p {
-            P5::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .await;
+        let r = puback5(&mut el).await;
         if r == PubAckReason::Success {
             break;
         }
@@ -518,11 +510,7 @@ async fn a_tenant_without_rules_allows_everything_as_before() {
     p.publish("devices/erin/cmd", Q5::AtLeastOnce, true, "x")
         .await
         .unwrap();
-    let r = until5(&mut pel, "PUBACK", |p| match p {
-        P5::PubAck(a) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let r = puback5(&mut pel).await;
     assert_eq!(r, PubAckReason::Success);
     assert_eq!(topics4(&mut el, QUIET).await, vec!["devices/erin/cmd"]);
     assert!(!env.metrics().await.contains("mqtt_acl_refused_total{"));

@@ -2041,7 +2041,7 @@ impl Store for PostgresStore {
         transaction!(self, Notify::Yes, |tx| async {
             let used = tx
                 .query_opt(
-                    "SELECT 1 FROM acl_assignments WHERE tenant_id = $1 AND rule_set = $2",
+                    "SELECT 1 FROM acl_assignments WHERE tenant_id = $1 AND rule_set = $2 LIMIT 1",
                     &[&tenant, &name],
                 )
                 .await?

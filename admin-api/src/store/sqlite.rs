@@ -1407,7 +1407,7 @@ impl Store for SqliteStore {
         self.tx(move |tx| {
             let used = tx
                 .prepare_cached(
-                    "SELECT 1 FROM acl_assignments WHERE tenant_id = ?1 AND rule_set = ?2",
+                    "SELECT 1 FROM acl_assignments WHERE tenant_id = ?1 AND rule_set = ?2 LIMIT 1",
                 )?
                 .query_row(params![tenant, name], |_| Ok(()))
                 .optional()?
