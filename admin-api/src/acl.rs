@@ -72,10 +72,16 @@ pub struct Rule {
     /// An MQTT topic filter (as the device sees topics, without the tenant prefix) that
     /// may hold `${cn}` (the device certificate's Common Name) and `${tenant}`, as a
     /// whole level or part of one.
+    #[schema(min_length = 1, max_length = 1024)]
     pub topic: String,
     /// Highest QoS allowed (0, 1 or 2): a publish above it is refused, a subscription
     /// is granted at most this QoS. Allow rules only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "json_qos"
+    )]
+    #[schema(minimum = 0, maximum = 2)]
     pub max_qos: Option<u8>,
     /// `false`: retained publishes are refused. Allow rules only; default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +93,7 @@ pub struct Rule {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSet {
     /// The rules, first match first.
+    #[schema(max_items = 256)]
     pub rules: Vec<Rule>,
     /// For what no rule matches.
     pub default_access: Access,
@@ -106,6 +113,19 @@ pub enum RuleError {
     /// The set as a whole.
     #[error("{0}")]
     Set(String),
+}
+
+/// A QoS given as any JSON integer (`1.0` included, as JSON Schema's `integer` allows).
+fn json_qos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    use serde::de::Error as _;
+    crate::routes::json_integer(d)?
+        .map(|n| {
+            // Out of range for a byte: refused here; 3 to 255 by `validate`, which
+            // names the rule.
+            u8::try_from(n)
+                .map_err(|_| D::Error::custom(format!("maxQos must be 0, 1 or 2, got {n}")))
+        })
+        .transpose()
 }
 
 /// Validates a rule set name: 1 to 64 of `A-Z a-z 0-9 _ -`.
@@ -731,5 +751,13 @@ mod tests {
         assert_eq!(set.validate(), Ok(()));
         let json = r#"{"rules":[{"access":"allow","action":"both","topic":"x","extra":1}],"defaultAccess":"deny"}"#;
         assert!(serde_json::from_str::<RuleSet>(json).is_err());
+        // JSON Schema integers: 1.0 is 1; 3.0 is read and then refused by index.
+        let json = r#"{"rules":[{"access":"allow","action":"both","topic":"x","maxQos":1.0},{"access":"allow","action":"both","topic":"y","maxQos":3.0}],"defaultAccess":"deny"}"#;
+        let set: RuleSet = serde_json::from_str(json).unwrap();
+        assert_eq!(set.rules[0].max_qos, Some(1));
+        assert!(matches!(
+            set.validate(),
+            Err(RuleError::Rule { index: 1, .. })
+        ));
     }
 }

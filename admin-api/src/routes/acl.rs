@@ -64,6 +64,7 @@ pub struct AssignmentList {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AssignmentBody {
     /// An existing rule set's name.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub rule_set: String,
 }
 
@@ -72,6 +73,7 @@ pub struct AssignmentBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckRequest {
     /// The device certificate's Common Name.
+    #[schema(schema_with = super::schema::common_name)]
     pub common_name: String,
     /// The trusted certificate that verifies it (for rule sets assigned to one).
     #[serde(default)]
@@ -81,8 +83,9 @@ pub struct CheckRequest {
     /// A topic name (publish) or a topic filter (subscribe), as the device sends it.
     pub topic: String,
     /// QoS of the publish or subscription (default 0).
-    #[serde(default)]
-    pub qos: u8,
+    #[serde(default, deserialize_with = "super::json_integer")]
+    #[schema(minimum = 0, maximum = 2)]
+    pub qos: Option<i64>,
     /// A retained publish (default false).
     #[serde(default)]
     pub retain: bool,
@@ -166,7 +169,7 @@ pub async fn list(
 /// One rule set.
 #[utoipa::path(get, path = "/tenant/tenants/{tenant_id}/acl/rule-sets/{name}", tag = "topic authorization",
     params(("tenant_id" = String, Path, description = "Tenant id"),
-           ("name" = String, Path, description = "Rule set name")),
+           ("name" = String, Path, description = "Rule set name: 1 to 64 of A-Z a-z 0-9 _ -", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, body = NamedRuleSet),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -191,7 +194,7 @@ pub async fn get(
 /// the new rules no longer allow ends its session.
 #[utoipa::path(put, path = "/tenant/tenants/{tenant_id}/acl/rule-sets/{name}", tag = "topic authorization",
     params(("tenant_id" = String, Path, description = "Tenant id"),
-           ("name" = String, Path, description = "Rule set name")),
+           ("name" = String, Path, description = "Rule set name: 1 to 64 of A-Z a-z 0-9 _ -", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     request_body = RuleSet,
     responses(
         (status = 200, body = NamedRuleSet, description = "Replaced"),
@@ -239,7 +242,7 @@ pub async fn put(
 /// the tenant to "everything allowed".
 #[utoipa::path(delete, path = "/tenant/tenants/{tenant_id}/acl/rule-sets/{name}", tag = "topic authorization",
     params(("tenant_id" = String, Path, description = "Tenant id"),
-           ("name" = String, Path, description = "Rule set name")),
+           ("name" = String, Path, description = "Rule set name: 1 to 64 of A-Z a-z 0-9 _ -", pattern = "^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -445,15 +448,16 @@ pub async fn check(
 ) -> Result<Response, ApiError> {
     readable_tenant(&admin, &who, &tenant).await?;
     super::devices::common_name(&body.common_name)?;
-    if body.qos > 2 {
-        return Err(ApiError::unprocessable("qos must be 0, 1 or 2"));
-    }
+    let qos = match body.qos.unwrap_or(0) {
+        q @ 0..=2 => q as u8,
+        _ => return Err(ApiError::unprocessable("qos must be 0, 1 or 2")),
+    };
     let fp = body.fingerprint.as_deref().map(normalize_fingerprint);
     let applies = admin.acl_applies(&tenant, &body.common_name, fp.as_deref());
     let compiled = applies.compile(&tenant, &body.common_name);
     let d = match body.action {
-        CheckAction::Publish => compiled.check_publish(&body.topic, body.qos, body.retain),
-        CheckAction::Subscribe => compiled.check_subscribe(&body.topic, body.qos),
+        CheckAction::Publish => compiled.check_publish(&body.topic, qos, body.retain),
+        CheckAction::Subscribe => compiled.check_subscribe(&body.topic, qos),
     };
     let (decided_by, rule_index) = match (&applies, d.by) {
         (Applies::Missing(_), _) => ("missingRuleSet", None),
