@@ -514,6 +514,19 @@ async fn a_tenant_without_rules_allows_everything_as_before() {
     assert_eq!(r, PubAckReason::Success);
     assert_eq!(topics4(&mut el, QUIET).await, vec!["devices/erin/cmd"]);
     assert!(!env.metrics().await.contains("mqtt_acl_refused_total{"));
+    let (s, b) = env
+        .as_tenant(
+            "acme",
+            Method::POST,
+            "/tenant/tenants/acme/acl/check",
+            Some(json!({"commonName": "erin", "action": "subscribe", "topic": "#", "qos": 2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b,
+        json!({"allowed": true, "grantedQos": 2, "decidedBy": "noRules"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,10 +460,11 @@ pub async fn check(
         CheckAction::Subscribe => compiled.check_subscribe(&body.topic, qos),
     };
     let (decided_by, rule_index) = match (&applies, d.by) {
+        (Applies::NoRules, _) => ("noRules", None),
         (Applies::Missing(_), _) => ("missingRuleSet", None),
         (_, DecidedBy::Rule(i)) => ("rule", Some(i)),
-        (_, DecidedBy::Default) => ("defaultAccess", None),
-        (_, DecidedBy::NoRules) => ("noRules", None),
+        // A rule set without rules that allows by default is still a rule set.
+        (_, DecidedBy::Default | DecidedBy::NoRules) => ("defaultAccess", None),
     };
     let rule = match (&applies, rule_index) {
         (Applies::Set(_, set), Some(i)) => set.rules.get(i).cloned(),
