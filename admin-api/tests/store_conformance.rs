@@ -988,6 +988,33 @@ async fn topic_rules(store: &Arc<dyn Store>) {
     );
     // Every successful change was audited: 3 puts, 4 assignments, 1 removal.
     assert_eq!(audit_actions(store, Some("acme")).await.len(), before + 8);
+
+    // A trusted certificate's assignment goes with the certificate.
+    let rec = record("acme", &root("Acme Rules CA"));
+    upload(store, &rec).await.unwrap();
+    store
+        .set_acl_assignment(
+            "acme",
+            AclTarget::Anchor,
+            &rec.fingerprint,
+            Some("gateways"),
+            audit("acme", "ACL_ASSIGNED"),
+        )
+        .await
+        .unwrap();
+    store
+        .delete_certificate(
+            "acme",
+            &rec.fingerprint,
+            audit("acme", "CERTIFICATE_DELETED"),
+        )
+        .await
+        .unwrap();
+    let left = store.acl_assignments("acme").await.unwrap();
+    assert!(
+        left.iter().all(|a| a.target != AclTarget::Anchor),
+        "{left:?}"
+    );
 }
 
 async fn tenant_deletion(store: &Arc<dyn Store>) {

@@ -1503,7 +1503,8 @@ impl Store for PostgresStore {
         fingerprint: &str,
         audit: AuditEntry,
     ) -> StoreResult<()> {
-        transaction!(self, Notify::Yes, |tx| async {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
             let n = tx
                 .execute(
                     "DELETE FROM trusted_certificates WHERE tenant_id = $1 AND fingerprint = $2",
@@ -1513,10 +1514,17 @@ impl Store for PostgresStore {
             if n == 0 {
                 return Err(cert_not_found(fingerprint));
             }
+            // Its topic rule set assignment goes with it.
+            tx.execute(
+                "DELETE FROM acl_assignments WHERE tenant_id = $1 AND target = 'anchor' AND key = $2",
+                &[&tenant, &fingerprint],
+            )
+            .await?;
             insert_audit(tx, &audit).await?;
             Ok::<_, Fail>(())
         }
-        .await)
+        .await
+        })
     }
 
     async fn set_verification_code(

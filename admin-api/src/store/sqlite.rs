@@ -934,6 +934,11 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(cert_not_found(&fp));
             }
+            // Its topic rule set assignment goes with it.
+            tx.execute(
+                "DELETE FROM acl_assignments WHERE tenant_id = ?1 AND target = 'anchor' AND key = ?2",
+                params![tenant, fp],
+            )?;
             insert_audit(tx, &audit)
         })
         .await
