@@ -15,7 +15,7 @@ use rumqttc::v5::mqttbytes::v5::{
     PubRecReason, SubscribeReasonCode as V5Sub,
 };
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use rumqttc::v5::{Event as E5, EventLoop as El5};
+use rumqttc::v5::EventLoop as El5;
 use rumqttc::{ConnectReturnCode, ConnectionError, QoS, SubscribeReasonCode};
 use serde_json::{json, Value};
 
@@ -92,23 +92,6 @@ fn v5(env: &Env, ca: &certs::issue::Issued, cn: &str) -> rumqttc::v5::MqttOption
     )
 }
 
-/// Polls `el` until `f` picks an incoming packet; panics on failure or after `WAIT`.
-async fn until5<T>(el: &mut El5, what: &str, mut f: impl FnMut(&P5) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, el.poll()).await {
-            Ok(Ok(E5::Incoming(p))) => {
-                if let Some(v) = f(&p) {
-                    return v;
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("waiting for {what}: connection failed: {e:?}"),
-            Err(_) => panic!("waiting for {what}: nothing within {WAIT:?}"),
-        }
-    }
-}
-
 async fn until4<T>(
     el: &mut rumqttc::EventLoop,
     what: &str,
@@ -130,7 +113,7 @@ async fn until4<T>(
 }
 
 async fn puback5(el: &mut El5) -> PubAckReason {
-    until5(el, "PUBACK", |p| match p {
+    until_v5(el, "PUBACK", |p| match p {
         P5::PubAck(a) => Some(a.reason),
         _ => None,
     })
@@ -138,7 +121,7 @@ async fn puback5(el: &mut El5) -> PubAckReason {
 }
 
 async fn pubrec5(el: &mut El5) -> PubRecReason {
-    until5(el, "PUBREC", |p| match p {
+    until_v5(el, "PUBREC", |p| match p {
         P5::PubRec(a) => Some(a.reason),
         _ => None,
     })
@@ -146,7 +129,7 @@ async fn pubrec5(el: &mut El5) -> PubRecReason {
 }
 
 async fn suback5(el: &mut El5) -> Vec<V5Sub> {
-    until5(el, "SUBACK", |p| match p {
+    until_v5(el, "SUBACK", |p| match p {
         P5::SubAck(a) => Some(a.return_codes.clone()),
         _ => None,
     })
@@ -257,7 +240,7 @@ async fn a_v5_device_is_held_to_its_own_topics_with_reason_codes() {
         .await
         .unwrap();
     let (mut acks, mut own) = (Vec::new(), Vec::new());
-    until5(&mut el, "2 PUBACKs and the own PUBLISH", |p| {
+    until_v5(&mut el, "2 PUBACKs and the own PUBLISH", |p| {
         match p {
             P5::PubAck(a) => acks.push(a.reason),
             P5::Publish(p) => own.push(String::from_utf8_lossy(&p.topic).into_owned()),
