@@ -280,6 +280,9 @@ fn conflict_message(c: &Conflict) -> String {
         Conflict::AnchorLimit { tenant, max, have } => format!(
             "Tenant {tenant} has reached its limit of {max} trusted certificates ({have} trusted)"
         ),
+        Conflict::RuleSetInUse { name } => format!(
+            "Rule set {name} is assigned to a trusted certificate or a device: remove those assignments first"
+        ),
     }
 }
 

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod auth;
 pub mod error;
 pub mod routes;
@@ -246,6 +247,9 @@ pub(crate) struct Snapshot {
     pub(crate) by_fingerprint: HashMap<String, String>,
     /// Tenant settings.
     pub(crate) settings: HashMap<String, TenantSettings>,
+    /// Topic authorization rule sets and assignments per tenant (tenants without rule
+    /// sets are absent).
+    pub(crate) acl: HashMap<String, acl::TenantAcl>,
 }
 
 struct Inner {
@@ -408,6 +412,22 @@ impl Admin {
     /// online CRL fetching decision, which [`TenantPolicy`] does not carry).
     pub fn tenant_settings(&self, tenant: &str) -> Option<TenantSettings> {
         self.snapshot().settings.get(tenant).cloned()
+    }
+
+    /// The topic rule set that applies to a device of `tenant` with Common Name `cn`
+    /// verified by the trusted certificate `anchor_fingerprint`, as of the last
+    /// published snapshot (published before the [`TrustStore`] it goes with, so a
+    /// session woken by a new trust snapshot reads rules at least as new).
+    pub fn acl_applies(
+        &self,
+        tenant: &str,
+        cn: &str,
+        anchor_fingerprint: Option<&str>,
+    ) -> acl::Applies {
+        self.snapshot()
+            .acl
+            .get(tenant)
+            .map_or(acl::Applies::NoRules, |t| t.applies(cn, anchor_fingerprint))
     }
 
     /// The device registry's verdict for a Common Name of a tenant.
@@ -713,6 +733,28 @@ fn build_trust(m: TrustMaterial, require_pop: bool) -> (TrustStore, Snapshot) {
     }
     let mut b = TrustStore::builder();
     let mut snap = Snapshot::default();
+    for r in &m.acl_rule_sets {
+        let set = match serde_json::from_str::<acl::RuleSet>(&r.body) {
+            Ok(set) => Some(Arc::new(set)),
+            Err(e) => {
+                tracing::error!(tenant = %r.tenant, rule_set = %r.name, error = %e, "stored topic rule set unreadable: it refuses everything");
+                None
+            }
+        };
+        snap.acl
+            .entry(r.tenant.clone())
+            .or_default()
+            .sets
+            .insert(r.name.clone(), set);
+    }
+    for a in &m.acl_assignments {
+        let t = snap.acl.entry(a.tenant.clone()).or_default();
+        let map = match a.target {
+            store::AclTarget::Anchor => &mut t.by_anchor,
+            store::AclTarget::Device => &mut t.by_device,
+        };
+        map.insert(a.key.clone(), a.rule_set.clone());
+    }
     for t in &m.tenants {
         b.tenant(
             &t.id,

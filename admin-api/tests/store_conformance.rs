@@ -133,6 +133,7 @@ async fn suite(store: Arc<dyn Store>) {
     devices(&store).await;
     registration_race(&store).await;
     server_certificate_and_audit(&store).await;
+    topic_rules(&store).await;
     tenant_deletion(&store).await;
 }
 
@@ -842,6 +843,180 @@ async fn server_certificate_and_audit(store: &Arc<dyn Store>) {
     assert!(second.items[0].id < all.items[2].id);
 }
 
+fn rule_set(tenant: &str, name: &str, body: &str) -> AclRuleSetRecord {
+    AclRuleSetRecord {
+        tenant: tenant.into(),
+        name: name.into(),
+        body: body.into(),
+        updated_at: 1_700_000_100,
+    }
+}
+
+/// Topic rule sets and assignments of tenant `acme` (left in place for
+/// [`tenant_deletion`], which checks they go with the tenant).
+async fn topic_rules(store: &Arc<dyn Store>) {
+    let before = audit_actions(store, Some("acme")).await.len();
+    let body = r#"{"rules":[],"defaultAccess":"deny"}"#;
+    let created = store
+        .put_acl_rule_set(
+            rule_set("acme", "default", body),
+            audit("acme", "ACL_RULE_SET_PUT"),
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    let body2 = r#"{"rules":[],"defaultAccess":"allow"}"#;
+    let created = store
+        .put_acl_rule_set(
+            rule_set("acme", "default", body2),
+            audit("acme", "ACL_RULE_SET_PUT"),
+        )
+        .await
+        .unwrap();
+    assert!(!created, "replaced");
+    store
+        .put_acl_rule_set(
+            rule_set("acme", "gateways", body),
+            audit("acme", "ACL_RULE_SET_PUT"),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put_acl_rule_set(rule_set("nobody", "default", body), audit("nobody", "X"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let sets = store.acl_rule_sets("acme").await.unwrap();
+    assert_eq!(
+        sets.iter()
+            .map(|s| (s.name.as_str(), s.body.as_str()))
+            .collect::<Vec<_>>(),
+        [("default", body2), ("gateways", body)]
+    );
+    assert!(store.acl_rule_sets("globex").await.unwrap().is_empty());
+
+    // Assignments: to an existing rule set only; one per target.
+    let err = store
+        .set_acl_assignment(
+            "acme",
+            AclTarget::Device,
+            "gw-1",
+            Some("nope"),
+            audit("acme", "ACL_ASSIGNED"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    for (target, key) in [(AclTarget::Device, "gw-1"), (AclTarget::Anchor, "ab12")] {
+        store
+            .set_acl_assignment(
+                "acme",
+                target,
+                key,
+                Some("default"),
+                audit("acme", "ACL_ASSIGNED"),
+            )
+            .await
+            .unwrap();
+        store
+            .set_acl_assignment(
+                "acme",
+                target,
+                key,
+                Some("gateways"),
+                audit("acme", "ACL_ASSIGNED"),
+            )
+            .await
+            .unwrap();
+    }
+    let list = store.acl_assignments("acme").await.unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert!(list.iter().all(|a| a.rule_set == "gateways"));
+    // An assigned rule set cannot be deleted.
+    let err = store
+        .delete_acl_rule_set("acme", "gateways", audit("acme", "ACL_RULE_SET_DELETED"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(Conflict::RuleSetInUse { name }) if name == "gateways"),
+        "{err:?}"
+    );
+    store
+        .set_acl_assignment(
+            "acme",
+            AclTarget::Anchor,
+            "ab12",
+            None,
+            audit("acme", "ACL_UNASSIGNED"),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .set_acl_assignment(
+            "acme",
+            AclTarget::Anchor,
+            "ab12",
+            None,
+            audit("acme", "ACL_UNASSIGNED"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = store
+        .delete_acl_rule_set("acme", "missing", audit("acme", "ACL_RULE_SET_DELETED"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    // The trust material carries them.
+    let m = store.trust_material().await.unwrap();
+    assert_eq!(
+        m.acl_rule_sets
+            .iter()
+            .filter(|r| r.tenant == "acme")
+            .count(),
+        2
+    );
+    assert_eq!(
+        m.acl_assignments,
+        vec![AclAssignment {
+            tenant: "acme".into(),
+            target: AclTarget::Device,
+            key: "gw-1".into(),
+            rule_set: "gateways".into(),
+        }]
+    );
+    // Every successful change was audited: 3 puts, 4 assignments, 1 removal.
+    assert_eq!(audit_actions(store, Some("acme")).await.len(), before + 8);
+
+    // A trusted certificate's assignment goes with the certificate.
+    let rec = record("acme", &root("Acme Rules CA"));
+    upload(store, &rec).await.unwrap();
+    store
+        .set_acl_assignment(
+            "acme",
+            AclTarget::Anchor,
+            &rec.fingerprint,
+            Some("gateways"),
+            audit("acme", "ACL_ASSIGNED"),
+        )
+        .await
+        .unwrap();
+    store
+        .delete_certificate(
+            "acme",
+            &rec.fingerprint,
+            audit("acme", "CERTIFICATE_DELETED"),
+        )
+        .await
+        .unwrap();
+    let left = store.acl_assignments("acme").await.unwrap();
+    assert!(
+        left.iter().all(|a| a.target != AclTarget::Anchor),
+        "{left:?}"
+    );
+}
+
 async fn tenant_deletion(store: &Arc<dyn Store>) {
     let before = store.audit(Some("acme"), PAGE).await.unwrap().total;
     store
@@ -860,6 +1035,8 @@ async fn tenant_deletion(store: &Arc<dyn Store>) {
     assert!(store.revoked_serials("acme").await.unwrap().is_empty());
     assert!(store.crls("acme").await.unwrap().is_empty());
     assert_eq!(store.devices("acme", PAGE).await.unwrap().total, 0);
+    assert!(store.acl_rule_sets("acme").await.unwrap().is_empty());
+    assert!(store.acl_assignments("acme").await.unwrap().is_empty());
     // Its audit records (and the deletion's) moved under the archived name.
     assert_eq!(store.audit(Some("acme"), PAGE).await.unwrap().total, 0);
     let newest = store
@@ -947,7 +1124,7 @@ async fn nodes_migrate_once_and_hear_each_others_changes() {
     for s in starts {
         nodes.push(Arc::new(s.await.unwrap().unwrap()) as Arc<dyn Store>);
     }
-    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "2");
+    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "3");
     assert_eq!(pg.psql("nodes", "SELECT COUNT(*) FROM schema_version"), "1");
     // A node started later finds the schema in place.
     let late = PostgresStore::connect_with(&url, fast()).await.unwrap();

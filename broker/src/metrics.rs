@@ -23,6 +23,7 @@ struct Inner {
     /// Forwarded packets and bytes, resolved once per direction: [up, down].
     forwarded: [(IntCounter, IntCounter); 2],
     revoked_sessions: IntCounterVec,
+    acl_refused: IntCounterVec,
     crl_unknown: IntCounterVec,
     admin_requests: IntCounterVec,
     admin_refused: IntCounterVec,
@@ -100,6 +101,13 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let acl_refused = must(IntCounterVec::new(
+            Opts::new(
+                "mqtt_acl_refused_total",
+                "Publishes, subscriptions and wills refused by the tenant's topic rules, by tenant, action (publish, subscribe, will) and reason (denied, qos, retain, invalid)",
+            ),
+            &["tenant", "action", "reason"],
+        ));
         let crl_unknown = must(IntCounterVec::new(
             Opts::new(
                 "mqtt_crl_unknown_status_total",
@@ -149,6 +157,7 @@ impl Metrics {
             Box::new(messages.clone()),
             Box::new(bytes.clone()),
             Box::new(revoked_sessions.clone()),
+            Box::new(acl_refused.clone()),
             Box::new(crl_unknown.clone()),
             Box::new(admin_requests.clone()),
             Box::new(admin_refused.clone()),
@@ -175,6 +184,7 @@ impl Metrics {
                     ),
                 ],
                 revoked_sessions,
+                acl_refused,
                 crl_unknown,
                 admin_requests,
                 admin_refused,
@@ -239,6 +249,14 @@ impl Metrics {
         let (p, b) = &self.inner.forwarded[usize::from(direction != "up")];
         p.inc_by(packets);
         b.inc_by(bytes);
+    }
+
+    /// A publish, subscription or will refused by the tenant's topic rules.
+    pub fn acl_refused(&self, tenant: &str, action: &str, reason: &str) {
+        self.inner
+            .acl_refused
+            .with_label_values(&[tenant, action, reason])
+            .inc();
     }
 
     /// A live session closed by revocation.

@@ -3,6 +3,7 @@
 //! and 5.0. Only what the front-end rewrites is decoded; every other packet is
 //! forwarded byte for byte. CONNECT is decoded and re-encoded with rumqttd's codec.
 
+use admin_api::acl::{Acl, Refusal};
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::{self, Packet, Protocol};
 
@@ -60,8 +61,12 @@ pub mod kind {
     pub const CONNACK: u8 = 2;
     /// PUBLISH
     pub const PUBLISH: u8 = 3;
+    /// PUBREL (the device's second step of a QoS 2 flow)
+    pub const PUBREL: u8 = 6;
     /// PUBCOMP (the last acknowledgement of a QoS 2 flow)
     pub const PUBCOMP: u8 = 7;
+    /// SUBACK
+    pub const SUBACK: u8 = 9;
     /// SUBSCRIBE
     pub const SUBSCRIBE: u8 = 8;
     /// UNSUBSCRIBE
@@ -200,6 +205,14 @@ impl Connect {
         match &self.packet {
             Packet::Connect(c, ..) => c.keep_alive,
             _ => 0,
+        }
+    }
+
+    /// The will's topic (as sent), QoS and retain flag, if the CONNECT has a will.
+    pub fn will(&self) -> Option<(&[u8], u8, bool)> {
+        match &self.packet {
+            Packet::Connect(_, _, Some(w), ..) => Some((&w.topic, w.qos as u8, w.retain)),
+            _ => None,
         }
     }
 
@@ -363,6 +376,8 @@ pub mod codes {
     pub const V4_UNAVAILABLE: u8 = 3;
     /// 3.1.1: not authorized.
     pub const V4_NOT_AUTHORIZED: u8 = 5;
+    /// 3.1.1 SUBACK return code "Failure".
+    pub const V4_SUBACK_FAILURE: u8 = 0x80;
     /// 5.0: unspecified error.
     pub const V5_UNSPECIFIED: u8 = 0x80;
     /// 5.0: malformed packet.
@@ -500,10 +515,25 @@ impl Mount {
         pkt: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), MqttError> {
+        self.device_to_backend_checked(version, pkt, out, &Acl::allow_all())
+            .map(|_| ())
+    }
+
+    /// Rewrites one complete packet from the device into `out`, applying the device's
+    /// topic rules `acl` to PUBLISH and SUBSCRIBE: a refused PUBLISH writes nothing, a
+    /// SUBSCRIBE is written with its allowed filters only (at the QoS granted) and
+    /// nothing when none is. The [`Verdict`] tells the caller what to answer.
+    pub fn device_to_backend_checked(
+        &mut self,
+        version: Version,
+        pkt: &[u8],
+        out: &mut BytesMut,
+        acl: &Acl,
+    ) -> Result<Verdict, MqttError> {
         let t = pkt[0] >> 4;
         match t {
-            kind::PUBLISH => self.publish_up(version, pkt, out),
-            kind::SUBSCRIBE | kind::UNSUBSCRIBE => self.filters_up(version, pkt, out),
+            kind::PUBLISH => self.publish_up(version, pkt, out, acl),
+            kind::SUBSCRIBE | kind::UNSUBSCRIBE => self.filters_up(version, pkt, out, acl),
             // A second CONNECT, server-to-client packets (CONNACK, SUBACK, UNSUBACK,
             // PINGRESP), AUTH (no enhanced authentication here) and the reserved type 0
             // never reach the broker.
@@ -512,7 +542,7 @@ impl Mount {
             }
             _ => {
                 out.extend_from_slice(pkt);
-                Ok(())
+                Ok(Verdict::Forwarded)
             }
         }
     }
@@ -549,7 +579,8 @@ impl Mount {
         version: Version,
         pkt: &[u8],
         out: &mut BytesMut,
-    ) -> Result<(), MqttError> {
+        acl: &Acl,
+    ) -> Result<Verdict, MqttError> {
         let (h, rem) = header(pkt);
         let body = &pkt[h..h + rem];
         let qos = (pkt[0] >> 1) & 0x03;
@@ -565,8 +596,31 @@ impl Mount {
             return Err(MqttError::Malformed("PUBLISH packet id"));
         }
         let (pkid, rest) = after_topic.split_at(pkid_len);
+        let retain = pkt[0] & 0x01 != 0;
+        let refused = |topic: &str| -> Option<Verdict> {
+            if acl.is_allow_all() || topic.starts_with('$') {
+                // `$` topics get their own refusal from `mount_topic`.
+                return None;
+            }
+            let reason = acl.check_publish(topic, qos, retain).result.err()?;
+            Some(Verdict::PublishRefused {
+                topic: topic.to_string(),
+                qos,
+                pkid: [
+                    pkid.first().copied().unwrap_or(0),
+                    pkid.get(1).copied().unwrap_or(0),
+                ],
+                reason,
+            })
+        };
         match version {
             Version::V4 => {
+                if let Some(v) = refused(topic) {
+                    // Still a valid topic? `mount_topic` refuses wildcards and the like
+                    // as before (a protocol error), not as a rule refusal.
+                    mount_topic(&self.prefix, topic)?;
+                    return Ok(v);
+                }
                 let mounted = mount_topic(&self.prefix, topic)?;
                 write_packet(
                     out,
@@ -606,6 +660,10 @@ impl Mount {
                     (false, None) => topic.to_string(),
                     (true, None) => return Err(MqttError::InvalidTopic),
                 };
+                if let Some(v) = refused(&full) {
+                    mount_topic(&self.prefix, &full)?;
+                    return Ok(v);
+                }
                 let mounted = mount_topic(&self.prefix, &full)?;
                 let mut plen_buf = BytesMut::with_capacity(4);
                 put_varint(&mut plen_buf, kept.len());
@@ -623,7 +681,7 @@ impl Mount {
                 );
             }
         }
-        Ok(())
+        Ok(Verdict::Forwarded)
     }
 
     fn filters_up(
@@ -631,7 +689,8 @@ impl Mount {
         version: Version,
         pkt: &[u8],
         out: &mut BytesMut,
-    ) -> Result<(), MqttError> {
+        acl: &Acl,
+    ) -> Result<Verdict, MqttError> {
         let subscribe = pkt[0] >> 4 == kind::SUBSCRIBE;
         let (h, rem) = header(pkt);
         let body = &pkt[h..h + rem];
@@ -651,25 +710,124 @@ impl Mount {
         if rest.is_empty() {
             return Err(MqttError::Malformed("no topic filters"));
         }
+        let mut filters = Vec::new();
         while !rest.is_empty() {
             let (f, n) = read_str(rest).ok_or(MqttError::Malformed("topic filter"))?;
             let f =
                 std::str::from_utf8(f).map_err(|_| MqttError::Malformed("topic filter UTF-8"))?;
             let mounted = mount_filter(&self.prefix, f)?;
-            payload.put_u16(mounted.len() as u16);
-            payload.extend_from_slice(mounted.as_bytes());
             rest = &rest[n..];
             if subscribe {
                 let (&opts, r) = rest
                     .split_first()
                     .ok_or(MqttError::Malformed("subscription options"))?;
-                payload.put_u8(opts);
                 rest = r;
+                let decision = acl.check_subscribe(f, opts & 0x03).result;
+                if let Ok(granted) = decision {
+                    payload.put_u16(mounted.len() as u16);
+                    payload.extend_from_slice(mounted.as_bytes());
+                    payload.put_u8((opts & !0x03) | granted);
+                }
+                filters.push((f.to_string(), decision));
+            } else {
+                payload.put_u16(mounted.len() as u16);
+                payload.extend_from_slice(mounted.as_bytes());
+                filters.push((f.to_string(), Ok(0)));
             }
         }
-        write_packet(out, pkt[0], &[fixed, &payload]);
-        Ok(())
+        if filters.iter().any(|(_, d)| d.is_ok()) {
+            write_packet(out, pkt[0], &[fixed, &payload]);
+        }
+        Ok(Verdict::Filters {
+            subscribe,
+            pkid: [fixed[0], fixed[1]],
+            filters,
+        })
     }
+}
+
+/// What the topic rules made of a packet from the device
+/// ([`Mount::device_to_backend_checked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Written for the backend.
+    Forwarded,
+    /// A PUBLISH the rules refuse: nothing was written.
+    PublishRefused {
+        /// Its topic (an alias resolved), for the log.
+        topic: String,
+        /// Its QoS.
+        qos: u8,
+        /// Its packet id (zero for QoS 0).
+        pkid: [u8; 2],
+        /// Why.
+        reason: Refusal,
+    },
+    /// A SUBSCRIBE or UNSUBSCRIBE: each filter as the device sent it with the rules'
+    /// decision (the granted QoS; UNSUBSCRIBE: always allowed). Written with the allowed
+    /// filters; nothing written when none is.
+    Filters {
+        /// SUBSCRIBE (else UNSUBSCRIBE).
+        subscribe: bool,
+        /// Its packet id.
+        pkid: [u8; 2],
+        /// The filters in order.
+        filters: Vec<(String, Result<u8, Refusal>)>,
+    },
+}
+
+/// The acknowledgement of a PUBLISH the topic rules refuse: MQTT 5 PUBACK (QoS 1) or
+/// PUBREC (QoS 2) with 0x87 "Not authorized", which ends that message's flow; MQTT
+/// 3.1.1 has no refusal code, so it gets the plain PUBACK / PUBREC (as Mosquitto
+/// answers a publish its ACL refuses) and the message is dropped. QoS 0: nothing.
+pub fn refused_publish_ack(version: Version, qos: u8, pkid: [u8; 2], out: &mut BytesMut) {
+    let kind = match qos {
+        1 => 0x40,
+        2 => 0x50,
+        _ => return,
+    };
+    match version {
+        Version::V4 => out.extend_from_slice(&[kind, 0x02, pkid[0], pkid[1]]),
+        Version::V5 => {
+            out.extend_from_slice(&[kind, 0x03, pkid[0], pkid[1], codes::V5_NOT_AUTHORIZED])
+        }
+    }
+}
+
+/// A SUBACK the front-end answers itself (every filter refused): `codes` in order.
+pub fn suback(version: Version, pkid: [u8; 2], codes: &[u8], out: &mut BytesMut) {
+    let props: &[u8] = if version == Version::V5 { &[0] } else { &[] };
+    write_packet(out, 0x90, &[&pkid, props, codes]);
+}
+
+/// Rewrites the backend's SUBACK for a SUBSCRIBE some of whose filters the front-end
+/// refused: `plan` has one entry per filter the device sent, `Some(code)` for a refused
+/// one and `None` for one the backend answered (its codes are taken in order).
+pub fn merge_suback(
+    version: Version,
+    pkt: &[u8],
+    plan: &[Option<u8>],
+    out: &mut BytesMut,
+) -> Result<(), MqttError> {
+    let bad = || MqttError::Malformed("SUBACK");
+    let (h, rem) = header(pkt);
+    let body = pkt.get(h..h + rem).ok_or_else(bad)?;
+    let mut fixed = 2;
+    if version == Version::V5 {
+        let (plen, pn) = read_varint(body.get(2..).ok_or_else(bad)?).ok_or_else(bad)?;
+        fixed += pn + plen;
+    }
+    let head = body.get(..fixed).ok_or_else(bad)?;
+    let mut backend = body.get(fixed..).ok_or_else(bad)?.iter();
+    let mut merged = Vec::with_capacity(plan.len());
+    for p in plan {
+        merged.push(match p {
+            Some(code) => *code,
+            None => *backend.next().ok_or_else(bad)?,
+        });
+    }
+    write_packet(out, pkt[0], &[head, &merged]);
+    Ok(())
 }
 
 /// Splits a topic alias (0x23) out of MQTT 5 PUBLISH properties.
@@ -872,11 +1030,125 @@ mod tests {
         let mut pkt = BytesMut::new();
         write_packet(&mut pkt, 0x82, &[&body]);
         let mut out = BytesMut::new();
-        m.filters_up(Version::V5, &pkt, &mut out).unwrap();
+        m.filters_up(Version::V5, &pkt, &mut out, &Acl::allow_all())
+            .unwrap();
         let expect: Vec<u8> = [&[0u8, 1, 2, 0x0B, 5][..], &[0, 6], b"t1/x/#", &[1]].concat();
         let mut e = BytesMut::new();
         write_packet(&mut e, 0x82, &[&expect]);
         assert_eq!(out, e);
+    }
+
+    fn own_topics_only() -> Acl {
+        let set: admin_api::acl::RuleSet = serde_json::from_str(
+            r#"{"rules":[{"access":"allow","action":"both","topic":"d/${cn}/#","maxQos":1}],"defaultAccess":"deny"}"#,
+        )
+        .unwrap();
+        set.compile("t1", "me")
+    }
+
+    #[test]
+    fn refused_filters_are_left_out_and_granted_qos_is_capped() {
+        let m = Mount::new("t1");
+        // v4 SUBSCRIBE pkid 7: "#" QoS 0, "d/me/x" QoS 2.
+        let body: Vec<u8> = [&[0u8, 7][..], &[0, 1], b"#", &[0], &[0, 6], b"d/me/x", &[2]].concat();
+        let mut pkt = BytesMut::new();
+        write_packet(&mut pkt, 0x82, &[&body]);
+        let mut out = BytesMut::new();
+        let v = m
+            .filters_up(Version::V4, &pkt, &mut out, &own_topics_only())
+            .unwrap();
+        let Verdict::Filters { pkid, filters, .. } = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(pkid, [0, 7]);
+        assert_eq!(
+            filters,
+            vec![("#".into(), Err(Refusal::Denied)), ("d/me/x".into(), Ok(1))]
+        );
+        let expect: Vec<u8> = [&[0u8, 7][..], &[0, 9], b"t1/d/me/x", &[1]].concat();
+        let mut e = BytesMut::new();
+        write_packet(&mut e, 0x82, &[&expect]);
+        assert_eq!(out, e);
+
+        // The backend's SUBACK (one code) merged with the refusal, in the device's order.
+        let mut merged = BytesMut::new();
+        merge_suback(
+            Version::V4,
+            &[0x90, 3, 0, 7, 1],
+            &[Some(0x80), None],
+            &mut merged,
+        )
+        .unwrap();
+        assert_eq!(&merged[..], &[0x90, 4, 0, 7, 0x80, 1]);
+        let mut merged = BytesMut::new();
+        merge_suback(
+            Version::V5,
+            &[0x90, 4, 0, 7, 0, 1],
+            &[None, Some(0x87)],
+            &mut merged,
+        )
+        .unwrap();
+        assert_eq!(&merged[..], &[0x90, 5, 0, 7, 0, 1, 0x87]);
+        // A SUBACK with fewer codes than the plan expects is refused, not invented.
+        assert!(merge_suback(Version::V4, &[0x90, 2, 0, 7], &[None], &mut merged).is_err());
+        let mut own = BytesMut::new();
+        suback(Version::V5, [0, 9], &[0x87, 0x87], &mut own);
+        assert_eq!(&own[..], &[0x90, 5, 0, 9, 0, 0x87, 0x87]);
+    }
+
+    #[test]
+    fn a_refused_publish_writes_nothing_and_is_acknowledged_by_version() {
+        let mut m = Mount::new("t1");
+        let mut out = BytesMut::new();
+        let v = m
+            .device_to_backend_checked(
+                Version::V4,
+                &publish_v4("d/other/x", 1, b"x"),
+                &mut out,
+                &own_topics_only(),
+            )
+            .unwrap();
+        assert!(out.is_empty());
+        let Verdict::PublishRefused {
+            qos, pkid, reason, ..
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!((qos, reason), (1, Refusal::Denied));
+        let mut ack = BytesMut::new();
+        refused_publish_ack(Version::V5, 2, pkid, &mut ack);
+        assert_eq!(&ack[..], &[0x50, 3, pkid[0], pkid[1], 0x87]);
+        ack.clear();
+        refused_publish_ack(Version::V4, 1, pkid, &mut ack);
+        assert_eq!(&ack[..], &[0x40, 2, pkid[0], pkid[1]]);
+        // Above the rule's maxQos.
+        let v = m
+            .device_to_backend_checked(
+                Version::V4,
+                &publish_v4("d/me/x", 2, b"x"),
+                &mut out,
+                &own_topics_only(),
+            )
+            .unwrap();
+        assert!(matches!(
+            v,
+            Verdict::PublishRefused {
+                reason: Refusal::Qos,
+                ..
+            }
+        ));
+        // Allowed: forwarded as before.
+        let v = m
+            .device_to_backend_checked(
+                Version::V4,
+                &publish_v4("d/me/x", 1, b"x"),
+                &mut out,
+                &own_topics_only(),
+            )
+            .unwrap();
+        assert_eq!(v, Verdict::Forwarded);
+        assert_eq!(out.to_vec(), publish_v4("t1/d/me/x", 1, b"x"));
     }
 
     #[test]

@@ -11,7 +11,10 @@ use certs::{DeviceIdentity, TrustStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::mqtt::{self, codes, relax, Connect, Mount, MqttError, Version, KEEP_BUF};
+use admin_api::acl::{Acl, Applies, Refusal};
+use arc_swap::ArcSwap;
+
+use crate::mqtt::{self, codes, relax, Connect, Mount, MqttError, Verdict, Version, KEEP_BUF};
 use crate::Shared;
 
 /// Initial read buffer per direction. Idle devices dominate a fleet: buffers start
@@ -182,6 +185,127 @@ struct Inflight {
     publish_rate: u32,
 }
 
+/// At most one log line per session per this interval for refusals by the topic rules
+/// (the line carries how many it left out); every refusal is counted in
+/// `mqtt_acl_refused_total`.
+const ACL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The topic rules of one session: compiled at CONNECT with the device's CN and tenant,
+/// replaced when the tenant's rules change ([`SessionAcl::refresh`]), read by the
+/// upstream pump without allocating.
+struct SessionAcl {
+    /// The rule set the compiled rules come from.
+    applies: std::sync::Mutex<Applies>,
+    compiled: ArcSwap<Acl>,
+    /// Granted subscriptions, as the device sent them. Held while a SUBSCRIBE is
+    /// checked and recorded and while new rules are swapped in, so a subscription
+    /// checked against old rules is always re-checked against the new ones.
+    subscriptions: std::sync::Mutex<Vec<String>>,
+    /// SUBSCRIBE packets with refused filters that went to the backend with the others:
+    /// (packet id, per filter `Some(refusal code)` or `None` for the backend's code).
+    pending_subacks: std::sync::Mutex<Vec<PendingSuback>>,
+    /// MQTT 3.1.1 QoS 2 publishes refused (a plain PUBREC was sent): their PUBREL is
+    /// answered with PUBCOMP here.
+    refused_qos2: std::sync::Mutex<Vec<[u8; 2]>>,
+    /// When the last refusal was logged, and refusals not logged since.
+    log: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+/// A SUBSCRIBE's packet id and, per filter, its refusal code or `None` (the backend's).
+type PendingSuback = ([u8; 2], Vec<Option<u8>>);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SessionAcl {
+    fn new(applies: Applies, compiled: Acl) -> SessionAcl {
+        SessionAcl {
+            applies: std::sync::Mutex::new(applies),
+            compiled: ArcSwap::from_pointee(compiled),
+            subscriptions: Default::default(),
+            pending_subacks: Default::default(),
+            refused_qos2: Default::default(),
+            log: Default::default(),
+        }
+    }
+
+    /// Counts a refusal and logs it, rate-limited.
+    fn refused(
+        &self,
+        shared: &Shared,
+        id: &DeviceIdentity,
+        action: &'static str,
+        topic: &str,
+        reason: Refusal,
+    ) {
+        shared
+            .metrics
+            .acl_refused(&id.tenant, action, reason.label());
+        let now = Instant::now();
+        let mut log = lock(&self.log);
+        if log
+            .0
+            .is_some_and(|at| now.duration_since(at) < ACL_LOG_INTERVAL)
+        {
+            log.1 += 1;
+            return;
+        }
+        tracing::warn!(
+            tenant = %id.tenant,
+            cn = %id.common_name,
+            action,
+            topic,
+            reason = reason.label(),
+            not_logged_before = log.1,
+            "refused by the topic rules"
+        );
+        *log = (Some(now), 0);
+    }
+
+    /// Re-reads the rule set that applies to the device from the newest snapshot; when
+    /// it changed, compiles it and swaps it in. A granted subscription the new rules no
+    /// longer allow ends the session (`Err`): the backend holds it and would go on
+    /// delivering, and MQTT has no way to take one subscription back from a client.
+    fn refresh(&self, shared: &Shared, id: &DeviceIdentity) -> Result<(), End> {
+        let now =
+            shared
+                .admin
+                .acl_applies(&id.tenant, &id.common_name, Some(&id.anchor_fingerprint));
+        let mut applies = lock(&self.applies);
+        if *applies == now {
+            return Ok(());
+        }
+        let compiled = now.compile(&id.tenant, &id.common_name);
+        let subscriptions = lock(&self.subscriptions);
+        let withdrawn = subscriptions
+            .iter()
+            .find(|f| !compiled.check_subscribe(f, 0).allowed())
+            .cloned();
+        self.compiled.store(Arc::new(compiled));
+        *applies = now;
+        drop(subscriptions);
+        match withdrawn {
+            Some(filter) => {
+                shared
+                    .metrics
+                    .acl_refused(&id.tenant, "subscribe", "withdrawn");
+                tracing::warn!(
+                    tenant = %id.tenant,
+                    cn = %id.common_name,
+                    filter,
+                    "session closed: the topic rules no longer allow one of its subscriptions"
+                );
+                Err(End::Revoked(
+                    codes::V5_NOT_AUTHORIZED,
+                    "acl_subscription_withdrawn",
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// Packets the front-end itself answers to the device from the upstream pump (which
 /// does not own the device's writer): the downstream pump writes them.
 #[derive(Default)]
@@ -310,6 +434,7 @@ pub struct Established<S> {
     /// Its number among this node's sessions on a TCP backend (see
     /// [`crate::backend::BackendPool::session_began`]).
     live: Option<u64>,
+    acl: SessionAcl,
     _slot: crate::admission::SessionSlot,
 }
 
@@ -499,6 +624,40 @@ where
         }
     }
 
+    // Topic rules, compiled for this device; its will is a publish like any other.
+    let applies = shared
+        .admin
+        .acl_applies(tenant, cn, Some(&id.anchor_fingerprint));
+    let compiled = applies.compile(tenant, cn);
+    if let Some((topic, qos, retain)) = connect.will() {
+        let topic = std::str::from_utf8(topic).unwrap_or_default();
+        // A `$` or malformed will topic is refused as before, by the mounting.
+        let checked = !compiled.is_allow_all() && !topic.is_empty() && !topic.starts_with('$');
+        if let Err(reason) = compiled.check_publish(topic, qos, retain).result {
+            if checked && reason != Refusal::Invalid {
+                shared.metrics.acl_refused(tenant, "will", reason.label());
+                tracing::warn!(
+                    tenant,
+                    cn,
+                    topic,
+                    reason = reason.label(),
+                    "CONNECT refused: the topic rules do not allow its will"
+                );
+                refuse(
+                    &mut dev,
+                    &shared,
+                    version,
+                    codes::V4_NOT_AUTHORIZED,
+                    codes::V5_NOT_AUTHORIZED,
+                    "acl_will",
+                )
+                .await;
+                return None;
+            }
+        }
+    }
+    let acl = SessionAcl::new(applies, compiled);
+
     // Tenant quotas.
     let Some(_slot) = shared.quotas.open_session(&id.tenant, settings.max_devices) else {
         tracing::warn!(
@@ -657,6 +816,7 @@ where
         version,
         keep_alive,
         publish_rate,
+        acl,
         _slot,
         id,
         shared,
@@ -687,6 +847,7 @@ where
             publish_rate,
             mount,
             live,
+            acl,
             _slot,
         } = self;
         let limits = &shared.config.limits;
@@ -712,8 +873,18 @@ where
         let down_mount = Mount::new(tenant);
         let end = {
             let up = pump_up(
-                &mut dr, &mut bw, dbuf, &mut mount, version, max, keep_alive, &own_pings,
-                &inflight, &answers, &shared,
+                &mut dr,
+                &mut bw,
+                dbuf,
+                &mut mount,
+                version,
+                max,
+                keep_alive,
+                &own_pings,
+                &inflight,
+                &answers,
+                &shared,
+                (&acl, &id),
             );
             let down = pump_down(
                 &mut br,
@@ -726,8 +897,9 @@ where
                 &inflight,
                 &answers,
                 &shared,
+                &acl,
             );
-            let watch = watch_trust(&mut trust_rx, &id);
+            let watch = watch_trust(&mut trust_rx, &id, &acl, &shared);
             tokio::select! {
                 e = up => e,
                 e = down => e,
@@ -829,6 +1001,7 @@ async fn pump_up<R, W>(
     inflight: &Inflight,
     answers: &Answers,
     shared: &Shared,
+    (acl, id): (&SessionAcl, &DeviceIdentity),
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -868,8 +1041,87 @@ where
                     {
                         return End::Protocol(MqttError::InflightExceeded);
                     }
-                    match mount.device_to_backend(version, &pkt, &mut out) {
-                        Ok(()) => {}
+                    let kind = pkt[0] >> 4;
+                    if kind == mqtt::kind::PUBREL && answered_pubrel(acl, &pkt, answers) {
+                        continue;
+                    }
+                    // A SUBSCRIBE is checked and recorded under the lock new rules are
+                    // swapped in under (see `SessionAcl::refresh`).
+                    let mut subscriptions =
+                        (kind == mqtt::kind::SUBSCRIBE).then(|| lock(&acl.subscriptions));
+                    let rules = acl.compiled.load();
+                    match mount.device_to_backend_checked(version, &pkt, &mut out, &rules) {
+                        Ok(Verdict::Forwarded) => {}
+                        Ok(Verdict::PublishRefused {
+                            topic,
+                            qos,
+                            pkid,
+                            reason,
+                        }) => {
+                            acl.refused(shared, id, "publish", &topic, reason);
+                            if qos > 0 {
+                                let _ = inflight.count.fetch_update(
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                    |c| c.checked_sub(1),
+                                );
+                                if version == Version::V4 && qos == 2 {
+                                    let mut r = lock(&acl.refused_qos2);
+                                    if !r.contains(&pkid) {
+                                        r.push(pkid);
+                                    }
+                                }
+                                let mut ack = BytesMut::new();
+                                mqtt::refused_publish_ack(version, qos, pkid, &mut ack);
+                                answers.push(&ack);
+                            }
+                            continue;
+                        }
+                        Ok(Verdict::Filters {
+                            subscribe,
+                            pkid,
+                            filters,
+                        }) => {
+                            let refused = filters.iter().filter(|(_, d)| d.is_err()).count();
+                            match subscriptions.as_mut() {
+                                Some(subs) => {
+                                    for (f, _) in filters.iter().filter(|(_, d)| d.is_ok()) {
+                                        if !subs.contains(f) {
+                                            subs.push(f.clone());
+                                        }
+                                    }
+                                }
+                                None if !subscribe => {
+                                    let mut subs = lock(&acl.subscriptions);
+                                    subs.retain(|s| !filters.iter().any(|(f, _)| f == s));
+                                }
+                                None => {}
+                            }
+                            drop(subscriptions);
+                            if refused > 0 {
+                                let code = if version == Version::V4 {
+                                    codes::V4_SUBACK_FAILURE
+                                } else {
+                                    codes::V5_NOT_AUTHORIZED
+                                };
+                                for (f, d) in &filters {
+                                    if let Err(reason) = d {
+                                        acl.refused(shared, id, "subscribe", f, *reason);
+                                    }
+                                }
+                                let plan: Vec<Option<u8>> = filters
+                                    .iter()
+                                    .map(|(_, d)| d.is_err().then_some(code))
+                                    .collect();
+                                if refused == filters.len() {
+                                    let mut ack = BytesMut::new();
+                                    mqtt::suback(version, pkid, &vec![code; refused], &mut ack);
+                                    answers.push(&ack);
+                                    continue;
+                                }
+                                lock(&acl.pending_subacks).push((pkid, plan));
+                            }
+                        }
                         // MQTT 5: this message is refused (reason 0x90), the session
                         // goes on. 3.1.1 cannot refuse one message: the session ends
                         // (see `mqtt::reserved_topic_ack`).
@@ -939,6 +1191,7 @@ async fn pump_down<R, W>(
     inflight: &Inflight,
     answers: &Answers,
     shared: &Shared,
+    acl: &SessionAcl,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -976,6 +1229,15 @@ where
                         );
                     }
                     told |= pkt[0] >> 4 == mqtt::kind::DISCONNECT;
+                    if pkt[0] >> 4 == mqtt::kind::SUBACK {
+                        if let Some(plan) = pending_suback(acl, &pkt) {
+                            if mqtt::merge_suback(version, &pkt, &plan, &mut out).is_err() {
+                                return End::BackendClosed;
+                            }
+                            packets += 1;
+                            continue;
+                        }
+                    }
                     if mount.backend_to_device(version, &pkt, &mut out).is_err() {
                         return End::BackendClosed;
                     }
@@ -1002,6 +1264,29 @@ where
             () = answers.ready.notified() => {}
         }
     }
+}
+
+/// Answers a 3.1.1 device's PUBREL for a QoS 2 publish the topic rules refused (the
+/// backend never saw it) with PUBCOMP; true when it was one.
+fn answered_pubrel(acl: &SessionAcl, pkt: &[u8], answers: &Answers) -> bool {
+    let Some(pkid) = pkt.get(2..4) else {
+        return false;
+    };
+    let mut refused = lock(&acl.refused_qos2);
+    let Some(i) = refused.iter().position(|p| p[..] == *pkid) else {
+        return false;
+    };
+    refused.swap_remove(i);
+    answers.push(&[0x70, 0x02, pkid[0], pkid[1]]);
+    true
+}
+
+/// The merge plan of a SUBACK whose SUBSCRIBE had refused filters, if it is one.
+fn pending_suback(acl: &SessionAcl, pkt: &[u8]) -> Option<Vec<Option<u8>>> {
+    let pkid = pkt.get(2..4)?;
+    let mut pending = lock(&acl.pending_subacks);
+    let i = pending.iter().position(|(p, _)| p[..] == *pkid)?;
+    Some(pending.swap_remove(i).1)
 }
 
 /// Writes what one pass of a pump produced (`out`, `packets` packets, `traffic`: some of
@@ -1100,7 +1385,14 @@ fn until_not_after(not_after: i64) -> Duration {
 
 /// Resolves when the trust store (the current snapshot, then each newer one) no longer
 /// accepts this session, or when its certificate reaches its notAfter.
-async fn watch_trust(rx: &mut watch::Receiver<Arc<TrustStore>>, id: &DeviceIdentity) -> End {
+///
+/// Each new snapshot also re-reads the device's topic rules ([`SessionAcl::refresh`]).
+async fn watch_trust(
+    rx: &mut watch::Receiver<Arc<TrustStore>>,
+    id: &DeviceIdentity,
+    acl: &SessionAcl,
+    shared: &Shared,
+) -> End {
     let revoked = |w: Withdrawn| End::Revoked(codes::V5_NOT_AUTHORIZED, w.label);
     let mut store_gone = false;
     loop {
@@ -1108,6 +1400,9 @@ async fn watch_trust(rx: &mut watch::Receiver<Arc<TrustStore>>, id: &DeviceIdent
             let store = rx.borrow_and_update().clone();
             if let Err(w) = still_trusted(&store, id, certs::UnixTime::now()) {
                 return revoked(w);
+            }
+            if let Err(end) = acl.refresh(shared, id) {
+                return end;
             }
         }
         let wait = until_not_after(id.path_not_after);

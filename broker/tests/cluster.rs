@@ -3,7 +3,8 @@
 //! Trust changes made on one node act on the other within a second, messages cross
 //! nodes through the external broker, a ClientId taken over on the other node closes
 //! the first session, a killed node leaves the other serving, the database can go away
-//! and come back, and `maxDevices` counts the sessions of both nodes.
+//! and come back, `maxDevices` counts the sessions of both nodes, and topic rules set on
+//! one node apply to the other's sessions.
 
 mod common;
 
@@ -16,7 +17,9 @@ use certs::issue::Issued;
 use common::*;
 use postgres::Postgres;
 use reqwest::Method;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, Packet};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode as V5Code, DisconnectReasonCode, Filter, Packet, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{ConnectionError, Event};
 use serde_json::{json, Value};
@@ -432,4 +435,64 @@ async fn max_devices_counts_the_sessions_of_both_nodes() {
     n2.connect("d3", &d3, &ca)
         .await
         .expect("a slot freed on node 1 is usable on node 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_rules_changed_on_one_node_apply_on_the_other() {
+    let (_pg, _mosq, n1, n2) = cluster().await;
+    let ca = ca("Acme Root");
+    n1.env.upload("acme", &ca, true).await;
+    let dev = device("meter-1", &ca);
+
+    // No rules yet: '#' is granted on node 2, as before.
+    let (c, mut el) = n2
+        .connect_within("meter-1", &dev, &ca, Duration::from_secs(1))
+        .await;
+    c.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    let codes = loop {
+        if let Event::Incoming(Packet::SubAck(a)) = el.poll().await.unwrap() {
+            break a.return_codes;
+        }
+    };
+    assert_eq!(codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+
+    // Rules set on node 1 end the '#' session on node 2 within a second (0x87).
+    let closed = watch_v5(el);
+    let (s, b) = n1
+        .env
+        .as_tenant(
+            "acme",
+            Method::PUT,
+            "/tenant/tenants/acme/acl/rule-sets/default",
+            Some(json!({"rules": [{"access": "allow", "action": "both", "topic": "devices/${cn}/#"}], "defaultAccess": "deny"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let reason = tokio::time::timeout(Duration::from_secs(1), closed)
+        .await
+        .expect("node 2 closed the session within 1 s")
+        .unwrap();
+    assert_eq!(reason, Some(DisconnectReasonCode::NotAuthorized));
+
+    // Node 2 now refuses '#' and grants the device's own filter in the same SUBSCRIBE,
+    // merging its refusal with the external broker's SUBACK.
+    let (c, mut el) = n2.connect("meter-1", &dev, &ca).await.unwrap();
+    c.subscribe_many([
+        Filter::new("#", QoS::AtLeastOnce),
+        Filter::new("devices/meter-1/#", QoS::AtLeastOnce),
+    ])
+    .await
+    .unwrap();
+    let codes = loop {
+        if let Event::Incoming(Packet::SubAck(a)) = el.poll().await.unwrap() {
+            break a.return_codes;
+        }
+    };
+    assert_eq!(
+        codes,
+        vec![
+            SubscribeReasonCode::NotAuthorized,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+        ]
+    );
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::until_v5 as until;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason, PubRecReason};
 use rumqttc::v5::mqttbytes::QoS as Q5;
@@ -30,24 +31,6 @@ fn v5(env: &Env, ca: &certs::issue::Issued, cn: &str, client_id: &str) -> rumqtt
         env.mqtt_port(),
         device_tls(&env.server_ca, &dev, &[ca]),
     )
-}
-
-/// Polls `el` until `f` picks an incoming packet (or `WAIT` passes, or the connection
-/// fails: both panic with what happened).
-async fn until<T>(el: &mut El5, what: &str, mut f: impl FnMut(&P5) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, el.poll()).await {
-            Ok(Ok(E5::Incoming(p))) => {
-                if let Some(v) = f(&p) {
-                    return v;
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("waiting for {what}: connection failed: {e:?}"),
-            Err(_) => panic!("waiting for {what}: nothing within {WAIT:?}"),
-        }
-    }
 }
 
 /// Every PUBLISH `el` receives within `wait`: (topic, payload, QoS). Panics if the

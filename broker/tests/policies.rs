@@ -13,21 +13,6 @@ use serde_json::json;
 
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, DisconnectReasonCode as V5Reason};
 
-/// Waits for a v5 session to be closed by the server; returns the DISCONNECT reason.
-fn watch_v5(mut el: rumqttc::v5::EventLoop) -> tokio::task::JoinHandle<Option<V5Reason>> {
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(_) => continue,
-                Err(rumqttc::v5::ConnectionError::MqttState(
-                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
-                )) => return Some(reason_code),
-                Err(_) => return None,
-            }
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_id_override_policy_uses_the_cn() {
     let env = start().await;

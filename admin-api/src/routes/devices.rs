@@ -78,7 +78,7 @@ pub struct DeviceUpdate {
 }
 
 /// Validates a Common Name as the front-end will see it.
-fn common_name(cn: &str) -> Result<(), ApiError> {
+pub(crate) fn common_name(cn: &str) -> Result<(), ApiError> {
     let n = cn.chars().count();
     let ok = (1..=64).contains(&n)
         && !cn

@@ -2,6 +2,7 @@
 //! request pieces (JSON and query extractors that answer our JSON errors, paging,
 //! input validation).
 
+pub mod acl;
 pub mod audit;
 pub mod chain;
 pub mod crl;
@@ -108,6 +109,24 @@ pub fn router(admin: Admin) -> Router {
                 .put(devices::update)
                 .delete(devices::block),
         )
+        .route("/tenant/tenants/{tenant_id}/acl/rule-sets", get(acl::list))
+        .route(
+            "/tenant/tenants/{tenant_id}/acl/rule-sets/{name}",
+            get(acl::get).put(acl::put).delete(acl::delete),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/acl/assignments",
+            get(acl::assignments),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/acl/assignments/devices/{common_name}",
+            axum::routing::put(acl::assign_device).delete(acl::unassign_device),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/acl/assignments/trusted-certificates/{fingerprint}",
+            axum::routing::put(acl::assign_anchor).delete(acl::unassign_anchor),
+        )
+        .route("/tenant/tenants/{tenant_id}/acl/check", post(acl::check))
         .route("/system/ssl-certificate", get(system::get).put(system::put))
         .route("/audit", get(audit::list))
         .route_layer(axum::middleware::from_fn(known_query_parameters))

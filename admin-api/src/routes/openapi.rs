@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificates, users};
+use super::{acl, audit, chain, crl, devices, pop, system, tenants, trusted_certificates, users};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,6 +23,9 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
         crl::add_serials, crl::get_crl, crl::signer_certificate, crl::list, crl::upload,
         chain::verify,
         devices::list, devices::create, devices::get, devices::update, devices::block,
+        acl::list, acl::get, acl::put, acl::delete, acl::assignments,
+        acl::assign_device, acl::unassign_device, acl::assign_anchor, acl::unassign_anchor,
+        acl::check,
         system::put, system::get,
         audit::list,
     ),
@@ -33,6 +36,7 @@ use super::{audit, chain, crl, devices, pop, system, tenants, trusted_certificat
         (name = "trusted certificates", description = "CA certificates devices chain to"),
         (name = "revocation", description = "Revoked serials and CRLs"),
         (name = "devices", description = "The device registry"),
+        (name = "topic authorization", description = "Per-tenant topic rule sets for devices, their assignment, and a dry run"),
         (name = "system", description = "The server certificate"),
         (name = "audit", description = "The audit log"),
     )

@@ -90,6 +90,11 @@ pub enum Conflict {
         /// Certificates the tenant trusts now.
         have: u64,
     },
+    /// A topic rule set is still assigned to a trusted certificate or a device.
+    RuleSetInUse {
+        /// The rule set's name.
+        name: String,
+    },
 }
 
 /// How a tenant treats an MQTT ClientId that differs from the certificate's CN.
@@ -494,6 +499,66 @@ pub struct TrustMaterial {
     pub crls: Vec<CrlRecord>,
     /// (tenant, CN) of blocked devices.
     pub blocked: Vec<(String, String)>,
+    /// Topic authorization rule sets of all tenants.
+    pub acl_rule_sets: Vec<AclRuleSetRecord>,
+    /// Rule sets assigned to trusted certificates and devices, of all tenants.
+    pub acl_assignments: Vec<AclAssignment>,
+}
+
+/// A stored topic authorization rule set ([`crate::acl::RuleSet`] as JSON, validated
+/// before it is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclRuleSetRecord {
+    /// Tenant id.
+    pub tenant: String,
+    /// Name, unique in the tenant ([`crate::acl::DEFAULT_RULE_SET`] applies to every
+    /// device without an assignment).
+    pub name: String,
+    /// The rule set, as JSON.
+    pub body: String,
+    /// Last change, Unix seconds.
+    pub updated_at: i64,
+}
+
+/// What a rule set is assigned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AclTarget {
+    /// A trusted certificate (by SHA-1 fingerprint): its devices.
+    Anchor,
+    /// A device (by Common Name).
+    Device,
+}
+
+impl AclTarget {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AclTarget::Anchor => "anchor",
+            AclTarget::Device => "device",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<AclTarget> {
+        match s {
+            "anchor" => Some(AclTarget::Anchor),
+            "device" => Some(AclTarget::Device),
+            _ => None,
+        }
+    }
+}
+
+/// A rule set assigned to a trusted certificate or a device of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclAssignment {
+    /// Tenant id.
+    pub tenant: String,
+    /// Anchor or device.
+    pub target: AclTarget,
+    /// The anchor's fingerprint or the device's Common Name.
+    pub key: String,
+    /// The rule set's name.
+    pub rule_set: String,
 }
 
 /// The tenant name a deleted tenant's audit records are kept under: `{id}.deleted-{n}`,
@@ -694,6 +759,34 @@ pub trait Store: Send + Sync + 'static {
     /// A page of the audit log, newest first, optionally for one tenant.
     async fn audit(&self, tenant: Option<&str>, page: PageRequest)
         -> StoreResult<Page<AuditEntry>>;
+
+    // --- topic authorization ---
+    /// A tenant's rule sets, by name.
+    async fn acl_rule_sets(&self, tenant: &str) -> StoreResult<Vec<AclRuleSetRecord>>;
+    /// Creates or replaces a rule set; true when it was created. NotFound for an
+    /// unknown tenant.
+    async fn put_acl_rule_set(&self, set: AclRuleSetRecord, audit: AuditEntry)
+        -> StoreResult<bool>;
+    /// Deletes a rule set: NotFound if it does not exist, [`Conflict::RuleSetInUse`]
+    /// while it is assigned.
+    async fn delete_acl_rule_set(
+        &self,
+        tenant: &str,
+        name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    /// A tenant's assignments.
+    async fn acl_assignments(&self, tenant: &str) -> StoreResult<Vec<AclAssignment>>;
+    /// Assigns `rule_set` to the target (NotFound for an unknown tenant or rule set), or
+    /// removes the assignment (`None`; NotFound if there was none).
+    async fn set_acl_assignment(
+        &self,
+        tenant: &str,
+        target: AclTarget,
+        key: &str,
+        rule_set: Option<&str>,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
 
     // --- trust snapshot ---
     /// Everything the trust snapshot is built from, read consistently.

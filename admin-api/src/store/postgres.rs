@@ -168,6 +168,23 @@ CREATE TABLE node_sessions (
     PRIMARY KEY (node_id, tenant_id)
 );
 "#,
+    r#"
+CREATE TABLE acl_rule_sets (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE acl_assignments (
+    tenant_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    rule_set TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, target, key),
+    FOREIGN KEY (tenant_id, rule_set) REFERENCES acl_rule_sets(tenant_id, name) ON DELETE CASCADE
+);
+"#,
 ];
 
 /// Tuning of a [`PostgresStore`].
@@ -959,6 +976,39 @@ async fn get_device(c: &impl GenericClient, tenant: &str, cn: &str) -> Res<Optio
 const CRL_COLS: &str =
     "tenant_id, issuer, issuer_key, der, this_update, next_update, revoked_count, uploaded_at";
 
+const ACL_COLS: &str = "tenant_id, name, body, updated_at";
+const ACL_ASSIGN_COLS: &str = "tenant_id, target, key, rule_set";
+
+fn acl_row(r: &Row) -> Res<AclRuleSetRecord> {
+    Ok(AclRuleSetRecord {
+        tenant: r.try_get(0)?,
+        name: r.try_get(1)?,
+        body: r.try_get(2)?,
+        updated_at: r.try_get(3)?,
+    })
+}
+
+fn acl_assignment_row(r: &Row) -> Res<AclAssignment> {
+    let target: String = r.try_get(1)?;
+    Ok(AclAssignment {
+        tenant: r.try_get(0)?,
+        target: AclTarget::parse(&target).ok_or_else(|| {
+            Fail::Store(StoreError::Backend(format!("unknown ACL target {target}")))
+        })?,
+        key: r.try_get(2)?,
+        rule_set: r.try_get(3)?,
+    })
+}
+
+async fn rule_set_exists(c: &impl GenericClient, tenant: &str, name: &str) -> Res<bool> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM acl_rule_sets WHERE tenant_id = $1 AND name = $2",
+        &[&tenant, &name],
+    )
+    .await?
+    .is_some())
+}
+
 fn crl_row(r: &Row) -> Res<CrlRecord> {
     Ok(CrlRecord {
         tenant: r.try_get(0)?,
@@ -1453,7 +1503,8 @@ impl Store for PostgresStore {
         fingerprint: &str,
         audit: AuditEntry,
     ) -> StoreResult<()> {
-        transaction!(self, Notify::Yes, |tx| async {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
             let n = tx
                 .execute(
                     "DELETE FROM trusted_certificates WHERE tenant_id = $1 AND fingerprint = $2",
@@ -1463,10 +1514,17 @@ impl Store for PostgresStore {
             if n == 0 {
                 return Err(cert_not_found(fingerprint));
             }
+            // Its topic rule set assignment goes with it.
+            tx.execute(
+                "DELETE FROM acl_assignments WHERE tenant_id = $1 AND target = 'anchor' AND key = $2",
+                &[&tenant, &fingerprint],
+            )
+            .await?;
             insert_audit(tx, &audit).await?;
             Ok::<_, Fail>(())
         }
-        .await)
+        .await
+        })
     }
 
     async fn set_verification_code(
@@ -1947,6 +2005,144 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn acl_rule_sets(&self, tenant: &str) -> StoreResult<Vec<AclRuleSetRecord>> {
+        read!(self, |c| rows(
+            c.query(
+                &format!("SELECT {ACL_COLS} FROM acl_rule_sets WHERE tenant_id = $1 ORDER BY name"),
+                &[&tenant],
+            )
+            .await?,
+            acl_row,
+        ))
+    }
+
+    async fn put_acl_rule_set(
+        &self,
+        set: AclRuleSetRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        transaction!(self, Notify::Yes, |tx| async {
+            if !tenant_exists(tx, &set.tenant).await? {
+                return Err(tenant_not_found(&set.tenant));
+            }
+            let existed = rule_set_exists(tx, &set.tenant, &set.name).await?;
+            tx.execute(
+                "INSERT INTO acl_rule_sets (tenant_id, name, body, updated_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tenant_id, name) DO UPDATE
+                 SET body = excluded.body, updated_at = excluded.updated_at",
+                &[&set.tenant, &set.name, &set.body, &set.updated_at],
+            )
+            .await?;
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(!existed)
+        }
+        .await)
+    }
+
+    async fn delete_acl_rule_set(
+        &self,
+        tenant: &str,
+        name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        transaction!(self, Notify::Yes, |tx| async {
+            let used = tx
+                .query_opt(
+                    "SELECT 1 FROM acl_assignments WHERE tenant_id = $1 AND rule_set = $2 LIMIT 1",
+                    &[&tenant, &name],
+                )
+                .await?
+                .is_some();
+            if used {
+                return Err(Fail::Store(StoreError::Conflict(Conflict::RuleSetInUse {
+                    name: name.to_string(),
+                })));
+            }
+            if tx
+                .execute(
+                    "DELETE FROM acl_rule_sets WHERE tenant_id = $1 AND name = $2",
+                    &[&tenant, &name],
+                )
+                .await?
+                == 0
+            {
+                return Err(Fail::Store(StoreError::NotFound(format!(
+                    "Rule set {name} not found"
+                ))));
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await)
+    }
+
+    async fn acl_assignments(&self, tenant: &str) -> StoreResult<Vec<AclAssignment>> {
+        read!(self, |c| {
+            rows(
+            c.query(
+                &format!(
+                    "SELECT {ACL_ASSIGN_COLS} FROM acl_assignments WHERE tenant_id = $1 ORDER BY target, key"
+                ),
+                &[&tenant],
+            )
+            .await?,
+            acl_assignment_row,
+        )
+        })
+    }
+
+    async fn set_acl_assignment(
+        &self,
+        tenant: &str,
+        target: AclTarget,
+        key: &str,
+        rule_set: Option<&str>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        transaction!(self, Notify::Yes, |tx| async {
+            if !tenant_exists(tx, tenant).await? {
+                return Err(tenant_not_found(tenant));
+            }
+            match rule_set {
+                Some(set) => {
+                    if !rule_set_exists(tx, tenant, set).await? {
+                        return Err(Fail::Store(StoreError::NotFound(format!(
+                            "Rule set {set} not found"
+                        ))));
+                    }
+                    tx.execute(
+                        "INSERT INTO acl_assignments (tenant_id, target, key, rule_set)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (tenant_id, target, key) DO UPDATE
+                         SET rule_set = excluded.rule_set",
+                        &[&tenant, &target.as_str(), &key, &set],
+                    )
+                    .await?;
+                }
+                None => {
+                    if tx
+                        .execute(
+                            "DELETE FROM acl_assignments
+                             WHERE tenant_id = $1 AND target = $2 AND key = $3",
+                            &[&tenant, &target.as_str(), &key],
+                        )
+                        .await?
+                        == 0
+                    {
+                        return Err(Fail::Store(StoreError::NotFound(format!(
+                            "No rule set is assigned to {} {key}",
+                            target.as_str()
+                        ))));
+                    }
+                }
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await)
+    }
+
     async fn trust_material(&self) -> StoreResult<TrustMaterial> {
         let mut client = self.client().await?;
         let r: Res<TrustMaterial> = async {
@@ -2007,6 +2203,22 @@ impl Store for PostgresStore {
                 .iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect::<Res<Vec<_>>>()?;
+            let acl_rule_sets = rows(
+                tx.query(
+                    &format!("SELECT {ACL_COLS} FROM acl_rule_sets ORDER BY tenant_id, name"),
+                    &[],
+                )
+                .await?,
+                acl_row,
+            )?;
+            let acl_assignments = rows(
+                tx.query(
+                    &format!("SELECT {ACL_ASSIGN_COLS} FROM acl_assignments"),
+                    &[],
+                )
+                .await?,
+                acl_assignment_row,
+            )?;
             tx.commit().await?;
             Ok(TrustMaterial {
                 tenants,
@@ -2014,6 +2226,8 @@ impl Store for PostgresStore {
                 revoked,
                 crls,
                 blocked,
+                acl_rule_sets,
+                acl_assignments,
             })
         }
         .await;

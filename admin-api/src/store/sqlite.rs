@@ -91,6 +91,21 @@ CREATE TABLE IF NOT EXISTS devices (
     PRIMARY KEY (tenant_id, common_name)
 );
 CREATE INDEX IF NOT EXISTS devices_blocked ON devices(status) WHERE status = 'BLOCKED';
+CREATE TABLE IF NOT EXISTS acl_rule_sets (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+CREATE TABLE IF NOT EXISTS acl_assignments (
+    tenant_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    rule_set TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, target, key),
+    FOREIGN KEY (tenant_id, rule_set) REFERENCES acl_rule_sets(tenant_id, name) ON DELETE CASCADE
+);
 CREATE TABLE IF NOT EXISTS server_certificate (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     name TEXT NOT NULL,
@@ -252,6 +267,34 @@ fn insert_audit(c: &Connection, e: &AuditEntry) -> StoreResult<()> {
 
 const TENANT_COLS: &str =
     "id, company, domain, created_at, max_chain_length, crl_offline_enabled, crl_online_enabled, client_id_policy, max_devices, max_anchors, max_publish_rate, crl_online_fail_open";
+
+const ACL_COLS: &str = "tenant_id, name, body, updated_at";
+const ACL_ASSIGN_COLS: &str = "tenant_id, target, key, rule_set";
+
+fn acl_row(r: &Row<'_>) -> rusqlite::Result<AclRuleSetRecord> {
+    Ok(AclRuleSetRecord {
+        tenant: r.get(0)?,
+        name: r.get(1)?,
+        body: r.get(2)?,
+        updated_at: r.get(3)?,
+    })
+}
+
+fn acl_assignment_row(r: &Row<'_>) -> rusqlite::Result<AclAssignment> {
+    let target: String = r.get(1)?;
+    Ok(AclAssignment {
+        tenant: r.get(0)?,
+        target: AclTarget::parse(&target).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown ACL target {target}").into(),
+            )
+        })?,
+        key: r.get(2)?,
+        rule_set: r.get(3)?,
+    })
+}
 
 /// Columns added after the first schema: databases created before get them here.
 fn migrate(c: &Connection) -> rusqlite::Result<()> {
@@ -891,6 +934,11 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(cert_not_found(&fp));
             }
+            // Its topic rule set assignment goes with it.
+            tx.execute(
+                "DELETE FROM acl_assignments WHERE tenant_id = ?1 AND target = 'anchor' AND key = ?2",
+                params![tenant, fp],
+            )?;
             insert_audit(tx, &audit)
         })
         .await
@@ -1314,6 +1362,146 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn acl_rule_sets(&self, tenant: &str) -> StoreResult<Vec<AclRuleSetRecord>> {
+        let tenant = tenant.to_string();
+        self.tx(move |tx| {
+            Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {ACL_COLS} FROM acl_rule_sets WHERE tenant_id = ?1 ORDER BY name"
+                ))?
+                .query_map([&tenant], acl_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn put_acl_rule_set(
+        &self,
+        set: AclRuleSetRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &set.tenant)? {
+                return Err(tenant_not_found(&set.tenant));
+            }
+            let existed = tx
+                .prepare_cached("SELECT 1 FROM acl_rule_sets WHERE tenant_id = ?1 AND name = ?2")?
+                .query_row(params![set.tenant, set.name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            tx.execute(
+                "INSERT INTO acl_rule_sets (tenant_id, name, body, updated_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, name) DO UPDATE
+                 SET body = excluded.body, updated_at = excluded.updated_at",
+                params![set.tenant, set.name, set.body, set.updated_at],
+            )?;
+            insert_audit(tx, &audit)?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    async fn delete_acl_rule_set(
+        &self,
+        tenant: &str,
+        name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        self.tx(move |tx| {
+            let used = tx
+                .prepare_cached(
+                    "SELECT 1 FROM acl_assignments WHERE tenant_id = ?1 AND rule_set = ?2 LIMIT 1",
+                )?
+                .query_row(params![tenant, name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if used {
+                return Err(StoreError::Conflict(Conflict::RuleSetInUse { name }));
+            }
+            if tx.execute(
+                "DELETE FROM acl_rule_sets WHERE tenant_id = ?1 AND name = ?2",
+                params![tenant, name],
+            )? == 0
+            {
+                return Err(StoreError::NotFound(format!("Rule set {name} not found")));
+            }
+            insert_audit(tx, &audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn acl_assignments(&self, tenant: &str) -> StoreResult<Vec<AclAssignment>> {
+        let tenant = tenant.to_string();
+        self.tx(move |tx| {
+            Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {ACL_ASSIGN_COLS} FROM acl_assignments WHERE tenant_id = ?1 ORDER BY target, key"
+                ))?
+                .query_map([&tenant], acl_assignment_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn set_acl_assignment(
+        &self,
+        tenant: &str,
+        target: AclTarget,
+        key: &str,
+        rule_set: Option<&str>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, key, rule_set) = (
+            tenant.to_string(),
+            key.to_string(),
+            rule_set.map(str::to_string),
+        );
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &tenant)? {
+                return Err(tenant_not_found(&tenant));
+            }
+            match rule_set {
+                Some(set) => {
+                    let exists = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM acl_rule_sets WHERE tenant_id = ?1 AND name = ?2",
+                        )?
+                        .query_row(params![tenant, set], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                    if !exists {
+                        return Err(StoreError::NotFound(format!("Rule set {set} not found")));
+                    }
+                    tx.execute(
+                        "INSERT INTO acl_assignments (tenant_id, target, key, rule_set)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (tenant_id, target, key) DO UPDATE
+                         SET rule_set = excluded.rule_set",
+                        params![tenant, target.as_str(), key, set],
+                    )?;
+                }
+                None => {
+                    if tx.execute(
+                        "DELETE FROM acl_assignments WHERE tenant_id = ?1 AND target = ?2 AND key = ?3",
+                        params![tenant, target.as_str(), key],
+                    )? == 0
+                    {
+                        return Err(StoreError::NotFound(format!(
+                            "No rule set is assigned to {} {key}",
+                            target.as_str()
+                        )));
+                    }
+                }
+            }
+            insert_audit(tx, &audit)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn trust_material(&self) -> StoreResult<TrustMaterial> {
         self.tx(|tx| {
             let tenants = tx
@@ -1348,12 +1536,24 @@ impl Store for SqliteStore {
                 .prepare("SELECT tenant_id, common_name FROM devices WHERE status = 'BLOCKED'")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
+            let acl_rule_sets = tx
+                .prepare(&format!(
+                    "SELECT {ACL_COLS} FROM acl_rule_sets ORDER BY tenant_id, name"
+                ))?
+                .query_map([], acl_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let acl_assignments = tx
+                .prepare(&format!("SELECT {ACL_ASSIGN_COLS} FROM acl_assignments"))?
+                .query_map([], acl_assignment_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(TrustMaterial {
                 tenants,
                 anchors,
                 revoked,
                 crls,
                 blocked,
+                acl_rule_sets,
+                acl_assignments,
             })
         })
         .await

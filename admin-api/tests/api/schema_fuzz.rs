@@ -107,6 +107,11 @@ const CONTENT_CHECKED: &[(&str, &str, &str)] = &[
         "422",
         "crt and key must be a certificate and its key that pass the requirements",
     ),
+    (
+        "PUT /tenant/tenants/{tenant_id}/acl/rule-sets/{name}",
+        "422",
+        "each rule's topic must be an MQTT topic filter ('#' last, '+' a whole level, no '$' start) with only the ${cn} and ${tenant} placeholders; maxQos and retain on allow rules only",
+    ),
 ];
 
 /// Operations whose documented semantics differ from a check's assumption, with the

@@ -379,6 +379,46 @@ pub async fn wait_suback(el: &mut rumqttc::EventLoop) {
     }
 }
 
+/// Polls `el` until `f` picks an incoming packet (or 5 s pass, or the connection fails:
+/// both panic with what happened).
+pub async fn until_v5<T>(
+    el: &mut rumqttc::v5::EventLoop,
+    what: &str,
+    mut f: impl FnMut(&rumqttc::v5::mqttbytes::v5::Packet) -> Option<T>,
+) -> T {
+    let wait = Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, el.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(p))) => {
+                if let Some(v) = f(&p) {
+                    return v;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("waiting for {what}: connection failed: {e:?}"),
+            Err(_) => panic!("waiting for {what}: nothing within {wait:?}"),
+        }
+    }
+}
+
+/// Waits for a v5 session to be closed by the server; returns the DISCONNECT reason.
+pub fn watch_v5(
+    mut el: rumqttc::v5::EventLoop,
+) -> tokio::task::JoinHandle<Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>> {
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(_) => continue,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => return Some(reason_code),
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
 /// Drives an event loop in the background (for publishers).
 pub fn drive(
     mut el: rumqttc::EventLoop,
