@@ -907,8 +907,8 @@ where
                 _ = crate::stopped(&mut shutdown) => End::Shutdown,
             }
         };
-        let backend_client_id = format!("{tenant}.{cn}");
-        let taken_over = live.is_some_and(|n| shared.backend.session_ended(&backend_client_id, n));
+        let taken_over =
+            live.is_some_and(|n| shared.backend.session_ended(&format!("{tenant}.{cn}"), n));
         let end = match end {
             End::BackendLost if taken_over => End::TakenOver,
             end => end,

@@ -650,4 +650,37 @@ async fn a_device_cannot_forge_the_qos_mark_and_never_sees_it() {
             "the reserved property never reaches a subscriber; the device's others do"
         );
     }
+    // The other marks: a forged publication time (long expired), origin and retain flag
+    // change nothing either.
+    let props = PublishProperties {
+        message_expiry_interval: Some(100),
+        user_properties: vec![
+            ("$front-end/t".into(), "0:1".into()),
+            ("$front-end/origin".into(), "0".into()),
+            ("$front-end/retain".into(), "1".into()),
+        ],
+        ..Default::default()
+    };
+    publ.publish_with_properties("forged/time", Q5::AtLeastOnce, false, "m", props)
+        .await
+        .unwrap();
+    let (retain, expiry, user) = until(&mut sub_el, "forged/time", |p| match p {
+        P5::Publish(p) => Some((
+            p.retain,
+            p.properties
+                .as_ref()
+                .and_then(|pr| pr.message_expiry_interval),
+            p.properties
+                .as_ref()
+                .map(|pr| pr.user_properties.clone())
+                .unwrap_or_default(),
+        )),
+        _ => None,
+    })
+    .await;
+    assert_eq!((retain, user), (false, vec![]), "no forged mark survives");
+    assert!(
+        expiry.is_some_and(|e| (99..=100).contains(&e)),
+        "the message's own expiry, not the forged time's: {expiry:?}"
+    );
 }

@@ -70,13 +70,24 @@ async fn drain_v5(el: &mut El5, wait: Duration) -> Vec<rumqttc::v5::mqttbytes::v
 
 /// Polls a 5.0 client until its SUBACK.
 async fn suback5(el: &mut El5) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
-            Ok(Ok(rumqttc::v5::Event::Incoming(P5::SubAck(_)))) => return,
-            Ok(Ok(_)) => {}
-            other => panic!("no SUBACK: {other:?}"),
-        }
-    }
+    until_v5(el, "SUBACK", |p| matches!(p, P5::SubAck(_)).then_some(())).await
+}
+
+/// A raw mTLS connection to the MQTT port, for packets rumqttc will not send.
+async fn mtls(
+    port: u16,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
 }
 
 /// Polls a 3.1.1 client until its PUBACK.
@@ -1082,16 +1093,7 @@ async fn empty_id_persistent(
     [u8; 4],
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut s = mtls(port, tls).await;
     // CONNECT: "MQTT" level 4, flags 0 (CleanSession=0), keep-alive 60, ClientId "".
     s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 0])
         .await
@@ -1172,16 +1174,7 @@ async fn v5_leaving_with_expiry(
     at_end: u32,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut s = mtls(port, tls).await;
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 5, 0x11];
     body.extend_from_slice(&expiry.to_be_bytes());
     body.extend_from_slice(&(cn.len() as u16).to_be_bytes());

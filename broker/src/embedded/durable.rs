@@ -166,7 +166,9 @@ impl Durable {
                 topics.insert(topic.to_vec());
             }
         }
-        let Some(packet) = qos0_bytes(Packet::Publish(publish.clone(), props.clone()), true) else {
+        let Some(StoredForm { bytes: packet, .. }) =
+            stored_form(Packet::Publish(publish.clone(), props.clone()), true)
+        else {
             return true;
         };
         self.state.retain(Retained {
@@ -369,19 +371,36 @@ async fn discard(hub: &Arc<Hub>, client_id: &str) {
     }
 }
 
-/// `publish` as an MQTT 5 QoS 0 PUBLISH (no packet ID, DUP clear), retain flag as
-/// given.
-fn qos0_bytes(packet: Packet, retain: bool) -> Option<Vec<u8>> {
+/// A PUBLISH in the form it is stored in: MQTT 5, QoS 0 (no packet ID, DUP clear), the
+/// given retain flag; with the QoS and packet ID it came with.
+struct StoredForm {
+    bytes: Vec<u8>,
+    qos: u8,
+    pkid: u16,
+}
+
+fn stored_form(packet: Packet, retain: bool) -> Option<StoredForm> {
     let mut wire = BytesMut::new();
     V5.write(packet, &mut wire).ok()?;
     let (h, _, topic) = publish_layout(&wire)?;
     let qos = (wire[0] >> 1) & 0x03;
-    let first = 0x30 | u8::from(retain);
     let start = h + 2 + topic;
+    let pkid = match qos {
+        0 => 0,
+        _ => u16::from_be_bytes([*wire.get(start)?, *wire.get(start + 1)?]),
+    };
     let after = if qos > 0 { start + 2 } else { start };
     let mut out = BytesMut::new();
-    crate::mqtt::write_packet(&mut out, first, &[&wire[h..start], wire.get(after..)?]);
-    Some(out.to_vec())
+    crate::mqtt::write_packet(
+        &mut out,
+        0x30 | u8::from(retain),
+        &[&wire[h..start], wire.get(after..)?],
+    );
+    Some(StoredForm {
+        bytes: out.to_vec(),
+        qos,
+        pkid,
+    })
 }
 
 /// Decodes a stored MQTT 5 PUBLISH.
@@ -567,17 +586,11 @@ fn take(
     let own = m.qos;
     let published_at = marks::original_expiry(&mut props, &m);
     let retained = publish.retain;
-    let mut wire = BytesMut::new();
-    V5.write(Packet::Publish(publish, props), &mut wire).ok()?;
-    let (h, _, topic) = publish_layout(&wire)?;
-    let granted = (wire[0] >> 1) & 0x03;
-    let pkid = match granted {
-        0 => 0,
-        _ => {
-            let at = h + 2 + topic;
-            u16::from_be_bytes([*wire.get(at)?, *wire.get(at + 1)?])
-        }
-    };
+    let StoredForm {
+        bytes: packet,
+        qos: granted,
+        pkid,
+    } = stored_form(Packet::Publish(publish, props), false)?;
     let ack = match granted {
         0 => None,
         1 => Some(Packet::PubAck(
@@ -596,13 +609,6 @@ fn take(
         return ack;
     }
     let qos = own.map_or(granted, |q| q.min(granted));
-    let packet = {
-        let start = h + 2 + topic;
-        let after = if granted > 0 { start + 2 } else { start };
-        let mut out = BytesMut::new();
-        crate::mqtt::write_packet(&mut out, 0x30, &[&wire[h..start], wire.get(after..)?]);
-        out.to_vec()
-    };
     if queue.len() >= durable.max_queue {
         // Full: the oldest QoS 0 message makes room, else this one is dropped.
         match queue.iter().position(|(_, q)| *q == 0) {

@@ -286,10 +286,7 @@ impl StateStore {
         let _ = rx.await;
     }
 
-    fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> std::io::Result<T> {
         let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&c).map_err(|e| std::io::Error::other(format!("broker state: {e}")))
     }
@@ -324,17 +321,8 @@ impl StateStore {
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut q =
-                c.prepare("SELECT filter, options FROM subscriptions WHERE client_id = ?1")?;
             for session in &mut sessions {
-                session.subs = q
-                    .query_map([&session.client_id], |r| {
-                        Ok(StoredSub {
-                            filter: r.get(0)?,
-                            options: r.get(1)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                session.subs = subs_of(c, &session.client_id)?;
             }
             Ok(sessions)
         })
@@ -342,24 +330,12 @@ impl StateStore {
 
     /// The stored subscriptions of a session.
     pub fn load_subs(&self, client_id: &str) -> std::io::Result<Vec<StoredSub>> {
-        let client_id = client_id.to_owned();
-        self.read(move |c| {
-            let mut q =
-                c.prepare("SELECT filter, options FROM subscriptions WHERE client_id = ?1")?;
-            let rows = q.query_map([client_id], |r| {
-                Ok(StoredSub {
-                    filter: r.get(0)?,
-                    options: r.get(1)?,
-                })
-            })?;
-            rows.collect()
-        })
+        self.read(|c| subs_of(c, client_id))
     }
 
     /// The messages queued for a session, oldest first (after [`StateStore::barrier`]).
     pub fn load_queue(&self, client_id: &str) -> std::io::Result<Vec<Queued>> {
-        let client_id = client_id.to_owned();
-        self.read(move |c| {
+        self.read(|c| {
             let mut s = c.prepare(
                 "SELECT id, qos, packet, stored_at FROM queue WHERE client_id = ?1 ORDER BY id",
             )?;
@@ -380,6 +356,19 @@ impl StateStore {
     pub fn max_queue_id(&self) -> std::io::Result<i64> {
         self.read(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)))
     }
+}
+
+/// The subscriptions of one session (a cached statement: one parse for all sessions).
+fn subs_of(c: &Connection, client_id: &str) -> rusqlite::Result<Vec<StoredSub>> {
+    let mut q =
+        c.prepare_cached("SELECT filter, options FROM subscriptions WHERE client_id = ?1")?;
+    let rows = q.query_map([client_id], |r| {
+        Ok(StoredSub {
+            filter: r.get(0)?,
+            options: r.get(1)?,
+        })
+    })?;
+    rows.collect()
 }
 
 fn apply(
