@@ -1479,3 +1479,35 @@ async fn qos_2_messages_queued_for_an_offline_session_complete_their_flow() {
     assert!(drain_v5(&mut el, Duration::from_secs(1)).await.is_empty());
     bye_v5(c, el).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_state_file_stops_the_start_with_its_name() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    // Something that is no SQLite database where the state file goes.
+    std::fs::write(
+        dir.path().join("broker-state.db"),
+        b"not a database, 32 bytes long..",
+    )
+    .unwrap();
+    let config = broker::Config {
+        data_dir: dir.path().to_path_buf(),
+        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let err = match broker::start(config, Some(ADMIN_PW.into())).await {
+        Ok(_) => panic!("started on a state file it cannot read"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("the embedded broker did not start: ") && err.contains("broker-state.db"),
+        "{err}"
+    );
+    // Nothing was overwritten.
+    assert_eq!(
+        std::fs::read(dir.path().join("broker-state.db")).unwrap(),
+        b"not a database, 32 bytes long.."
+    );
+}

@@ -23,6 +23,8 @@ pub(crate) struct SubOptions {
     filters: Vec<(String, bool, bool, bool)>,
     /// Some filter has an option the router ignores: copies must be checked.
     special: bool,
+    /// Some filter has No Local (asked at every PUBLISH of the session).
+    no_local: bool,
 }
 
 /// What happens to a copy the router forwards.
@@ -44,24 +46,26 @@ impl SubOptions {
         let rh2 = matches!(f.retain_forward_rule, RetainForwardRule::Never);
         self.filters
             .push((f.path.clone(), f.nolocal, f.preserve_retain, rh2));
-        self.special = self
-            .filters
-            .iter()
-            .any(|(_, nl, rap, rh2)| *nl || *rap || *rh2);
+        self.refresh();
     }
 
     /// An UNSUBSCRIBE's filter.
     pub(crate) fn unsubscribe(&mut self, path: &str) {
         self.filters.retain(|(p, ..)| p != path);
-        self.special = self
-            .filters
-            .iter()
-            .any(|(_, nl, rap, rh2)| *nl || *rap || *rh2);
+        self.refresh();
     }
 
     /// Some subscription of the session has No Local: its messages need an origin mark.
     pub(crate) fn no_local(&self) -> bool {
-        self.filters.iter().any(|(_, nl, ..)| *nl)
+        self.no_local
+    }
+
+    fn refresh(&mut self) {
+        self.special = self
+            .filters
+            .iter()
+            .any(|(_, nl, rap, rh2)| *nl || *rap || *rh2);
+        self.no_local = self.filters.iter().any(|(_, nl, ..)| *nl);
     }
 
     /// The verdict on a copy of a message on `topic` (mounted) that came with the
