@@ -473,32 +473,41 @@ fn parse_url(url: &str) -> StoreResult<(tokio_postgres::Config, Tls)> {
 }
 
 /// The URL with its password replaced by `<redacted>` (for Debug output and logs).
+/// Read as tokio-postgres reads it: the user information runs to the first `@` after
+/// the scheme (a password may hold `/` or `?`), and query keys are percent-decoded
+/// (`?pass%77ord=` is the password).
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "<redacted>");
-            }
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let (userinfo, after) = match rest.find('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let redacted = match user.split_once(':') {
+                Some((name, _)) => format!("{name}:<redacted>@"),
+                None => format!("{user}@"),
+            };
+            (redacted, &rest[at + 1..])
         }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some(("password", _)) => "password=<redacted>".to_string(),
-                _ => p.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", query.join("&"));
-    }
-    out
+        None => (String::new(), rest),
+    };
+    let after = match after.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if crate::routes::chain::percent_decode(k) == b"password" => {
+                        format!("{k}=<redacted>")
+                    }
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => after.to_string(),
+    };
+    format!("{head}{userinfo}{after}")
 }
 
 fn tls_connector(rootcert: &str) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
@@ -2331,5 +2340,24 @@ mod tests {
             "postgres://fe@db/broker?password=<redacted>&sslmode=disable"
         );
         assert_eq!(redact_url("postgres://db/broker"), "postgres://db/broker");
+        // As the driver reads it: the password runs to the first `@`, `/` and `?`
+        // included; a percent-encoded key is the password too.
+        assert_eq!(
+            redact_url("postgres://fe:ab/cd?ef@db/broker?sslmode=require"),
+            "postgres://fe:<redacted>@db/broker?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://fe@db/broker?pass%77ord=s3cret"),
+            "postgres://fe@db/broker?pass%77ord=<redacted>"
+        );
+        for url in [
+            "postgres://fe:ab/cd?ef@db/broker",
+            "postgres://fe@db/broker?pass%77ord=s3cret",
+        ] {
+            let cfg: tokio_postgres::Config = url.parse().unwrap();
+            let password = cfg.get_password().unwrap();
+            let password = std::str::from_utf8(password).unwrap();
+            assert!(!redact_url(url).contains(password), "{url}");
+        }
     }
 }
