@@ -431,6 +431,15 @@ pub fn connack_code(pkt: &[u8]) -> Option<u8> {
     pkt.get(h + 1).copied()
 }
 
+/// The session present flag of a CONNACK packet, if `pkt` is one.
+pub fn connack_session_present(pkt: &[u8]) -> Option<bool> {
+    if pkt.first().map(|b| b >> 4) != Some(kind::CONNACK) {
+        return None;
+    }
+    let (h, _) = header(pkt);
+    pkt.get(h).map(|f| f & 0x01 != 0)
+}
+
 /// Mounts a PUBLISH topic under `prefix` (`<tenant>/`). Wildcards, empty topics, NUL and
 /// topics starting with `$` are refused: a device may not publish into `$SYS` or make
 /// its messages match another scope.

@@ -209,6 +209,9 @@ struct SessionAcl {
     refused_qos2: std::sync::Mutex<Vec<[u8; 2]>>,
     /// When the last refusal was logged, and refusals not logged since.
     log: std::sync::Mutex<(Option<Instant>, u64)>,
+    /// The backend resumed an earlier session (CONNACK session present): it holds
+    /// subscriptions this connection never sent, which no rule check has seen.
+    resumed: bool,
 }
 
 /// A SUBSCRIBE's packet id and, per filter, its refusal code or `None` (the backend's).
@@ -227,6 +230,7 @@ impl SessionAcl {
             pending_subacks: Default::default(),
             refused_qos2: Default::default(),
             log: Default::default(),
+            resumed: false,
         }
     }
 
@@ -278,10 +282,15 @@ impl SessionAcl {
         }
         let compiled = now.compile(&id.tenant, &id.common_name);
         let subscriptions = lock(&self.subscriptions);
-        let withdrawn = subscriptions
-            .iter()
-            .find(|f| !compiled.check_subscribe(f, 0).allowed())
-            .cloned();
+        let withdrawn = if self.resumed && !compiled.is_allow_all() {
+            // Its earlier subscriptions cannot be checked: they may be anything.
+            Some("(subscriptions of an earlier connection)".to_string())
+        } else {
+            subscriptions
+                .iter()
+                .find(|f| !compiled.check_subscribe(f, 0).allowed())
+                .cloned()
+        };
         self.compiled.store(Arc::new(compiled));
         *applies = now;
         drop(subscriptions);
@@ -656,7 +665,7 @@ where
             }
         }
     }
-    let acl = SessionAcl::new(applies, compiled);
+    let mut acl = SessionAcl::new(applies, compiled);
 
     // Tenant quotas.
     let Some(_slot) = shared.quotas.open_session(&id.tenant, settings.max_devices) else {
@@ -798,6 +807,7 @@ where
         shared.metrics.refused("backend_refused");
         return None;
     }
+    acl.resumed = mqtt::connack_session_present(&ack) == Some(true);
     let proto = if version == Version::V4 { "3.1.1" } else { "5" };
     shared
         .metrics

@@ -676,3 +676,39 @@ async fn the_rest_api_scopes_validates_and_dry_runs() {
         assert!(text.contains(action), "{action} missing from {text}");
     }
 }
+
+/// A session resumed with CleanSession=0 holds subscriptions an earlier connection
+/// made, which this connection's checks never saw (here `#`, made before the tenant
+/// had rules): when the rules are narrowed, it is ended like a live session whose
+/// subscription was withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_the_rules_ends_a_resumed_session_whose_old_subscriptions_are_unknown() {
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    let persistent = || {
+        let mut o = v5(&env, &ca, "spy");
+        o.set_clean_start(false)
+            .set_session_expiry_interval(Some(600));
+        o
+    };
+    let (c, mut el) = connect_v5(persistent()).await.unwrap();
+    c.subscribe("#", Q5::AtLeastOnce).await.unwrap();
+    suback5(&mut el).await;
+    c.disconnect().await.unwrap();
+    while tokio::time::timeout(WAIT, el.poll())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {}
+
+    // Back, resuming the session that holds `#`; then the tenant restricts devices.
+    let (_c, el) = connect_v5(persistent()).await.unwrap();
+    let h = watch_v5(el);
+    put_rules(&env, "default", device_rules(), 201).await;
+    let reason = tokio::time::timeout(Duration::from_secs(2), h)
+        .await
+        .expect("closed within 2 s")
+        .unwrap();
+    assert_eq!(reason, Some(V5Reason::NotAuthorized));
+}
