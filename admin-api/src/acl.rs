@@ -383,6 +383,11 @@ impl Acl {
     /// through) at `qos`? `Ok` holds the QoS to grant (lowered by `maxQos`). Allocates
     /// nothing.
     pub fn check_subscribe(&self, filter: &str, qos: u8) -> Decision {
+        if self.is_allow_all() {
+            // A tenant without rules: as before them (a malformed filter is the
+            // broker's to refuse, not a rule refusal).
+            return self.default(qos);
+        }
         let f = match filter.strip_prefix("$share/") {
             Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
             None => filter,
@@ -759,5 +764,41 @@ mod tests {
             set.validate(),
             Err(RuleError::Rule { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn which_set_applies_and_a_missing_one_refuses_everything() {
+        use std::sync::Arc;
+        let mut t = TenantAcl::default();
+        assert_eq!(t.applies("d1", None), Applies::NoRules);
+        assert!(t.applies("d1", None).compile("acme", "d1").is_allow_all());
+        // Sets, but no `default`: a device without an assignment is not restricted
+        // (documented in the README); an assigned one gets its set.
+        t.sets
+            .insert("gateways".into(), Some(Arc::new(device_set())));
+        t.by_anchor.insert("fp".into(), "gateways".into());
+        assert_eq!(t.applies("d1", None), Applies::NoRules);
+        assert!(matches!(t.applies("d1", Some("fp")), Applies::Set(n, _) if n == "gateways"));
+        // The device's own assignment wins over its certificate's.
+        t.sets
+            .insert("default".into(), Some(Arc::new(device_set())));
+        t.by_device.insert("d1".into(), "gone".into());
+        assert_eq!(t.applies("d1", Some("fp")), Applies::Missing("gone".into()));
+        assert!(matches!(t.applies("d2", None), Applies::Set(n, _) if n == "default"));
+        // Missing or unreadable: everything refused, never everything allowed.
+        t.sets.insert("broken".into(), None);
+        t.by_device.insert("d3".into(), "broken".into());
+        for cn in ["d1", "d3"] {
+            let acl = t.applies(cn, None).compile("acme", cn);
+            assert!(
+                !acl.check_publish(&format!("devices/{cn}/x"), 0, false)
+                    .allowed(),
+                "{cn}"
+            );
+            assert!(
+                !acl.check_subscribe(&format!("devices/{cn}/#"), 0).allowed(),
+                "{cn}"
+            );
+        }
     }
 }
