@@ -169,6 +169,19 @@ impl ApiError {
         }
     }
 
+    /// Seconds after which a retry is likely to be served, for the answers that have
+    /// one (sent as `Retry-After` and as `info.retryAfterSeconds`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::ServiceUnavailable { retry_after_secs } => Some(*retry_after_secs),
+            // The store reconnects by itself; a node notices the database back within
+            // its poll interval.
+            ApiError::DatabaseUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
     /// The body sent to the client.
     pub fn body(&self) -> ErrorBody {
         let (_, error, message) = self.parts();
@@ -176,12 +189,10 @@ impl ApiError {
             ApiError::Unprocessable { info, .. } | ApiError::ChainRefused { info, .. } => {
                 info.clone()
             }
-            ApiError::TooManyRequests { retry_after_secs }
-            | ApiError::ServiceUnavailable { retry_after_secs } => {
-                serde_json::json!({ "retryAfterSeconds": retry_after_secs })
-            }
-            ApiError::DatabaseUnavailable(_) => serde_json::json!({ "retryAfterSeconds": 1 }),
-            _ => serde_json::Value::Null,
+            _ => match self.retry_after() {
+                Some(secs) => serde_json::json!({ "retryAfterSeconds": secs }),
+                None => serde_json::Value::Null,
+            },
         };
         // Always an object, as the document says: `{}` for no details.
         let info = match info {
@@ -218,17 +229,13 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Basic realm=\"broker admin\""),
                 );
             }
-            ApiError::TooManyRequests { retry_after_secs }
-            | ApiError::ServiceUnavailable { retry_after_secs } => {
-                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+            _ => {
+                if let Some(secs) = self.retry_after() {
+                    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                        resp.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
                 }
             }
-            ApiError::DatabaseUnavailable(_) => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
         }
         resp
     }

@@ -577,11 +577,13 @@ impl TenantQuotas {
                 .unwrap_or(0),
         };
         let mut m = self.sessions.lock().ok()?;
-        let n = m.entry(tenant.clone()).or_insert(0);
-        if max > 0 && u64::from(*n) + elsewhere >= u64::from(max) {
+        // A refusal leaves no entry behind (it would be reported to the other nodes
+        // forever: only a slot's drop removes one).
+        let here = m.get(&**tenant).copied().unwrap_or(0);
+        if max > 0 && u64::from(here) + elsewhere >= u64::from(max) {
             return None;
         }
-        *n += 1;
+        *m.entry(tenant.clone()).or_insert(0) += 1;
         Some(SessionSlot {
             quotas: self.clone(),
             tenant: tenant.clone(),
@@ -647,6 +649,16 @@ mod quota_tests {
         assert_eq!(q.local_sessions(), [("acme".to_string(), 1)]);
         q.set_remote_sessions(HashMap::new());
         assert!(q.open_session(&t, 3).is_some());
+        // A tenant with no session here, full through the other nodes alone: refused,
+        // and nothing is left to report for it.
+        let g: Arc<str> = Arc::from("globex");
+        q.set_remote_sessions(HashMap::from([("globex".to_string(), 2)]));
+        assert!(q.open_session(&g, 2).is_none());
+        assert!(
+            q.local_sessions().iter().all(|(t, _)| t != "globex"),
+            "{:?}",
+            q.local_sessions()
+        );
     }
 
     #[test]
