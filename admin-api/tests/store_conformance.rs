@@ -1211,6 +1211,16 @@ async fn a_lost_notification_is_repaired_by_the_change_counter() {
     );
     let m = reader.trust_material().await.unwrap();
     assert_eq!(m.blocked, [("acme".to_string(), "cut".to_string())]);
+
+    // The counter alone, with no NOTIFY and no reconnect (a notification lost on a
+    // connection that stayed up): the poll notices it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while rx.try_recv().is_ok() {}
+    pg.psql("lost", "UPDATE change_counter SET version = version + 1");
+    assert!(
+        changed(&mut rx, Duration::from_secs(1)).await,
+        "a counter that moved without a notification is noticed within a second"
+    );
 }
 
 /// The database goes away: calls fail with Unavailable (never hang), registry lookups
