@@ -195,6 +195,28 @@ async fn real_main(command: Option<Command>, config: broker::Config) -> Result<(
     }
 }
 
+/// Applies `limits.malloc_arenas` (glibc's `M_ARENA_MAX`) before the runtimes start their
+/// threads, unless `MALLOC_ARENA_MAX` is set (glibc has then applied it already) or the
+/// setting is 0.
+#[allow(unsafe_code)]
+fn limit_malloc_arenas(arenas: usize) {
+    if arenas == 0 || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = libc::c_int::try_from(arenas).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable of glibc's allocator; called before any
+        // thread of this process allocates concurrently.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
+            tracing::warn!(
+                arenas,
+                "could not limit glibc's malloc arenas (limits.malloc_arenas)"
+            );
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(Command::PrintConfig) = cli.command {
@@ -216,6 +238,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    limit_malloc_arenas(config.limits.malloc_arenas);
     // The sessions' runtime: the devices' packets run on its workers (see
     // `limits.session_threads`).
     let rt = tokio::runtime::Builder::new_multi_thread()
