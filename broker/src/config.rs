@@ -137,6 +137,13 @@ pub struct Limits {
     pub handshake_burst_per_source: u32,
     /// TLS handshakes in progress at once; excess connections are closed.
     pub max_concurrent_handshakes: usize,
+    /// A connection that arrives when the handshake rate is used up waits up to this
+    /// long (milliseconds) for its turn, holding one of `max_concurrent_handshakes`,
+    /// instead of being closed: a reconnect storm drains at the admitted rate without
+    /// sending devices into their back-off. Beyond it, or with every slot held, the
+    /// connection is closed as before (`refused{reason="handshake_rate"}`). At most half
+    /// of `handshake_timeout_ms` is used (the wait counts against it). 0: no wait.
+    pub handshake_queue_ms: u64,
     /// Worker threads of the sessions' runtime, which carries every device's packets
     /// once its session is set up (0: one per CPU core, less one for the embedded
     /// broker's router thread; see [`Config::session_threads`]).
@@ -251,6 +258,7 @@ impl Default for Limits {
             handshake_rate_per_source: 1_000,
             handshake_burst_per_source: 1_000,
             max_concurrent_handshakes: 512,
+            handshake_queue_ms: 2_000,
             session_threads: 0,
             handshake_threads: 0,
             handshake_nice: 10,
@@ -483,6 +491,11 @@ handshake_rate_per_source = 1000
 handshake_burst_per_source = 1000
 # TLS handshakes in progress at once.
 max_concurrent_handshakes = 512
+# A connection arriving when the handshake rate is used up waits up to this many
+# milliseconds for its turn (holding one of max_concurrent_handshakes) instead of being
+# closed, so that a reconnect storm drains at the admitted rate without sending devices
+# into their back-off. At most half of handshake_timeout_ms is used. 0: closed at once.
+handshake_queue_ms = 2000
 # Worker threads carrying the devices' packets once their sessions are set up (0: one
 # per CPU core, less one for the embedded broker's router, which is busy whenever they
 # are: on two cores, one worker forwards ~15% more QoS 1 messages for ~17% less CPU).
