@@ -1499,6 +1499,8 @@ fn csr_made_here_is_signed_without_its_key() {
             "verify",
             "--anchor",
             "root/ca.crt",
+            "--max-chain-length",
+            "3",
             "ca-side/dev-77-chain.pem",
         ],
     );
