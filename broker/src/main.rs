@@ -94,13 +94,7 @@ struct ImportArgs {
 
 /// The first line of a secret file.
 fn secret_file(path: &PathBuf) -> Result<String, String> {
-    let text = String::from_utf8(read(path)?)
-        .map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-    let line = text.lines().next().unwrap_or_default().to_string();
-    if line.is_empty() {
-        return Err(format!("{}: the passphrase is empty", path.display()));
-    }
-    Ok(line)
+    certs::ca_dir::read_secret_line(path).map_err(|e| e.to_string())
 }
 
 /// `broker import-certificate`.

@@ -384,14 +384,7 @@ impl CaDir {
 
     /// The certificates recorded in `issued.json` (empty when it does not exist).
     pub fn issued(&self) -> Result<IssuedList, CaDirError> {
-        let path = self.dir.join(ISSUED_FILE);
-        if !path.exists() {
-            return Ok(IssuedList::default());
-        }
-        serde_json::from_slice(&read_file(&path)?).map_err(|e| CaDirError::BadRevokedList {
-            path,
-            message: e.to_string(),
-        })
+        read_list(&self.dir.join(ISSUED_FILE))
     }
 
     /// Appends a certificate this CA issued to `issued.json`.
@@ -415,28 +408,16 @@ impl CaDir {
             profile: profile.to_string(),
             from_csr,
         });
-        let mut json = serde_json::to_vec_pretty(&list).map_err(|e| io_err(&path, e))?;
-        json.push(b'\n');
-        write_file(&path, &json, false, true)
+        save_list(&path, &list)
     }
 
     /// The revocations recorded so far (empty when `revoked.json` does not exist).
     pub fn revoked(&self) -> Result<RevokedList, CaDirError> {
-        let path = self.dir.join(REVOKED_FILE);
-        if !path.exists() {
-            return Ok(RevokedList::default());
-        }
-        serde_json::from_slice(&read_file(&path)?).map_err(|e| CaDirError::BadRevokedList {
-            path,
-            message: e.to_string(),
-        })
+        read_list(&self.dir.join(REVOKED_FILE))
     }
 
     fn save_revoked(&self, list: &RevokedList) -> Result<(), CaDirError> {
-        let path = self.dir.join(REVOKED_FILE);
-        let mut json = serde_json::to_vec_pretty(list).map_err(|e| io_err(&path, e))?;
-        json.push(b'\n');
-        write_file(&path, &json, false, true)
+        save_list(&self.dir.join(REVOKED_FILE), list)
     }
 
     /// Records the certificate `cert_der` (which this CA must have issued) as revoked.
@@ -494,6 +475,38 @@ impl CaDir {
         self.save_revoked(&list)?;
         Ok(der)
     }
+}
+
+/// A JSON list this module keeps (`revoked.json`, `issued.json`): empty when missing.
+fn read_list<T: Default + serde::de::DeserializeOwned>(path: &Path) -> Result<T, CaDirError> {
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&read_file(path)?).map_err(|e| CaDirError::BadRevokedList {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn save_list<T: Serialize>(path: &Path, list: &T) -> Result<(), CaDirError> {
+    let mut json = serde_json::to_vec_pretty(list).map_err(|e| io_err(path, e))?;
+    json.push(b'\n');
+    write_file(path, &json, false, true)
+}
+
+/// The first line of a file holding a secret (a passphrase file); an empty one is an
+/// error.
+pub fn read_secret_line(path: &Path) -> Result<String, CaDirError> {
+    let bad = |message: &str| CaDirError::Io {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    let text = String::from_utf8(read_file(path)?).map_err(|_| bad("not UTF-8 text"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(bad("the passphrase is empty"));
+    }
+    Ok(line.to_string())
 }
 
 /// The PEM of an issued key: encrypted PKCS#8 with a passphrase, plain PKCS#8 without.

@@ -577,13 +577,19 @@ fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>,
         .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
     // The same walk as for PKCS#12: the PBES2 parameters' PBKDF2 or scrypt costs.
     walk_kdf_parameters(der, 0)?;
-    let doc = info.decrypt(passphrase).map_err(|e| match e {
-        pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
-            ReadError::UnsupportedEncryption(oid.to_string())
-        }
-        _ => ReadError::Passphrase,
-    })?;
-    let plain = doc.as_bytes().to_vec();
+    let plain = match decrypt_pbes2_pbkdf2_aes(&info, passphrase) {
+        Some(plain) => plain?,
+        None => info
+            .decrypt(passphrase)
+            .map_err(|e| match e {
+                pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
+                    ReadError::UnsupportedEncryption(oid.to_string())
+                }
+                _ => ReadError::Passphrase,
+            })?
+            .as_bytes()
+            .to_vec(),
+    };
     // A wrong passphrase can decrypt to bytes with valid padding by chance.
     if pkcs8::PrivateKeyInfo::try_from(plain.as_slice()).is_err() {
         return Err(ReadError::Passphrase);
@@ -617,29 +623,15 @@ fn decrypt_legacy(block: &PemBlock, passphrase: &str) -> Result<Vec<u8>, ReadErr
     }
     let key = evp_bytes_to_key(passphrase.as_bytes(), &iv[..8], key_len);
     let mut buf = block.contents.clone();
-    let bad = |_| ReadError::Passphrase;
-    let plain_len = match cipher.trim() {
-        "AES-128-CBC" => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        "AES-192-CBC" => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        "AES-256-CBC" => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        _ => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-    };
+    if cipher.trim() != "DES-EDE3-CBC" {
+        aes_cbc_decrypt(&key, &iv, &mut buf)?;
+        return Ok(buf);
+    }
+    let plain_len = cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+        .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+        .decrypt_padded_mut::<Pkcs7>(&mut buf)
+        .map_err(|_| ReadError::Passphrase)?
+        .len();
     buf.truncate(plain_len);
     Ok(buf)
 }
@@ -714,19 +706,118 @@ pub fn encrypt_pkcs8_der(pkcs8_der: &[u8], passphrase: &str) -> Result<Vec<u8>, 
             "an empty passphrase does not protect a key".into(),
         ));
     }
-    let info = pkcs8::PrivateKeyInfo::try_from(pkcs8_der).map_err(|_| ReadError::NoPrivateKey)?;
+    use pkcs8::der::Encode as _;
+    pkcs8::PrivateKeyInfo::try_from(pkcs8_der).map_err(|_| ReadError::NoPrivateKey)?;
     let mut salt = [0u8; 16];
     let mut iv = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt)
         .and_then(|()| aws_lc_rs::rand::fill(&mut iv))
         .map_err(|_| ReadError::UnsupportedEncryption("no random numbers".into()))?;
+    let unsupported = |e: &dyn std::fmt::Display| ReadError::UnsupportedEncryption(e.to_string());
     let params =
         pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(KEY_PBKDF2_ITERATIONS, &salt, &iv)
-            .map_err(|e| ReadError::UnsupportedEncryption(e.to_string()))?;
-    let doc = info
-        .encrypt_with_params(params, passphrase)
-        .map_err(|e| ReadError::UnsupportedEncryption(e.to_string()))?;
-    Ok(doc.as_bytes().to_vec())
+            .map_err(|e| unsupported(&e))?;
+    let mut key = [0u8; 32];
+    pbkdf2(
+        pkcs5::pbes2::Pbkdf2Prf::HmacWithSha256,
+        KEY_PBKDF2_ITERATIONS,
+        &salt,
+        passphrase,
+        &mut key,
+    )
+    .ok_or_else(|| unsupported(&"PBKDF2"))?;
+    let encrypted = {
+        use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+        cbc::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+            .map_err(|e| unsupported(&e))?
+            .encrypt_padded_vec_mut::<Pkcs7>(pkcs8_der)
+    };
+    pkcs8::EncryptedPrivateKeyInfo {
+        encryption_algorithm: pkcs5::EncryptionScheme::Pbes2(params),
+        encrypted_data: &encrypted,
+    }
+    .to_der()
+    .map_err(|e| unsupported(&e))
+}
+
+/// PBKDF2 by aws-lc-rs (the pure-Rust one of `pkcs5` takes a second per key in debug
+/// builds); `None` for a PRF it does not offer or zero iterations.
+fn pbkdf2(
+    prf: pkcs5::pbes2::Pbkdf2Prf,
+    iterations: u32,
+    salt: &[u8],
+    passphrase: &str,
+    out: &mut [u8],
+) -> Option<()> {
+    use pkcs5::pbes2::Pbkdf2Prf;
+    let alg = match prf {
+        Pbkdf2Prf::HmacWithSha1 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA1,
+        Pbkdf2Prf::HmacWithSha256 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        Pbkdf2Prf::HmacWithSha384 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA384,
+        Pbkdf2Prf::HmacWithSha512 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA512,
+        _ => return None,
+    };
+    aws_lc_rs::pbkdf2::derive(
+        alg,
+        std::num::NonZeroU32::new(iterations)?,
+        salt,
+        passphrase.as_bytes(),
+        out,
+    );
+    Some(())
+}
+
+/// Decrypts PBES2 with PBKDF2 and AES-CBC (what OpenSSL 3 and `certs` write) with
+/// aws-lc-rs's PBKDF2; `None` for another scheme (the `pkcs5` crate handles those).
+fn decrypt_pbes2_pbkdf2_aes(
+    info: &pkcs8::EncryptedPrivateKeyInfo<'_>,
+    passphrase: &str,
+) -> Option<Result<Vec<u8>, ReadError>> {
+    use pkcs5::pbes2::EncryptionScheme as Cipher;
+    let pkcs5::EncryptionScheme::Pbes2(params) = &info.encryption_algorithm else {
+        return None;
+    };
+    let kdf = params.kdf.pbkdf2()?;
+    let (key_len, iv) = match params.encryption {
+        Cipher::Aes128Cbc { iv } => (16, iv),
+        Cipher::Aes192Cbc { iv } => (24, iv),
+        Cipher::Aes256Cbc { iv } => (32, iv),
+        _ => return None,
+    };
+    if kdf.key_length.is_some_and(|l| usize::from(l) != key_len) {
+        return None;
+    }
+    let mut key = vec![0u8; key_len];
+    pbkdf2(kdf.prf, kdf.iteration_count, kdf.salt, passphrase, &mut key)?;
+    let mut buf = info.encrypted_data.to_vec();
+    Some(aes_cbc_decrypt(&key, iv, &mut buf).map(|()| buf))
+}
+
+/// AES-CBC (key of 16, 24 or 32 bytes) with PKCS#7 padding, in place; a bad padding is
+/// [`ReadError::Passphrase`].
+fn aes_cbc_decrypt(key: &[u8], iv: &[u8], buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    let bad_iv = |_| ReadError::MalformedPem("bad IV length".into());
+    let bad = |_| ReadError::Passphrase;
+    let len = match key.len() {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+    };
+    buf.truncate(len);
+    Ok(())
 }
 
 /// A private key as PEM: `ENCRYPTED PRIVATE KEY` (see [`encrypt_pkcs8_der`]) with a
@@ -856,13 +947,12 @@ fn lone_pkcs12_key(
             let c = der_children(bag).unwrap_or_default();
             if let (Some(&(0x06, oid)), Some(&(0xa0, value))) = (c.first(), c.get(1)) {
                 if oid == OID_SHROUDED_KEY_BAG {
-                    let (tag, _, _) = der_element(value)
-                        .ok_or_else(|| ReadError::MalformedPkcs12("bad key bag".into()))?;
-                    let len = value.len() - der_element(value).map_or(0, |(_, _, r)| r.len());
-                    if tag != 0x30 {
+                    // [0] EXPLICIT holds the EncryptedPrivateKeyInfo SEQUENCE.
+                    let Some((0x30, _, rest)) = der_element(value) else {
                         return Err(ReadError::MalformedPkcs12("bad key bag".into()));
-                    }
-                    return decrypt_pkcs8(&value[..len], password).map(Some);
+                    };
+                    let info = &value[..value.len() - rest.len()];
+                    return decrypt_pkcs8(info, password).map(Some);
                 }
             }
         }
@@ -887,18 +977,27 @@ pub fn write_pkcs12(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let local_key_id = crate::info::sha1(chain.first().map(|c| c.as_ref()).unwrap_or(&[]));
+    write_key_entry(pkcs8, local_key_id, certs, alias, password)
+}
+
+/// A keystore of one key entry (`chain` may be empty), as PKCS#12.
+fn write_key_entry(
+    pkcs8: Vec<u8>,
+    local_key_id: [u8; 20],
+    chain: Vec<p12_keystore::Certificate>,
+    alias: &str,
+    password: &str,
+) -> Result<Vec<u8>, ReadError> {
     let mut ks = p12_keystore::KeyStore::new();
     ks.add_entry(
         alias,
         p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
             pkcs8,
             local_key_id,
-            certs,
+            chain,
         )),
     );
-    ks.writer(password)
-        .write()
-        .map_err(|e| ReadError::MalformedPkcs12(e.to_string()))
+    write_keystore(&ks, password)
 }
 
 /// Writes a PKCS#12 keystore holding only `key` (no certificate), as `openssl pkcs12
@@ -910,18 +1009,7 @@ pub fn write_key_pkcs12(
 ) -> Result<Vec<u8>, ReadError> {
     let pkcs8 = crate::keys::to_pkcs8(key)?;
     let local_key_id = crate::info::sha1(&crate::keys::public_key_spki(key).unwrap_or_default());
-    let mut ks = p12_keystore::KeyStore::new();
-    ks.add_entry(
-        alias,
-        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
-            pkcs8,
-            local_key_id,
-            Vec::<p12_keystore::Certificate>::new(),
-        )),
-    );
-    ks.writer(password)
-        .write()
-        .map_err(|e| ReadError::MalformedPkcs12(e.to_string()))
+    write_key_entry(pkcs8, local_key_id, Vec::new(), alias, password)
 }
 
 /// Writes a truststore: a PKCS#12 file of certificates only, no key. Each certificate is
@@ -953,6 +1041,11 @@ pub fn write_truststore_pkcs12(
         }
         ks.add_entry(&alias, p12_keystore::KeyStoreEntry::Certificate(cert));
     }
+    write_keystore(&ks, password)
+}
+
+/// The keystore as PKCS#12 (PBES2 AES-256 + HMAC-SHA256, the library's defaults).
+fn write_keystore(ks: &p12_keystore::KeyStore, password: &str) -> Result<Vec<u8>, ReadError> {
     ks.writer(password)
         .write()
         .map_err(|e| ReadError::MalformedPkcs12(e.to_string()))

@@ -16,16 +16,7 @@ struct Run {
 }
 
 fn certs(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_certs"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run certs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    certs_env(dir, args, &[])
 }
 
 fn certs_ok(dir: &Path, args: &[&str]) -> String {

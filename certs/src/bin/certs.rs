@@ -539,22 +539,14 @@ fn subject(cn: &str, s: &SubjectArgs) -> Subject {
 fn secret(plain: Option<&str>, file: Option<&Path>, env: &str) -> Result<Option<String>, Failure> {
     let value = match (plain, file) {
         (Some(p), _) => p.to_string(),
-        (None, Some(f)) => {
-            let text = String::from_utf8(read(f)?)
-                .map_err(|_| Failure(format!("{}: not UTF-8 text", f.display())))?;
-            text.lines().next().unwrap_or_default().to_string()
-        }
+        (None, Some(f)) => ca_dir::read_secret_line(f)?,
         (None, None) => match std::env::var(env) {
             Ok(v) => v,
             Err(_) => return Ok(None),
         },
     };
     if value.is_empty() {
-        let from = match (plain, file) {
-            (Some(_), _) => "the argument".to_string(),
-            (None, Some(f)) => f.display().to_string(),
-            (None, None) => env.to_string(),
-        };
+        let from = if plain.is_some() { "the argument" } else { env };
         return Err(Failure(format!("{from}: the passphrase is empty")));
     }
     Ok(Some(value))
@@ -748,19 +740,22 @@ fn server_requirements(
     )))
 }
 
+/// Refuses to overwrite any of `paths` unless `force`.
+fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), Failure> {
+    match paths.iter().find(|p| !force && p.exists()) {
+        Some(p) => Err(Failure(
+            ca_dir::CaDirError::Exists(p.to_path_buf()).to_string(),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn csr(a: CsrArgs) -> Result<Outcome, Failure> {
     let key_pass = key_out_passphrase(&a.key_out)?;
     let name = ca_dir::file_stem(&a.cn);
     let csr_path = a.out.join(format!("{name}.csr"));
     let key_path = a.out.join(format!("{name}.key"));
-    if !a.force {
-        if let Some(p) = [&csr_path, &key_path].into_iter().find(|p| p.exists()) {
-            return Err(Failure(format!(
-                "{} already exists (pass --force to overwrite)",
-                p.display()
-            )));
-        }
-    }
+    refuse_existing(&[&csr_path, &key_path], a.force)?;
     let (csr_der, key) =
         certs::csr::create(&subject(&a.cn, &a.subject), &a.san, a.key_type.into())?;
     let key_pem = certs::pem::private_key_pem(&key.into(), key_pass.as_deref())?;
@@ -837,14 +832,7 @@ fn sign_csr(a: SignCsrArgs) -> Result<Outcome, Failure> {
     let name = ca_dir::file_stem(&request.common_name);
     let cert_path = a.out.join(format!("{name}.crt"));
     let chain_path = a.out.join(format!("{name}-chain.pem"));
-    if !a.force {
-        if let Some(p) = [&cert_path, &chain_path].into_iter().find(|p| p.exists()) {
-            return Err(Failure(format!(
-                "{} already exists (pass --force to overwrite)",
-                p.display()
-            )));
-        }
-    }
+    refuse_existing(&[&cert_path, &chain_path], a.force)?;
     let validity = Validity::days(i64::from(a.days));
     let cert = ca
         .sign_csr(&request, &profile, &subject, &sans, validity, &a.crl_url)
