@@ -1601,7 +1601,58 @@ fn openssl_requests_get_the_profile_not_what_they_ask() {
         !ext.contains("Code Signing"),
         "the request's EKU is not copied: {ext}"
     );
-    // The openssl key with the signed certificate passes the server requirements.
+    // The openssl key, encrypted by certs, with the signed certificate passes the server
+    // requirements; its passphrase comes from a file.
+    write(p, "srv-pass", "server key pw\n");
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "srv.key",
+            "--to",
+            "pem",
+            "--out",
+            "srv-enc.key",
+            "--key-passphrase-file",
+            "srv-pass",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "check",
+            "--crt",
+            "out/mqtt.example.com.crt",
+            "--key",
+            "srv-enc.key",
+            "--pass-file",
+            "srv-pass",
+            "--chain",
+            "sca/ca.crt",
+        ],
+    );
+    let r = certs(
+        p,
+        &[
+            "check",
+            "--crt",
+            "out/mqtt.example.com.crt",
+            "--key",
+            "srv-enc.key",
+            "--chain",
+            "sca/ca.crt",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "FAIL  Private key is readable: The private key is encrypted: a passphrase is required"
+        ),
+        "{}",
+        r.stdout
+    );
+    // The plain openssl key with the signed certificate passes the server requirements.
     certs_ok(
         p,
         &[

@@ -394,9 +394,13 @@ struct InspectArgs {
     /// Machine-readable JSON.
     #[arg(long)]
     json: bool,
-    /// Password of a PKCS#12 keystore or encrypted key.
+    /// Password of a PKCS#12 keystore or encrypted key (visible in `ps`; prefer
+    /// --in-passphrase-file or CERTS_IN_PASSPHRASE).
     #[arg(long)]
     password: Option<String>,
+    /// File whose first line is the password of the keystore or encrypted key.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    in_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -410,9 +414,13 @@ struct CheckArgs {
     /// Intermediate and root CA certificates.
     #[arg(long)]
     chain: Option<PathBuf>,
-    /// Passphrase of the key or keystore.
+    /// Passphrase of the key or keystore (visible in `ps`; prefer --pass-file or
+    /// CERTS_IN_PASSPHRASE).
     #[arg(long)]
     pass: Option<String>,
+    /// File whose first line is the passphrase of the key or keystore.
+    #[arg(long, value_name = "FILE", conflicts_with = "pass")]
+    pass_file: Option<PathBuf>,
     /// Validate revocation: fetch the certificate's CRL distribution point.
     #[arg(long)]
     crl: bool,
@@ -1083,7 +1091,12 @@ fn convert(a: ConvertArgs) -> Result<Outcome, Failure> {
 
 fn inspect(a: InspectArgs) -> Result<Outcome, Failure> {
     let input = read(&a.file)?;
-    let decoded = certs::pem::decode_any(&input, a.password.as_deref())
+    let password = secret(
+        a.password.as_deref(),
+        a.in_passphrase_file.as_deref(),
+        "CERTS_IN_PASSPHRASE",
+    )?;
+    let decoded = certs::pem::decode_any(&input, password.as_deref())
         .map_err(|e| Failure(format!("{}: {e}", a.file.display())))?;
     let infos = decoded
         .certificates
@@ -1134,11 +1147,16 @@ fn check(a: CheckArgs) -> Result<Outcome, Failure> {
     let crt = read(&a.crt)?;
     let key = a.key.as_deref().map(read).transpose()?.unwrap_or_default();
     let chain = a.chain.as_deref().map(read).transpose()?;
+    let pass = secret(
+        a.pass.as_deref(),
+        a.pass_file.as_deref(),
+        "CERTS_IN_PASSPHRASE",
+    )?;
     let input = certs::requirements::Input {
         crt: &crt,
         key: &key,
         chain: chain.as_deref(),
-        passphrase: a.pass.as_deref(),
+        passphrase: pass.as_deref(),
         crl_check: a.crl,
         now: certs::now_unix(),
     };
