@@ -93,7 +93,7 @@ struct ImportArgs {
 }
 
 /// The first line of a secret file.
-fn secret_file(path: &PathBuf) -> Result<String, String> {
+fn secret_file(path: &std::path::Path) -> Result<String, String> {
     certs::ca_dir::read_secret_line(path).map_err(|e| e.to_string())
 }
 
@@ -111,7 +111,7 @@ async fn import_certificate(
     };
     let new_passphrase = a
         .new_passphrase_file
-        .as_ref()
+        .as_deref()
         .map(secret_file)
         .transpose()?;
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
