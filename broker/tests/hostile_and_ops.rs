@@ -130,6 +130,7 @@ async fn server_certificate_hot_swap() {
             passphrase: None,
             validation: true,
             crl_check: false,
+            new_passphrase: None,
         })
         .await
         .unwrap();
