@@ -315,11 +315,143 @@ impl Drop for SourceSlot {
 /// Held while a handshake is in progress: one of the global slots and one of its
 /// source's; both return on drop.
 pub struct HandshakePermit {
-    _source: SourceSlot,
+    _source: SourceTurn,
     _global: OwnedSemaphorePermit,
-    /// How long the connection waits for its turn at the handshake rate before its
-    /// handshake starts (zero when the rate had room).
+}
+
+/// How many connections may wait for a handshake slot, per slot: beyond
+/// `QUEUE_PER_SLOT` times the global (per-source) cap on handshakes in progress, new
+/// connections are closed before any TLS work.
+const QUEUE_PER_SLOT: usize = 8;
+
+/// A connection admitted at the rate: its place in the queue (globally and for its
+/// source) until [`Ticket::admitted`] gets it its handshake slots.
+pub struct Ticket {
+    /// Its turn at the handshake rate comes after this wait (zero when the rate had room).
     pub wait: Duration,
+    /// The queue time left after the wait for a free handshake slot.
+    slot_wait: Duration,
+    source: IpAddr,
+    slots: Arc<SourceQueues>,
+    in_progress: Arc<Semaphore>,
+    _queued: SourceSlot,
+    _queued_global: OwnedSemaphorePermit,
+}
+
+impl Ticket {
+    /// Waits for the connection's turn at the rate, then for one of its source's
+    /// handshake slots and one of the global ones, each in arrival order, within the
+    /// queue time. Without a queue (`handshake_queue_ms = 0`) nothing waits: a source
+    /// or the node without a free slot refuses at once, as before the queue.
+    pub async fn admitted(self) -> Result<HandshakePermit, Refusal> {
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.slot_wait;
+        let source = self
+            .slots
+            .acquire(self.source, deadline)
+            .await
+            .ok_or(Refusal::SourceConcurrency)?;
+        let global = match self.in_progress.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if self.slot_wait.is_zero() => return Err(Refusal::Concurrency),
+            Err(_) => tokio::time::timeout_at(deadline, self.in_progress.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(Refusal::Concurrency)?,
+        };
+        Ok(HandshakePermit {
+            _source: source,
+            _global: global,
+        })
+    }
+}
+
+/// Each source's handshake slots, which its connections wait for in arrival order. A
+/// source's entry exists while a connection holds or waits for one of its slots.
+pub struct SourceQueues {
+    max: usize,
+    sources: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+impl SourceQueues {
+    fn new(max: usize) -> Arc<SourceQueues> {
+        Arc::new(SourceQueues {
+            max,
+            sources: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One of `source`'s slots, waiting until `deadline` at most (`None`: none came).
+    async fn acquire(
+        self: &Arc<Self>,
+        source: IpAddr,
+        deadline: tokio::time::Instant,
+    ) -> Option<SourceTurn> {
+        if self.max == 0 {
+            return Some(SourceTurn {
+                permit: None,
+                queues: self.clone(),
+                source,
+            });
+        }
+        // Declared before the semaphore's clone, so dropped after it: waiting or not,
+        // the entry is removed once nobody holds or waits for it.
+        let mut turn = SourceTurn {
+            permit: None,
+            queues: self.clone(),
+            source,
+        };
+        let sem = self
+            .sources
+            .lock()
+            .ok()?
+            .entry(source)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
+            .clone();
+        let permit = match sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if tokio::time::Instant::now() >= deadline => return None,
+            Err(_) => tokio::time::timeout_at(deadline, sem.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        drop(sem);
+        turn.permit = Some(permit);
+        Some(turn)
+    }
+}
+
+#[cfg(test)]
+impl SourceQueues {
+    /// Sources with an entry.
+    fn len(&self) -> usize {
+        self.sources.lock().map_or(0, |m| m.len())
+    }
+}
+
+/// One of a source's handshake slots (or an attempt at one); returns on drop, and the
+/// source's entry goes when nothing else holds or waits for it.
+pub struct SourceTurn {
+    permit: Option<OwnedSemaphorePermit>,
+    queues: Arc<SourceQueues>,
+    source: IpAddr,
+}
+
+impl Drop for SourceTurn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Ok(mut m) = self.queues.sources.lock() {
+            if m.get(&self.source)
+                .is_some_and(|sem| Arc::strong_count(sem) == 1)
+            {
+                m.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// Admission state shared by the accept loop.
@@ -334,7 +466,11 @@ pub struct Admission {
     global: Mutex<Bucket>,
     sources: Mutex<HashMap<IpAddr, Bucket>>,
     in_progress: Arc<Semaphore>,
-    per_source: PerSource,
+    /// Connections admitted and not yet done with their handshake (waiting or in
+    /// progress), globally and per source: [`QUEUE_PER_SLOT`] times the slot caps.
+    queued: Arc<Semaphore>,
+    queued_per_source: PerSource,
+    per_source: Arc<SourceQueues>,
 }
 
 /// Source entries kept before idle ones are swept.
@@ -355,31 +491,37 @@ impl Admission {
             global: Mutex::new(Bucket::full(l.handshake_burst as f64, now)),
             sources: Mutex::new(HashMap::new()),
             in_progress: Arc::new(Semaphore::new(l.max_concurrent_handshakes)),
-            per_source: PerSource::new(source.max_handshakes_per_source),
+            queued: Arc::new(Semaphore::new(
+                l.max_concurrent_handshakes.saturating_mul(QUEUE_PER_SLOT),
+            )),
+            queued_per_source: PerSource::new(
+                source
+                    .max_handshakes_per_source
+                    .saturating_mul(QUEUE_PER_SLOT),
+            ),
+            per_source: SourceQueues::new(source.max_handshakes_per_source),
         }
     }
 
-    /// Admits a new connection from `ip`, returning the handshake permit to hold until
-    /// the handshake ends. The per-source cap is checked first: a source holding its
-    /// share is told so (`handshake_per_source`), whatever the global state.
-    ///
-    /// When the global rate is used up, the connection takes a turn in the future
-    /// (the bucket goes below zero by one token) if that turn comes within the queue
-    /// time: [`HandshakePermit::wait`] says how long to wait before the handshake.
-    /// Turns are handed out in arrival order, at the admitted rate.
-    pub fn admit(&self, ip: IpAddr) -> Result<HandshakePermit, Refusal> {
+    /// Admits a new connection from `ip` to the handshake queue, or refuses it at once:
+    /// its source queues too many connections already (`handshake_per_source`), the
+    /// node does (`handshake_concurrency`), its source exceeded its rate
+    /// (`handshake_rate_per_source`), or its turn at the global rate would come later
+    /// than the queue time (`handshake_rate`). The turn is the bucket going below zero
+    /// by one token: turns are handed out in arrival order, at the admitted rate.
+    /// [`Ticket::admitted`] then waits for the turn and the handshake slots.
+    pub fn admit(&self, ip: IpAddr) -> Result<Ticket, Refusal> {
         let now = Instant::now();
         let ip = source_of(ip);
-        let source = self.per_source.take(ip).ok_or(Refusal::SourceConcurrency)?;
-        let mut permit = HandshakePermit {
-            _source: source,
-            _global: self
-                .in_progress
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Refusal::Concurrency)?,
-            wait: Duration::ZERO,
-        };
+        let queued = self
+            .queued_per_source
+            .take(ip)
+            .ok_or(Refusal::SourceConcurrency)?;
+        let queued_global = self
+            .queued
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Concurrency)?;
         {
             let mut sources = self.sources.lock().map_err(|_| Refusal::Concurrency)?;
             if sources.len() >= MAX_SOURCES {
@@ -402,17 +544,25 @@ impl Admission {
         let burst = (self.burst * share).max(1.0);
         g.tokens = g.tokens.min(burst);
         let rate = self.rate * share;
+        let mut wait = Duration::ZERO;
         if !g.take(rate, burst, now) {
             // g.take refilled the bucket up to now: the turn comes when the missing
             // part of a token (and the turns handed out before) has refilled.
-            let wait = Duration::from_secs_f64((1.0 - g.tokens) / rate);
+            wait = Duration::from_secs_f64((1.0 - g.tokens) / rate);
             if wait > self.queue {
                 return Err(Refusal::GlobalRate);
             }
             g.tokens -= 1.0;
-            permit.wait = wait;
         }
-        Ok(permit)
+        Ok(Ticket {
+            wait,
+            slot_wait: self.queue.saturating_sub(wait),
+            source: ip,
+            slots: self.per_source.clone(),
+            in_progress: self.in_progress.clone(),
+            _queued: queued,
+            _queued_global: queued_global,
+        })
     }
 }
 
@@ -423,6 +573,11 @@ mod tests {
 
     fn new(l: &Limits, pressure: Arc<Pressure>) -> Admission {
         Admission::new(l, &SourceLimits::default(), pressure)
+    }
+
+    /// Admitted and through the queue (with no queue: at once or refused).
+    async fn now(a: &Admission, ip: IpAddr) -> Result<HandshakePermit, Refusal> {
+        a.admit(ip)?.admitted().await
     }
 
     fn limits(rate: u32, burst: u32, src: u32, src_burst: u32, conc: usize) -> Limits {
@@ -437,8 +592,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_used_up_rate_hands_out_turns_in_order_within_the_queue_time() {
+    #[tokio::test]
+    async fn a_used_up_rate_hands_out_turns_in_order_within_the_queue_time() {
         let l = Limits {
             handshake_queue_ms: 250,
             ..limits(10, 2, 1000, 1000, 100)
@@ -448,33 +603,81 @@ mod tests {
         let mut held = Vec::new();
         // The burst: no wait.
         for _ in 0..2 {
-            let p = a.admit(x).unwrap();
-            assert_eq!(p.wait, Duration::ZERO);
-            held.push(p);
+            let t = a.admit(x).unwrap();
+            assert_eq!(t.wait, Duration::ZERO);
+            held.push(t);
         }
         // Then one turn every 100 ms at 10/s, in arrival order, as long as the turn
         // comes within 250 ms.
         let waits: Vec<u128> = (0..2)
             .map(|_| {
-                let p = a.admit(x).unwrap();
-                let w = p.wait.as_millis();
-                held.push(p);
+                let t = a.admit(x).unwrap();
+                let w = t.wait.as_millis();
+                held.push(t);
                 w
             })
             .collect();
         assert!((90..=100).contains(&waits[0]), "{waits:?}");
         assert!((190..=200).contains(&waits[1]), "{waits:?}");
         assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
-        // A turn holds its handshake slot while it waits.
+        // The queue holds at most 8 connections per handshake slot.
         let one = Limits {
             handshake_queue_ms: 1000,
-            ..limits(1, 1, 1000, 1000, 2)
+            ..limits(1000, 1000, 1000, 1000, 1)
         };
         let b = new(&one, Default::default());
-        let _first = b.admit(x).unwrap();
-        let waiting = b.admit(x).unwrap();
-        assert!(waiting.wait > Duration::from_millis(900));
+        let queued: Vec<Ticket> = (0..QUEUE_PER_SLOT).map(|_| b.admit(x).unwrap()).collect();
         assert_eq!(b.admit(x).err(), Some(Refusal::Concurrency));
+        drop(queued);
+        assert!(b.admit(x).is_ok());
+    }
+
+    #[tokio::test]
+    async fn connections_wait_for_a_free_slot_in_arrival_order_within_the_queue_time() {
+        let l = Limits {
+            handshake_queue_ms: 2_000,
+            ..limits(1000, 1000, 1000, 1000, 100)
+        };
+        let src = SourceLimits {
+            max_handshakes_per_source: 1,
+            ..SourceLimits::default()
+        };
+        let a = Admission::new(&l, &src, Default::default());
+        let x: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = now(&a, x).await.unwrap();
+        // Two more from the same source wait for its one slot, in order.
+        let second = tokio::spawn({
+            let t = a.admit(x).unwrap();
+            async move { t.admitted().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let third = tokio::spawn({
+            let t = a.admit(x).unwrap();
+            async move { t.admitted().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished() && !third.is_finished());
+        drop(first);
+        let second = second
+            .await
+            .unwrap()
+            .expect("the first waiting gets the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!third.is_finished(), "one slot, one handshake");
+        drop(second);
+        let third = third.await.unwrap().expect("then the next");
+        // Another source never waits behind this one.
+        assert!(now(&a, "127.0.0.3".parse().unwrap()).await.is_ok());
+        // Beyond the queue time the wait ends in a refusal.
+        let short = Limits {
+            handshake_queue_ms: 100,
+            ..l.clone()
+        };
+        let b = Admission::new(&short, &src, Default::default());
+        let _held = now(&b, x).await.unwrap();
+        assert_eq!(now(&b, x).await.err(), Some(Refusal::SourceConcurrency));
+        drop(third);
+        assert_eq!(a.per_source.len(), 0, "no entry outlives its connections");
     }
 
     #[test]
@@ -489,39 +692,39 @@ mod tests {
         assert!(!b.take(10.0, 2.0, t0 + Duration::from_millis(100)));
     }
 
-    #[test]
-    fn per_source_limit_does_not_punish_other_sources() {
+    #[tokio::test]
+    async fn per_source_limit_does_not_punish_other_sources() {
         let a = new(&limits(1000, 1000, 1, 3, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
         let y: IpAddr = "127.0.0.3".parse().unwrap();
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(a.admit(x).unwrap());
+            held.push(now(&a, x).await.unwrap());
         }
-        assert_eq!(a.admit(x).err(), Some(Refusal::SourceRate));
-        assert!(a.admit(y).is_ok());
+        assert_eq!(now(&a, x).await.err(), Some(Refusal::SourceRate));
+        assert!(now(&a, y).await.is_ok());
     }
 
-    #[test]
-    fn global_rate_and_concurrency() {
+    #[tokio::test]
+    async fn global_rate_and_concurrency() {
         let a = new(&limits(1, 2, 100, 100, 100), Default::default());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
-        let _p1 = a.admit(x).unwrap();
-        let _p2 = a.admit(x).unwrap();
-        assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
+        let _p1 = now(&a, x).await.unwrap();
+        let _p2 = now(&a, x).await.unwrap();
+        assert_eq!(now(&a, x).await.err(), Some(Refusal::GlobalRate));
 
         let c = new(&limits(100, 100, 100, 100, 1), Default::default());
-        let p = c.admit(x).unwrap();
-        assert_eq!(c.admit(x).err(), Some(Refusal::Concurrency));
+        let p = now(&c, x).await.unwrap();
+        assert_eq!(now(&c, x).await.err(), Some(Refusal::Concurrency));
         drop(p);
         assert!(
-            c.admit(x).is_ok(),
+            now(&c, x).await.is_ok(),
             "the permit returns when the handshake ends"
         );
     }
 
-    #[test]
-    fn one_source_holds_at_most_its_share_of_handshake_slots() {
+    #[tokio::test]
+    async fn one_source_holds_at_most_its_share_of_handshake_slots() {
         let l = limits(1000, 1000, 1000, 1000, 100);
         let src = SourceLimits {
             max_handshakes_per_source: 2,
@@ -529,29 +732,34 @@ mod tests {
         };
         let a = Admission::new(&l, &src, Default::default());
         let x: IpAddr = "127.0.0.1".parse().unwrap();
-        let p1 = a.admit(x).unwrap();
-        let _p2 = a.admit(x).unwrap();
-        assert_eq!(a.admit(x).err(), Some(Refusal::SourceConcurrency));
+        let p1 = now(&a, x).await.unwrap();
+        let _p2 = now(&a, x).await.unwrap();
+        assert_eq!(now(&a, x).await.err(), Some(Refusal::SourceConcurrency));
         // The same address written as IPv4-mapped IPv6 is the same source.
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(a.admit(mapped).err(), Some(Refusal::SourceConcurrency));
-        assert!(a.admit("127.0.0.2".parse().unwrap()).is_ok());
+        assert_eq!(
+            now(&a, mapped).await.err(),
+            Some(Refusal::SourceConcurrency)
+        );
+        assert!(now(&a, "127.0.0.2".parse().unwrap()).await.is_ok());
         drop(p1);
         assert!(
-            a.admit(x).is_ok(),
+            now(&a, x).await.is_ok(),
             "the slot returns when the handshake ends"
         );
 
         // IPv6: one /64 is one source, the next /64 another.
-        let _q1 = a.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
-        let _q2 = a.admit("2001:db8:0:1:ffff::2".parse().unwrap()).unwrap();
+        let _q1 = now(&a, "2001:db8:0:1::1".parse().unwrap()).await.unwrap();
+        let _q2 = now(&a, "2001:db8:0:1:ffff::2".parse().unwrap())
+            .await
+            .unwrap();
         assert_eq!(
-            a.admit("2001:db8:0:1::3".parse().unwrap()).err(),
+            now(&a, "2001:db8:0:1::3".parse().unwrap()).await.err(),
             Some(Refusal::SourceConcurrency)
         );
-        assert!(a.admit("2001:db8:0:2::1".parse().unwrap()).is_ok());
+        assert!(now(&a, "2001:db8:0:2::1".parse().unwrap()).await.is_ok());
         assert_eq!(
-            a.per_source.sources(),
+            a.per_source.len(),
             2,
             "entries exist only while handshakes are in progress"
         );
@@ -582,8 +790,8 @@ mod tests {
         assert_eq!(p.share(), 1.0);
     }
 
-    #[test]
-    fn admission_follows_pressure() {
+    #[tokio::test]
+    async fn admission_follows_pressure() {
         let pressure = Arc::new(Pressure::default());
         let a = new(&limits(1, 64, 1000, 1000, 1000), pressure.clone());
         let x: IpAddr = "127.0.0.2".parse().unwrap();
@@ -592,8 +800,8 @@ mod tests {
             pressure.update(Duration::from_secs(1), Duration::from_millis(1));
         }
         // 1/64 of a burst of 64: one handshake, then the global rate refuses.
-        let _p = a.admit(x).unwrap();
-        assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
+        let _p = now(&a, x).await.unwrap();
+        assert_eq!(now(&a, x).await.err(), Some(Refusal::GlobalRate));
     }
 }
 

@@ -137,12 +137,13 @@ pub struct Limits {
     pub handshake_burst_per_source: u32,
     /// TLS handshakes in progress at once; excess connections are closed.
     pub max_concurrent_handshakes: usize,
-    /// A connection that arrives when the handshake rate is used up waits up to this
-    /// long (milliseconds) for its turn, holding one of `max_concurrent_handshakes`,
-    /// instead of being closed: a reconnect storm drains at the admitted rate without
-    /// sending devices into their back-off. Beyond it, or with every slot held, the
-    /// connection is closed as before (`refused{reason="handshake_rate"}`). At most half
-    /// of `handshake_timeout_ms` is used (the wait counts against it). 0: no wait.
+    /// A connection that arrives when the handshake rate or the handshake slots (global
+    /// or its source's) are used up waits up to this long (milliseconds) for its turn,
+    /// in arrival order, instead of being closed: a reconnect storm drains at the
+    /// admitted rate without sending devices into their back-off. Beyond it the
+    /// connection is closed as before (`refused{reason=...}`); at most 8 connections
+    /// per slot wait. At most half of `handshake_timeout_ms` is used (the wait counts
+    /// against it). 0: no wait.
     pub handshake_queue_ms: u64,
     /// Worker threads of the sessions' runtime, which carries every device's packets
     /// once its session is set up (0: one per CPU core, less one for the embedded
@@ -491,10 +492,10 @@ handshake_rate_per_source = 1000
 handshake_burst_per_source = 1000
 # TLS handshakes in progress at once.
 max_concurrent_handshakes = 512
-# A connection arriving when the handshake rate is used up waits up to this many
-# milliseconds for its turn (holding one of max_concurrent_handshakes) instead of being
-# closed, so that a reconnect storm drains at the admitted rate without sending devices
-# into their back-off. At most half of handshake_timeout_ms is used. 0: closed at once.
+# A connection arriving when the handshake rate or the handshake slots are used up
+# waits up to this many milliseconds for its turn, in arrival order (at most 8 per
+# slot), instead of being closed, so that a reconnect storm drains without sending
+# devices into their back-off. At most half of handshake_timeout_ms is used. 0: no wait.
 handshake_queue_ms = 2000
 # Worker threads carrying the devices' packets once their sessions are set up (0: one
 # per CPU core, less one for the embedded broker's router, which is busy whenever they

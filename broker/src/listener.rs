@@ -203,8 +203,8 @@ pub async fn serve_mqtt(
             _ = crate::stopped(&mut shutdown) => return,
         };
         // Admission before any TLS work: refusing costs a close().
-        let hs_permit = match admission.admit(peer.ip()) {
-            Ok(p) => p,
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
             Err(r) => {
                 shared.metrics.refused(r.label());
                 drop(sock);
@@ -222,17 +222,25 @@ pub async fn serve_mqtt(
             let accepted_at = Instant::now();
             let handshake_timeout =
                 Duration::from_millis(shared.config.limits.handshake_timeout_ms);
-            // Its turn at the handshake rate (limits.handshake_queue_ms): the
-            // ClientHello waits in the socket meanwhile, and the wait counts against
-            // the handshake timeout.
-            if !hs_permit.wait.is_zero() {
-                shared
-                    .metrics
-                    .handshake_queued(hs_permit.wait.as_secs_f64());
-                tokio::select! {
-                    _ = tokio::time::sleep(hs_permit.wait) => {}
-                    _ = crate::stopped(&mut shutdown) => return,
+            // Its turn at the handshake rate and free handshake slots, within
+            // limits.handshake_queue_ms: the ClientHello waits in the socket meanwhile,
+            // and the wait counts against the handshake timeout.
+            let admitted = tokio::select! {
+                a = ticket.admitted() => a,
+                _ = crate::stopped(&mut shutdown) => return,
+            };
+            let waited = accepted_at.elapsed();
+            let hs_permit = match admitted {
+                Ok(p) => p,
+                Err(r) => {
+                    shared.metrics.refused(r.label());
+                    drop(sock);
+                    refusals.refused(peer.ip(), crate::refusal_log::Refused::Admission(r.label()));
+                    return;
                 }
+            };
+            if waited >= Duration::from_millis(1) {
+                shared.metrics.handshake_queued(waited.as_secs_f64());
             }
             // A socket that sends nothing gives its slot back after the first-byte
             // timeout, not after the whole handshake timeout.
