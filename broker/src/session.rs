@@ -321,6 +321,9 @@ impl SessionAcl {
 struct Answers {
     bytes: std::sync::Mutex<BytesMut>,
     ready: tokio::sync::Notify,
+    /// The device sent DISCONNECT: the backend closing its side next is the end of a
+    /// normal session, not a lost backend.
+    bye: std::sync::atomic::AtomicBool,
 }
 
 impl Answers {
@@ -1055,6 +1058,9 @@ where
             match mqtt::frame_len(&buf, max) {
                 Ok(Some(n)) => {
                     let pkt = buf.split_to(n);
+                    if pkt[0] >> 4 == mqtt::kind::DISCONNECT {
+                        answers.bye.store(true, Ordering::Relaxed);
+                    }
                     if pkt[0] >> 4 == mqtt::kind::PUBLISH
                         && !shared
                             .quotas
@@ -1284,7 +1290,9 @@ where
         relax(&mut buf, &mut buf_peak, READ_BUF);
         tokio::select! {
             r = r.read_buf(&mut buf) => match r {
-                Ok(0) if told => return End::BackendClosed,
+                Ok(0) if told || answers.bye.load(Ordering::Relaxed) => {
+                    return End::BackendClosed
+                }
                 Ok(0) => return End::BackendLost,
                 Ok(_) => buf_peak = buf_peak.max(buf.len()),
                 Err(e) => return End::Io(e),

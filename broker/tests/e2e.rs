@@ -596,3 +596,45 @@ async fn a_full_embedded_broker_refuses_with_server_unavailable() {
         .await
         .expect("third device after the first left");
 }
+
+/// A device that says DISCONNECT and leaves its socket open: the embedded broker closes
+/// its side first, and that is the end of a normal session, not a lost backend (it was
+/// counted as `refused{reason="backend_lost"}` and logged as "the broker behind the
+/// front-end went away").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_s_disconnect_is_a_normal_end_not_a_lost_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = start().await;
+    env.tenant("acme").await;
+    let ca = ca("Acme Root");
+    env.upload("acme", &ca, true).await;
+    for i in 0..5 {
+        let cn = format!("bye{i}");
+        let dev = device(&cn, &ca);
+        let (mut tls, connack) = raw_session_v4_from(&env, "127.0.0.1", &cn, &dev, &[&ca])
+            .await
+            .unwrap();
+        assert_eq!(connack, vec![0x20, 0x02, 0x00, 0x00]);
+        tls.write_all(&[0xE0, 0x00]).await.unwrap();
+        // The front-end closes the session; the device keeps its side open meanwhile.
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("closed after DISCONNECT")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing after a DISCONNECT");
+    }
+    let metrics = env.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "mqtt_connections_refused_total{reason=\"backend_lost\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mqtt_connections_open{tenant=\"acme\"} 0"),
+        "{metrics}"
+    );
+}

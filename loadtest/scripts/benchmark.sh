@@ -25,12 +25,16 @@
 #   memory      fresh brokers, --memory-devices idle mTLS devices held --hold s: RSS growth per
 #               device (the product with as many devices as its fd limit allows: each device
 #               costs it one descriptor, 3 with embedded.transport = "loopback")
+#   terminator  the product as TLS terminator in front of an external broker (`--backend` to
+#               a mosquitto without TLS on loopback) against mosquitto terminating mTLS
+#               itself: connect rate, QoS 0 and 1 throughput, and memory per idle device
+#               (the product's RSS growth plus its backend mosquitto's)
 #   verify      the certs verify_device criterion benchmark (1 vs 10,000 anchors)
 # Every loadtest run is repeated --repeat times, brokers interleaved; the summary shows medians.
 #
 # Usage: loadtest/scripts/benchmark.sh [options]
 #   --out DIR               reports (default target/benchmark/<date>)
-#   --sections "..."        subset of "connect throughput latency memory verify"
+#   --sections "..."        subset of "connect throughput latency memory terminator verify"
 #   --key-types "..."       connect key types (default "p256 rsa2048")
 #   --repeat R              repetitions of each loadtest run (default 3)
 #   --connect-devices N     devices of a connect run (default 3000)
@@ -63,7 +67,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT=""
-SECTIONS="connect throughput latency memory verify"
+SECTIONS="connect throughput latency memory terminator verify"
 KEY_TYPES="p256 rsa2048"
 REPEAT=3
 CONNECT_DEVICES=3000
@@ -123,7 +127,7 @@ for n in "$CONNECT_DEVICES" "$DEVICES" "$MEMORY_DEVICES"; do
 done
 [ "$HOLD" -le 600 ] || die "--hold must be at most 600"
 for s in $SECTIONS; do
-  case "$s" in connect|throughput|latency|memory|verify) ;; *) die "unknown section $s" ;; esac
+  case "$s" in connect|throughput|latency|memory|terminator|verify) ;; *) die "unknown section $s" ;; esac
 done
 for kt in $KEY_TYPES; do
   case "$kt" in p256|rsa2048) ;; *) die "unknown key type $kt" ;; esac
@@ -203,6 +207,14 @@ if [ -n "$BROKER_CONFIG" ] && grep -Eq '^[[:space:]]*transport[[:space:]]*=[[:sp
   FDS_PER_DEVICE=3
 fi
 PRODUCT_MAX_DEVICES=$(( (NOFILE - 300) / FDS_PER_DEVICE ))
+# As a TLS terminator the product holds two descriptors per device: its socket and its
+# connection to the backend.
+TERMINATOR_MEMORY_DEVICES=$(( (NOFILE - 300) / 2 ))
+[ "$TERMINATOR_MEMORY_DEVICES" -le "$MEMORY_DEVICES" ] || TERMINATOR_MEMORY_DEVICES=$MEMORY_DEVICES
+mem_args() { # devices
+  echo --devices "$1" --messages 0 --subscribers 0 --scenario storm --concurrency "$CONCURRENCY" \
+    --hold "$HOLD" --duration 300
+}
 
 # --- machine ------------------------------------------------------------------------------
 {
@@ -301,9 +313,37 @@ EOF
 
 stop_mosquitto() { stop_pid "$MOSQ_PID"; MOSQ_PID=""; }
 
+# A mosquitto without TLS on loopback, the external broker behind the product in the
+# terminator section (the product is its only client).
+BACK_PID="" BACK_PORT=""
+start_backend() { # tag
+  local d="$WORK/backend-$1"
+  mkdir -p "$d"
+  BACK_PORT=$(free_port)
+  cat > "$d/mosquitto.conf" <<EOF
+allow_anonymous true
+persistence false
+max_queued_messages 1000000
+max_inflight_messages 20
+log_dest file $d/mosquitto.log
+log_type error
+log_type warning
+listener $BACK_PORT 127.0.0.1
+set_tcp_nodelay true
+EOF
+  "$MOSQUITTO" -c "$d/mosquitto.conf" > /dev/null 2>&1 &
+  BACK_PID=$!
+  PIDS+=("$BACK_PID")
+  wait_port "$BACK_PORT" "$BACK_PID" 30 || die "the backend mosquitto did not start"
+  say "backend mosquitto (plain) pid $BACK_PID on 127.0.0.1:$BACK_PORT"
+}
+stop_backend() { stop_pid "$BACK_PID"; BACK_PID=""; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
 PROD_PID="" PROD_PORT="" PROD_ADMIN="" PROD_KT=""
-start_product() { # key_type tag
+start_product() { # key_type tag [broker args...]
   local kt="$1" tag="$2" d pki metrics i
+  shift 2
   pki="$(pki_for "$kt")"
   d="$WORK/product-$tag"
   mkdir -p "$d/data"
@@ -318,7 +358,7 @@ start_product() { # key_type tag
     --key "$pki/server.key" --chain "$pki/server-ca.pem" --no-validation > "$d/import.log" 2>&1 \
     || { cat "$d/import.log" >&2; die "the product did not import the $kt server certificate"; }
   "$BROKER" "${config[@]}" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$PROD_PORT" \
-    --admin-listen "127.0.0.1:$PROD_ADMIN" --metrics-listen "127.0.0.1:$metrics" \
+    --admin-listen "127.0.0.1:$PROD_ADMIN" --metrics-listen "127.0.0.1:$metrics" "$@" \
     > "$d/broker.log" 2>&1 &
   PROD_PID=$!
   PIDS+=("$PROD_PID")
@@ -435,6 +475,16 @@ lt() { # report-name broker(mosquitto|product|product-first|direct) loadtest-arg
       target=(--broker "127.0.0.1:$PROD_PORT" --admin "https://127.0.0.1:$PROD_ADMIN" --keep
         --server-ca "$pki/server-ca.pem" --ca-cert "$pki/device-ca.pem"
         --ca-key "$pki/device-ca.key" --key-type "$kt" --broker-pid "$PROD_PID") ;;
+    terminator)
+      kt="$PROD_KT"; pki="$(pki_for "$kt")"
+      target=(--broker "127.0.0.1:$PROD_PORT" --no-upload --server-ca "$pki/server-ca.pem"
+        --ca-cert "$pki/device-ca.pem" --ca-key "$pki/device-ca.key" --key-type "$kt"
+        --broker-pid "$PROD_PID") ;;
+    terminator-first)
+      kt="$PROD_KT"; pki="$(pki_for "$kt")"
+      target=(--broker "127.0.0.1:$PROD_PORT" --admin "https://127.0.0.1:$PROD_ADMIN" --keep
+        --server-ca "$pki/server-ca.pem" --ca-cert "$pki/device-ca.pem"
+        --ca-key "$pki/device-ca.key" --key-type "$kt" --broker-pid "$PROD_PID") ;;
     direct)
       [ -n "$DIRECT" ] || die "no direct product running"
       target=(--broker "$DIRECT" --plain --credentials-file "$DIRECT_CRED" --broker-pid "$DIRECT_PID") ;;
@@ -522,10 +572,6 @@ if section memory; then
     say "memory: the product gets $PRODUCT_MEMORY_DEVICES devices (open files limit $NOFILE, $FDS_PER_DEVICE per device)"
   fi
   echo "product memory devices: $PRODUCT_MEMORY_DEVICES (open files limit $NOFILE; the product holds $FDS_PER_DEVICE descriptor(s) per device)" >> "$OUT/machine.txt"
-  mem_args() { # devices
-    echo --devices "$1" --messages 0 --subscribers 0 --scenario storm --concurrency "$CONCURRENCY" \
-      --hold "$HOLD" --duration 300
-  }
   # Fresh processes for every run: RSS only grows back slowly after sessions close.
   start_mosquitto p256 memory
   # shellcheck disable=SC2046
@@ -551,6 +597,57 @@ if section memory; then
     stop_direct
     cp "$OUT/memory.product.1.json" "$OUT/memory-same-n.product.1.json"
   fi
+fi
+
+# --- the product as TLS terminator in front of mosquitto -----------------------------------
+if section terminator; then
+  start_mosquitto p256 terminator
+  start_backend terminator
+  start_product p256 terminator --backend "mqtt://127.0.0.1:$BACK_PORT"
+  # Registers the fleet (first connects), so that every later run is a reconnect.
+  # shellcheck disable=SC2046
+  lt "register-terminator.terminator-first.1" terminator-first $(connect_args "$DEVICES")
+  for r in $(seq 1 "$REPEAT"); do
+    for who in mosquitto terminator; do
+      # shellcheck disable=SC2046
+      lt "connect-terminator.$who.$r" "$who" $(connect_args "$DEVICES")
+    done
+  done
+  for qos in 0 1; do
+    for r in $(seq 1 "$REPEAT"); do
+      for who in mosquitto terminator; do
+        lt "throughput-terminator-qos$qos.$who.$r" "$who" --devices "$DEVICES" \
+          --messages "$MESSAGES" --publish-interval 0 --qos "$qos" --subscribers 1 \
+          --scenario storm --concurrency "$CONCURRENCY" --sync-start --drain-timeout 30 \
+          --duration 300
+      done
+    done
+  done
+  stop_product
+  stop_backend
+  stop_mosquitto
+  # Memory: fresh processes; the terminator's figure is the product's RSS growth (in
+  # its report) plus its backend's, read here around the same run.
+  start_mosquitto p256 terminator-memory
+  # shellcheck disable=SC2046
+  lt "memory-terminator.mosquitto.1" mosquitto $(mem_args "$TERMINATOR_MEMORY_DEVICES")
+  stop_mosquitto
+  start_backend terminator-memory
+  start_product p256 terminator-memory --backend "mqtt://127.0.0.1:$BACK_PORT"
+  back_before=$(rss_kib "$BACK_PID")
+  # The backend's peak RSS while the fleet is connected (sampled every 0.5 s).
+  ( peak=0; while kill -0 "$BACK_PID" 2>/dev/null; do
+      r=$(rss_kib "$BACK_PID"); [ "$r" -le "$peak" ] || { peak=$r; echo "$peak" > "$WORK/back-peak"; }
+      sleep 0.5; done ) &
+  sampler=$!
+  # shellcheck disable=SC2046
+  lt "memory-terminator.terminator.1" terminator-first $(mem_args "$TERMINATOR_MEMORY_DEVICES")
+  kill "$sampler" 2>/dev/null || true
+  back_after=$(cat "$WORK/back-peak" 2>/dev/null || echo 0)
+  echo "terminator backend mosquitto RSS KiB: before $back_before peak $back_after devices $TERMINATOR_MEMORY_DEVICES" \
+    | tee "$OUT/terminator-backend-rss.txt"
+  stop_product
+  stop_backend
 fi
 
 # --- verify_device ------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //! (test, broker) pair, and each table shows the brokers side by side with the ratios
 //! product/mosquitto, product/direct (the embedded rumqttd reached without the front-end)
 //! and product-first/mosquitto (`product-first`: the product at the first connection of
-//! each device, which registers it).
+//! each device, which registers it); terminator/mosquitto (`terminator`: the product in
+//! front of a mosquitto without TLS, against mosquitto terminating mTLS itself).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +16,14 @@ use crate::report::{rss_per_device_kib, Report};
 use crate::Error;
 
 /// Column order; brokers not listed here come after them, alphabetically.
-const BROKER_ORDER: &[&str] = &["mosquitto", "product", "product-first", "direct"];
+const BROKER_ORDER: &[&str] = &[
+    "mosquitto",
+    "product",
+    "product-first",
+    "direct",
+    "terminator",
+    "terminator-first",
+];
 
 /// A row: its name, which kinds of test show it, and how to read it from a report.
 type Figure = (&'static str, &'static [Kind], fn(&Report) -> Option<f64>);
@@ -181,6 +189,8 @@ pub fn tables(reports: &[(String, String, Report)]) -> String {
             ("product", "mosquitto"),
             ("product", "direct"),
             ("product-first", "mosquitto"),
+            ("terminator", "mosquitto"),
+            ("terminator-first", "mosquitto"),
         ]
         .into_iter()
         .filter(|(a, b)| has(a) && has(b))

@@ -547,6 +547,25 @@ pub async fn raw_connect_v4_from(
     dev: &Issued,
     chain: &[&Issued],
 ) -> Result<Vec<u8>, String> {
+    raw_session_v4_from(env, from, cn, dev, chain)
+        .await
+        .map(|(_, connack)| connack)
+}
+
+/// [`raw_connect_v4_from`], keeping the session's TLS stream.
+pub async fn raw_session_v4_from(
+    env: &Env,
+    from: &str,
+    cn: &str,
+    dev: &Issued,
+    chain: &[&Issued],
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    ),
+    String,
+> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tcp_from(from, env.broker().mqtt_addr)
         .await
@@ -573,7 +592,7 @@ pub async fn raw_connect_v4_from(
         .map_err(|_| "no CONNACK within 10 s".to_string())?
         .map_err(|e| format!("read CONNACK: {e}"))?;
     buf.truncate(n);
-    Ok(buf)
+    Ok((tls, buf))
 }
 
 /// The value of the counter line `series` (name and labels, as rendered), 0 if absent.
