@@ -287,6 +287,9 @@ fn conflict_message(c: &Conflict) -> String {
         Conflict::AnchorLimit { tenant, max, have } => format!(
             "Tenant {tenant} has reached its limit of {max} trusted certificates ({have} trusted)"
         ),
+        Conflict::ActiveCaExists { tenant } => format!(
+            "Tenant {tenant} already has an active certificate authority: rotate it (POST .../certificate-authority/rotate) to replace it"
+        ),
         Conflict::RuleSetInUse { name } => format!(
             "Rule set {name} is assigned to a trusted certificate or a device: remove those assignments first"
         ),
