@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod auth;
 pub mod error;
+pub mod est;
 pub mod routes;
 pub mod store;
 
@@ -102,6 +103,10 @@ pub struct AdminConfig {
     /// [`store::postgres`]) instead of the SQLite file in the data directory: several
     /// front-end nodes on one database. Never logged (Debug redacts it).
     pub store_url: Option<String>,
+    /// Where the key that encrypts tenant CA private keys comes from
+    /// (`BROKER_CA_KEY_ENCRYPTION_KEY`, `[est] key_file`, or generated in the data
+    /// directory at first use). Never logged (Debug redacts a value).
+    pub ca_key_source: est::KeySource,
 }
 
 impl AdminConfig {
@@ -125,6 +130,7 @@ impl AdminConfig {
             max_database_bytes: None,
             require_proof_of_possession: false,
             store_url: None,
+            ca_key_source: est::KeySource::DataDir,
         }
     }
 }
@@ -168,6 +174,7 @@ impl std::fmt::Debug for AdminConfig {
                 "store_url",
                 &self.store_url.as_deref().map(store::postgres::redact_url),
             )
+            .field("ca_key_source", &self.ca_key_source)
             .finish()
     }
 }
@@ -271,6 +278,8 @@ struct Inner {
     rebuild: tokio::sync::Mutex<()>,
     snapshot: RwLock<Arc<Snapshot>>,
     crl_fetcher: certs::revocation::CrlFetcher,
+    /// The CA key encryption key, once loaded.
+    ca_key: Mutex<Option<Arc<est::KeyEncryption>>>,
 }
 
 /// The admin API's shared state: a cheap-to-clone handle.
@@ -370,6 +379,7 @@ impl Admin {
             seen: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            ca_key: Mutex::new(None),
         };
         let admin = Admin {
             inner: Arc::new(inner),
@@ -377,6 +387,7 @@ impl Admin {
         admin.bootstrap().await?;
         admin.publish().await?;
         spawn_flusher(Arc::downgrade(&admin.inner));
+        spawn_ca_retirer(Arc::downgrade(&admin.inner));
         if let Some(rx) = admin.inner.store.changes() {
             spawn_change_listener(Arc::downgrade(&admin.inner), rx);
         }
@@ -825,6 +836,21 @@ fn spawn_flusher(weak: Weak<Inner>) {
             let admin = Admin { inner };
             if let Err(e) = admin.flush_device_seen().await {
                 tracing::warn!(error = %e, "writing device last-seen times failed");
+            }
+        }
+    });
+}
+
+/// Disables, once a minute, the anchors of rotated tenant CAs whose overlap ended.
+fn spawn_ca_retirer(weak: Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { break };
+            if let Err(e) = (Admin { inner }).retire_due_cas().await {
+                tracing::warn!(error = %e, "retiring rotated tenant CAs failed");
             }
         }
     });

@@ -10,6 +10,8 @@
 //! - [`revocation`]: CRL parsing, signature checks and `http://` fetching.
 //! - [`requirements`]: the server-certificate requirements report.
 //! - [`issue`]: generating CAs, devices, servers and CRLs with rcgen.
+//! - [`est`]: Enrollment over Secure Transport (RFC 7030): PKCS#7 certs-only, the
+//!   request policy, device issuance from a request, and the client.
 //! - [`ca_dir`]: a CA kept in a directory (`ca.crt`, `ca.key`, `revoked.json`), as the
 //!   `certs` command manages it.
 //!
@@ -21,6 +23,7 @@
 pub mod ca_dir;
 mod der;
 pub mod egress;
+pub mod est;
 pub mod info;
 pub mod issue;
 pub mod keys;

@@ -1102,7 +1102,10 @@ async fn insert_audit(c: &impl GenericClient, e: &AuditEntry) -> Res<i64> {
     .try_get(0)?)
 }
 
-async fn insert_certs(tx: &tokio_postgres::Transaction<'_>, certs: &[TrustedCertRecord]) -> Res<()> {
+async fn insert_certs(
+    tx: &tokio_postgres::Transaction<'_>,
+    certs: &[TrustedCertRecord],
+) -> Res<()> {
     for c in certs {
         if !tenant_exists(tx, &c.tenant).await? {
             return Err(tenant_not_found(&c.tenant));
@@ -1214,9 +1217,8 @@ fn ca_row(r: &Row) -> Res<TenantCaRecord> {
         device_validity_days: to_u32(r.try_get(4)?)?,
         renewal_window_days: to_u32(r.try_get(5)?)?,
         revoke_on_renewal: r.try_get(6)?,
-        state: TenantCaState::parse(&state).ok_or_else(|| {
-            Fail::Store(StoreError::Backend(format!("unknown CA state {state}")))
-        })?,
+        state: TenantCaState::parse(&state)
+            .ok_or_else(|| Fail::Store(StoreError::Backend(format!("unknown CA state {state}"))))?,
         retire_at: r.try_get(8)?,
         created_at: r.try_get(9)?,
     })
@@ -1528,13 +1530,13 @@ impl Store for PostgresStore {
     ) -> StoreResult<()> {
         transaction!(self, Notify::Yes, |tx| {
             async {
-            insert_certs(tx, &certs).await?;
-            for a in &audit {
-                insert_audit(tx, a).await?;
+                insert_certs(tx, &certs).await?;
+                for a in &audit {
+                    insert_audit(tx, a).await?;
+                }
+                Ok::<_, Fail>(())
             }
-            Ok::<_, Fail>(())
-        }
-        .await
+            .await
         })
     }
 
@@ -2282,7 +2284,8 @@ impl Store for PostgresStore {
         retire_at: Option<i64>,
         audit: AuditEntry,
     ) -> StoreResult<()> {
-        transaction!(self, Notify::Yes, |tx| async {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
             let active = tx
                 .query_opt(
                     "SELECT fingerprint FROM tenant_cas WHERE tenant_id = $1 AND state = 'ACTIVE'",
@@ -2327,7 +2330,8 @@ impl Store for PostgresStore {
             insert_audit(tx, &audit).await?;
             Ok::<_, Fail>(())
         }
-        .await)
+        .await
+        })
     }
 
     async fn tenant_cas(&self, tenant: &str) -> StoreResult<Vec<TenantCaRecord>> {
@@ -2371,7 +2375,9 @@ impl Store for PostgresStore {
                     tx,
                     &AuditEntry::new("system", Some(tenant), "CERTIFICATE_AUTHORITY_RETIRED")
                         .fingerprint(fp)
-                        .detail("the rotation's overlap ended: its trusted certificate is disabled"),
+                        .detail(
+                            "the rotation's overlap ended: its trusted certificate is disabled",
+                        ),
                 )
                 .await?;
             }
@@ -2386,7 +2392,8 @@ impl Store for PostgresStore {
         secrets: Vec<EnrollmentSecretRecord>,
         audit: AuditEntry,
     ) -> StoreResult<()> {
-        transaction!(self, Notify::No, |tx| async {
+        transaction!(self, Notify::No, |tx| {
+            async {
             if !tenant_exists(tx, tenant).await? {
                 return Err(tenant_not_found(tenant));
             }
@@ -2405,7 +2412,8 @@ impl Store for PostgresStore {
             insert_audit(tx, &audit).await?;
             Ok::<_, Fail>(())
         }
-        .await)
+        .await
+        })
     }
 
     async fn enrollment_secret(
@@ -2413,7 +2421,8 @@ impl Store for PostgresStore {
         tenant: &str,
         common_name: &str,
     ) -> StoreResult<Option<EnrollmentSecretRecord>> {
-        read!(self, |c| c
+        read!(self, |c| {
+            c
             .query_opt(
                 &format!(
                     "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = $1 AND common_name = $2"
@@ -2423,7 +2432,8 @@ impl Store for PostgresStore {
             .await?
             .as_ref()
             .map(secret_row)
-            .transpose())
+            .transpose()
+        })
     }
 
     async fn enrollment_secrets(
@@ -2502,7 +2512,11 @@ impl Store for PostgresStore {
         revoke: Option<RevokedSerial>,
         audit: AuditEntry,
     ) -> StoreResult<()> {
-        let notify = if revoke.is_some() { Notify::Yes } else { Notify::No };
+        let notify = if revoke.is_some() {
+            Notify::Yes
+        } else {
+            Notify::No
+        };
         transaction!(self, notify, |tx| async {
             if !tenant_exists(tx, &issued.tenant).await? {
                 return Err(tenant_not_found(&issued.tenant));
@@ -2528,7 +2542,8 @@ impl Store for PostgresStore {
         tenant: &str,
         serial_hex: &str,
     ) -> StoreResult<Option<IssuedCertRecord>> {
-        read!(self, |c| c
+        read!(self, |c| {
+            c
             .query_opt(
                 &format!(
                     "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = $1 AND serial_hex = $2"
@@ -2538,7 +2553,8 @@ impl Store for PostgresStore {
             .await?
             .as_ref()
             .map(issued_row)
-            .transpose())
+            .transpose()
+        })
     }
 
     async fn issued_certificates(
@@ -2567,7 +2583,8 @@ impl Store for PostgresStore {
         now: i64,
         audit: AuditEntry,
     ) -> StoreResult<IssuedCertRecord> {
-        transaction!(self, Notify::Yes, |tx| async {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
             let Some(mut rec) = tx
                 .query_opt(
                     &format!(
@@ -2605,7 +2622,8 @@ impl Store for PostgresStore {
             insert_audit(tx, &audit).await?;
             Ok::<_, Fail>(rec)
         }
-        .await)
+        .await
+        })
     }
 
     async fn issued_expiring(

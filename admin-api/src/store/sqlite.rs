@@ -648,7 +648,6 @@ fn insert_certs(tx: &Transaction<'_>, certs: &[TrustedCertRecord]) -> StoreResul
     Ok(())
 }
 
-
 const CA_COLS: &str = "tenant_id, fingerprint, key_type, key_encrypted, device_validity_days, renewal_window_days, revoke_on_renewal, state, retire_at, created_at";
 
 fn ca_row(r: &Row<'_>) -> rusqlite::Result<TenantCaRecord> {
@@ -1699,7 +1698,9 @@ impl Store for SqliteStore {
                      WHERE state = 'RETIRING' AND retire_at <= ?1",
                 )?;
                 let rows = st
-                    .query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                    .query_map([now], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
                 rows
             };
@@ -1716,7 +1717,9 @@ impl Store for SqliteStore {
                     tx,
                     &AuditEntry::new("system", Some(tenant), "CERTIFICATE_AUTHORITY_RETIRED")
                         .fingerprint(fp)
-                        .detail("the rotation's overlap ended: its trusted certificate is disabled"),
+                        .detail(
+                            "the rotation's overlap ended: its trusted certificate is disabled",
+                        ),
                 )?;
             }
             Ok(due)
@@ -1986,7 +1989,9 @@ impl Store for SqliteStore {
                  GROUP BY tenant_id",
             )?;
             let rows = st
-                .query_map(params![now, until], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+                .query_map(params![now, until], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+                })?
                 .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
             Ok(rows)
         })
