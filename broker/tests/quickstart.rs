@@ -102,6 +102,7 @@ fn readme_quick_start_delivers_the_message() {
             // Not part of the block: the default metrics port may be taken on a
             // machine running other brokers.
             .env("BROKER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("BROKER_EST_LISTEN", "127.0.0.1:0")
             .env_remove("BROKER_ADMIN_PASSWORD")
             .env_remove("BROKER_DATA_DIR")
             .env_remove("BROKER_CONFIG")

@@ -38,6 +38,7 @@ pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut broker::Config
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        est_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
     config.embedded.v4_listeners = 1;
@@ -433,12 +434,14 @@ pub fn drive(
 }
 
 /// The `broker` flags that put every listener on loopback port 0.
-pub const PORT_ZERO_ARGS: [&str; 6] = [
+pub const PORT_ZERO_ARGS: [&str; 8] = [
     "--mqtt-listen",
     "127.0.0.1:0",
     "--admin-listen",
     "127.0.0.1:0",
     "--metrics-listen",
+    "127.0.0.1:0",
+    "--est-listen",
     "127.0.0.1:0",
 ];
 
