@@ -472,37 +472,167 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Writes what an enrollment produced: the key (mode 0600), the certificate, and the
-/// CA certificates as the chain file.
-pub fn write_enrolled(
-    e: &Enrolled,
-    key_path: &std::path::Path,
-    cert_path: &std::path::Path,
-    chain_path: &std::path::Path,
-) -> Result<(), ClientError> {
-    use crate::ca_dir::write_file;
-    let io = |e: crate::ca_dir::CaDirError| ClientError::Io(e.to_string());
-    write_file(
-        key_path,
-        crate::pem::to_pem("PRIVATE KEY", &e.key_pkcs8).as_bytes(),
-        true,
-        true,
-    )
-    .map_err(io)?;
-    write_file(
-        cert_path,
-        crate::pem::to_pem("CERTIFICATE", &e.cert_der).as_bytes(),
-        false,
-        true,
-    )
-    .map_err(io)?;
-    let chain: String = e
-        .ca_certs
-        .iter()
-        .map(|c| crate::pem::to_pem("CERTIFICATE", c))
-        .collect();
-    write_file(chain_path, chain.as_bytes(), false, true).map_err(io)?;
-    Ok(())
+/// The files of an enrolled device in a directory: `NAME.key` (0600), `NAME.crt` and
+/// `NAME-chain.pem` (the certificate, then the CA certificates), as `certs issue`
+/// writes them.
+#[derive(Debug, Clone)]
+pub struct DeviceFiles {
+    /// `NAME.key`.
+    pub key: std::path::PathBuf,
+    /// `NAME.crt`.
+    pub cert: std::path::PathBuf,
+    /// `NAME-chain.pem`.
+    pub chain: std::path::PathBuf,
+}
+
+impl DeviceFiles {
+    /// The files of `cn` in `dir`.
+    pub fn new(dir: &std::path::Path, cn: &str) -> DeviceFiles {
+        let stem = crate::ca_dir::file_stem(cn);
+        DeviceFiles {
+            key: dir.join(format!("{stem}.key")),
+            cert: dir.join(format!("{stem}.crt")),
+            chain: dir.join(format!("{stem}-chain.pem")),
+        }
+    }
+
+    /// Writes what an enrollment produced (replacing older files).
+    pub fn write(&self, e: &Enrolled) -> Result<(), ClientError> {
+        use crate::ca_dir::write_file;
+        let io = |e: crate::ca_dir::CaDirError| ClientError::Io(e.to_string());
+        if let Some(dir) = self.key.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| ClientError::Io(format!("{}: {err}", dir.display())))?;
+        }
+        write_file(
+            &self.key,
+            crate::pem::to_pem("PRIVATE KEY", &e.key_pkcs8).as_bytes(),
+            true,
+            true,
+        )
+        .map_err(io)?;
+        let cert = crate::pem::to_pem("CERTIFICATE", &e.cert_der);
+        write_file(&self.cert, cert.as_bytes(), false, true).map_err(io)?;
+        let mut chain = cert;
+        for c in &e.ca_certs {
+            chain.push_str(&crate::pem::to_pem("CERTIFICATE", c));
+        }
+        write_file(&self.chain, chain.as_bytes(), false, true).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// The `certs enroll` and `certs renew` commands.
+pub mod cli {
+    use std::path::PathBuf;
+
+    use super::{ClientError, DeviceFiles, EstClient};
+    use crate::issue::KeyType;
+
+    /// Where the EST server is.
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct ServerArgs {
+        /// The EST server, `https://HOST:PORT` (the broker's `--est-listen`, 8444).
+        #[arg(long, env = "CERTS_EST_SERVER")]
+        pub server: String,
+        /// The tenant (the path `/.well-known/est/TENANT/...`).
+        #[arg(long)]
+        pub tenant: String,
+        /// CA file (PEM) the server's certificate chains to (e.g. the broker's
+        /// `data/server.crt`).
+        #[arg(long)]
+        pub cacert: PathBuf,
+        /// Key of the new certificate.
+        #[arg(long, value_enum, default_value = "p256")]
+        pub key_type: KeyType,
+    }
+
+    /// `certs enroll`: a first certificate with a one-time secret.
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct EnrollArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The device's Common Name (the EST user name; its MQTT ClientId).
+        #[arg(long)]
+        cn: String,
+        /// The one-time enrollment secret (the tenant admin created it).
+        #[arg(long, env = "CERTS_EST_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Directory for CN.key (0600), CN.crt and CN-chain.pem.
+        #[arg(long)]
+        out: PathBuf,
+    }
+
+    /// `certs renew`: a new certificate (and key) authenticated by the current one.
+    #[derive(Debug, Clone, clap::Args)]
+    pub struct RenewArgs {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The device's Common Name.
+        #[arg(long)]
+        cn: String,
+        /// Directory holding CN.key and CN-chain.pem (as `certs enroll` wrote them);
+        /// the renewed files replace them.
+        #[arg(long)]
+        dir: PathBuf,
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Io(e.to_string()))
+    }
+
+    fn read(p: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+        std::fs::read(p).map_err(|e| ClientError::Io(format!("{}: {e}", p.display())))
+    }
+
+    fn done(files: &DeviceFiles, e: &super::Enrolled) -> String {
+        let info = crate::CertInfo::parse(&e.cert_der).ok();
+        format!(
+            "wrote {}, {} and {} (serial {}, valid until {})",
+            files.key.display(),
+            files.cert.display(),
+            files.chain.display(),
+            info.as_ref().map(|i| i.serial_hex.as_str()).unwrap_or("?"),
+            info.as_ref()
+                .map(|i| i.not_after_rfc3339())
+                .unwrap_or_default()
+        )
+    }
+
+    /// Runs `certs enroll`; returns the line to print.
+    pub fn enroll(a: EnrollArgs) -> Result<String, ClientError> {
+        let client = EstClient::new(
+            &a.server.server,
+            &a.server.tenant,
+            &read(&a.server.cacert)?,
+            None,
+        )?;
+        let e = runtime()?.block_on(client.enroll(&a.cn, &a.secret, a.server.key_type))?;
+        let files = DeviceFiles::new(&a.out, &a.cn);
+        files.write(&e)?;
+        Ok(done(&files, &e))
+    }
+
+    /// Runs `certs renew`; returns the line to print.
+    pub fn renew(a: RenewArgs) -> Result<String, ClientError> {
+        let files = DeviceFiles::new(&a.dir, &a.cn);
+        let chain = crate::pem::read_certificates(&read(&files.chain)?)
+            .map_err(|e| ClientError::Io(format!("{}: {e}", files.chain.display())))?;
+        let key = crate::pem::read_private_key(&read(&files.key)?, None)
+            .map_err(|e| ClientError::Io(format!("{}: {e}", files.key.display())))?;
+        let client = EstClient::new(
+            &a.server.server,
+            &a.server.tenant,
+            &read(&a.server.cacert)?,
+            Some((chain, key)),
+        )?;
+        let e = runtime()?.block_on(client.renew(&a.cn, a.server.key_type))?;
+        files.write(&e)?;
+        Ok(done(&files, &e))
+    }
 }
 
 #[cfg(test)]
