@@ -42,7 +42,7 @@ pub struct Config {
 }
 
 /// EST enrollment (tenant certificate authorities).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Est {
     /// A file holding the key that encrypts tenant CA private keys (64 hex digits or
@@ -50,8 +50,21 @@ pub struct Est {
     /// either, `DATA_DIR/ca-key-encryption.key` is generated (mode 0600) at first use.
     /// Several nodes on one database must share the key.
     pub key_file: Option<PathBuf>,
+    /// How often the `certificates_expiring_30d` metric is recounted, seconds
+    /// (default 60).
+    pub expiry_metric_interval_s: u64,
     /// The EST listener's connection limits and timeouts (as `[admin]`).
     pub listener: crate::listener::AdminLimits,
+}
+
+impl Default for Est {
+    fn default() -> Self {
+        Est {
+            key_file: None,
+            expiry_metric_interval_s: 60,
+            listener: crate::listener::AdminLimits::default(),
+        }
+    }
 }
 
 /// Where tenants, trust anchors, devices, users and the audit log are kept.
@@ -580,6 +593,8 @@ require_proof_of_possession = false
 # generated into DATA_DIR/ca-key-encryption.key (mode 0600) at first use. Several nodes
 # on one database must share it.
 # key_file = "/etc/broker/ca-key-encryption.key"
+# How often certificates_expiring_30d{tenant} is recounted, seconds.
+expiry_metric_interval_s = 60
 
 [est.listener]
 # The EST listener's limits, as [admin].

@@ -458,12 +458,13 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         metrics.clone(),
         shutdown_rx.clone(),
     )));
-    // Certificates expiring within 30 days per tenant, once a minute.
+    // Certificates expiring within 30 days per tenant, recounted periodically.
     {
         let (admin, metrics) = (admin.clone(), metrics.clone());
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let every = Duration::from_secs(config.est.expiry_metric_interval_s.max(1));
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

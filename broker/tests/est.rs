@@ -756,3 +756,69 @@ async fn the_ca_key_is_never_in_answers_logs_or_the_database_in_clear() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// One address holding EST connections or guessing secrets keeps no one else out: the
+/// listener's per-source connection cap, and failed enrollments locking only the
+/// (device, address) pair; the expiry metric counts the issued certificate.
+#[tokio::test]
+async fn one_address_cannot_starve_enrollment_and_guessing_a_secret_is_limited() {
+    let env = start_with(|c| {
+        c.est.listener.max_connections_per_source = 8;
+        c.est.listener.idle_timeout_ms = 60_000;
+        c.est.expiry_metric_interval_s = 1;
+    })
+    .await;
+    env.tenant("acme").await;
+    create_ca(&env, "acme", json!({"deviceValidityDays": 10})).await;
+    let est_addr = env.broker().est_addr;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tls_from(&env, "127.0.0.2", est_addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    let series = "est_connections_refused_total{reason=\"per_source\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&env.metrics().await, series) < 32.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counter(&env.metrics().await, series), 32.0);
+    assert!(held.len() <= 8, "{} held", held.len());
+
+    // Wrong secrets from one address: 401 until the pair is locked (429).
+    let s = secret(&env, "acme", "dev-1").await;
+    let url = format!("{}/.well-known/est/acme/simpleenroll", est_base(&env));
+    let attacker = https_client_from(&env.server_ca, "127.0.0.4");
+    let (_, csr) = certs::est::new_request("dev-1", KeyType::P256).unwrap();
+    let mut codes = Vec::new();
+    for i in 0..7 {
+        codes.push(
+            post_csr(
+                &attacker,
+                &url,
+                Some(("dev-1", &format!("guess-{i}"))),
+                &csr,
+            )
+            .await
+            .0,
+        );
+    }
+    assert_eq!(codes[..5], [401; 5], "{codes:?}");
+    assert_eq!(codes[5..], [429; 2], "{codes:?}");
+    // The device, from another address and while the flood is held, enrolls.
+    let device = https_client_from(&env.server_ca, "127.0.0.3");
+    let (st, text) = post_csr(&device, &url, Some(("dev-1", &s)), &csr).await;
+    assert_eq!(st, 200, "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let series = "certificates_expiring_30d{tenant=\"acme\"}";
+    while counter(&env.metrics().await, series) < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counter(&env.metrics().await, series), 1.0);
+    drop(held);
+}

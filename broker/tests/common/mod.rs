@@ -611,6 +611,16 @@ pub async fn admin_tls_from(
     env: &Env,
     from: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_from(env, from, env.broker().admin_addr).await
+}
+
+/// A TLS connection (no client certificate, ALPN `http/1.1`) to the HTTPS listener
+/// `to` from the loopback address `from`.
+pub async fn tls_from(
+    env: &Env,
+    from: &str,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -619,7 +629,7 @@ pub async fn admin_tls_from(
     .with_root_certificates(roots(&env.server_ca))
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tcp_from(from, env.broker().admin_addr).await?;
+    let tcp = tcp_from(from, to).await?;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
