@@ -274,6 +274,8 @@ struct Inner {
     /// recent successful checks.
     checker: auth::PasswordChecker,
     dummy_hash: String,
+    /// A secret hash of [`est::SECRET_HASHING`]'s cost, checked for unknown devices.
+    est_dummy_hash: String,
     seen: Mutex<HashMap<(String, String), i64>>,
     rebuild: tokio::sync::Mutex<()>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -333,6 +335,11 @@ impl Admin {
             .await
             .map_err(|e| AdminError::Internal(e.to_string()))?
             .map_err(AdminError::Config)?;
+        let est_dummy_hash =
+            tokio::task::spawn_blocking(|| est::SECRET_HASHING.hash("dummy enrollment secret"))
+                .await
+                .map_err(|e| AdminError::Internal(e.to_string()))?
+                .map_err(AdminError::Config)?;
         let server = match store.server_certificate().await? {
             Some(rec) => Some(Arc::new(server_certificate_from_record(&rec)?)),
             None => None,
@@ -376,6 +383,7 @@ impl Admin {
             trust_tx: watch::Sender::new(Arc::new(TrustStore::default())),
             server_tx: watch::Sender::new(server),
             dummy_hash,
+            est_dummy_hash,
             seen: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),

@@ -205,10 +205,7 @@ async fn make(
             return Err(at("validHours must be between 1 and 8760".into()));
         }
         let secret = generate_secret();
-        let hash = admin
-            .hash_password(secret.clone())
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let hash = crate::est::hash_secret(secret.clone()).await?;
         let expires_at = now + hours * 3600;
         records.push(EnrollmentSecretRecord {
             tenant: tenant.to_string(),
