@@ -38,7 +38,8 @@ pub struct NewEnrollmentSecret {
 /// Several devices, all or nothing.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct BulkEnrollmentSecrets {
-    /// 1 to 1000 devices, each Common Name once.
+    /// 1 to 1000 devices, each Common Name once (else 422, `info.index` naming the
+    /// second).
     #[schema(min_items = 1, max_items = 1000)]
     pub devices: Vec<NewEnrollmentSecret>,
 }

@@ -118,6 +118,11 @@ const CONTENT_CHECKED: &[(&str, &str, &str)] = &[
         "certificatePem and privateKeyPem, given together, must be a CA certificate that passes the upload rules and its key; overlapDays belongs to a rotation",
     ),
     (
+        "POST /tenant/tenants/{tenant_id}/enrollment-secrets/bulk",
+        "422",
+        "each commonName at most once (uniqueItems cannot say it: entries with one name may differ in validHours)",
+    ),
+    (
         "POST /tenant/tenants/{tenant_id}/certificate-authority/rotate",
         "422",
         "certificatePem and privateKeyPem, given together, must be a CA certificate that passes the upload rules and its key",
