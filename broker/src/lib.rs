@@ -275,11 +275,11 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         cache.clone(),
         metrics.clone(),
     ));
-    let mqtt_tls = tls::mqtt_server_config(provider.clone(), verifier, resolver.clone())
+    let mqtt_tls = tls::mqtt_server_config(provider.clone(), verifier.clone(), resolver.clone())
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let admin_tls = tls::admin_server_config(provider.clone(), resolver.clone())
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    let est_tls = tls::est_server_config(provider.clone(), resolver.clone())
+    let est_tls = tls::est_server_config(provider.clone(), verifier, resolver.clone())
         .map_err(|e| StartError::Tls(e.to_string()))?;
 
     let backend = backend::BackendPool::start(&config).await?;

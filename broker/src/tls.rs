@@ -304,18 +304,19 @@ impl ClientCertVerifier for DeviceVerifier {
 /// The EST listener's client-certificate verifier: a certificate is optional
 /// (`simpleenroll` authenticates with a secret), and any presented chain is accepted
 /// at the TLS layer, where only the holder's signature over the handshake is checked
-/// (proof of possession of the key). `simplereenroll` then judges the chain with
-/// [`certs::TrustStore::verify_device`], as port 8883 does, and answers a refusal with
-/// a 401 that says why instead of a bare TLS alert.
+/// (proof of possession of the key, by the device verifier's own signature checks).
+/// `simplereenroll` then judges the chain with [`certs::TrustStore::verify_device`], as
+/// port 8883 does, and answers a refusal with a 401 that says why instead of a bare TLS
+/// alert.
 #[derive(Debug)]
 pub struct EstClientVerifier {
-    provider: Arc<CryptoProvider>,
+    devices: Arc<DeviceVerifier>,
 }
 
 impl EstClientVerifier {
-    /// A verifier using `provider`'s signature algorithms.
-    pub fn new(provider: Arc<CryptoProvider>) -> EstClientVerifier {
-        EstClientVerifier { provider }
+    /// A verifier using `devices`' signature checks.
+    pub fn new(devices: Arc<DeviceVerifier>) -> EstClientVerifier {
+        EstClientVerifier { devices }
     }
 }
 
@@ -343,12 +344,7 @@ impl ClientCertVerifier for EstClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.devices.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -357,18 +353,11 @@ impl ClientCertVerifier for EstClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.devices.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.devices.supported_verify_schemes()
     }
 }
 
@@ -377,9 +366,10 @@ impl ClientCertVerifier for EstClientVerifier {
 /// resumed session would carry a client certificate not presented again).
 pub fn est_server_config(
     provider: Arc<CryptoProvider>,
+    devices: Arc<DeviceVerifier>,
     resolver: Arc<ServerCertResolver>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let verifier = Arc::new(EstClientVerifier::new(provider.clone()));
+    let verifier = Arc::new(EstClientVerifier::new(devices));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)

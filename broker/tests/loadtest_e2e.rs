@@ -151,7 +151,10 @@ async fn rotate_renews_a_connected_fleet_without_losing_a_session() {
         concurrency: 8,
         duration: Duration::from_secs(90),
         scenario: loadtest::Scenario::Rotate,
-        est: Some(format!("https://127.0.0.1:{}", env.broker().est_addr.port())),
+        est: Some(format!(
+            "https://127.0.0.1:{}",
+            env.broker().est_addr.port()
+        )),
         tenant: Some("rotating".into()),
         keep_tenant: true,
         ..against(&env)
@@ -182,5 +185,8 @@ async fn rotate_renews_a_connected_fleet_without_losing_a_session() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|c| c["enrollment"].as_str().unwrap().starts_with("simplereenroll:")));
+        .all(|c| c["enrollment"]
+            .as_str()
+            .unwrap()
+            .starts_with("simplereenroll:")));
 }

@@ -687,6 +687,8 @@ fn secret_row(r: &Row<'_>) -> rusqlite::Result<EnrollmentSecretRecord> {
 
 const ISSUED_COLS: &str = "tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at";
 
+const ISSUED_BY_SERIAL: &str = "SELECT tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at FROM issued_certificates WHERE tenant_id = ?1 AND serial_hex = ?2";
+
 fn issued_row(r: &Row<'_>) -> rusqlite::Result<IssuedCertRecord> {
     Ok(IssuedCertRecord {
         tenant: r.get(0)?,
@@ -719,6 +721,36 @@ fn insert_issued(c: &Connection, i: &IssuedCertRecord) -> StoreResult<()> {
         ],
     )?;
     Ok(())
+}
+
+/// One page of a tenant's rows: `select` takes the tenant, LIMIT and OFFSET (`?1` to
+/// `?3`), `total` the tenant.
+fn tenant_page<T>(
+    c: &Connection,
+    select: &str,
+    total: &str,
+    tenant: &str,
+    page: PageRequest,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Page<T>> {
+    let (lim, off) = limit(page);
+    let items = c
+        .prepare(select)?
+        .query_map(params![tenant, lim, off], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let total: u64 = c.query_row(total, [tenant], |r| r.get(0))?;
+    Ok(Page { items, total })
+}
+
+/// The row of a tenant's record keyed by `key` (`sql` takes the tenant and the key).
+fn tenant_row_by<T>(
+    c: &Connection,
+    sql: &str,
+    tenant: &str,
+    key: &str,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Option<T>> {
+    Ok(c.query_row(sql, params![tenant, key], row).optional()?)
 }
 
 fn revoke_serial(c: &Connection, tenant: &str, s: &RevokedSerial) -> StoreResult<()> {
@@ -1761,14 +1793,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<EnrollmentSecretRecord>> {
         let (tenant, cn) = (tenant.to_string(), common_name.to_string());
         self.run(move |c| {
-            Ok(c.query_row(
+            tenant_row_by(
+                c,
                 &format!(
                     "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = ?1 AND common_name = ?2"
                 ),
-                params![tenant, cn],
+                &tenant,
+                &cn,
                 secret_row,
             )
-            .optional()?)
         })
         .await
     }
@@ -1780,20 +1813,17 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<EnrollmentSecretRecord>> {
         let tenant = tenant.to_string();
         self.run(move |c| {
-            let (lim, off) = limit(page);
-            let mut st = c.prepare(&format!(
-                "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = ?1
-                 ORDER BY common_name LIMIT ?2 OFFSET ?3"
-            ))?;
-            let items = st
-                .query_map(params![tenant, lim, off], secret_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let total: u64 = c.query_row(
+            tenant_page(
+                c,
+                &format!(
+                    "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = ?1
+                     ORDER BY common_name LIMIT ?2 OFFSET ?3"
+                ),
                 "SELECT COUNT(*) FROM enrollment_secrets WHERE tenant_id = ?1",
-                [&tenant],
-                |r| r.get(0),
-            )?;
-            Ok(Page { items, total })
+                &tenant,
+                page,
+                secret_row,
+            )
         })
         .await
     }
@@ -1875,17 +1905,8 @@ impl Store for SqliteStore {
         serial_hex: &str,
     ) -> StoreResult<Option<IssuedCertRecord>> {
         let (tenant, serial) = (tenant.to_string(), serial_hex.to_string());
-        self.run(move |c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = ?1 AND serial_hex = ?2"
-                ),
-                params![tenant, serial],
-                issued_row,
-            )
-            .optional()?)
-        })
-        .await
+        self.run(move |c| tenant_row_by(c, ISSUED_BY_SERIAL, &tenant, &serial, issued_row))
+            .await
     }
 
     async fn issued_certificates(
@@ -1895,20 +1916,17 @@ impl Store for SqliteStore {
     ) -> StoreResult<Page<IssuedCertRecord>> {
         let tenant = tenant.to_string();
         self.run(move |c| {
-            let (lim, off) = limit(page);
-            let mut st = c.prepare(&format!(
-                "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = ?1
-                 ORDER BY issued_at DESC, serial_hex LIMIT ?2 OFFSET ?3"
-            ))?;
-            let items = st
-                .query_map(params![tenant, lim, off], issued_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let total: u64 = c.query_row(
+            tenant_page(
+                c,
+                &format!(
+                    "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = ?1
+                     ORDER BY issued_at DESC, serial_hex LIMIT ?2 OFFSET ?3"
+                ),
                 "SELECT COUNT(*) FROM issued_certificates WHERE tenant_id = ?1",
-                [&tenant],
-                |r| r.get(0),
-            )?;
-            Ok(Page { items, total })
+                &tenant,
+                page,
+                issued_row,
+            )
         })
         .await
     }
@@ -1922,15 +1940,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<IssuedCertRecord> {
         let (tenant, serial) = (tenant.to_string(), serial_hex.to_string());
         self.tx(move |tx| {
-            let Some(mut rec) = tx
-                .query_row(
-                    &format!(
-                        "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = ?1 AND serial_hex = ?2"
-                    ),
-                    params![tenant, serial],
-                    issued_row,
-                )
-                .optional()?
+            let Some(mut rec) = tenant_row_by(tx, ISSUED_BY_SERIAL, &tenant, &serial, issued_row)?
             else {
                 return Err(StoreError::NotFound(format!(
                     "Issued certificate {serial} not found"
