@@ -1239,6 +1239,8 @@ fn secret_row(r: &Row) -> Res<EnrollmentSecretRecord> {
 
 const ISSUED_COLS: &str = "tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at";
 
+const ISSUED_BY_SERIAL: &str = "SELECT tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at FROM issued_certificates WHERE tenant_id = $1 AND serial_hex = $2";
+
 fn issued_row(r: &Row) -> Res<IssuedCertRecord> {
     Ok(IssuedCertRecord {
         tenant: r.try_get(0)?,
@@ -1272,6 +1274,21 @@ async fn insert_issued(c: &impl GenericClient, i: &IssuedCertRecord) -> Res<()> 
     )
     .await?;
     Ok(())
+}
+
+/// The row of a tenant's record keyed by `key` (`sql` takes the tenant and the key).
+async fn tenant_row_by<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    tenant: &str,
+    key: &str,
+    row: fn(&Row) -> Res<T>,
+) -> Res<Option<T>> {
+    c.query_opt(sql, &[&tenant, &key])
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
 }
 
 async fn revoke_serial(c: &impl GenericClient, tenant: &str, s: &RevokedSerial) -> Res<()> {
@@ -2422,17 +2439,16 @@ impl Store for PostgresStore {
         common_name: &str,
     ) -> StoreResult<Option<EnrollmentSecretRecord>> {
         read!(self, |c| {
-            c
-            .query_opt(
-                &format!(
-                    "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = $1 AND common_name = $2"
-                ),
-                &[&tenant, &common_name],
-            )
-            .await?
-            .as_ref()
-            .map(secret_row)
-            .transpose()
+            tenant_row_by(
+            &**c,
+            &format!(
+                "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = $1 AND common_name = $2"
+            ),
+            tenant,
+            common_name,
+            secret_row,
+        )
+        .await
         })
     }
 
@@ -2542,19 +2558,14 @@ impl Store for PostgresStore {
         tenant: &str,
         serial_hex: &str,
     ) -> StoreResult<Option<IssuedCertRecord>> {
-        read!(self, |c| {
-            c
-            .query_opt(
-                &format!(
-                    "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = $1 AND serial_hex = $2"
-                ),
-                &[&tenant, &serial_hex],
-            )
-            .await?
-            .as_ref()
-            .map(issued_row)
-            .transpose()
-        })
+        read!(self, |c| tenant_row_by(
+            &**c,
+            ISSUED_BY_SERIAL,
+            tenant,
+            serial_hex,
+            issued_row
+        )
+        .await)
     }
 
     async fn issued_certificates(
@@ -2585,17 +2596,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<IssuedCertRecord> {
         transaction!(self, Notify::Yes, |tx| {
             async {
-            let Some(mut rec) = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = $1 AND serial_hex = $2"
-                    ),
-                    &[&tenant, &serial_hex],
-                )
-                .await?
-                .as_ref()
-                .map(issued_row)
-                .transpose()?
+            let Some(mut rec) = tenant_row_by(tx, ISSUED_BY_SERIAL, tenant, serial_hex, issued_row).await?
             else {
                 return Err(StoreError::NotFound(format!(
                     "Issued certificate {serial_hex} not found"
