@@ -344,8 +344,8 @@ impl Admin {
         Ok((record, anchor))
     }
 
-    /// Disables the anchors of retiring CAs whose overlap has ended (run periodically
-    /// and before each EST answer).
+    /// Disables the anchors of retiring CAs whose overlap has ended (run periodically,
+    /// and after a rotation).
     pub async fn retire_due_cas(&self) -> Result<(), ApiError> {
         let retired = self.store().retire_due_cas(self.now()).await?;
         if !retired.is_empty() {
@@ -383,11 +383,18 @@ impl Admin {
     }
 
     /// EST `cacerts`: the active CA first, then CAs still in their rotation overlap.
+    /// (Reads only: an unauthenticated request never writes; the overlap's end is
+    /// applied by the periodic task, and a CA past it is left out here already.)
     pub async fn est_cacerts(&self, tenant: &str) -> Result<Vec<Vec<u8>>, EstError> {
-        self.retire_due_cas().await.map_err(EstError::from)?;
+        let now = self.now();
         let mut out = Vec::new();
         for ca in self.store().tenant_cas(tenant).await? {
-            if ca.state == TenantCaState::Retired {
+            let live = match ca.state {
+                TenantCaState::Active => true,
+                TenantCaState::Retiring => ca.retire_at.is_none_or(|at| at > now),
+                TenantCaState::Retired => false,
+            };
+            if !live {
                 continue;
             }
             if let Some(a) = self.store().certificate(tenant, &ca.fingerprint).await? {

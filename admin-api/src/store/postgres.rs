@@ -2366,6 +2366,18 @@ impl Store for PostgresStore {
     }
 
     async fn retire_due_cas(&self, now: i64) -> StoreResult<Vec<(String, String)>> {
+        // A read first: the periodic check of every node writes (and notifies) nothing
+        // when nothing is due.
+        let due = read!(self, |c| Ok(c
+            .query_opt(
+                "SELECT 1 FROM tenant_cas WHERE state = 'RETIRING' AND retire_at <= $1 LIMIT 1",
+                &[&now],
+            )
+            .await?
+            .is_some()))?;
+        if !due {
+            return Ok(Vec::new());
+        }
         transaction!(self, Notify::Yes, |tx| async {
             let due = tx
                 .query(

@@ -1723,6 +1723,21 @@ impl Store for SqliteStore {
     }
 
     async fn retire_due_cas(&self, now: i64) -> StoreResult<Vec<(String, String)>> {
+        // A read first: the periodic check writes nothing when nothing is due.
+        let due = self
+            .run(move |c| {
+                Ok(c.query_row(
+                    "SELECT 1 FROM tenant_cas WHERE state = 'RETIRING' AND retire_at <= ?1 LIMIT 1",
+                    [now],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.tx(move |tx| {
             let due = {
                 let mut st = tx.prepare(
