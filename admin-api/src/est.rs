@@ -646,4 +646,37 @@ mod tests {
             "Value(<redacted>)"
         );
     }
+
+    #[test]
+    fn debug_output_holds_no_key_and_no_secret_hash() {
+        let ca = TenantCaRecord {
+            tenant: "acme".into(),
+            fingerprint: "ab".into(),
+            key_type: "p256".into(),
+            key_encrypted: vec![0xde, 0xad, 0xbe, 0xef],
+            device_validity_days: 1,
+            renewal_window_days: 1,
+            revoke_on_renewal: false,
+            state: TenantCaState::Active,
+            retire_at: None,
+            created_at: 0,
+        };
+        let text = format!("{ca:?}");
+        assert!(text.contains("<redacted>") && !text.contains("222, 173"), "{text}");
+        let secret = crate::store::EnrollmentSecretRecord {
+            tenant: "acme".into(),
+            common_name: "d".into(),
+            secret_hash: "$argon2id$v=19$secret-hash".into(),
+            expires_at: 0,
+            created_at: 0,
+            used_at: None,
+        };
+        let text = format!("{secret:?}");
+        assert!(!text.contains("argon2id"), "{text}");
+        let config = crate::AdminConfig {
+            ca_key_source: KeySource::Value(hex::encode([9u8; 32])),
+            ..crate::AdminConfig::new("data")
+        };
+        assert!(!format!("{config:?}").contains(&hex::encode([9u8; 32])));
+    }
 }

@@ -822,3 +822,99 @@ async fn one_address_cannot_starve_enrollment_and_guessing_a_secret_is_limited()
     assert_eq!(counter(&env.metrics().await, series), 1.0);
     drop(held);
 }
+
+/// `certs enroll` and `certs renew`, the real binary, against the real listener: the
+/// files they write connect on the MQTT port, and the renewed ones replace them.
+#[tokio::test]
+async fn certs_enroll_and_renew_write_files_that_connect() {
+    let certs_bin = std::path::Path::new(env!("CARGO_BIN_EXE_broker")).with_file_name("certs");
+    assert!(
+        certs_bin.is_file(),
+        "{} is missing: run `cargo build -p certs` first (cargo test --workspace builds it)",
+        certs_bin.display()
+    );
+    let env = start().await;
+    env.tenant("acme").await;
+    create_ca(&env, "acme", json!({})).await;
+    let s = secret(&env, "acme", "cli-1").await;
+    let ca_file = env.dir.path().join("server-ca.pem");
+    std::fs::write(&ca_file, &env.server_ca).unwrap();
+    let out = env.dir.path().join("devices");
+    let run = |args: Vec<String>| {
+        let certs_bin = certs_bin.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(certs_bin)
+                    .args(args)
+                    .env_remove("CERTS_EST_SECRET")
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let server = est_base(&env);
+    let common = |cmd: &str| {
+        vec![
+            cmd.to_string(),
+            "--server".into(),
+            server.clone(),
+            "--tenant".into(),
+            "acme".into(),
+            "--cacert".into(),
+            ca_file.display().to_string(),
+            "--cn".into(),
+            "cli-1".into(),
+        ]
+    };
+    let mut enroll = common("enroll");
+    enroll.extend([
+        "--secret".into(),
+        s.clone(),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
+    let o = run(enroll.clone()).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cli-1.key"));
+    let read_dev = || {
+        let chain =
+            certs::pem::read_certificates(&std::fs::read(out.join("cli-1-chain.pem")).unwrap())
+                .unwrap();
+        let key = std::fs::read(out.join("cli-1.key")).unwrap();
+        let key = match certs::pem::read_private_key(&key, None).unwrap() {
+            certs::PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+            _ => panic!("PKCS#8 expected"),
+        };
+        assert_eq!(chain.len(), 2, "certificate and CA");
+        Issued {
+            cert_der: chain[0].clone(),
+            key_der: key.into(),
+        }
+    };
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(out.join("cli-1.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = read_dev();
+    assert!(connects(&env.server_ca, env.mqtt_port(), "cli-1", &first).await);
+    // The secret is used: a second enroll fails with the server's sentence, exit 2.
+    let o = run(enroll).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut renew = common("renew");
+    renew.extend(["--dir".into(), out.display().to_string()]);
+    let o = run(renew).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let second = read_dev();
+    assert_ne!(second.cert_der, first.cert_der);
+    assert!(connects(&env.server_ca, env.mqtt_port(), "cli-1", &second).await);
+}
