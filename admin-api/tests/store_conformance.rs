@@ -1449,7 +1449,7 @@ async fn nodes_migrate_once_and_hear_each_others_changes() {
     for s in starts {
         nodes.push(Arc::new(s.await.unwrap().unwrap()) as Arc<dyn Store>);
     }
-    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "3");
+    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "4");
     assert_eq!(pg.psql("nodes", "SELECT COUNT(*) FROM schema_version"), "1");
     // A node started later finds the schema in place.
     let late = PostgresStore::connect_with(&url, fast()).await.unwrap();
