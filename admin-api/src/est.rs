@@ -662,7 +662,10 @@ mod tests {
             created_at: 0,
         };
         let text = format!("{ca:?}");
-        assert!(text.contains("<redacted>") && !text.contains("222, 173"), "{text}");
+        assert!(
+            text.contains("<redacted>") && !text.contains("222, 173"),
+            "{text}"
+        );
         let secret = crate::store::EnrollmentSecretRecord {
             tenant: "acme".into(),
             common_name: "d".into(),

@@ -820,6 +820,29 @@ async fn one_address_cannot_starve_enrollment_and_guessing_a_secret_is_limited()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(counter(&env.metrics().await, series), 1.0);
+    // The expiry list shows it, inside the CA's 30-day renewal window.
+    let (st, list) = env
+        .as_tenant(
+            "acme",
+            Method::GET,
+            "/tenant/tenants/acme/expiring-certificates?days=30",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{list}");
+    let issued: Vec<&Value> = list["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "ISSUED_CERTIFICATE")
+        .collect();
+    assert_eq!(issued.len(), 1, "{list}");
+    assert_eq!(issued[0]["name"], "dev-1");
+    assert_eq!(issued[0]["renewalDue"], true);
+    assert!(
+        (9..=10).contains(&issued[0]["daysLeft"].as_i64().unwrap()),
+        "{list}"
+    );
     drop(held);
 }
 

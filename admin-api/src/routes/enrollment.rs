@@ -153,6 +153,9 @@ pub struct ExpiringCertificate {
     pub not_after: String,
     /// Whole days left (negative: expired that many days ago).
     pub days_left: i64,
+    /// An issued certificate inside its CA's `renewalWindowDays`: the device should
+    /// renew it now (always false for trusted certificates).
+    pub renewal_due: bool,
 }
 
 /// Certificates expiring within the window, soonest first.
@@ -453,7 +456,15 @@ pub async fn expiring(
             name: a.subject,
             not_after: super::time(a.not_after),
             days_left: left(a.not_after),
+            renewal_due: false,
         })
+        .collect();
+    let windows: std::collections::HashMap<String, i64> = admin
+        .store()
+        .tenant_cas(&tenant)
+        .await?
+        .into_iter()
+        .map(|c| (c.fingerprint, i64::from(c.renewal_window_days)))
         .collect();
     out.extend(
         admin
@@ -468,6 +479,9 @@ pub async fn expiring(
                 name: i.common_name,
                 not_after: super::time(i.not_after),
                 days_left: left(i.not_after),
+                renewal_due: windows
+                    .get(&i.ca_fingerprint)
+                    .is_some_and(|w| i.not_after - now <= w * 86_400),
             }),
     );
     out.sort_by(|a, b| a.not_after.cmp(&b.not_after));

@@ -37,7 +37,7 @@ pub struct NewCertificateAuthority {
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 3650)]
     pub device_validity_days: Option<i64>,
     /// Days before expiry a device should renew, 0 to 3650 (default 30): the expiry
-    /// list and metric use it.
+    /// list marks its issued certificates inside the window `renewalDue`.
     #[serde(default, deserialize_with = "json_integer")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 3650)]
     pub renewal_window_days: Option<i64>,
