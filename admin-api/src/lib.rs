@@ -513,13 +513,14 @@ impl Admin {
     }
 
     /// Drops what this process holds in memory for a deleted tenant: pending last-seen
-    /// times of its devices and its users' failed-login counts, so a tenant created
-    /// later with the same id inherits none of it.
+    /// times of its devices, its users' failed-login counts and its devices' failed
+    /// enrollments, so a tenant created later with the same id inherits none of it.
     pub(crate) fn forget_tenant(&self, tenant: &str) {
         if let Ok(mut seen) = self.inner.seen.lock() {
             seen.retain(|(t, _), _| t != tenant);
         }
         self.inner.limiter.forget_prefix(&format!("{tenant}/"));
+        self.inner.limiter.forget_prefix(&format!("est:{tenant}/"));
         self.inner
             .user_slowdown
             .forget_prefix(&format!("{tenant}/"));
