@@ -2,7 +2,7 @@
 //! a failed-login limiter, and the [`Principal`] extractor with the tenant-scope rule
 //! (another tenant's id answers 404, so tenant ids do not leak).
 
-mod checker;
+pub(crate) mod checker;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -351,9 +351,143 @@ fn conflict_message(c: &Conflict) -> String {
         Conflict::AnchorLimit { tenant, max, have } => format!(
             "Tenant {tenant} has reached its limit of {max} trusted certificates ({have} trusted)"
         ),
+        Conflict::ActiveCaExists { tenant } => format!(
+            "Tenant {tenant} already has an active certificate authority: rotate it (POST .../certificate-authority/rotate) to replace it"
+        ),
         Conflict::RuleSetInUse { name } => format!(
             "Rule set {name} is assigned to a trusted certificate or a device: remove those assignments first"
         ),
+    }
+}
+
+/// Why an EST request (RFC 7030) is refused. EST clients read the status and a
+/// one-line text body ([`EstError::parts`] is the one table).
+#[derive(Debug, thiserror::Error)]
+pub enum EstError {
+    /// 401: no, wrong, used or expired one-time secret (or no client certificate on
+    /// `simplereenroll`).
+    #[error("Enrollment refused: the device name and one-time secret are not valid (unknown, wrong, already used or expired)")]
+    Unauthorized,
+    /// 401: `simplereenroll` without a client certificate.
+    #[error("Renewal needs the device's current certificate in the TLS handshake")]
+    NoClientCertificate,
+    /// 401: the client certificate was refused as on port 8883.
+    #[error("The client certificate is refused: {0}")]
+    CertificateRefused(String),
+    /// 403: the certificate belongs to another tenant than the path names.
+    #[error("The client certificate belongs to another tenant")]
+    WrongTenant,
+    /// 403: the certificate was not issued by this tenant's certificate authority.
+    #[error("Only certificates issued by the tenant's certificate authority can be renewed here")]
+    NotIssuedHere,
+    /// 404: the tenant has no certificate authority (or does not exist).
+    #[error("Tenant {0} has no certificate authority for enrollment")]
+    NoCa(String),
+    /// 400: the request is refused by the issuing policy.
+    #[error("{0}")]
+    Csr(#[from] certs::est::CsrError),
+    /// 400: the body is not what the operation takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 413: the body is over the limit.
+    #[error("The request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// 415: the body's content type is not the operation's.
+    #[error("Content-Type must be {0}")]
+    UnsupportedMediaType(&'static str),
+    /// 429: too many failed enrollments for this device name or from this address.
+    #[error("Too many failed enrollments; try again in {}", seconds(*retry_after_secs))]
+    TooManyRequests {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// 503: every password-check thread is busy, or the database is unreachable.
+    #[error("The server is busy; try again in {}", seconds(*retry_after_secs))]
+    Busy {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// 500: a bug, an undecryptable CA key, a storage failure. Logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EstError {
+    /// The status and the text sent to the client.
+    pub fn parts(&self) -> (StatusCode, String) {
+        let status = match self {
+            EstError::Unauthorized
+            | EstError::NoClientCertificate
+            | EstError::CertificateRefused(_) => StatusCode::UNAUTHORIZED,
+            EstError::WrongTenant | EstError::NotIssuedHere => StatusCode::FORBIDDEN,
+            EstError::NoCa(_) => StatusCode::NOT_FOUND,
+            EstError::Csr(_) | EstError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EstError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            EstError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            EstError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EstError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EstError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let text = match self {
+            EstError::Internal(_) => {
+                "The server could not complete the request; see the server log".to_string()
+            }
+            other => other.to_string(),
+        };
+        (status, text)
+    }
+}
+
+impl From<StoreError> for EstError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => EstError::Busy {
+                retry_after_secs: 1,
+            },
+            other => EstError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for EstError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::DatabaseUnavailable(_) => EstError::Busy {
+                retry_after_secs: 1,
+            },
+            other => EstError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for EstError {
+    fn into_response(self) -> Response {
+        let (status, text) = self.parts();
+        if let EstError::Internal(detail) = &self {
+            tracing::error!(%detail, "EST request failed");
+        }
+        let mut resp = (status, format!("{text}\n")).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match &self {
+            EstError::Unauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"est\""),
+                );
+            }
+            EstError::TooManyRequests { retry_after_secs }
+            | EstError::Busy { retry_after_secs } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    h.insert(header::RETRY_AFTER, v);
+                }
+            }
+            _ => {}
+        }
+        resp
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod auth;
 pub mod error;
+pub mod est;
 pub mod routes;
 pub mod store;
 
@@ -107,6 +108,10 @@ pub struct AdminConfig {
     /// [`store::postgres`]) instead of the SQLite file in the data directory: several
     /// front-end nodes on one database. Never logged (Debug redacts it).
     pub store_url: Option<String>,
+    /// Where the key that encrypts tenant CA private keys comes from
+    /// (`BROKER_CA_KEY_ENCRYPTION_KEY`, `[est] key_file`, or generated in the data
+    /// directory at first use). Never logged (Debug redacts a value).
+    pub ca_key_source: est::KeySource,
 }
 
 impl AdminConfig {
@@ -131,6 +136,7 @@ impl AdminConfig {
             max_database_bytes: None,
             require_proof_of_possession: false,
             store_url: None,
+            ca_key_source: est::KeySource::DataDir,
         }
     }
 }
@@ -178,6 +184,7 @@ impl std::fmt::Debug for AdminConfig {
                 "store_url",
                 &self.store_url.as_deref().map(store::postgres::redact_url),
             )
+            .field("ca_key_source", &self.ca_key_source)
             .finish()
     }
 }
@@ -277,10 +284,14 @@ struct Inner {
     /// recent successful checks.
     checker: auth::PasswordChecker,
     dummy_hash: String,
+    /// A secret hash of [`est::SECRET_HASHING`]'s cost, checked for unknown devices.
+    est_dummy_hash: String,
     seen: Mutex<HashMap<(String, String), i64>>,
     rebuild: tokio::sync::Mutex<()>,
     snapshot: RwLock<Arc<Snapshot>>,
     crl_fetcher: certs::revocation::CrlFetcher,
+    /// The CA key encryption key, once loaded.
+    ca_key: Mutex<Option<Arc<est::KeyEncryption>>>,
     aia_fetcher: certs::aia::AiaFetcher,
 }
 
@@ -335,6 +346,11 @@ impl Admin {
             .await
             .map_err(|e| AdminError::Internal(e.to_string()))?
             .map_err(AdminError::Config)?;
+        let est_dummy_hash =
+            tokio::task::spawn_blocking(|| est::SECRET_HASHING.hash("dummy enrollment secret"))
+                .await
+                .map_err(|e| AdminError::Internal(e.to_string()))?
+                .map_err(AdminError::Config)?;
         let server = match store.server_certificate().await? {
             Some(rec) => Some(Arc::new(server_certificate_from_record(
                 &rec,
@@ -385,9 +401,11 @@ impl Admin {
             trust_tx: watch::Sender::new(Arc::new(TrustStore::default())),
             server_tx: watch::Sender::new(server),
             dummy_hash,
+            est_dummy_hash,
             seen: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            ca_key: Mutex::new(None),
         };
         let admin = Admin {
             inner: Arc::new(inner),
@@ -395,6 +413,7 @@ impl Admin {
         admin.bootstrap().await?;
         admin.publish().await?;
         spawn_flusher(Arc::downgrade(&admin.inner));
+        spawn_ca_retirer(Arc::downgrade(&admin.inner));
         if let Some(rx) = admin.inner.store.changes() {
             spawn_change_listener(Arc::downgrade(&admin.inner), rx);
         }
@@ -522,13 +541,14 @@ impl Admin {
     }
 
     /// Drops what this process holds in memory for a deleted tenant: pending last-seen
-    /// times of its devices and its users' failed-login counts, so a tenant created
-    /// later with the same id inherits none of it.
+    /// times of its devices, its users' failed-login counts and its devices' failed
+    /// enrollments, so a tenant created later with the same id inherits none of it.
     pub(crate) fn forget_tenant(&self, tenant: &str) {
         if let Ok(mut seen) = self.inner.seen.lock() {
             seen.retain(|(t, _), _| t != tenant);
         }
         self.inner.limiter.forget_prefix(&format!("{tenant}/"));
+        self.inner.limiter.forget_prefix(&format!("est:{tenant}/"));
         self.inner
             .user_slowdown
             .forget_prefix(&format!("{tenant}/"));
@@ -868,6 +888,21 @@ fn spawn_flusher(weak: Weak<Inner>) {
             let admin = Admin { inner };
             if let Err(e) = admin.flush_device_seen().await {
                 tracing::warn!(error = %e, "writing device last-seen times failed");
+            }
+        }
+    });
+}
+
+/// Disables, once a minute, the anchors of rotated tenant CAs whose overlap ended.
+fn spawn_ca_retirer(weak: Weak<Inner>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { break };
+            if let Err(e) = (Admin { inner }).retire_due_cas().await {
+                tracing::warn!(error = %e, "retiring rotated tenant CAs failed");
             }
         }
     });

@@ -134,7 +134,332 @@ async fn suite(store: Arc<dyn Store>) {
     registration_race(&store).await;
     server_certificate_and_audit(&store).await;
     topic_rules(&store).await;
+    enrollment(&store).await;
     tenant_deletion(&store).await;
+}
+
+fn ca_record(tenant: &str, fingerprint: &str) -> TenantCaRecord {
+    TenantCaRecord {
+        tenant: tenant.into(),
+        fingerprint: fingerprint.into(),
+        key_type: "p256".into(),
+        key_encrypted: vec![1, 2, 3],
+        device_validity_days: 365,
+        renewal_window_days: 30,
+        revoke_on_renewal: false,
+        state: TenantCaState::Active,
+        retire_at: None,
+        created_at: 1_700_000_100,
+    }
+}
+
+fn issued(tenant: &str, serial: &str, cn: &str, not_after: i64) -> IssuedCertRecord {
+    IssuedCertRecord {
+        tenant: tenant.into(),
+        serial_hex: serial.into(),
+        common_name: cn.into(),
+        not_before: 1_700_000_000,
+        not_after,
+        ca_fingerprint: "ca".into(),
+        enrollment: "simpleenroll".into(),
+        cert_der: vec![0x30, 0x00],
+        issued_at: 1_700_000_200,
+        revoked_at: None,
+    }
+}
+
+/// Tenant CAs (rotation and retirement), one-time secrets (once, expiry, concurrent
+/// use), issued certificates (renewal with revocation, revoke, expiry queries).
+async fn enrollment(store: &Arc<dyn Store>) {
+    for t in ["est-a", "est-b"] {
+        store
+            .create_tenant(tenant(t), user(t, "admin"), audit(t, "TENANT_CREATED"))
+            .await
+            .unwrap();
+    }
+    // A CA is an anchor of its tenant; a second active one is a conflict.
+    let ca1 = record("est-a", &root("EST CA 1"));
+    store
+        .add_tenant_ca(
+            ca1.clone(),
+            ca_record("est-a", &ca1.fingerprint),
+            None,
+            audit("est-a", "CA"),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .certificate("est-a", &ca1.fingerprint)
+        .await
+        .unwrap()
+        .is_some());
+    let ca2 = record("est-a", &root("EST CA 2"));
+    let err = store
+        .add_tenant_ca(
+            ca2.clone(),
+            ca_record("est-a", &ca2.fingerprint),
+            None,
+            audit("est-a", "CA"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::ActiveCaExists { .. })),
+        "{err:?}"
+    );
+    // The same certificate for another tenant: the upload rules apply.
+    let err = store
+        .add_tenant_ca(
+            ca1.clone(),
+            ca_record("est-b", &ca1.fingerprint),
+            None,
+            audit("est-b", "CA"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict(Conflict::CertificateExists { .. })
+        ),
+        "{err:?}"
+    );
+    // Rotation: the old CA retires at the given time, then its anchor is disabled.
+    store
+        .add_tenant_ca(
+            ca2.clone(),
+            ca_record("est-a", &ca2.fingerprint),
+            Some(2_000),
+            audit("est-a", "CA"),
+        )
+        .await
+        .unwrap();
+    let cas = store.tenant_cas("est-a").await.unwrap();
+    assert_eq!(cas.len(), 2);
+    assert_eq!(cas[0].fingerprint, ca2.fingerprint);
+    assert_eq!(cas[0].state, TenantCaState::Active);
+    assert_eq!(cas[1].state, TenantCaState::Retiring);
+    assert_eq!(cas[1].retire_at, Some(2_000));
+    assert_eq!(cas[1].key_encrypted, vec![1, 2, 3]);
+    assert!(store.retire_due_cas(1_999).await.unwrap().is_empty());
+    assert_eq!(
+        store.retire_due_cas(2_000).await.unwrap(),
+        vec![("est-a".to_string(), ca1.fingerprint.clone())]
+    );
+    let old = store
+        .certificate("est-a", &ca1.fingerprint)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.status, AnchorStatus::Disabled);
+    assert_eq!(
+        store.tenant_cas("est-a").await.unwrap()[1].state,
+        TenantCaState::Retired
+    );
+    // Deleting the anchor deletes the CA with it.
+    store
+        .delete_certificate("est-a", &ca1.fingerprint, audit("est-a", "DEL"))
+        .await
+        .unwrap();
+    assert_eq!(store.tenant_cas("est-a").await.unwrap().len(), 1);
+
+    // Secrets: work once, not after expiry, not for another tenant, replaced by a new one.
+    let secret = |cn: &str, hash: &str, expires_at: i64| EnrollmentSecretRecord {
+        tenant: "est-a".into(),
+        common_name: cn.into(),
+        secret_hash: hash.into(),
+        expires_at,
+        created_at: 1_000,
+        used_at: None,
+    };
+    store
+        .put_enrollment_secrets(
+            "est-a",
+            vec![secret("d1", "h1", 5_000), secret("d2", "h2", 5_000)],
+            audit("est-a", "SECRETS"),
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put_enrollment_secrets("nope", vec![secret("d1", "h1", 5_000)], audit("nope", "S"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        store.enrollment_secrets("est-a", PAGE).await.unwrap().total,
+        2
+    );
+    let mut other = issued("est-b", "0b", "d1", 9_000);
+    other.tenant = "est-b".into();
+    assert!(!store
+        .enroll_with_secret("h1", 4_000, other, audit("est-b", "E"))
+        .await
+        .unwrap());
+    assert!(!store
+        .enroll_with_secret(
+            "wrong",
+            4_000,
+            issued("est-a", "0a", "d1", 9_000),
+            audit("est-a", "E")
+        )
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .enroll_with_secret(
+                "h1",
+                5_000,
+                issued("est-a", "0a", "d1", 9_000),
+                audit("est-a", "E")
+            )
+            .await
+            .unwrap(),
+        "expired"
+    );
+    // Concurrent uses: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .enroll_with_secret(
+                    "h1",
+                    4_000,
+                    issued("est-a", &format!("a{i}"), "d1", 9_000),
+                    audit("est-a", "E"),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    let used = store
+        .enrollment_secret("est-a", "d1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(used.used_at, Some(4_000));
+    // A new secret for the same device replaces the used one.
+    store
+        .put_enrollment_secrets(
+            "est-a",
+            vec![secret("d1", "h3", 5_000)],
+            audit("est-a", "S"),
+        )
+        .await
+        .unwrap();
+    let fresh = store
+        .enrollment_secret("est-a", "d1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((fresh.secret_hash.as_str(), fresh.used_at), ("h3", None));
+    store
+        .delete_enrollment_secret("est-a", "d2", audit("est-a", "D"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .delete_enrollment_secret("est-a", "d2", audit("est-a", "D"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Renewal, with the previous certificate revoked in the same transaction.
+    let first = store
+        .issued_certificates("est-a", PAGE)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(first.len(), 1);
+    let mut renewed = issued("est-a", "b1", "d1", 3_000);
+    renewed.enrollment = format!("simplereenroll:{}", first[0].serial_hex);
+    renewed.issued_at = 1_700_000_300;
+    store
+        .record_renewal(
+            renewed,
+            Some(RevokedSerial {
+                serial_hex: first[0].serial_hex.clone(),
+                revocation_date: 4_100,
+            }),
+            audit("est-a", "R"),
+        )
+        .await
+        .unwrap();
+    let old = store
+        .issued_certificate("est-a", &first[0].serial_hex)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.revoked_at, Some(4_100));
+    assert!(store
+        .revoked_serials("est-a")
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.serial_hex == first[0].serial_hex));
+    let page = store.issued_certificates("est-a", PAGE).await.unwrap();
+    assert_eq!(page.total, 2);
+    assert_eq!(page.items[0].serial_hex, "b1");
+    // Expiry: unrevoked ones only.
+    let soon = store.issued_expiring("est-a", 10_000).await.unwrap();
+    assert_eq!(
+        soon.iter()
+            .map(|i| i.serial_hex.as_str())
+            .collect::<Vec<_>>(),
+        ["b1"]
+    );
+    let counts = store.issued_expiring_counts(2_000, 10_000).await.unwrap();
+    assert_eq!(counts.get("est-a"), Some(&1));
+    assert!(!store
+        .issued_expiring_counts(3_000, 10_000)
+        .await
+        .unwrap()
+        .contains_key("est-a"));
+    // Revoke by hand; another tenant's serial is not found.
+    let r = store
+        .revoke_issued("est-a", "b1", 4_200, audit("est-a", "X"))
+        .await
+        .unwrap();
+    assert_eq!(r.revoked_at, Some(4_200));
+    assert!(matches!(
+        store
+            .revoke_issued("est-b", "b1", 4_200, audit("est-b", "X"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store
+        .issued_expiring("est-a", 10_000)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Deleting a tenant deletes its CAs, secrets and issued certificates.
+    store
+        .delete_tenant("est-a", audit("est-a", "TENANT_DELETED"))
+        .await
+        .unwrap();
+    assert!(store.tenant_cas("est-a").await.unwrap().is_empty());
+    assert_eq!(
+        store.enrollment_secrets("est-a", PAGE).await.unwrap().total,
+        0
+    );
+    assert_eq!(
+        store
+            .issued_certificates("est-a", PAGE)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    store
+        .delete_tenant("est-b", audit("est-b", "TENANT_DELETED"))
+        .await
+        .unwrap();
 }
 
 async fn tenants_and_users(store: &Arc<dyn Store>) {
@@ -1124,7 +1449,7 @@ async fn nodes_migrate_once_and_hear_each_others_changes() {
     for s in starts {
         nodes.push(Arc::new(s.await.unwrap().unwrap()) as Arc<dyn Store>);
     }
-    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "3");
+    assert_eq!(pg.psql("nodes", "SELECT version FROM schema_version"), "4");
     assert_eq!(pg.psql("nodes", "SELECT COUNT(*) FROM schema_version"), "1");
     // A node started later finds the schema in place.
     let late = PostgresStore::connect_with(&url, fast()).await.unwrap();

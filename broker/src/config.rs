@@ -18,6 +18,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Prometheus metrics over plain HTTP.
     pub metrics_listen: SocketAddr,
+    /// EST enrollment (RFC 7030) over HTTPS (same server certificate).
+    pub est_listen: SocketAddr,
     /// Backend: `embedded` (rumqttd in this process), `mqtt://HOST:PORT` or
     /// `mqtts://HOST:PORT` (an external broker cluster).
     pub backend: String,
@@ -35,6 +37,34 @@ pub struct Config {
     pub trust: Trust,
     /// Where the admin API's state is kept (SQLite in `data_dir`, or a shared PostgreSQL).
     pub store: StoreConfig,
+    /// EST enrollment: the CA key encryption key and the listener's limits.
+    pub est: Est,
+}
+
+/// EST enrollment (tenant certificate authorities).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Est {
+    /// A file holding the key that encrypts tenant CA private keys (64 hex digits or
+    /// base64 of 32 bytes). `BROKER_CA_KEY_ENCRYPTION_KEY` takes precedence; without
+    /// either, `DATA_DIR/ca-key-encryption.key` is generated (mode 0600) at first use.
+    /// Several nodes on one database must share the key.
+    pub key_file: Option<PathBuf>,
+    /// How often the `certificates_expiring_30d` metric is recounted, seconds
+    /// (default 60).
+    pub expiry_metric_interval_s: u64,
+    /// The EST listener's connection limits and timeouts (as `[admin]`).
+    pub listener: crate::listener::AdminLimits,
+}
+
+impl Default for Est {
+    fn default() -> Self {
+        Est {
+            key_file: None,
+            expiry_metric_interval_s: 60,
+            listener: crate::listener::AdminLimits::default(),
+        }
+    }
 }
 
 /// Where tenants, trust anchors, devices, users and the audit log are kept.
@@ -234,6 +264,7 @@ impl Default for Config {
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            est_listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
             backend: "embedded".into(),
             backend_ca: None,
             limits: Limits::default(),
@@ -242,6 +273,7 @@ impl Default for Config {
             admin: crate::listener::AdminLimits::default(),
             trust: Trust::default(),
             store: StoreConfig::default(),
+            est: Est::default(),
         }
     }
 }
@@ -465,6 +497,8 @@ mqtt_listen = "0.0.0.0:8883"
 admin_listen = "0.0.0.0:8443"
 # Prometheus metrics, plain HTTP: keep it on loopback or a private network.
 metrics_listen = "127.0.0.1:9464"
+# EST enrollment (RFC 7030) over HTTPS, same server certificate.
+est_listen = "0.0.0.0:8444"
 # "embedded" (rumqttd in this process), "mqtt://HOST:PORT" or "mqtts://HOST:PORT".
 backend = "embedded"
 # CA file (PEM) that verifies an mqtts:// backend.
@@ -581,6 +615,26 @@ require_proof_of_possession = false
 # "?sslmode=require&sslrootcert=FILE" (the server's certificate is always verified).
 # Also --store URL or BROKER_STORE_URL; the password is never logged.
 # url = "postgres://frontend:PASSWORD@db.internal:5432/frontend"
+
+[est]
+# The key encrypting tenant CA private keys at rest (64 hex digits or base64 of 32
+# bytes). BROKER_CA_KEY_ENCRYPTION_KEY takes precedence; without either the key is
+# generated into DATA_DIR/ca-key-encryption.key (mode 0600) at first use. Several nodes
+# on one database must share it.
+# key_file = "/etc/broker/ca-key-encryption.key"
+# How often certificates_expiring_30d{tenant} is recounted, seconds.
+expiry_metric_interval_s = 60
+
+[est.listener]
+# The EST listener's limits, as [admin].
+max_connections = 1024
+max_connections_per_source = 32
+tls_handshake_timeout_ms = 5000
+header_read_timeout_ms = 10000
+idle_timeout_ms = 60000
+request_timeout_ms = 60000
+h2_keep_alive_interval_ms = 20000
+h2_max_concurrent_streams = 32
 "#;
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! - [`mqtt`]: framing and topic mounting.
 //! - [`backend`]: embedded rumqttd or an external broker.
 //! - [`embedded`]: the embedded rumqttd and what the front-end adds to it.
+//! - [`est`]: the EST enrollment listener's routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`data_dir`]: one broker per data directory.
 //! - [`health`]: is the broker ready for clients?
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod config;
 pub mod data_dir;
 pub mod embedded;
+pub mod est;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -118,6 +120,8 @@ pub struct Broker {
     pub admin_addr: SocketAddr,
     /// Bound metrics address.
     pub metrics_addr: SocketAddr,
+    /// Bound EST address.
+    pub est_addr: SocketAddr,
     /// The admin handle.
     pub admin: admin_api::Admin,
     /// Shared state.
@@ -197,6 +201,9 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     let metrics_l = TcpListener::bind(config.metrics_listen)
         .await
         .map_err(|e| StartError::Bind(config.metrics_listen, e))?;
+    let est_l = TcpListener::bind(config.est_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.est_listen, e))?;
     let provider = tls::provider();
     let metrics = metrics::Metrics::new();
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
@@ -212,6 +219,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         password_check_queue: config.limits.password_check_queue,
         login_cache_ttl: Duration::from_secs(config.limits.login_cache_ttl_s),
         store_url: config.store.url.clone(),
+        ca_key_source: ca_key_source(&config),
         ..admin_api::AdminConfig::new(config.data_dir.clone())
     })
     .await
@@ -273,9 +281,11 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         cache.clone(),
         metrics.clone(),
     ));
-    let mqtt_tls = tls::mqtt_server_config(provider.clone(), verifier, resolver.clone())
+    let mqtt_tls = tls::mqtt_server_config(provider.clone(), verifier.clone(), resolver.clone())
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let admin_tls = tls::admin_server_config(provider.clone(), resolver.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let est_tls = tls::est_server_config(provider.clone(), verifier, resolver.clone())
         .map_err(|e| StartError::Tls(e.to_string()))?;
 
     let backend = backend::BackendPool::start(&config).await?;
@@ -291,6 +301,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     let mqtt_addr = local(&mqtt_l, config.mqtt_listen);
     let admin_addr = local(&admin_l, config.admin_listen);
     let metrics_addr = local(&metrics_l, config.metrics_listen);
+    let est_addr = local(&est_l, config.est_listen);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -449,6 +460,35 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         metrics.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(background.handle().spawn(listener::serve_https(
+        listener::HttpsListener::Est,
+        est_l,
+        est::router(admin.clone(), trust.clone(), metrics.clone()),
+        est_tls,
+        config.est.listener,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )));
+    // Certificates expiring within 30 days per tenant, recounted periodically.
+    {
+        let (admin, metrics) = (admin.clone(), metrics.clone());
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = Duration::from_secs(config.est.expiry_metric_interval_s.max(1));
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = crate::stopped(&mut stop) => return,
+                }
+                match admin.expiring_counts(30).await {
+                    Ok(counts) => metrics.set_certificates_expiring(&counts),
+                    Err(e) => tracing::debug!(error = %e, "expiring certificates not counted"),
+                }
+            }
+        }));
+    }
     tasks.push(background.handle().spawn(listener::serve_metrics(
         metrics_l,
         metrics.clone(),
@@ -470,6 +510,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         %mqtt_addr,
         %admin_addr,
         %metrics_addr,
+        %est_addr,
         session_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         store = if config.store.url.is_some() { "postgresql" } else { "sqlite" },
         "broker listening"
@@ -478,6 +519,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         mqtt_addr,
         admin_addr,
         metrics_addr,
+        est_addr,
         admin,
         shared,
         resolver,
@@ -487,6 +529,18 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
         _background: background,
         _data_dir: data_dir_lock,
     })
+}
+
+/// Where the CA key encryption key comes from: `BROKER_CA_KEY_ENCRYPTION_KEY`, else
+/// `[est] key_file`, else a key generated in the data directory at first use.
+fn ca_key_source(config: &Config) -> admin_api::est::KeySource {
+    match std::env::var("BROKER_CA_KEY_ENCRYPTION_KEY") {
+        Ok(v) if !v.trim().is_empty() => admin_api::est::KeySource::Value(v),
+        _ => match &config.est.key_file {
+            Some(p) => admin_api::est::KeySource::File(p.clone()),
+            None => admin_api::est::KeySource::DataDir,
+        },
+    }
 }
 
 /// How often a node on a shared database reports its sessions per tenant and reads the

@@ -541,6 +541,29 @@ impl Drop for DrainOnDrop {
     }
 }
 
+/// Which HTTPS listener [`serve_admin`] runs (for its refusal counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpsListener {
+    /// The admin REST API (`admin_api_connections_refused_total`).
+    Admin,
+    /// EST enrollment (`est_connections_refused_total`).
+    Est,
+}
+
+impl HttpsListener {
+    fn refused(self, metrics: &crate::metrics::Metrics, reason: &str) {
+        match self {
+            HttpsListener::Admin => metrics.admin_refused(reason),
+            HttpsListener::Est => metrics.est_refused(reason),
+        }
+    }
+}
+
+/// The certificate chain the client presented in the TLS handshake (EST
+/// `simplereenroll`), as a request extension; `None` without one.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>);
+
 /// Serves the admin router over HTTPS until `shutdown`.
 ///
 /// Accepting never waits: a connection over the global or its source's cap is closed
@@ -548,6 +571,30 @@ impl Drop for DrainOnDrop {
 /// TLS handshake, an HTTP/1.1 request head, a request, and the time without any
 /// request; HTTP/2 peers are pinged.
 pub async fn serve_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    limits: AdminLimits,
+    metrics: crate::metrics::Metrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_https(
+        HttpsListener::Admin,
+        listener,
+        router,
+        tls,
+        limits,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `router` over HTTPS until `shutdown`, with the limits of [`serve_admin`];
+/// each request carries the peer's address (`ConnectInfo`) and the client certificate
+/// chain it presented ([`PeerCertificates`]).
+pub async fn serve_https(
+    kind: HttpsListener,
     listener: TcpListener,
     router: axum::Router,
     tls: Arc<rustls::ServerConfig>,
@@ -583,7 +630,7 @@ pub async fn serve_admin(
                 Err(e) => {
                     // EMFILE and friends: the loop must survive, slow down instead.
                     tracing::warn!(error = %e, "admin accept failed, backing off");
-                    metrics.admin_refused("accept_error");
+                    kind.refused(&metrics, "accept_error");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
@@ -593,11 +640,11 @@ pub async fn serve_admin(
         };
         // The newest connection is the one closed: accept itself never blocks.
         let Some(slot) = per_source.take(peer.ip()) else {
-            metrics.admin_refused("per_source");
+            kind.refused(&metrics, "per_source");
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.admin_refused("connections");
+            kind.refused(&metrics, "connections");
             continue;
         };
         let _ = sock.set_nodelay(true);
@@ -619,10 +666,15 @@ pub async fn serve_admin(
                 Ok(Ok(tls)) => tls,
                 Ok(Err(_)) => return,
                 Err(_) => {
-                    metrics.admin_refused("tls_handshake");
+                    kind.refused(&metrics, "tls_handshake");
                     return;
                 }
             };
+            let peer_chain =
+                tls.get_ref().1.peer_certificates().map(|c| {
+                    Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+                });
+            let router = router.layer(axum::Extension(PeerCertificates(peer_chain)));
             let activity = Arc::new(Activity {
                 inflight: Default::default(),
                 idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
@@ -662,7 +714,7 @@ pub async fn serve_admin(
                     r = conn.as_mut() => {
                         let timed_out = r.as_ref().err().and_then(|e| e.downcast_ref::<hyper::Error>()).is_some_and(|e| e.is_timeout());
                         if timed_out {
-                            metrics.admin_refused("header_read_timeout");
+                            kind.refused(&metrics, "header_read_timeout");
                         }
                         return;
                     }
@@ -674,7 +726,7 @@ pub async fn serve_admin(
                             .idle_deadline(idle)
                             .is_some_and(|d| d <= tokio::time::Instant::now())
                         {
-                            metrics.admin_refused("idle");
+                            kind.refused(&metrics, "idle");
                             conn.as_mut().graceful_shutdown();
                             closing = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                         }

@@ -32,6 +32,9 @@ struct RunArgs {
     /// Prometheus metrics listen address (plain HTTP).
     #[arg(long, global = true, env = "BROKER_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// EST enrollment (RFC 7030) HTTPS listen address.
+    #[arg(long, global = true, env = "BROKER_EST_LISTEN")]
+    est_listen: Option<std::net::SocketAddr>,
     /// Backend: `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     #[arg(long)]
     backend: Option<String>,
@@ -171,6 +174,9 @@ fn load_config(args: &RunArgs) -> Result<broker::Config, String> {
     }
     if let Some(v) = args.metrics_listen {
         c.metrics_listen = v;
+    }
+    if let Some(v) = args.est_listen {
+        c.est_listen = v;
     }
     if let Some(v) = &args.backend {
         c.backend = v.clone();

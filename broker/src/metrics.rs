@@ -28,6 +28,9 @@ struct Inner {
     crl_unknown: IntCounterVec,
     admin_requests: IntCounterVec,
     admin_refused: IntCounterVec,
+    est_requests: IntCounterVec,
+    est_refused: IntCounterVec,
+    certificates_expiring: IntGaugeVec,
     anchors: IntGauge,
     admission_share: Gauge,
     store_reachable: IntGauge,
@@ -137,6 +140,24 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let est_requests = must(IntCounterVec::new(
+            Opts::new("est_requests_total", "EST requests by operation and status"),
+            &["operation", "status"],
+        ));
+        let est_refused = must(IntCounterVec::new(
+            Opts::new(
+                "est_connections_refused_total",
+                "EST connections closed before or instead of HTTP, by reason",
+            ),
+            &["reason"],
+        ));
+        let certificates_expiring = must(IntGaugeVec::new(
+            Opts::new(
+                "certificates_expiring_30d",
+                "Per tenant: trusted certificates and unrevoked issued device certificates that are valid now and expire within 30 days",
+            ),
+            &["tenant"],
+        ));
         let anchors = must(IntGauge::new(
             "trust_store_anchors",
             "Trusted certificates in the live trust store",
@@ -170,6 +191,9 @@ impl Metrics {
             Box::new(crl_unknown.clone()),
             Box::new(admin_requests.clone()),
             Box::new(admin_refused.clone()),
+            Box::new(est_requests.clone()),
+            Box::new(est_refused.clone()),
+            Box::new(certificates_expiring.clone()),
             Box::new(anchors.clone()),
         ] {
             must(registry.register(c));
@@ -198,6 +222,9 @@ impl Metrics {
                 crl_unknown,
                 admin_requests,
                 admin_refused,
+                est_requests,
+                est_refused,
+                certificates_expiring,
                 anchors,
                 admission_share,
                 store_reachable,
@@ -303,6 +330,32 @@ impl Metrics {
     /// `connections`, `tls_handshake`, `idle`, `accept_error`).
     pub fn admin_refused(&self, reason: &str) {
         self.inner.admin_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// An EST request.
+    pub fn est_request(&self, operation: &str, status: u16) {
+        self.inner
+            .est_requests
+            .with_label_values(&[operation, &status.to_string()])
+            .inc();
+    }
+
+    /// An EST connection closed before or instead of HTTP (the reasons of
+    /// [`Metrics::admin_refused`]).
+    pub fn est_refused(&self, reason: &str) {
+        self.inner.est_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Certificates expiring within 30 days, per tenant (tenants absent from `counts`
+    /// are set to 0).
+    pub fn set_certificates_expiring(&self, counts: &std::collections::HashMap<String, u64>) {
+        self.inner.certificates_expiring.reset();
+        for (tenant, n) in counts {
+            self.inner
+                .certificates_expiring
+                .with_label_values(&[tenant])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Registers a module's own metrics (the embedded broker's durable state).

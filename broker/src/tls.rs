@@ -301,6 +301,85 @@ impl ClientCertVerifier for DeviceVerifier {
     }
 }
 
+/// The EST listener's client-certificate verifier: a certificate is optional
+/// (`simpleenroll` authenticates with a secret), and any presented chain is accepted
+/// at the TLS layer, where only the holder's signature over the handshake is checked
+/// (proof of possession of the key, by the device verifier's own signature checks).
+/// `simplereenroll` then judges the chain with [`certs::TrustStore::verify_device`], as
+/// port 8883 does, and answers a refusal with a 401 that says why instead of a bare TLS
+/// alert.
+#[derive(Debug)]
+pub struct EstClientVerifier {
+    devices: Arc<DeviceVerifier>,
+}
+
+impl EstClientVerifier {
+    /// A verifier using `devices`' signature checks.
+    pub fn new(devices: Arc<DeviceVerifier>) -> EstClientVerifier {
+        EstClientVerifier { devices }
+    }
+}
+
+impl ClientCertVerifier for EstClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.devices.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.devices.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.devices.supported_verify_schemes()
+    }
+}
+
+/// The server config of the EST listener: the server certificate, an optional client
+/// certificate ([`EstClientVerifier`]), HTTP/1.1 and HTTP/2, no session resumption (a
+/// resumed session would carry a client certificate not presented again).
+pub fn est_server_config(
+    provider: Arc<CryptoProvider>,
+    devices: Arc<DeviceVerifier>,
+    resolver: Arc<ServerCertResolver>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = Arc::new(EstClientVerifier::new(devices));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Serves the current server certificate; `set` swaps it for new handshakes.
 #[derive(Debug)]
 pub struct ServerCertResolver {

@@ -45,14 +45,14 @@ fn the_in_process_embedded_broker_listens_on_no_port() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), ADMIN_PW);
-    let expected: BTreeSet<u16> = ["mqtt_addr", "admin_addr", "metrics_addr"]
+    let expected: BTreeSet<u16> = ["mqtt_addr", "admin_addr", "metrics_addr", "est_addr"]
         .into_iter()
         .map(|k| broker.addr(k).port())
         .collect();
     assert_eq!(
         listening_ports(broker.child.id()),
         expected,
-        "the broker listens on its three configured ports and nothing else"
+        "the broker listens on its four configured ports (MQTT, admin, metrics, EST) and nothing else"
     );
 }
 

@@ -130,6 +130,8 @@ fn a_key_stored_encrypted_needs_its_passphrase_at_every_start() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--est-listen",
+            "127.0.0.1:0",
         ],
         &[],
     );

@@ -180,3 +180,56 @@ async fn admission_refusals_are_reported_and_retried_and_the_tenant_is_removed()
     let tenant = report.certs.tenant.clone().expect("tenant");
     assert_eq!(tenant_status(tenant).await, 200, "--keep keeps the tenant");
 }
+
+/// `--scenario rotate`: the run's CA becomes the tenant's EST CA, the fleet connects, and
+/// every device renews its certificate over EST while its session stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_renews_a_connected_fleet_without_losing_a_session() {
+    let env = start_with(|c| c.limits.session_lag_target_us = 0).await;
+    let config = loadtest::Config {
+        devices: 20,
+        messages: 2,
+        subscribers: 1,
+        connect_rate: 200.0,
+        concurrency: 8,
+        duration: Duration::from_secs(90),
+        scenario: loadtest::Scenario::Rotate,
+        est: Some(format!(
+            "https://127.0.0.1:{}",
+            env.broker().est_addr.port()
+        )),
+        tenant: Some("rotating".into()),
+        keep_tenant: true,
+        ..against(&env)
+    };
+    let report = loadtest::run(config).await.expect("loadtest run");
+    let r = report.rotate.as_ref().expect("rotate report");
+    assert_eq!(report.connect.succeeded, 20, "{:?}", report.errors);
+    assert_eq!(r.sessions_at_start, 20, "{r:?}");
+    assert_eq!((r.renewed, r.failed), (20, 0), "{:?}", report.errors);
+    assert_eq!(r.latency_ms.count, 20);
+    assert_eq!(r.sessions_lost, 0, "{:?}", report.errors);
+    assert_eq!(r.still_connected, 20);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.summary_table().contains("20 of 20 renewed"));
+    // The product recorded every renewal.
+    let (s, b) = env
+        .api(
+            reqwest::Method::GET,
+            "/tenant/tenants/rotating/issued-certificates?pageSize=100",
+            "management/admin",
+            ADMIN_PW,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["statistics"]["totalElements"], 20, "{b}");
+    assert!(b["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["enrollment"]
+            .as_str()
+            .unwrap()
+            .starts_with("simplereenroll:")));
+}

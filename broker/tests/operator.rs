@@ -62,6 +62,8 @@ async fn a_start_that_cannot_listen_writes_nothing() {
         &taken_addr,
         "--metrics-listen",
         "127.0.0.1:0",
+        "--est-listen",
+        "127.0.0.1:0",
     ];
 
     // A first start: neither a generated password nor a certificate is written.
@@ -92,6 +94,7 @@ async fn a_start_that_cannot_listen_writes_nothing() {
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        est_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
     let b = broker::start(config, None).await.unwrap();

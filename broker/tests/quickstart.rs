@@ -72,10 +72,11 @@ impl Drop for Group {
     }
 }
 
-#[test]
-fn readme_quick_start_delivers_the_message() {
-    let block = quick_start_block();
-    assert!(block.contains("broker health --wait"), "{block}");
+/// Runs `block` with bash in an empty directory, the build's binaries first on the
+/// PATH, free loopback ports in MQTT_PORT / ADMIN_PORT / EST_PORT (the EST listener
+/// bound to that port), and the broker it starts killed at the end: (status, stdout,
+/// stderr).
+fn run_block(block: &str) -> (std::process::ExitStatus, String, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = format!(
         "{}:{}",
@@ -88,20 +89,25 @@ fn readme_quick_start_delivers_the_message() {
     let admin_port = std::iter::repeat_with(free_port)
         .find(|p| *p != mqtt_port)
         .expect("a second port");
+    let est_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != mqtt_port && *p != admin_port)
+        .expect("a third port");
     let mut child = {
         use std::os::unix::process::CommandExt as _;
         Command::new("bash")
             .arg("-c")
-            .arg(&block)
+            .arg(block)
             .current_dir(dir.path())
             .env("PATH", path)
             .env("MQTT_PORT", mqtt_port.to_string())
             .env("ADMIN_PORT", admin_port.to_string())
+            .env("EST_PORT", est_port.to_string())
             // Servers in tests listen on loopback only.
             .env("LISTEN_ADDR", "127.0.0.1")
-            // Not part of the block: the default metrics port may be taken on a
-            // machine running other brokers.
+            // Not part of the quick start block: the default metrics and EST ports may
+            // be taken on a machine running other brokers.
             .env("BROKER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("BROKER_EST_LISTEN", format!("127.0.0.1:{est_port}"))
             .env_remove("BROKER_ADMIN_PASSWORD")
             .env_remove("BROKER_DATA_DIR")
             .env_remove("BROKER_CONFIG")
@@ -127,8 +133,16 @@ fn readme_quick_start_delivers_the_message() {
     let stdout = std::fs::read_to_string(dir.path().join("stdout.txt")).unwrap_or_default();
     let stderr = std::fs::read_to_string(dir.path().join("stderr.txt")).unwrap_or_default();
     let status = status.unwrap_or_else(|| {
-        panic!("the quick start did not finish in 180 s\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        panic!("the block did not finish in 180 s\nstdout:\n{stdout}\nstderr:\n{stderr}")
     });
+    (status, stdout, stderr)
+}
+
+#[test]
+fn readme_quick_start_delivers_the_message() {
+    let block = quick_start_block();
+    assert!(block.contains("broker health --wait"), "{block}");
+    let (status, stdout, stderr) = run_block(&block);
     assert!(
         status.success(),
         "the quick start failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
@@ -141,6 +155,33 @@ fn readme_quick_start_delivers_the_message() {
     // Nothing failed on the way: no curl error, no refused handshake.
     assert!(!stderr.contains("curl: ("), "{stderr}");
     assert!(!stderr.contains("handshake refused"), "{stderr}");
+}
+
+/// The README's EST block, run as it stands after the quick start (it continues it):
+/// enrollment with a one-time secret, a connection, a renewal with the certificate, a
+/// connection with the renewed one, with curl, openssl and mosquitto_pub alone.
+#[test]
+fn readme_est_block_enrolls_and_renews_with_curl_and_openssl() {
+    let est = readme_block("## Enrollment over EST");
+    assert!(est.contains("simplereenroll"), "{est}");
+    let (status, stdout, stderr) = run_block(&format!("set -e\n{}\n{est}", quick_start_block()));
+    assert!(
+        status.success(),
+        "the EST block failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("subject=CN = sensor-7") || stdout.contains("subject=CN=sensor-7"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l == "renewed and connected"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("EST renewal: certificate issued"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("curl: ("), "{stderr}");
 }
 
 /// The README's server-certificate block, run as it stands: the certificate
@@ -234,7 +275,7 @@ fn docs_point_at_what_exists() {
                     continue;
                 }
                 let ok = match port {
-                    "8443" | "18443" | "$ADMIN_PORT" => scheme == "https://",
+                    "8443" | "18443" | "$ADMIN_PORT" | "8444" => scheme == "https://",
                     "9464" | "9465" | "9090" | "3000" => scheme == "http://",
                     _ => false,
                 };

@@ -1495,6 +1495,7 @@ async fn an_unusable_state_file_stops_the_start_with_its_name() {
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        est_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
     let err = match broker::start(config, Some(ADMIN_PW.into())).await {

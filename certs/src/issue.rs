@@ -165,7 +165,8 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, IssueError> {
     })
 }
 
-fn random_serial() -> SerialNumber {
+/// A random positive 127-bit serial number.
+pub fn random_serial() -> SerialNumber {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).unwrap_or_default();
     b[0] &= 0x7f;

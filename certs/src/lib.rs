@@ -13,6 +13,8 @@
 //! - [`csr`]: PKCS#10 signing requests: made with a new key, read and verified to sign.
 //! - [`aia`]: completing a chain with the issuers named by Authority Information Access
 //!   (caIssuers), fetched through the [`egress`] policy.
+//! - [`est`]: Enrollment over Secure Transport (RFC 7030): PKCS#7 certs-only, the
+//!   request policy, device issuance from a request, and the client.
 //! - [`ca_dir`]: a CA kept in a directory (`ca.crt`, `ca.key`, `revoked.json`), as the
 //!   `certs` command manages it.
 //!
@@ -26,6 +28,7 @@ pub mod ca_dir;
 pub mod csr;
 mod der;
 pub mod egress;
+pub mod est;
 pub mod info;
 pub mod issue;
 pub mod keys;

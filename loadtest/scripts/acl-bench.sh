@@ -53,7 +53,7 @@ trap cleanup EXIT
 MQTT=$(free_port); ADMIN=$(free_port); METRICS=$(free_port)
 export BROKER_ADMIN_PASSWORD="acl-bench-$RANDOM-$RANDOM-$RANDOM"
 "$BROKER" --data-dir "$WORK/data" --mqtt-listen "127.0.0.1:$MQTT" \
-  --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" \
+  --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" --est-listen 127.0.0.1:0 \
   > "$WORK/broker.log" 2>&1 &
 PID=$!
 if ! wait_port "$MQTT" "$PID" 60 || ! wait_port "$ADMIN" "$PID" 60; then

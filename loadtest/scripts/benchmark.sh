@@ -358,7 +358,8 @@ start_product() { # key_type tag [broker args...]
     --key "$pki/server.key" --chain "$pki/server-ca.pem" --no-validation > "$d/import.log" 2>&1 \
     || { cat "$d/import.log" >&2; die "the product did not import the $kt server certificate"; }
   "$BROKER" "${config[@]}" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$PROD_PORT" \
-    --admin-listen "127.0.0.1:$PROD_ADMIN" --metrics-listen "127.0.0.1:$metrics" "$@" \
+    --admin-listen "127.0.0.1:$PROD_ADMIN" --metrics-listen "127.0.0.1:$metrics" \
+    --est-listen 127.0.0.1:0 "$@" \
     > "$d/broker.log" 2>&1 &
   PROD_PID=$!
   PIDS+=("$PROD_PID")
@@ -403,7 +404,7 @@ start_direct() { # tag
   export BROKER_ADMIN_PASSWORD="${BROKER_ADMIN_PASSWORD:-bench-$RANDOM-$RANDOM-$RANDOM}"
   # Its own server certificate (self-signed): nothing connects over TLS.
   "$BROKER" --config "$d/broker.toml" --data-dir "$d/data" --mqtt-listen "127.0.0.1:0" \
-    --admin-listen "127.0.0.1:0" --metrics-listen "127.0.0.1:0" > "$d/broker.log" 2>&1 &
+    --admin-listen "127.0.0.1:0" --metrics-listen "127.0.0.1:0" --est-listen 127.0.0.1:0 > "$d/broker.log" 2>&1 &
   DIRECT_PID=$!
   PIDS+=("$DIRECT_PID")
   DIRECT_LOG="$d/broker.log"

@@ -118,7 +118,7 @@ start_node() { # name: sets NODE_PID, NODE_MQTT, NODE_ADMIN
   NODE_MQTT=$(free_port); NODE_ADMIN=$(free_port); metrics=$(free_port)
   "$BROKER" --data-dir "$WORK/$1" --backend "mqtt://127.0.0.1:$MQ_PORT" \
     --mqtt-listen "127.0.0.1:$NODE_MQTT" --admin-listen "127.0.0.1:$NODE_ADMIN" \
-    --metrics-listen "127.0.0.1:$metrics" >"$OUT/$1.log" 2>&1 &
+    --metrics-listen "127.0.0.1:$metrics" --est-listen 127.0.0.1:0 >"$OUT/$1.log" 2>&1 &
   NODE_PID=$!
   wait_port "$NODE_MQTT" "$NODE_PID" 30 && wait_port "$NODE_ADMIN" "$NODE_PID" 30 \
     || die "$1 did not start (see $OUT/$1.log)"

@@ -72,7 +72,7 @@ start() { # name
   rm -rf "$d"; mkdir -p "$d"
   MQTT=$(free_port); ADMIN=$(free_port); METRICS=$(free_port)
   "$WORK/broker-$1" --data-dir "$d/data" --mqtt-listen "127.0.0.1:$MQTT" \
-    --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" >"$d/log" 2>&1 &
+    --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" --est-listen 127.0.0.1:0 >"$d/log" 2>&1 &
   PID=$!
   wait_port "$MQTT" "$PID" 30 && wait_port "$ADMIN" "$PID" 30 || die "$1 did not start"
   COMMON=(--broker "127.0.0.1:$MQTT" --server-ca "$d/data/server.crt" --quiet

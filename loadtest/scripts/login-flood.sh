@@ -22,7 +22,7 @@ done
 DIR=$(mktemp -d)
 PW=flood-admin-secret-1
 BROKER_ADMIN_PASSWORD=$PW "$BROKER" --data-dir "$DIR" --mqtt-listen 127.0.0.1:0 \
-  --admin-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 >"$DIR/log" 2>&1 &
+  --admin-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --est-listen 127.0.0.1:0 >"$DIR/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do grep -q "broker listening" "$DIR/log" && break; sleep 0.1; done

@@ -74,7 +74,7 @@ trap 'exit 130' INT TERM
 MQTT=$(free_port); ADMIN=$(free_port); METRICS=$(free_port)
 export BROKER_ADMIN_PASSWORD="storm-$RANDOM-$RANDOM-$RANDOM"
 args=(--data-dir "$WORK/data" --mqtt-listen "127.0.0.1:$MQTT" --admin-listen "127.0.0.1:$ADMIN"
-      --metrics-listen "127.0.0.1:$METRICS")
+      --metrics-listen "127.0.0.1:$METRICS" --est-listen 127.0.0.1:0)
 [ -z "$CONFIG" ] || args=(--config "$CONFIG" "${args[@]}")
 "$BROKER" "${args[@]}" >"$OUT/broker.log" 2>&1 &
 PID=$!

@@ -231,6 +231,43 @@ impl Admin {
             })
     }
 
+    /// Imports `cert_pem` with its key as `tenant`'s EST certificate authority (the
+    /// product's `POST .../certificate-authority`); returns its fingerprint.
+    pub(crate) async fn import_ca(
+        &self,
+        tenant: &str,
+        tenant_password: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<String, Error> {
+        let body = json!({
+            "name": "loadtest-ca",
+            "autoRegistrationEnabled": true,
+            "certificatePem": cert_pem,
+            "privateKeyPem": key_pem,
+        });
+        let path = format!("/tenant/tenants/{tenant}/certificate-authority");
+        let v = self
+            .call(
+                Method::POST,
+                &path,
+                &format!("{tenant}/admin"),
+                tenant_password,
+                body,
+                &[StatusCode::CREATED],
+            )
+            .await?;
+        v.get("fingerprint")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| Error::AdminRejected {
+                method: "POST",
+                url: format!("{}{path}", self.base),
+                status: 201,
+                message: format!("answer has no \"fingerprint\": {v}"),
+            })
+    }
+
     /// Deletes `tenant` (as the management user) with everything it owns.
     pub(crate) async fn delete_tenant(&self, tenant: &str) -> Result<(), Error> {
         self.call(

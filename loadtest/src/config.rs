@@ -33,6 +33,12 @@ pub enum Scenario {
     /// Like steady; once all devices have connected, the CA is disabled over REST and the
     /// time until every session is closed (and no reconnect succeeds) is measured.
     Revoke,
+    /// The product's EST enrollment: the run's CA is imported as the tenant's certificate
+    /// authority (with its key); like steady, and once all devices have connected every
+    /// device renews its certificate over EST (`simplereenroll`, authenticated by its
+    /// current certificate) while its MQTT session stays open. Reports the renewals, their
+    /// latency, and the sessions lost meanwhile (should be 0).
+    Rotate,
 }
 
 /// Key algorithm of the generated CA and device keys.
@@ -66,6 +72,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Steady => "steady",
             Scenario::Storm => "storm",
             Scenario::Revoke => "revoke",
+            Scenario::Rotate => "rotate",
         })
     }
 }
@@ -245,6 +252,9 @@ pub struct Config {
     /// Keep the tenant the run created (default: deleted at the end of the run, with
     /// everything it owns).
     pub keep_tenant: bool,
+    /// EST base URL of the product (`https://127.0.0.1:8444`), for the rotate scenario;
+    /// loopback only, verified with `server_ca`.
+    pub est: Option<String>,
 }
 
 impl Default for Config {
@@ -283,6 +293,7 @@ impl Default for Config {
             progress: false,
             connect_retries: 5,
             keep_tenant: false,
+            est: None,
         }
     }
 }
@@ -358,8 +369,11 @@ impl Config {
             if self.upload {
                 return bad("--plain has no certificates: it runs without an upload".into());
             }
-            if self.scenario == Scenario::Revoke {
-                return bad("--scenario revoke needs certificates, not --plain".into());
+            if matches!(self.scenario, Scenario::Revoke | Scenario::Rotate) {
+                return bad(format!(
+                    "--scenario {} needs certificates, not --plain",
+                    self.scenario
+                ));
             }
             return self.validate_common();
         }
@@ -399,6 +413,14 @@ impl Config {
         }
         if self.scenario == Scenario::Revoke && !self.upload {
             return bad("--scenario revoke disables the uploaded CA over REST, so it cannot run with --no-upload".into());
+        }
+        if self.scenario == Scenario::Rotate {
+            if !self.upload {
+                return bad("--scenario rotate imports the CA as the tenant's EST certificate authority over REST, so it cannot run with --no-upload".into());
+            }
+            if self.est.is_none() || self.server_ca.is_none() {
+                return bad("--scenario rotate needs --est URL and --server-ca".into());
+            }
         }
         self.validate_common()
     }

@@ -47,6 +47,7 @@ enum ScenarioArg {
     Steady,
     Storm,
     Revoke,
+    Rotate,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +139,10 @@ struct RunArgs {
     /// Admin API base URL, e.g. https://127.0.0.1:8443 (loopback only).
     #[arg(long)]
     admin: Option<String>,
+    /// EST base URL of the product for `--scenario rotate`, e.g. https://127.0.0.1:8444
+    /// (loopback only).
+    #[arg(long)]
+    est: Option<String>,
     /// Management user of the admin API.
     #[arg(long, default_value = "management/admin")]
     admin_user: String,
@@ -228,6 +233,7 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
             ScenarioArg::Steady => Scenario::Steady,
             ScenarioArg::Storm => Scenario::Storm,
             ScenarioArg::Revoke => Scenario::Revoke,
+            ScenarioArg::Rotate => Scenario::Rotate,
         },
         broker_pid: a.broker_pid,
         admin: a.admin.clone(),
@@ -245,6 +251,7 @@ fn config(a: &RunArgs) -> Result<Config, loadtest::Error> {
         progress: !a.quiet,
         connect_retries: a.connect_retries,
         keep_tenant: a.keep,
+        est: a.est.clone(),
     })
 }
 

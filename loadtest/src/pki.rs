@@ -30,6 +30,8 @@ pub(crate) struct Ca {
     pub(crate) der: CertificateDer<'static>,
     /// PEM of the CA certificate (uploaded to the tenant).
     pub(crate) pem: String,
+    /// PEM of the CA's private key (imported with the CA by the rotate scenario).
+    pub(crate) key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -82,6 +84,15 @@ fn serial(provider: &CryptoProvider, index: u64) -> Result<SerialNumber, Error> 
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("chain", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
 impl Ca {
     /// A new self-signed CA: CA:true (critical), keyCertSign + cRLSign, SKI and AKI.
     pub(crate) fn generate(
@@ -106,6 +117,7 @@ impl Ca {
         Ok(Ca {
             der: cert.der().clone(),
             pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
     }
@@ -134,6 +146,7 @@ impl Ca {
         })?;
         Ok(Ca {
             pem: to_pem("CERTIFICATE", &der),
+            key_pem,
             der,
             issuer,
         })
@@ -307,15 +320,23 @@ pub(crate) fn admin_tls_config(
     Ok(config)
 }
 
+/// A device's certificate chain `[leaf, CA]` and its key (PKCS#8 DER).
+pub(crate) struct Identity {
+    /// Leaf, then the CA.
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub(crate) key_pkcs8: Vec<u8>,
+}
+
 /// Issues one certificate per entry of `cns` (in parallel on every core) and returns one
-/// TLS client configuration each, presenting the chain `[leaf, CA]`.
+/// TLS client configuration each, presenting the chain `[leaf, CA]`, with that identity.
 pub(crate) fn issue_fleet(
     provider: &Arc<CryptoProvider>,
     verifier: &Arc<CachingVerifier>,
     ca: &Ca,
     key_type: KeyType,
     cns: &[String],
-) -> Result<Vec<Arc<ClientConfig>>, Error> {
+) -> Result<Vec<(Arc<ClientConfig>, Identity)>, Error> {
     if cns.is_empty() {
         return Ok(Vec::new());
     }
@@ -334,7 +355,7 @@ pub(crate) fn issue_fleet(
         }
     };
 
-    let build = |i: usize| -> Result<Arc<ClientConfig>, Error> {
+    let build = |i: usize| -> Result<(Arc<ClientConfig>, Identity), Error> {
         let owned;
         let key = if pool.is_empty() {
             owned = generate_key(key_type)?;
@@ -343,16 +364,18 @@ pub(crate) fn issue_fleet(
             &pool[i % pool.len()]
         };
         let leaf = ca.issue(provider, &cns[i], i as u64, key)?;
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let key_pkcs8 = key.serialize_der();
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.clone()));
+        let chain = vec![leaf, ca.der.clone()];
         let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
-            .with_client_auth_cert(vec![leaf, ca.der.clone()], key_der)?;
+            .with_client_auth_cert(chain.clone(), key_der)?;
         // Every connection is a full handshake with its own identity: resuming would skip
         // the client certificate and make the figures (and a revocation test) meaningless.
         config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), Identity { chain, key_pkcs8 }))
     };
     parallel(threads, cns.len(), build)
 }
@@ -441,7 +464,7 @@ mod tests {
         assert_eq!(configs.len(), 5);
         assert!(configs
             .iter()
-            .all(|c| c.client_auth_cert_resolver.has_certs()));
+            .all(|(c, id)| c.client_auth_cert_resolver.has_certs() && id.chain.len() == 2));
     }
 
     #[test]

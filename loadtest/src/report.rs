@@ -217,6 +217,23 @@ pub struct RevokeReport {
     pub reconnect_succeeded: u64,
 }
 
+/// Outcome of the rotate scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateReport {
+    /// Device sessions open when the renewals started.
+    pub sessions_at_start: u64,
+    /// Certificates renewed over EST.
+    pub renewed: u64,
+    /// Renewals refused or failed (the reasons are in `errors`).
+    pub failed: u64,
+    /// One renewal: TLS with the current certificate, key and request, the answer.
+    pub latency_ms: LatencyMs,
+    /// Device sessions that closed while the fleet renewed (should be 0).
+    pub sessions_lost: u64,
+    /// Device sessions open after the renewals.
+    pub still_connected: u64,
+}
+
 /// Resident memory of the broker process, KiB (`VmRSS`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RssKib {
@@ -263,6 +280,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Revoke scenario outcome (`null` for other scenarios).
     pub revoke: Option<RevokeReport>,
+    /// Rotate scenario outcome (`null` for other scenarios).
+    #[serde(default)]
+    pub rotate: Option<RotateReport>,
     /// The broker.
     pub broker: BrokerReport,
     /// Seconds from the first connection attempt to the end of the run.
@@ -363,6 +383,22 @@ impl Report {
                     r.still_connected,
                     r.reconnect_succeeded,
                     r.reconnect_attempts
+                ),
+            );
+        }
+        if let Some(r) = &self.rotate {
+            row(
+                &mut s,
+                "rotate",
+                format!(
+                    "{} of {} renewed ({} failed), p50 {} ms  p99 {} ms, {} sessions lost, {} open",
+                    r.renewed,
+                    r.sessions_at_start,
+                    r.failed,
+                    opt(r.latency_ms.p50),
+                    opt(r.latency_ms.p99),
+                    r.sessions_lost,
+                    r.still_connected
                 ),
             );
         }

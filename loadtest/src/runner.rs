@@ -25,7 +25,7 @@ use crate::mqtt::{describe_io, establish, Codec, Conn, Incoming, Target};
 use crate::pki::{self, Ca};
 use crate::report::{
     self, new_histogram, rate_per_s, BrokerReport, CertsReport, ConnectReport, LatencyMs,
-    MessagesReport, Params, PublishReport, Report, RevokeReport, RssKib,
+    MessagesReport, Params, PublishReport, Report, RevokeReport, RotateReport, RssKib,
 };
 use crate::Error;
 
@@ -300,6 +300,7 @@ pub async fn run(config: Config) -> Result<Report, Error> {
             generation_s: 0.0,
             ca_generated: false,
             tenant_auth: None,
+            identities: Vec::new(),
         };
         return measure(config, targets, sources, plain).await;
     }
@@ -320,7 +321,8 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         let key_type = config.key_type;
         let ca_paths = config.ca_cert.clone().zip(config.ca_key.clone());
         let run_id = run_id.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Ca, Vec<Arc<ClientConfig>>), Error> {
+        type Fleet = Vec<(Arc<ClientConfig>, pki::Identity)>;
+        tokio::task::spawn_blocking(move || -> Result<(Ca, Fleet), Error> {
             let ca = match ca_paths {
                 Some((cert, key)) => Ca::load(&cert, &key)?,
                 None => Ca::generate(&provider, key_type, &run_id)?,
@@ -354,7 +356,14 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         pki::random_bytes(&provider, &mut pw)?;
         let tenant_password = format!("Lt-{}", pki::hex(&pw));
         admin.create_tenant(&tenant, &tenant_password).await?;
-        let fp = match admin.upload_ca(&tenant, &tenant_password, &ca.pem).await {
+        let stored = if config.scenario == Scenario::Rotate {
+            admin
+                .import_ca(&tenant, &tenant_password, &ca.pem, &ca.key_pem)
+                .await
+        } else {
+            admin.upload_ca(&tenant, &tenant_password, &ca.pem).await
+        };
+        let fp = match stored {
             Ok(fp) => fp,
             Err(e) => {
                 // Leave nothing behind for a run that never started.
@@ -371,9 +380,15 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         _ => None,
     };
 
+    let (tls_configs, mut identities): (Vec<_>, Vec<_>) = tls_configs.into_iter().unzip();
     let mut device_tls: Vec<Option<Arc<ClientConfig>>> =
         tls_configs.into_iter().map(Some).collect();
     let subscriber_tls = device_tls.split_off(config.devices);
+    identities.truncate(if config.scenario == Scenario::Rotate {
+        config.devices
+    } else {
+        0
+    });
     let prepared = Prepared {
         run_id,
         device_ids: (0..config.devices).map(device_id).collect(),
@@ -383,6 +398,7 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         generation_s,
         ca_generated: config.ca_cert.is_none(),
         tenant_auth,
+        identities,
     };
     let result = measure(config, targets, sources, prepared).await;
     // The tenant goes, with everything it owns (its CA, devices), whatever the outcome.
@@ -403,6 +419,102 @@ pub async fn run(config: Config) -> Result<Report, Error> {
     Ok(report)
 }
 
+/// Renews every device's certificate over EST (`simplereenroll` with its current
+/// certificate and a new key), `config.concurrency` at a time, while the sessions stay
+/// open; counts the sessions that closed meanwhile.
+async fn rotate(
+    stats: &Stats,
+    config: &Config,
+    tenant: Option<&str>,
+    device_ids: &[String],
+    identities: Vec<pki::Identity>,
+    deadline: Instant,
+) -> RotateReport {
+    let sessions_at_start = u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0);
+    let mut report = RotateReport {
+        sessions_at_start,
+        renewed: 0,
+        failed: 0,
+        latency_ms: LatencyMs::from_histogram(&new_histogram()),
+        sessions_lost: 0,
+        still_connected: sessions_at_start,
+    };
+    let (Some(tenant), Some(est), Some(ca_file)) = (tenant, &config.est, &config.server_ca) else {
+        stats.error("rotate: no tenant, --est or --server-ca");
+        return report;
+    };
+    let server_ca = match std::fs::read(ca_file) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            stats.error(format!("rotate: {}: {e}", ca_file.display()));
+            return report;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for (cn, id) in device_ids.iter().cloned().zip(identities) {
+        let (permits, server_ca, est, tenant) = (
+            permits.clone(),
+            server_ca.clone(),
+            est.clone(),
+            tenant.to_string(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire().await;
+            let t0 = Instant::now();
+            let client = certs::est::EstClient::new(
+                &est,
+                &tenant,
+                &server_ca,
+                Some((
+                    id.chain,
+                    rustls_pki_types::PrivateKeyDer::Pkcs8(id.key_pkcs8.into()),
+                )),
+            )
+            .map_err(|e| e.to_string())?;
+            client
+                .renew(&cn, certs::issue::KeyType::P256)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<Duration, String>(t0.elapsed())
+        });
+    }
+    let mut latency = new_histogram();
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Ok(Ok(took)))) => {
+                report.renewed += 1;
+                report::record(&mut latency, took);
+            }
+            Ok(Some(Ok(Err(e)))) => {
+                report.failed += 1;
+                stats.error(format!("rotate: {e}"));
+            }
+            Ok(Some(Err(e))) => {
+                report.failed += 1;
+                stats.error(format!("rotate task: {e}"));
+            }
+            Ok(None) => break,
+            Err(_) => {
+                report.failed += tasks.len() as u64;
+                tasks.abort_all();
+                stats.error("rotate: renewals unfinished at the end of the run");
+                break;
+            }
+        }
+    }
+    report.latency_ms = LatencyMs::from_histogram(&latency);
+    // Sessions that closed while their certificates were renewed would have shown by now.
+    sleep_until((Instant::now() + Duration::from_millis(500)).min(deadline)).await;
+    let still = u64::try_from(stats.connected.load(Relaxed)).unwrap_or(0);
+    report.still_connected = still;
+    report.sessions_lost = sessions_at_start.saturating_sub(still);
+    if report.sessions_lost > 0 {
+        stats.error("rotate: sessions closed while their certificates were renewed");
+    }
+    report
+}
+
 /// The admin handle, tenant, tenant password and CA fingerprint of an upload.
 type TenantAuth = (Admin, String, String, String);
 
@@ -418,6 +530,8 @@ struct Prepared {
     generation_s: f64,
     ca_generated: bool,
     tenant_auth: Option<TenantAuth>,
+    /// The devices' chains and keys (rotate scenario only: renewed over EST).
+    identities: Vec<pki::Identity>,
 }
 
 /// Connects subscribers and devices, measures, and stops.
@@ -436,6 +550,7 @@ async fn measure(
         generation_s,
         ca_generated,
         tenant_auth,
+        identities,
     } = prepared;
     let broker_addr = targets[0].addr;
     let tenant_name = tenant_auth.as_ref().map(|t| t.1.clone());
@@ -490,16 +605,39 @@ async fn measure(
     // Devices.
     let run_start = Instant::now();
     let deadline = run_start + config.duration;
+    let rotate_ids = if config.scenario == Scenario::Rotate {
+        device_ids.clone()
+    } else {
+        Vec::new()
+    };
     let fleet = device_tls.into_iter().zip(device_ids).collect();
     let launcher = tokio::spawn(launch(ctx.clone(), fleet, config.connect_rate));
 
     let mut timed_out;
     let mut revoke_report = None;
+    let mut rotate_report = None;
     let devices = config.devices;
     let all_resolved =
         || stats.succeeded.load(Relaxed) + stats.failed.load(Relaxed) >= devices as u64;
 
-    if config.scenario == Scenario::Revoke {
+    if config.scenario == Scenario::Rotate {
+        timed_out = !wait_until(deadline, all_resolved).await;
+        if !timed_out {
+            sleep_until((Instant::now() + Duration::from_millis(200)).min(deadline)).await;
+            rotate_report = Some(
+                rotate(
+                    stats,
+                    &config,
+                    tenant_name.as_deref(),
+                    &rotate_ids,
+                    identities,
+                    deadline,
+                )
+                .await,
+            );
+            timed_out = Instant::now() >= deadline;
+        }
+    } else if config.scenario == Scenario::Revoke {
         timed_out = !wait_until(deadline, all_resolved).await;
         if !timed_out {
             // Let the last sessions settle before pulling the CA.
@@ -660,6 +798,7 @@ async fn measure(
         e2e_latency_ms: LatencyMs::from_histogram(&e2e),
         errors,
         revoke: revoke_report,
+        rotate: rotate_report,
         broker: BrokerReport {
             address: broker_addr.to_string(),
             pid: config.broker_pid,

@@ -81,6 +81,8 @@ impl Broker {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--est-listen",
+                "127.0.0.1:0",
             ])
             .env_remove("RUST_LOG")
             .env("BROKER_ADMIN_PASSWORD", "backend-direct-test-admin")

@@ -1,7 +1,8 @@
 //! Revocation: a tenant's manual list of revoked serial numbers (served as a CRL), and
 //! CRL files signed by one of the tenant's trusted certificates.
 //!
-//! The product holds no tenant CA key, so the CRL served for the manual list is signed
+//! The CRL is not signed by a tenant CA (a tenant may have none, or several: uploaded
+//! ones and the EST one), so the CRL served for the manual list is signed
 //! by a per-tenant "revocation list signer": a self-signed P-256 certificate the store
 //! generates once per tenant. Its certificate is served at
 //! `GET /tenant/trusted-certificates/settings/crl/signer` so a consumer can check the

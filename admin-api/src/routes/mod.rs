@@ -7,9 +7,11 @@ pub mod audit;
 pub mod chain;
 pub mod crl;
 pub mod devices;
+pub mod enrollment;
 pub mod openapi;
 pub mod pop;
 pub mod system;
+pub mod tenant_ca;
 pub mod tenants;
 pub mod trusted_certificates;
 pub mod users;
@@ -127,6 +129,38 @@ pub fn router(admin: Admin) -> Router {
             axum::routing::put(acl::assign_anchor).delete(acl::unassign_anchor),
         )
         .route("/tenant/tenants/{tenant_id}/acl/check", post(acl::check))
+        .route(
+            "/tenant/tenants/{tenant_id}/certificate-authority",
+            get(tenant_ca::list).post(tenant_ca::create),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/certificate-authority/rotate",
+            post(tenant_ca::rotate),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/enrollment-secrets",
+            get(enrollment::list).post(enrollment::create),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/enrollment-secrets/bulk",
+            post(enrollment::bulk),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/enrollment-secrets/{common_name}",
+            axum::routing::delete(enrollment::delete),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/issued-certificates",
+            get(enrollment::issued),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/issued-certificates/{serial}/revoke",
+            post(enrollment::revoke),
+        )
+        .route(
+            "/tenant/tenants/{tenant_id}/expiring-certificates",
+            get(enrollment::expiring),
+        )
         .route("/system/ssl-certificate", get(system::get).put(system::put))
         .route("/audit", get(audit::list))
         .route_layer(axum::middleware::from_fn(known_query_parameters))

@@ -4,7 +4,10 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{acl, audit, chain, crl, devices, pop, system, tenants, trusted_certificates, users};
+use super::{
+    acl, audit, chain, crl, devices, enrollment, pop, system, tenant_ca, tenants,
+    trusted_certificates, users,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,6 +29,9 @@ use super::{acl, audit, chain, crl, devices, pop, system, tenants, trusted_certi
         acl::list, acl::get, acl::put, acl::delete, acl::assignments,
         acl::assign_device, acl::unassign_device, acl::assign_anchor, acl::unassign_anchor,
         acl::check,
+        tenant_ca::list, tenant_ca::create, tenant_ca::rotate,
+        enrollment::create, enrollment::bulk, enrollment::list, enrollment::delete,
+        enrollment::issued, enrollment::revoke, enrollment::expiring,
         system::put, system::get,
         audit::list,
     ),
@@ -37,6 +43,7 @@ use super::{acl, audit, chain, crl, devices, pop, system, tenants, trusted_certi
         (name = "revocation", description = "Revoked serials and CRLs"),
         (name = "devices", description = "The device registry"),
         (name = "topic authorization", description = "Per-tenant topic rule sets for devices, their assignment, and a dry run"),
+        (name = "enrollment", description = "The tenant's certificate authority, one-time enrollment secrets, issued device certificates and expiring certificates (EST, RFC 7030, on its own listener)"),
         (name = "system", description = "The server certificate"),
         (name = "audit", description = "The audit log"),
     )

@@ -95,6 +95,11 @@ pub enum Conflict {
         /// The rule set's name.
         name: String,
     },
+    /// The tenant has an active certificate authority: rotate it instead.
+    ActiveCaExists {
+        /// Tenant id.
+        tenant: String,
+    },
 }
 
 /// How a tenant treats an MQTT ClientId that differs from the certificate's CN.
@@ -561,6 +566,141 @@ pub struct AclAssignment {
     pub rule_set: String,
 }
 
+/// Whether a tenant certificate authority signs new device certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantCaState {
+    /// Issues the tenant's new device certificates (one per tenant).
+    Active,
+    /// Replaced by a newer CA: issues nothing; its anchor still verifies its devices
+    /// until `retire_at`, then it is disabled.
+    Retiring,
+    /// The overlap is over: its anchor is disabled.
+    Retired,
+}
+
+impl TenantCaState {
+    /// Stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantCaState::Active => "ACTIVE",
+            TenantCaState::Retiring => "RETIRING",
+            TenantCaState::Retired => "RETIRED",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<TenantCaState> {
+        match s {
+            "ACTIVE" => Some(TenantCaState::Active),
+            "RETIRING" => Some(TenantCaState::Retiring),
+            "RETIRED" => Some(TenantCaState::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate authority the product holds for a tenant (EST enrollment). Its
+/// certificate is one of the tenant's trusted certificates (same fingerprint); its
+/// private key is stored only encrypted (AEAD under the CA key encryption key, see
+/// [`crate::est::KeyEncryption`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantCaRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// SHA-1 fingerprint of its certificate (the trusted certificate's).
+    pub fingerprint: String,
+    /// Key type of the CA key (`p256`, `rsa2048`, ... or `imported`).
+    pub key_type: String,
+    /// The PKCS#8 private key, encrypted (nonce followed by ciphertext and tag).
+    pub key_encrypted: Vec<u8>,
+    /// Validity of the device certificates it issues, days.
+    pub device_validity_days: u32,
+    /// How many days before expiry a device should renew (served to clients, used by
+    /// the expiry view).
+    pub renewal_window_days: u32,
+    /// Revoke the previous certificate of a device when it renews.
+    pub revoke_on_renewal: bool,
+    /// Active, retiring or retired.
+    pub state: TenantCaState,
+    /// While retiring: when its anchor is disabled, Unix seconds.
+    pub retire_at: Option<i64>,
+    /// Creation, Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for TenantCaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantCaRecord")
+            .field("tenant", &self.tenant)
+            .field("fingerprint", &self.fingerprint)
+            .field("key_type", &self.key_type)
+            .field("key_encrypted", &"<redacted>")
+            .field("device_validity_days", &self.device_validity_days)
+            .field("renewal_window_days", &self.renewal_window_days)
+            .field("revoke_on_renewal", &self.revoke_on_renewal)
+            .field("state", &self.state)
+            .field("retire_at", &self.retire_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A one-time enrollment secret of a device (EST `simpleenroll`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollmentSecretRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// The Common Name the device enrolls with (the HTTP Basic user name).
+    pub common_name: String,
+    /// Argon2id PHC hash of the secret (the secret itself is never stored).
+    pub secret_hash: String,
+    /// After this, Unix seconds, the secret is refused.
+    pub expires_at: i64,
+    /// Creation, Unix seconds.
+    pub created_at: i64,
+    /// When it was used (it works once).
+    pub used_at: Option<i64>,
+}
+
+impl std::fmt::Debug for EnrollmentSecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollmentSecretRecord")
+            .field("tenant", &self.tenant)
+            .field("common_name", &self.common_name)
+            .field("secret_hash", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("created_at", &self.created_at)
+            .field("used_at", &self.used_at)
+            .finish()
+    }
+}
+
+/// A device certificate a tenant CA issued over EST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Serial, lowercase hex (as the revocation list stores it).
+    pub serial_hex: String,
+    /// Common Name.
+    pub common_name: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// Fingerprint of the issuing tenant CA.
+    pub ca_fingerprint: String,
+    /// How it was obtained: `simpleenroll` (a one-time secret) or
+    /// `simplereenroll:<serial of the certificate it renewed>`.
+    pub enrollment: String,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Issue time, Unix seconds.
+    pub issued_at: i64,
+    /// When it was revoked (it is then on the tenant's revocation list).
+    pub revoked_at: Option<i64>,
+}
+
 /// The tenant name a deleted tenant's audit records are kept under: `{id}.deleted-{n}`,
 /// `n` the sequence number of the `TENANT_DELETED` record. A `.` is not allowed in a
 /// tenant id, so a tenant created later with the same id never sees them; the
@@ -787,6 +927,102 @@ pub trait Store: Send + Sync + 'static {
         rule_set: Option<&str>,
         audit: AuditEntry,
     ) -> StoreResult<()>;
+
+    // --- tenant certificate authorities and enrollment (EST) ---
+    /// Adds a tenant CA: its certificate as a trusted certificate (all the rules of
+    /// [`Store::insert_certificates`]) and its record, in one transaction. With
+    /// `retire_at`, the tenant's active CA becomes retiring until then (rotation);
+    /// without it, a tenant that has an active CA is a [`Conflict::ActiveCaExists`].
+    async fn add_tenant_ca(
+        &self,
+        anchor: TrustedCertRecord,
+        ca: TenantCaRecord,
+        retire_at: Option<i64>,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    /// A tenant's CAs, newest first.
+    async fn tenant_cas(&self, tenant: &str) -> StoreResult<Vec<TenantCaRecord>>;
+    /// Disables the anchors of retiring CAs whose overlap ended by `now` and marks them
+    /// retired; returns them as (tenant, fingerprint).
+    async fn retire_due_cas(&self, now: i64) -> StoreResult<Vec<(String, String)>>;
+    /// Creates or replaces (a new secret for the same CN replaces the old one) the
+    /// enrollment secrets of a tenant, all or nothing. NotFound for an unknown tenant.
+    async fn put_enrollment_secrets(
+        &self,
+        tenant: &str,
+        secrets: Vec<EnrollmentSecretRecord>,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    /// One device's enrollment secret.
+    async fn enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+    ) -> StoreResult<Option<EnrollmentSecretRecord>>;
+    /// A page of a tenant's enrollment secrets ordered by CN.
+    async fn enrollment_secrets(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<EnrollmentSecretRecord>>;
+    /// Deletes a device's enrollment secret (NotFound if none).
+    async fn delete_enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    /// Uses the secret whose hash is `secret_hash` and records the certificate issued
+    /// for it, in one transaction: only when the secret is still that one, unused and
+    /// not expired at `now`. False (nothing recorded) otherwise: of concurrent uses,
+    /// exactly one gets true.
+    async fn enroll_with_secret(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        issued: IssuedCertRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Records a certificate issued by renewal and, with `revoke`, revokes the one it
+    /// replaces (its serial joins the tenant's revocation list) in the same transaction.
+    async fn record_renewal(
+        &self,
+        issued: IssuedCertRecord,
+        revoke: Option<RevokedSerial>,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    /// One issued certificate.
+    async fn issued_certificate(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+    ) -> StoreResult<Option<IssuedCertRecord>>;
+    /// A page of a tenant's issued certificates, newest first.
+    async fn issued_certificates(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<IssuedCertRecord>>;
+    /// Revokes an issued certificate: marks it and adds its serial to the tenant's
+    /// revocation list. NotFound if the tenant never issued it.
+    async fn revoke_issued(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<IssuedCertRecord>;
+    /// A tenant's unrevoked issued certificates with notAfter at or before `until`,
+    /// soonest first.
+    async fn issued_expiring(&self, tenant: &str, until: i64)
+        -> StoreResult<Vec<IssuedCertRecord>>;
+    /// Per tenant: unrevoked issued certificates still valid at `now` that expire at or
+    /// before `until`.
+    async fn issued_expiring_counts(
+        &self,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<std::collections::HashMap<String, u64>>;
 
     // --- trust snapshot ---
     /// Everything the trust snapshot is built from, read consistently.

@@ -185,6 +185,44 @@ CREATE TABLE acl_assignments (
     FOREIGN KEY (tenant_id, rule_set) REFERENCES acl_rule_sets(tenant_id, name) ON DELETE CASCADE
 );
 "#,
+    r#"
+CREATE TABLE tenant_cas (
+    fingerprint TEXT PRIMARY KEY REFERENCES trusted_certificates(fingerprint) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    key_type TEXT NOT NULL,
+    key_encrypted BYTEA NOT NULL,
+    device_validity_days BIGINT NOT NULL,
+    renewal_window_days BIGINT NOT NULL,
+    revoke_on_renewal BOOLEAN NOT NULL,
+    state TEXT NOT NULL,
+    retire_at BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX tenant_cas_tenant ON tenant_cas(tenant_id);
+CREATE TABLE enrollment_secrets (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    common_name TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    used_at BIGINT,
+    PRIMARY KEY (tenant_id, common_name)
+);
+CREATE TABLE issued_certificates (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    serial_hex TEXT NOT NULL,
+    common_name TEXT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    enrollment TEXT NOT NULL,
+    cert_der BYTEA NOT NULL,
+    issued_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    PRIMARY KEY (tenant_id, serial_hex)
+);
+CREATE INDEX issued_certificates_expiry ON issued_certificates(not_after);
+"#,
 ];
 
 /// Tuning of a [`PostgresStore`].
@@ -1064,6 +1102,205 @@ async fn insert_audit(c: &impl GenericClient, e: &AuditEntry) -> Res<i64> {
     .try_get(0)?)
 }
 
+async fn insert_certs(
+    tx: &tokio_postgres::Transaction<'_>,
+    certs: &[TrustedCertRecord],
+) -> Res<()> {
+    for c in certs {
+        if !tenant_exists(tx, &c.tenant).await? {
+            return Err(tenant_not_found(&c.tenant));
+        }
+        // maxAnchors, counted in this (serializable) transaction: concurrent
+        // uploads, on any node, cannot pass it together.
+        let row = tx
+            .query_one(
+                "SELECT t.max_anchors,
+                    (SELECT COUNT(*) FROM trusted_certificates c WHERE c.tenant_id = t.id)
+                 FROM tenants t WHERE t.id = $1",
+                &[&c.tenant],
+            )
+            .await?;
+        let max = to_u32(row.try_get(0)?)?;
+        let have = to_u64(row.try_get(1)?)?;
+        if max > 0 && have >= u64::from(max) {
+            return Err(StoreError::Conflict(Conflict::AnchorLimit {
+                tenant: c.tenant.clone(),
+                max,
+                have,
+            })
+            .into());
+        }
+        if tx
+            .query_opt(
+                "SELECT 1 FROM trusted_certificates WHERE fingerprint = $1",
+                &[&c.fingerprint],
+            )
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Conflict(Conflict::CertificateExists {
+                fingerprint: c.fingerprint.clone(),
+            })
+            .into());
+        }
+        if tx
+            .query_opt(
+                "SELECT 1 FROM trusted_certificates WHERE spki_der = $1 AND tenant_id <> $2",
+                &[&c.spki_der, &c.tenant],
+            )
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
+                fingerprint: c.fingerprint.clone(),
+            })
+            .into());
+        }
+        // Another tenant's anchor that may have issued this one, or that this
+        // one may have issued (names chain; the signature decides).
+        let related = rows(
+            tx.query(
+                &format!(
+                    "SELECT {CERT_COLS} FROM trusted_certificates
+                     WHERE tenant_id <> $1 AND (subject = $2 OR issuer = $3)"
+                ),
+                &[&c.tenant, &c.issuer, &c.subject],
+            )
+            .await?,
+            cert_row,
+        )?;
+        if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
+            return Err(StoreError::Conflict(conflict).into());
+        }
+        tx.execute(
+            "INSERT INTO trusted_certificates (tenant_id, fingerprint, name, status,
+                auto_registration, cert_der, spki_der, subject, issuer, serial_hex,
+                not_before, not_after, algorithm_name, version, pop_valid, pop_code,
+                pop_code_expires, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                $16, $17, $18)",
+            &[
+                &c.tenant,
+                &c.fingerprint,
+                &c.name,
+                &status_str(c.status),
+                &c.auto_registration,
+                &c.cert_der,
+                &c.spki_der,
+                &c.subject,
+                &c.issuer,
+                &c.serial_hex,
+                &c.not_before,
+                &c.not_after,
+                &c.algorithm_name,
+                &i64::from(c.version),
+                &c.pop_valid,
+                &c.pop_code,
+                &c.pop_code_expires,
+                &c.created_at,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+const CA_COLS: &str = "tenant_id, fingerprint, key_type, key_encrypted, device_validity_days, renewal_window_days, revoke_on_renewal, state, retire_at, created_at";
+
+fn ca_row(r: &Row) -> Res<TenantCaRecord> {
+    let state: String = r.try_get(7)?;
+    Ok(TenantCaRecord {
+        tenant: r.try_get(0)?,
+        fingerprint: r.try_get(1)?,
+        key_type: r.try_get(2)?,
+        key_encrypted: r.try_get(3)?,
+        device_validity_days: to_u32(r.try_get(4)?)?,
+        renewal_window_days: to_u32(r.try_get(5)?)?,
+        revoke_on_renewal: r.try_get(6)?,
+        state: TenantCaState::parse(&state)
+            .ok_or_else(|| Fail::Store(StoreError::Backend(format!("unknown CA state {state}"))))?,
+        retire_at: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+    })
+}
+
+const SECRET_COLS: &str = "tenant_id, common_name, secret_hash, expires_at, created_at, used_at";
+
+fn secret_row(r: &Row) -> Res<EnrollmentSecretRecord> {
+    Ok(EnrollmentSecretRecord {
+        tenant: r.try_get(0)?,
+        common_name: r.try_get(1)?,
+        secret_hash: r.try_get(2)?,
+        expires_at: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        used_at: r.try_get(5)?,
+    })
+}
+
+const ISSUED_COLS: &str = "tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at";
+
+const ISSUED_BY_SERIAL: &str = "SELECT tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at FROM issued_certificates WHERE tenant_id = $1 AND serial_hex = $2";
+
+fn issued_row(r: &Row) -> Res<IssuedCertRecord> {
+    Ok(IssuedCertRecord {
+        tenant: r.try_get(0)?,
+        serial_hex: r.try_get(1)?,
+        common_name: r.try_get(2)?,
+        not_before: r.try_get(3)?,
+        not_after: r.try_get(4)?,
+        ca_fingerprint: r.try_get(5)?,
+        enrollment: r.try_get(6)?,
+        cert_der: r.try_get(7)?,
+        issued_at: r.try_get(8)?,
+        revoked_at: r.try_get(9)?,
+    })
+}
+
+async fn insert_issued(c: &impl GenericClient, i: &IssuedCertRecord) -> Res<()> {
+    c.execute(
+        &format!("INSERT INTO issued_certificates ({ISSUED_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+        &[
+            &i.tenant,
+            &i.serial_hex,
+            &i.common_name,
+            &i.not_before,
+            &i.not_after,
+            &i.ca_fingerprint,
+            &i.enrollment,
+            &i.cert_der,
+            &i.issued_at,
+            &i.revoked_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The row of a tenant's record keyed by `key` (`sql` takes the tenant and the key).
+async fn tenant_row_by<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    tenant: &str,
+    key: &str,
+    row: fn(&Row) -> Res<T>,
+) -> Res<Option<T>> {
+    c.query_opt(sql, &[&tenant, &key])
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
+}
+
+async fn revoke_serial(c: &impl GenericClient, tenant: &str, s: &RevokedSerial) -> Res<()> {
+    c.execute(
+        "INSERT INTO revoked_serials (tenant_id, serial_hex, revocation_date) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, serial_hex) DO UPDATE SET revocation_date = excluded.revocation_date",
+        &[&tenant, &s.serial_hex, &s.revocation_date],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn tenant_exists(c: &impl GenericClient, id: &str) -> Res<bool> {
     Ok(c.query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&id])
         .await?
@@ -1310,108 +1547,13 @@ impl Store for PostgresStore {
     ) -> StoreResult<()> {
         transaction!(self, Notify::Yes, |tx| {
             async {
-            for c in &certs {
-                if !tenant_exists(tx, &c.tenant).await? {
-                    return Err(tenant_not_found(&c.tenant));
+                insert_certs(tx, &certs).await?;
+                for a in &audit {
+                    insert_audit(tx, a).await?;
                 }
-                // maxAnchors, counted in this (serializable) transaction: concurrent
-                // uploads, on any node, cannot pass it together.
-                let row = tx
-                    .query_one(
-                        "SELECT t.max_anchors,
-                            (SELECT COUNT(*) FROM trusted_certificates c WHERE c.tenant_id = t.id)
-                         FROM tenants t WHERE t.id = $1",
-                        &[&c.tenant],
-                    )
-                    .await?;
-                let max = to_u32(row.try_get(0)?)?;
-                let have = to_u64(row.try_get(1)?)?;
-                if max > 0 && have >= u64::from(max) {
-                    return Err(StoreError::Conflict(Conflict::AnchorLimit {
-                        tenant: c.tenant.clone(),
-                        max,
-                        have,
-                    })
-                    .into());
-                }
-                if tx
-                    .query_opt(
-                        "SELECT 1 FROM trusted_certificates WHERE fingerprint = $1",
-                        &[&c.fingerprint],
-                    )
-                    .await?
-                    .is_some()
-                {
-                    return Err(StoreError::Conflict(Conflict::CertificateExists {
-                        fingerprint: c.fingerprint.clone(),
-                    })
-                    .into());
-                }
-                if tx
-                    .query_opt(
-                        "SELECT 1 FROM trusted_certificates WHERE spki_der = $1 AND tenant_id <> $2",
-                        &[&c.spki_der, &c.tenant],
-                    )
-                    .await?
-                    .is_some()
-                {
-                    return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
-                        fingerprint: c.fingerprint.clone(),
-                    })
-                    .into());
-                }
-                // Another tenant's anchor that may have issued this one, or that this
-                // one may have issued (names chain; the signature decides).
-                let related = rows(
-                    tx.query(
-                        &format!(
-                            "SELECT {CERT_COLS} FROM trusted_certificates
-                             WHERE tenant_id <> $1 AND (subject = $2 OR issuer = $3)"
-                        ),
-                        &[&c.tenant, &c.issuer, &c.subject],
-                    )
-                    .await?,
-                    cert_row,
-                )?;
-                if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
-                    return Err(StoreError::Conflict(conflict).into());
-                }
-                tx.execute(
-                    "INSERT INTO trusted_certificates (tenant_id, fingerprint, name, status,
-                        auto_registration, cert_der, spki_der, subject, issuer, serial_hex,
-                        not_before, not_after, algorithm_name, version, pop_valid, pop_code,
-                        pop_code_expires, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18)",
-                    &[
-                        &c.tenant,
-                        &c.fingerprint,
-                        &c.name,
-                        &status_str(c.status),
-                        &c.auto_registration,
-                        &c.cert_der,
-                        &c.spki_der,
-                        &c.subject,
-                        &c.issuer,
-                        &c.serial_hex,
-                        &c.not_before,
-                        &c.not_after,
-                        &c.algorithm_name,
-                        &i64::from(c.version),
-                        &c.pop_valid,
-                        &c.pop_code,
-                        &c.pop_code_expires,
-                        &c.created_at,
-                    ],
-                )
-                .await?;
+                Ok::<_, Fail>(())
             }
-            for a in &audit {
-                insert_audit(tx, a).await?;
-            }
-            Ok::<_, Fail>(())
-        }
-        .await
+            .await
         })
     }
 
@@ -2150,6 +2292,388 @@ impl Store for PostgresStore {
             Ok::<_, Fail>(())
         }
         .await)
+    }
+
+    async fn add_tenant_ca(
+        &self,
+        anchor: TrustedCertRecord,
+        ca: TenantCaRecord,
+        retire_at: Option<i64>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
+            let active = tx
+                .query_opt(
+                    "SELECT fingerprint FROM tenant_cas WHERE tenant_id = $1 AND state = 'ACTIVE'",
+                    &[&ca.tenant],
+                )
+                .await?
+                .map(|r| r.try_get::<_, String>(0))
+                .transpose()?;
+            match (active, retire_at) {
+                (Some(_), None) => {
+                    return Err(StoreError::Conflict(Conflict::ActiveCaExists {
+                        tenant: ca.tenant.clone(),
+                    })
+                    .into())
+                }
+                (Some(fp), Some(at)) => {
+                    tx.execute(
+                        "UPDATE tenant_cas SET state = 'RETIRING', retire_at = $2 WHERE fingerprint = $1",
+                        &[&fp, &at],
+                    )
+                    .await?;
+                }
+                (None, _) => {}
+            }
+            insert_certs(tx, std::slice::from_ref(&anchor)).await?;
+            tx.execute(
+                &format!("INSERT INTO tenant_cas ({CA_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+                &[
+                    &ca.tenant,
+                    &ca.fingerprint,
+                    &ca.key_type,
+                    &ca.key_encrypted,
+                    &i64::from(ca.device_validity_days),
+                    &i64::from(ca.renewal_window_days),
+                    &ca.revoke_on_renewal,
+                    &ca.state.as_str(),
+                    &ca.retire_at,
+                    &ca.created_at,
+                ],
+            )
+            .await?;
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await
+        })
+    }
+
+    async fn tenant_cas(&self, tenant: &str) -> StoreResult<Vec<TenantCaRecord>> {
+        read!(self, |c| rows(
+            c.query(
+                &format!(
+                    "SELECT {CA_COLS} FROM tenant_cas WHERE tenant_id = $1
+                     ORDER BY state = 'ACTIVE' DESC, created_at DESC, fingerprint"
+                ),
+                &[&tenant],
+            )
+            .await?,
+            ca_row,
+        ))
+    }
+
+    async fn retire_due_cas(&self, now: i64) -> StoreResult<Vec<(String, String)>> {
+        // A read first: the periodic check of every node writes (and notifies) nothing
+        // when nothing is due.
+        let due = read!(self, |c| Ok(c
+            .query_opt(
+                "SELECT 1 FROM tenant_cas WHERE state = 'RETIRING' AND retire_at <= $1 LIMIT 1",
+                &[&now],
+            )
+            .await?
+            .is_some()))?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        transaction!(self, Notify::Yes, |tx| async {
+            let due = tx
+                .query(
+                    "SELECT tenant_id, fingerprint FROM tenant_cas
+                     WHERE state = 'RETIRING' AND retire_at <= $1",
+                    &[&now],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
+                .collect::<Res<Vec<_>>>()?;
+            for (tenant, fp) in &due {
+                tx.execute(
+                    "UPDATE tenant_cas SET state = 'RETIRED' WHERE fingerprint = $1",
+                    &[fp],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE trusted_certificates SET status = 'DISABLED' WHERE fingerprint = $1",
+                    &[fp],
+                )
+                .await?;
+                insert_audit(
+                    tx,
+                    &AuditEntry::new("system", Some(tenant), "CERTIFICATE_AUTHORITY_RETIRED")
+                        .fingerprint(fp)
+                        .detail(
+                            "the rotation's overlap ended: its trusted certificate is disabled",
+                        ),
+                )
+                .await?;
+            }
+            Ok::<_, Fail>(due)
+        }
+        .await)
+    }
+
+    async fn put_enrollment_secrets(
+        &self,
+        tenant: &str,
+        secrets: Vec<EnrollmentSecretRecord>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        transaction!(self, Notify::No, |tx| {
+            async {
+            if !tenant_exists(tx, tenant).await? {
+                return Err(tenant_not_found(tenant));
+            }
+            for e in &secrets {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO enrollment_secrets ({SECRET_COLS}) VALUES ($1, $2, $3, $4, $5, NULL)
+                         ON CONFLICT (tenant_id, common_name) DO UPDATE SET
+                            secret_hash = excluded.secret_hash, expires_at = excluded.expires_at,
+                            created_at = excluded.created_at, used_at = NULL"
+                    ),
+                    &[&tenant, &e.common_name, &e.secret_hash, &e.expires_at, &e.created_at],
+                )
+                .await?;
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await
+        })
+    }
+
+    async fn enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+    ) -> StoreResult<Option<EnrollmentSecretRecord>> {
+        read!(self, |c| {
+            tenant_row_by(
+            &**c,
+            &format!(
+                "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = $1 AND common_name = $2"
+            ),
+            tenant,
+            common_name,
+            secret_row,
+        )
+        .await
+        })
+    }
+
+    async fn enrollment_secrets(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<EnrollmentSecretRecord>> {
+        read!(self, |c| paged(
+            &**c,
+            &format!(
+                "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = $1
+                 ORDER BY common_name LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM enrollment_secrets WHERE tenant_id = $1",
+            &[&tenant],
+            page,
+            secret_row,
+        )
+        .await)
+    }
+
+    async fn delete_enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        transaction!(self, Notify::No, |tx| async {
+            let n = tx
+                .execute(
+                    "DELETE FROM enrollment_secrets WHERE tenant_id = $1 AND common_name = $2",
+                    &[&tenant, &common_name],
+                )
+                .await?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "No enrollment secret for {common_name}"
+                ))
+                .into());
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await)
+    }
+
+    async fn enroll_with_secret(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        issued: IssuedCertRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        transaction!(self, Notify::No, |tx| async {
+            let n = tx
+                .execute(
+                    "UPDATE enrollment_secrets SET used_at = $4
+                     WHERE tenant_id = $1 AND common_name = $2 AND secret_hash = $3
+                        AND used_at IS NULL AND expires_at > $4",
+                    &[&issued.tenant, &issued.common_name, &secret_hash, &now],
+                )
+                .await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_issued(tx, &issued).await?;
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(true)
+        }
+        .await)
+    }
+
+    async fn record_renewal(
+        &self,
+        issued: IssuedCertRecord,
+        revoke: Option<RevokedSerial>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let notify = if revoke.is_some() {
+            Notify::Yes
+        } else {
+            Notify::No
+        };
+        transaction!(self, notify, |tx| async {
+            if !tenant_exists(tx, &issued.tenant).await? {
+                return Err(tenant_not_found(&issued.tenant));
+            }
+            insert_issued(tx, &issued).await?;
+            if let Some(r) = &revoke {
+                tx.execute(
+                    "UPDATE issued_certificates SET revoked_at = $3
+                     WHERE tenant_id = $1 AND serial_hex = $2 AND revoked_at IS NULL",
+                    &[&issued.tenant, &r.serial_hex, &r.revocation_date],
+                )
+                .await?;
+                revoke_serial(tx, &issued.tenant, r).await?;
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(())
+        }
+        .await)
+    }
+
+    async fn issued_certificate(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+    ) -> StoreResult<Option<IssuedCertRecord>> {
+        read!(self, |c| tenant_row_by(
+            &**c,
+            ISSUED_BY_SERIAL,
+            tenant,
+            serial_hex,
+            issued_row
+        )
+        .await)
+    }
+
+    async fn issued_certificates(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<IssuedCertRecord>> {
+        read!(self, |c| paged(
+            &**c,
+            &format!(
+                "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = $1
+                 ORDER BY issued_at DESC, serial_hex LIMIT $2 OFFSET $3"
+            ),
+            "SELECT COUNT(*) FROM issued_certificates WHERE tenant_id = $1",
+            &[&tenant],
+            page,
+            issued_row,
+        )
+        .await)
+    }
+
+    async fn revoke_issued(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<IssuedCertRecord> {
+        transaction!(self, Notify::Yes, |tx| {
+            async {
+            let Some(mut rec) = tenant_row_by(tx, ISSUED_BY_SERIAL, tenant, serial_hex, issued_row).await?
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "Issued certificate {serial_hex} not found"
+                ))
+                .into());
+            };
+            if rec.revoked_at.is_none() {
+                rec.revoked_at = Some(now);
+                tx.execute(
+                    "UPDATE issued_certificates SET revoked_at = $3 WHERE tenant_id = $1 AND serial_hex = $2",
+                    &[&tenant, &serial_hex, &now],
+                )
+                .await?;
+                revoke_serial(
+                    tx,
+                    tenant,
+                    &RevokedSerial {
+                        serial_hex: serial_hex.to_string(),
+                        revocation_date: now,
+                    },
+                )
+                .await?;
+            }
+            insert_audit(tx, &audit).await?;
+            Ok::<_, Fail>(rec)
+        }
+        .await
+        })
+    }
+
+    async fn issued_expiring(
+        &self,
+        tenant: &str,
+        until: i64,
+    ) -> StoreResult<Vec<IssuedCertRecord>> {
+        read!(self, |c| rows(
+            c.query(
+                &format!(
+                    "SELECT {ISSUED_COLS} FROM issued_certificates
+                     WHERE tenant_id = $1 AND revoked_at IS NULL AND not_after <= $2
+                     ORDER BY not_after, serial_hex"
+                ),
+                &[&tenant, &until],
+            )
+            .await?,
+            issued_row,
+        ))
+    }
+
+    async fn issued_expiring_counts(
+        &self,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<std::collections::HashMap<String, u64>> {
+        read!(self, |c| c
+            .query(
+                "SELECT tenant_id, COUNT(*) FROM issued_certificates
+                 WHERE revoked_at IS NULL AND not_after > $1 AND not_after <= $2
+                 GROUP BY tenant_id",
+                &[&now, &until],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, String>(0)?, to_u64(r.try_get(1)?)?)))
+            .collect())
     }
 
     async fn trust_material(&self) -> StoreResult<TrustMaterial> {

@@ -132,6 +132,42 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant_id, id);
+CREATE TABLE IF NOT EXISTS tenant_cas (
+    fingerprint TEXT PRIMARY KEY REFERENCES trusted_certificates(fingerprint) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    key_type TEXT NOT NULL,
+    key_encrypted BLOB NOT NULL,
+    device_validity_days INTEGER NOT NULL,
+    renewal_window_days INTEGER NOT NULL,
+    revoke_on_renewal INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    retire_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tenant_cas_tenant ON tenant_cas(tenant_id);
+CREATE TABLE IF NOT EXISTS enrollment_secrets (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    common_name TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    used_at INTEGER,
+    PRIMARY KEY (tenant_id, common_name)
+);
+CREATE TABLE IF NOT EXISTS issued_certificates (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    serial_hex TEXT NOT NULL,
+    common_name TEXT NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    enrollment TEXT NOT NULL,
+    cert_der BLOB NOT NULL,
+    issued_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    PRIMARY KEY (tenant_id, serial_hex)
+);
+CREATE INDEX IF NOT EXISTS issued_certificates_expiry ON issued_certificates(not_after);
 "#;
 
 /// The embedded SQLite store.
@@ -645,6 +681,218 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
+fn insert_certs(tx: &Transaction<'_>, certs: &[TrustedCertRecord]) -> StoreResult<()> {
+    let mut seq: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM trusted_certificates",
+        [],
+        |r| r.get(0),
+    )?;
+    for c in certs {
+        if !tenant_exists(tx, &c.tenant)? {
+            return Err(tenant_not_found(&c.tenant));
+        }
+        // maxAnchors, counted in this transaction: concurrent uploads cannot
+        // pass it together.
+        let (max, have): (u32, u64) = tx.query_row(
+            "SELECT t.max_anchors,
+                (SELECT COUNT(*) FROM trusted_certificates c WHERE c.tenant_id = t.id)
+             FROM tenants t WHERE t.id = ?1",
+            [&c.tenant],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if max > 0 && have >= u64::from(max) {
+            return Err(StoreError::Conflict(Conflict::AnchorLimit {
+                tenant: c.tenant.clone(),
+                max,
+                have,
+            }));
+        }
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM trusted_certificates WHERE fingerprint = ?1",
+                [&c.fingerprint],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Err(StoreError::Conflict(Conflict::CertificateExists {
+                fingerprint: c.fingerprint.clone(),
+            }));
+        }
+        let same_key_elsewhere = tx
+            .query_row(
+                "SELECT 1 FROM trusted_certificates WHERE spki_der = ?1 AND tenant_id <> ?2",
+                params![c.spki_der, c.tenant],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if same_key_elsewhere {
+            return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
+                fingerprint: c.fingerprint.clone(),
+            }));
+        }
+        // Another tenant's anchor that may have issued this one, or that this
+        // one may have issued (names chain; the signature decides).
+        let mut st = tx.prepare_cached(&format!(
+            "SELECT {CERT_COLS} FROM trusted_certificates
+             WHERE tenant_id <> ?1 AND (subject = ?2 OR issuer = ?3)"
+        ))?;
+        let related = st
+            .query_map(params![c.tenant, c.issuer, c.subject], cert_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
+            return Err(StoreError::Conflict(conflict));
+        }
+        seq += 1;
+        tx.execute(
+            "INSERT INTO trusted_certificates (tenant_id, fingerprint, name, status,
+                auto_registration, cert_der, spki_der, subject, issuer, serial_hex,
+                not_before, not_after, algorithm_name, version, pop_valid, pop_code,
+                pop_code_expires, created_at, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                ?16, ?17, ?18, ?19)",
+            params![
+                c.tenant,
+                c.fingerprint,
+                c.name,
+                status_str(c.status),
+                c.auto_registration,
+                c.cert_der,
+                c.spki_der,
+                c.subject,
+                c.issuer,
+                c.serial_hex,
+                c.not_before,
+                c.not_after,
+                c.algorithm_name,
+                c.version,
+                c.pop_valid,
+                c.pop_code,
+                c.pop_code_expires,
+                c.created_at,
+                seq
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+const CA_COLS: &str = "tenant_id, fingerprint, key_type, key_encrypted, device_validity_days, renewal_window_days, revoke_on_renewal, state, retire_at, created_at";
+
+fn ca_row(r: &Row<'_>) -> rusqlite::Result<TenantCaRecord> {
+    let state: String = r.get(7)?;
+    Ok(TenantCaRecord {
+        tenant: r.get(0)?,
+        fingerprint: r.get(1)?,
+        key_type: r.get(2)?,
+        key_encrypted: r.get(3)?,
+        device_validity_days: r.get(4)?,
+        renewal_window_days: r.get(5)?,
+        revoke_on_renewal: r.get(6)?,
+        state: TenantCaState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                7,
+                rusqlite::types::Type::Text,
+                format!("unknown CA state {state}").into(),
+            )
+        })?,
+        retire_at: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
+const SECRET_COLS: &str = "tenant_id, common_name, secret_hash, expires_at, created_at, used_at";
+
+fn secret_row(r: &Row<'_>) -> rusqlite::Result<EnrollmentSecretRecord> {
+    Ok(EnrollmentSecretRecord {
+        tenant: r.get(0)?,
+        common_name: r.get(1)?,
+        secret_hash: r.get(2)?,
+        expires_at: r.get(3)?,
+        created_at: r.get(4)?,
+        used_at: r.get(5)?,
+    })
+}
+
+const ISSUED_COLS: &str = "tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at";
+
+const ISSUED_BY_SERIAL: &str = "SELECT tenant_id, serial_hex, common_name, not_before, not_after, ca_fingerprint, enrollment, cert_der, issued_at, revoked_at FROM issued_certificates WHERE tenant_id = ?1 AND serial_hex = ?2";
+
+fn issued_row(r: &Row<'_>) -> rusqlite::Result<IssuedCertRecord> {
+    Ok(IssuedCertRecord {
+        tenant: r.get(0)?,
+        serial_hex: r.get(1)?,
+        common_name: r.get(2)?,
+        not_before: r.get(3)?,
+        not_after: r.get(4)?,
+        ca_fingerprint: r.get(5)?,
+        enrollment: r.get(6)?,
+        cert_der: r.get(7)?,
+        issued_at: r.get(8)?,
+        revoked_at: r.get(9)?,
+    })
+}
+
+fn insert_issued(c: &Connection, i: &IssuedCertRecord) -> StoreResult<()> {
+    c.execute(
+        &format!("INSERT INTO issued_certificates ({ISSUED_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        params![
+            i.tenant,
+            i.serial_hex,
+            i.common_name,
+            i.not_before,
+            i.not_after,
+            i.ca_fingerprint,
+            i.enrollment,
+            i.cert_der,
+            i.issued_at,
+            i.revoked_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// One page of a tenant's rows: `select` takes the tenant, LIMIT and OFFSET (`?1` to
+/// `?3`), `total` the tenant.
+fn tenant_page<T>(
+    c: &Connection,
+    select: &str,
+    total: &str,
+    tenant: &str,
+    page: PageRequest,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Page<T>> {
+    let (lim, off) = limit(page);
+    let items = c
+        .prepare(select)?
+        .query_map(params![tenant, lim, off], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let total: u64 = c.query_row(total, [tenant], |r| r.get(0))?;
+    Ok(Page { items, total })
+}
+
+/// The row of a tenant's record keyed by `key` (`sql` takes the tenant and the key).
+fn tenant_row_by<T>(
+    c: &Connection,
+    sql: &str,
+    tenant: &str,
+    key: &str,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Option<T>> {
+    Ok(c.query_row(sql, params![tenant, key], row).optional()?)
+}
+
+fn revoke_serial(c: &Connection, tenant: &str, s: &RevokedSerial) -> StoreResult<()> {
+    c.execute(
+        "INSERT INTO revoked_serials (tenant_id, serial_hex, revocation_date) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant_id, serial_hex) DO UPDATE SET revocation_date = excluded.revocation_date",
+        params![tenant, s.serial_hex, s.revocation_date],
+    )?;
+    Ok(())
+}
+
 fn tenant_exists(c: &Connection, id: &str) -> StoreResult<bool> {
     Ok(c.prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
         .query_row([id], |_| Ok(()))
@@ -851,100 +1099,7 @@ impl Store for SqliteStore {
         audit: Vec<AuditEntry>,
     ) -> StoreResult<()> {
         self.tx(move |tx| {
-            let mut seq: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM trusted_certificates",
-                [],
-                |r| r.get(0),
-            )?;
-            for c in &certs {
-                if !tenant_exists(tx, &c.tenant)? {
-                    return Err(tenant_not_found(&c.tenant));
-                }
-                // maxAnchors, counted in this transaction: concurrent uploads cannot
-                // pass it together.
-                let (max, have): (u32, u64) = tx.query_row(
-                    "SELECT t.max_anchors,
-                        (SELECT COUNT(*) FROM trusted_certificates c WHERE c.tenant_id = t.id)
-                     FROM tenants t WHERE t.id = ?1",
-                    [&c.tenant],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                if max > 0 && have >= u64::from(max) {
-                    return Err(StoreError::Conflict(Conflict::AnchorLimit {
-                        tenant: c.tenant.clone(),
-                        max,
-                        have,
-                    }));
-                }
-                let exists = tx
-                    .query_row(
-                        "SELECT 1 FROM trusted_certificates WHERE fingerprint = ?1",
-                        [&c.fingerprint],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if exists {
-                    return Err(StoreError::Conflict(Conflict::CertificateExists {
-                        fingerprint: c.fingerprint.clone(),
-                    }));
-                }
-                let same_key_elsewhere = tx
-                    .query_row(
-                        "SELECT 1 FROM trusted_certificates WHERE spki_der = ?1 AND tenant_id <> ?2",
-                        params![c.spki_der, c.tenant],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if same_key_elsewhere {
-                    return Err(StoreError::Conflict(Conflict::PublicKeyTrustedElsewhere {
-                        fingerprint: c.fingerprint.clone(),
-                    }));
-                }
-                // Another tenant's anchor that may have issued this one, or that this
-                // one may have issued (names chain; the signature decides).
-                let mut st = tx.prepare_cached(&format!(
-                    "SELECT {CERT_COLS} FROM trusted_certificates
-                     WHERE tenant_id <> ?1 AND (subject = ?2 OR issuer = ?3)"
-                ))?;
-                let related = st
-                    .query_map(params![c.tenant, c.issuer, c.subject], cert_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                if let Some(conflict) = related.iter().find_map(|o| anchor_conflict(c, o)) {
-                    return Err(StoreError::Conflict(conflict));
-                }
-                seq += 1;
-                tx.execute(
-                    "INSERT INTO trusted_certificates (tenant_id, fingerprint, name, status,
-                        auto_registration, cert_der, spki_der, subject, issuer, serial_hex,
-                        not_before, not_after, algorithm_name, version, pop_valid, pop_code,
-                        pop_code_expires, created_at, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                        ?16, ?17, ?18, ?19)",
-                    params![
-                        c.tenant,
-                        c.fingerprint,
-                        c.name,
-                        status_str(c.status),
-                        c.auto_registration,
-                        c.cert_der,
-                        c.spki_der,
-                        c.subject,
-                        c.issuer,
-                        c.serial_hex,
-                        c.not_before,
-                        c.not_after,
-                        c.algorithm_name,
-                        c.version,
-                        c.pop_valid,
-                        c.pop_code,
-                        c.pop_code_expires,
-                        c.created_at,
-                        seq
-                    ],
-                )?;
-            }
+            insert_certs(tx, &certs)?;
             for a in &audit {
                 insert_audit(tx, a)?;
             }
@@ -1629,6 +1784,372 @@ impl Store for SqliteStore {
             }
             insert_audit(tx, &audit)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_tenant_ca(
+        &self,
+        anchor: TrustedCertRecord,
+        ca: TenantCaRecord,
+        retire_at: Option<i64>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.tx(move |tx| {
+            let active: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM tenant_cas WHERE tenant_id = ?1 AND state = 'ACTIVE'",
+                    [&ca.tenant],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match (active, retire_at) {
+                (Some(_), None) => {
+                    return Err(StoreError::Conflict(Conflict::ActiveCaExists {
+                        tenant: ca.tenant.clone(),
+                    }))
+                }
+                (Some(fp), Some(at)) => {
+                    tx.execute(
+                        "UPDATE tenant_cas SET state = 'RETIRING', retire_at = ?2 WHERE fingerprint = ?1",
+                        params![fp, at],
+                    )?;
+                }
+                (None, _) => {}
+            }
+            insert_certs(tx, std::slice::from_ref(&anchor))?;
+            tx.execute(
+                &format!("INSERT INTO tenant_cas ({CA_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    ca.tenant,
+                    ca.fingerprint,
+                    ca.key_type,
+                    ca.key_encrypted,
+                    ca.device_validity_days,
+                    ca.renewal_window_days,
+                    ca.revoke_on_renewal,
+                    ca.state.as_str(),
+                    ca.retire_at,
+                    ca.created_at
+                ],
+            )?;
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn tenant_cas(&self, tenant: &str) -> StoreResult<Vec<TenantCaRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {CA_COLS} FROM tenant_cas WHERE tenant_id = ?1
+                 ORDER BY state = 'ACTIVE' DESC, created_at DESC, fingerprint"
+            ))?;
+            let rows = st
+                .query_map([&tenant], ca_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn retire_due_cas(&self, now: i64) -> StoreResult<Vec<(String, String)>> {
+        // A read first: the periodic check writes nothing when nothing is due.
+        let due = self
+            .run(move |c| {
+                Ok(c.query_row(
+                    "SELECT 1 FROM tenant_cas WHERE state = 'RETIRING' AND retire_at <= ?1 LIMIT 1",
+                    [now],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.tx(move |tx| {
+            let due = {
+                let mut st = tx.prepare(
+                    "SELECT tenant_id, fingerprint FROM tenant_cas
+                     WHERE state = 'RETIRING' AND retire_at <= ?1",
+                )?;
+                let rows = st
+                    .query_map([now], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            for (tenant, fp) in &due {
+                tx.execute(
+                    "UPDATE tenant_cas SET state = 'RETIRED' WHERE fingerprint = ?1",
+                    [fp],
+                )?;
+                tx.execute(
+                    "UPDATE trusted_certificates SET status = 'DISABLED' WHERE fingerprint = ?1",
+                    [fp],
+                )?;
+                insert_audit(
+                    tx,
+                    &AuditEntry::new("system", Some(tenant), "CERTIFICATE_AUTHORITY_RETIRED")
+                        .fingerprint(fp)
+                        .detail(
+                            "the rotation's overlap ended: its trusted certificate is disabled",
+                        ),
+                )?;
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn put_enrollment_secrets(
+        &self,
+        tenant: &str,
+        secrets: Vec<EnrollmentSecretRecord>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let tenant = tenant.to_string();
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &tenant)? {
+                return Err(tenant_not_found(&tenant));
+            }
+            for e in &secrets {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO enrollment_secrets ({SECRET_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                         ON CONFLICT (tenant_id, common_name) DO UPDATE SET
+                            secret_hash = excluded.secret_hash, expires_at = excluded.expires_at,
+                            created_at = excluded.created_at, used_at = NULL"
+                    ),
+                    params![tenant, e.common_name, e.secret_hash, e.expires_at, e.created_at],
+                )?;
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+    ) -> StoreResult<Option<EnrollmentSecretRecord>> {
+        let (tenant, cn) = (tenant.to_string(), common_name.to_string());
+        self.run(move |c| {
+            tenant_row_by(
+                c,
+                &format!(
+                    "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = ?1 AND common_name = ?2"
+                ),
+                &tenant,
+                &cn,
+                secret_row,
+            )
+        })
+        .await
+    }
+
+    async fn enrollment_secrets(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<EnrollmentSecretRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            tenant_page(
+                c,
+                &format!(
+                    "SELECT {SECRET_COLS} FROM enrollment_secrets WHERE tenant_id = ?1
+                     ORDER BY common_name LIMIT ?2 OFFSET ?3"
+                ),
+                "SELECT COUNT(*) FROM enrollment_secrets WHERE tenant_id = ?1",
+                &tenant,
+                page,
+                secret_row,
+            )
+        })
+        .await
+    }
+
+    async fn delete_enrollment_secret(
+        &self,
+        tenant: &str,
+        common_name: &str,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        let (tenant, cn) = (tenant.to_string(), common_name.to_string());
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM enrollment_secrets WHERE tenant_id = ?1 AND common_name = ?2",
+                params![tenant, cn],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "No enrollment secret for {cn}"
+                )));
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn enroll_with_secret(
+        &self,
+        secret_hash: &str,
+        now: i64,
+        issued: IssuedCertRecord,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        let secret_hash = secret_hash.to_string();
+        self.tx(move |tx| {
+            let n = tx.execute(
+                "UPDATE enrollment_secrets SET used_at = ?4
+                 WHERE tenant_id = ?1 AND common_name = ?2 AND secret_hash = ?3
+                    AND used_at IS NULL AND expires_at > ?4",
+                params![issued.tenant, issued.common_name, secret_hash, now],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            insert_issued(tx, &issued)?;
+            insert_audit(tx, &audit)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn record_renewal(
+        &self,
+        issued: IssuedCertRecord,
+        revoke: Option<RevokedSerial>,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.tx(move |tx| {
+            if !tenant_exists(tx, &issued.tenant)? {
+                return Err(tenant_not_found(&issued.tenant));
+            }
+            insert_issued(tx, &issued)?;
+            if let Some(r) = &revoke {
+                tx.execute(
+                    "UPDATE issued_certificates SET revoked_at = ?3
+                     WHERE tenant_id = ?1 AND serial_hex = ?2 AND revoked_at IS NULL",
+                    params![issued.tenant, r.serial_hex, r.revocation_date],
+                )?;
+                revoke_serial(tx, &issued.tenant, r)?;
+            }
+            insert_audit(tx, &audit)
+        })
+        .await
+    }
+
+    async fn issued_certificate(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+    ) -> StoreResult<Option<IssuedCertRecord>> {
+        let (tenant, serial) = (tenant.to_string(), serial_hex.to_string());
+        self.run(move |c| tenant_row_by(c, ISSUED_BY_SERIAL, &tenant, &serial, issued_row))
+            .await
+    }
+
+    async fn issued_certificates(
+        &self,
+        tenant: &str,
+        page: PageRequest,
+    ) -> StoreResult<Page<IssuedCertRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            tenant_page(
+                c,
+                &format!(
+                    "SELECT {ISSUED_COLS} FROM issued_certificates WHERE tenant_id = ?1
+                     ORDER BY issued_at DESC, serial_hex LIMIT ?2 OFFSET ?3"
+                ),
+                "SELECT COUNT(*) FROM issued_certificates WHERE tenant_id = ?1",
+                &tenant,
+                page,
+                issued_row,
+            )
+        })
+        .await
+    }
+
+    async fn revoke_issued(
+        &self,
+        tenant: &str,
+        serial_hex: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<IssuedCertRecord> {
+        let (tenant, serial) = (tenant.to_string(), serial_hex.to_string());
+        self.tx(move |tx| {
+            let Some(mut rec) = tenant_row_by(tx, ISSUED_BY_SERIAL, &tenant, &serial, issued_row)?
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "Issued certificate {serial} not found"
+                )));
+            };
+            if rec.revoked_at.is_none() {
+                rec.revoked_at = Some(now);
+                tx.execute(
+                    "UPDATE issued_certificates SET revoked_at = ?3 WHERE tenant_id = ?1 AND serial_hex = ?2",
+                    params![tenant, serial, now],
+                )?;
+                revoke_serial(
+                    tx,
+                    &tenant,
+                    &RevokedSerial {
+                        serial_hex: serial.clone(),
+                        revocation_date: now,
+                    },
+                )?;
+            }
+            insert_audit(tx, &audit)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn issued_expiring(
+        &self,
+        tenant: &str,
+        until: i64,
+    ) -> StoreResult<Vec<IssuedCertRecord>> {
+        let tenant = tenant.to_string();
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {ISSUED_COLS} FROM issued_certificates
+                 WHERE tenant_id = ?1 AND revoked_at IS NULL AND not_after <= ?2
+                 ORDER BY not_after, serial_hex"
+            ))?;
+            let rows = st
+                .query_map(params![tenant, until], issued_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn issued_expiring_counts(
+        &self,
+        now: i64,
+        until: i64,
+    ) -> StoreResult<std::collections::HashMap<String, u64>> {
+        self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT tenant_id, COUNT(*) FROM issued_certificates
+                 WHERE revoked_at IS NULL AND not_after > ?1 AND not_after <= ?2
+                 GROUP BY tenant_id",
+            )?;
+            let rows = st
+                .query_map(params![now, until], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+                })?
+                .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
+            Ok(rows)
         })
         .await
     }

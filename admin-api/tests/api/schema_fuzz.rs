@@ -112,6 +112,21 @@ const CONTENT_CHECKED: &[(&str, &str, &str)] = &[
         "422",
         "each rule's topic must be an MQTT topic filter ('#' last, '+' a whole level, no '$' start) with only the ${cn} and ${tenant} placeholders; maxQos and retain on allow rules only",
     ),
+    (
+        "POST /tenant/tenants/{tenant_id}/certificate-authority",
+        "422",
+        "certificatePem and privateKeyPem, given together, must be a CA certificate that passes the upload rules and its key; overlapDays belongs to a rotation",
+    ),
+    (
+        "POST /tenant/tenants/{tenant_id}/enrollment-secrets/bulk",
+        "422",
+        "each commonName at most once (uniqueItems cannot say it: entries with one name may differ in validHours)",
+    ),
+    (
+        "POST /tenant/tenants/{tenant_id}/certificate-authority/rotate",
+        "422",
+        "certificatePem and privateKeyPem, given together, must be a CA certificate that passes the upload rules and its key",
+    ),
 ];
 
 /// Operations whose documented semantics differ from a check's assumption, with the

@@ -38,6 +38,7 @@ pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut broker::Config
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        est_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
     config.embedded.v4_listeners = 1;
@@ -433,12 +434,14 @@ pub fn drive(
 }
 
 /// The `broker` flags that put every listener on loopback port 0.
-pub const PORT_ZERO_ARGS: [&str; 6] = [
+pub const PORT_ZERO_ARGS: [&str; 8] = [
     "--mqtt-listen",
     "127.0.0.1:0",
     "--admin-listen",
     "127.0.0.1:0",
     "--metrics-listen",
+    "127.0.0.1:0",
+    "--est-listen",
     "127.0.0.1:0",
 ];
 
@@ -627,6 +630,16 @@ pub async fn admin_tls_from(
     env: &Env,
     from: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_from(env, from, env.broker().admin_addr).await
+}
+
+/// A TLS connection (no client certificate, ALPN `http/1.1`) to the HTTPS listener
+/// `to` from the loopback address `from`.
+pub async fn tls_from(
+    env: &Env,
+    from: &str,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -635,7 +648,7 @@ pub async fn admin_tls_from(
     .with_root_certificates(roots(&env.server_ca))
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tcp_from(from, env.broker().admin_addr).await?;
+    let tcp = tcp_from(from, to).await?;
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),

@@ -57,6 +57,10 @@ enum Command {
     Check(CheckArgs),
     /// Verify a device certificate chain as the broker does.
     Verify(VerifyArgs),
+    /// Enroll a device over EST with its one-time secret: new key, request, certificate.
+    Enroll(certs::est::cli::EnrollArgs),
+    /// Renew a device's certificate over EST, authenticated by the current one.
+    Renew(certs::est::cli::RenewArgs),
 }
 
 #[derive(Subcommand)]
@@ -519,7 +523,14 @@ fn run(cmd: Command) -> Result<Outcome, Failure> {
         Command::Inspect(a) => inspect(a),
         Command::Check(a) => check(a),
         Command::Verify(a) => verify(a),
+        Command::Enroll(a) => est_done(certs::est::cli::enroll(a)),
+        Command::Renew(a) => est_done(certs::est::cli::renew(a)),
     }
+}
+
+fn est_done(r: Result<String, certs::est::ClientError>) -> Result<Outcome, Failure> {
+    println!("{}", r?);
+    Ok(Outcome::Ok)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
