@@ -11,12 +11,16 @@
 //! - [`routes`]: one module per resource, and the OpenAPI document.
 //! - [`auth`]: Basic authentication, argon2 hashes, the login limiter, tenant scoping.
 //! - [`error`]: [`ApiError`], mapped to a status and JSON body in one table.
+//! - [`console`]: the web console for tenant admins (pages, cookie sessions, CSRF).
+//! - [`live`]: what this node sees live: connected devices, recent refusals.
 
 #![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod auth;
+pub mod console;
 pub mod error;
+pub mod live;
 pub mod routes;
 pub mod store;
 
@@ -102,6 +106,10 @@ pub struct AdminConfig {
     /// [`store::postgres`]) instead of the SQLite file in the data directory: several
     /// front-end nodes on one database. Never logged (Debug redacts it).
     pub store_url: Option<String>,
+    /// A console session ends after this long without a request.
+    pub console_idle_timeout: Duration,
+    /// A console session ends this long after its login, however busy.
+    pub console_session_lifetime: Duration,
 }
 
 impl AdminConfig {
@@ -125,6 +133,8 @@ impl AdminConfig {
             max_database_bytes: None,
             require_proof_of_possession: false,
             store_url: None,
+            console_idle_timeout: Duration::from_secs(30 * 60),
+            console_session_lifetime: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -168,6 +178,8 @@ impl std::fmt::Debug for AdminConfig {
                 "store_url",
                 &self.store_url.as_deref().map(store::postgres::redact_url),
             )
+            .field("console_idle_timeout", &self.console_idle_timeout)
+            .field("console_session_lifetime", &self.console_session_lifetime)
             .finish()
     }
 }
@@ -252,7 +264,7 @@ pub(crate) struct Snapshot {
     pub(crate) acl: HashMap<String, acl::TenantAcl>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: AdminConfig,
     store: Arc<dyn Store>,
     trust_tx: watch::Sender<Arc<TrustStore>>,
@@ -271,6 +283,10 @@ struct Inner {
     rebuild: tokio::sync::Mutex<()>,
     snapshot: RwLock<Arc<Snapshot>>,
     crl_fetcher: certs::revocation::CrlFetcher,
+    /// Console sessions of this process.
+    sessions: console::session::Sessions,
+    /// Connected devices and recent refusals seen by this node.
+    live: live::Live,
 }
 
 /// The admin API's shared state: a cheap-to-clone handle.
@@ -329,6 +345,10 @@ impl Admin {
             None => None,
         };
         let inner = Inner {
+            sessions: console::session::Sessions::new(
+                config.console_idle_timeout,
+                config.console_session_lifetime,
+            ),
             limiter: auth::LoginLimiter::new(
                 config.login_max_failures,
                 config.login_window,
@@ -367,6 +387,7 @@ impl Admin {
             trust_tx: watch::Sender::new(Arc::new(TrustStore::default())),
             server_tx: watch::Sender::new(server),
             dummy_hash,
+            live: live::Live::default(),
             seen: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
@@ -504,6 +525,45 @@ impl Admin {
         self.inner
             .user_slowdown
             .forget_prefix(&format!("{tenant}/"));
+        self.inner.sessions.end_tenant(tenant);
+        self.inner.live.forget_tenant(tenant);
+    }
+
+    /// Records a refused handshake for each tenant its chain names (`tenants` as the
+    /// refusal log gives them: comma-separated). Only existing tenants are kept, so the
+    /// memory stays bounded by the tenants and [`live::REFUSALS_PER_TENANT`].
+    pub fn record_refusal(&self, tenants: &str, refusal: live::HandshakeRefusal) {
+        let snapshot = self.snapshot();
+        let now = certs::now_unix();
+        for tenant in tenants
+            .split(',')
+            .filter(|t| snapshot.settings.contains_key(*t))
+        {
+            self.inner.live.refused(tenant, now, refusal.clone());
+        }
+    }
+
+    /// Notes that a device of `tenant` with Common Name `cn` is connected from `source`
+    /// until the returned guard is dropped.
+    pub fn device_online(
+        &self,
+        tenant: &str,
+        cn: &str,
+        source: std::net::IpAddr,
+    ) -> live::OnlineGuard {
+        self.inner
+            .live
+            .online(tenant, cn, source, certs::now_unix());
+        live::OnlineGuard {
+            inner: Arc::downgrade(&self.inner),
+            tenant: tenant.to_string(),
+            cn: cn.to_string(),
+        }
+    }
+
+    /// What this node sees live: connected devices and recent refusals.
+    pub fn live(&self) -> &live::Live {
+        &self.inner.live
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
