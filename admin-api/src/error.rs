@@ -66,6 +66,10 @@ pub enum ApiError {
         /// The verdict.
         info: serde_json::Value,
     },
+    /// 401 for a refused console login: as [`ApiError::Unauthorized`], but without
+    /// `WWW-Authenticate` (a browser would answer it with its own password prompt).
+    #[error("{0}")]
+    LoginFailed(String),
     /// 401 for a console request whose session is not live (never opened, logged out,
     /// expired, or ended by a password change or the user's deletion). Sent without
     /// `WWW-Authenticate`, so the browser shows the console's own login form.
@@ -154,6 +158,7 @@ impl ApiError {
                 "certificate_chain_invalid",
                 message.clone(),
             ),
+            ApiError::LoginFailed(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
             ApiError::SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended", self.to_string()),
             ApiError::CsrfTokenMissing => (
                 StatusCode::FORBIDDEN,

@@ -258,7 +258,11 @@ pub async fn login(
     let source = connect.map(|c| c.0 .0.ip());
     let who = admin
         .authenticate(&body.tenant, &body.user, &body.password, source)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ApiError::Unauthorized(m) => ApiError::LoginFailed(m),
+            other => other,
+        })?;
     // The hash the password was just checked against: a later change ends the session.
     let record = admin
         .store()

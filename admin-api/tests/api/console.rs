@@ -208,6 +208,8 @@ async fn a_wrong_password_is_refused_and_counts_like_a_basic_failure() {
     let resp = login_raw(&s, "a", "admin", "wrong password").await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    // No Basic challenge: a browser would answer it with its own password prompt.
+    assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["message"], "Invalid credentials");
     let resp = login_raw(&s, "a", "nobody", TENANT_PASS).await;
