@@ -306,6 +306,18 @@ async fn scenario(env: &Env, c: &Client) -> Secrets {
     assert!(row.contains("1 (to its root)"), "{row}");
     screenshot(c, "02-certificate-uploaded").await;
 
+    // A device registered under a name crafted to run script in the console.
+    let crafted = "<img src=x onerror=window.pwned=1>";
+    let (st, b) = env
+        .as_tenant(
+            "acme",
+            reqwest::Method::POST,
+            "/tenant/tenants/acme/devices",
+            Some(json!({"commonName": crafted})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+
     // A device connects over mTLS; the devices page shows it connected.
     let tls = device_tls(&env.server_ca, &dev, &[]);
     let (_client, el) = connect_v5(v5_options("sensor-1", env.mqtt_port(), tls.clone()))
@@ -325,6 +337,23 @@ async fn scenario(env: &Env, c: &Client) -> Secrets {
     })
     .await;
     assert!(row.contains("from 127.0.0.1"), "{row}");
+    // The crafted name is shown as text and ran nothing.
+    wait_text(c, "#devices-table td.mono", "crafted name", |t| {
+        t == crafted
+    })
+    .await;
+    let injected = c
+        .execute(
+            "return [document.querySelectorAll('#page img').length, typeof window.pwned]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        injected,
+        json!([0, "undefined"]),
+        "markup from a device name ran"
+    );
     screenshot(c, "03-device-connected").await;
 
     // The CA is disabled from its page: the broker ends the device's session and the
