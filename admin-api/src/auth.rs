@@ -1,6 +1,8 @@
 //! Authentication: HTTP Basic with `tenantId/user:password`, argon2 password hashes,
 //! a failed-login limiter, and the [`Principal`] extractor with the tenant-scope rule
-//! (another tenant's id answers 404, so tenant ids do not leak).
+//! (another tenant's id answers 404, so tenant ids do not leak). A request without an
+//! `Authorization` header may instead carry a console session cookie
+//! ([`crate::console`]): the same principal, plus a CSRF token on every change.
 
 mod checker;
 

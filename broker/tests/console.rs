@@ -11,10 +11,9 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,27 +24,7 @@ const TENANT_PW: &str = "acme-pw-1";
 
 /// Everything this test binary logged (the console's secrets must not be in it).
 fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        struct Sink;
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                if let Ok(mut l) = logs().lock() {
-                    l.extend_from_slice(buf);
-                }
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .with_env_filter("debug,rumqttd=off,hyper=off,h2=off,rustls=off,hyper_util=off")
-            .with_ansi(false)
-            .with_writer(|| Sink)
-            .init();
-        Mutex::new(Vec::new())
-    })
+    captured_logs("debug,rumqttd=off,hyper=off,h2=off,rustls=off,hyper_util=off")
 }
 
 /// chromedriver on a loopback port, killed when dropped.
@@ -234,10 +213,7 @@ async fn scenario(env: &Env, c: &Client) -> Secrets {
     let dir = tempfile::tempdir().unwrap();
     let ca = ca("Acme Devices CA");
     let ca_file = dir.path().join("acme-ca.pem");
-    std::fs::File::create(&ca_file)
-        .unwrap()
-        .write_all(ca.cert_pem().as_bytes())
-        .unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
     let dev = device("sensor-1", &ca);
 
     // Log in.

@@ -48,6 +48,24 @@ async fn login(s: &Server, tenant: &str, user: &str, password: &str) -> Session 
     }
 }
 
+impl Session {
+    /// A read with the session cookie.
+    async fn get(&self, s: &Server, path: &str) -> (StatusCode, Value, header::HeaderMap) {
+        with_cookie(s, Method::GET, path, self, None, None).await
+    }
+
+    /// A change with the session cookie and its own CSRF token.
+    async fn change(
+        &self,
+        s: &Server,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value, header::HeaderMap) {
+        with_cookie(s, method, path, self, Some(&self.csrf), body).await
+    }
+}
+
 /// A request authenticated by the session cookie only, with `csrf` as `X-CSRF-Token`.
 async fn with_cookie(
     s: &Server,
@@ -171,26 +189,10 @@ async fn a_login_sets_a_hardened_cookie_that_authenticates_like_basic() {
         token: token.to_string(),
         csrf: csrf.to_string(),
     };
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a/devices",
-        &session,
-        None,
-        None,
-    )
-    .await;
+    let (st, b, _) = session.get(&s, "/tenant/tenants/a/devices").await;
     assert_eq!(st, StatusCode::OK, "{b}");
     // A reloaded page gets its CSRF token back.
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/console/api/session",
-        &session,
-        None,
-        None,
-    )
-    .await;
+    let (st, b, _) = session.get(&s, "/console/api/session").await;
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(b["csrfToken"], csrf);
     // Two logins, two sessions.
@@ -313,18 +315,10 @@ async fn a_change_by_cookie_needs_the_sessions_csrf_token() {
         assert_eq!(st, StatusCode::FORBIDDEN, "{p}: {b}");
     }
     // With its own token the same change goes through.
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::POST,
-        path,
-        &session,
-        Some(&session.csrf),
-        Some(&device),
-    )
-    .await;
+    let (st, b, _) = session.change(&s, Method::POST, path, Some(&device)).await;
     assert_eq!(st, StatusCode::CREATED, "{b}");
     // Reads need no token.
-    let (st, b, _) = with_cookie(&s, Method::GET, path, &session, None, None).await;
+    let (st, b, _) = session.get(&s, path).await;
     assert_eq!(st, StatusCode::OK, "{b}");
     assert_eq!(b["devices"][0]["commonName"], "dev-1");
     s.stop().await;
@@ -358,45 +352,37 @@ async fn tenant_as_console_session_cannot_read_or_change_tenant_b() {
         "/tenant/tenants/b/connections",
         "/user/b/users",
     ] {
-        let (st, b, _) = with_cookie(&s, Method::GET, path, &a, None, None).await;
+        let (st, b, _) = a.get(&s, path).await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {b}");
         assert_eq!(b["message"], "Tenant b not found", "{path}");
     }
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::PUT,
-        "/tenant/tenants/b/devices/b-dev",
-        &a,
-        Some(&a.csrf),
-        Some(&json!({"status": "BLOCKED"})),
-    )
-    .await;
+    let (st, b, _) = a
+        .change(
+            &s,
+            Method::PUT,
+            "/tenant/tenants/b/devices/b-dev",
+            Some(&json!({"status": "BLOCKED"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{b}");
     let (_, b) = s
         .get("/tenant/tenants/b/devices/b-dev", (b_login, TENANT_PASS))
         .await;
     assert_eq!(b["status"], "REGISTERED");
     // Management-only operations stay management-only.
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::POST,
-        "/tenant/tenants",
-        &a,
-        Some(&a.csrf),
-        Some(&json!({"id": "c", "company": "c", "adminName": "admin", "adminPass": TENANT_PASS})),
-    )
-    .await;
+    let (st, b, _) = a
+        .change(
+            &s,
+            Method::POST,
+            "/tenant/tenants",
+            Some(
+                &json!({"id": "c", "company": "c", "adminName": "admin", "adminPass": TENANT_PASS}),
+            ),
+        )
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
     // The audit log is a's only.
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/audit?tenant=b&pageSize=100",
-        &a,
-        None,
-        None,
-    )
-    .await;
+    let (st, b, _) = a.get(&s, "/audit?tenant=b&pageSize=100").await;
     assert_eq!(st, StatusCode::OK);
     let records = b["auditRecords"].as_array().unwrap();
     assert!(!records.is_empty());
@@ -425,15 +411,7 @@ async fn refusals_and_connections_are_per_tenant() {
         .admin
         .device_online("a", "dev-1", "198.51.100.5".parse().unwrap());
     let a = login(&s, "a", "admin", TENANT_PASS).await;
-    let (st, body, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a/refusals",
-        &a,
-        None,
-        None,
-    )
-    .await;
+    let (st, body, _) = a.get(&s, "/tenant/tenants/a/refusals").await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let r = body["refusals"].as_array().unwrap();
     assert_eq!(r.len(), 2, "{body}");
@@ -448,15 +426,7 @@ async fn refusals_and_connections_are_per_tenant() {
         .get("/tenant/tenants/b/refusals", ("b/admin", TENANT_PASS))
         .await;
     assert_eq!(body["refusals"].as_array().unwrap().len(), 1, "{body}");
-    let (_, body, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a/connections",
-        &a,
-        None,
-        None,
-    )
-    .await;
+    let (_, body, _) = a.get(&s, "/tenant/tenants/a/connections").await;
     assert_eq!(body["connections"][0]["commonName"], "dev-1", "{body}");
     assert_eq!(body["connections"][0]["source"], "198.51.100.5");
     let (_, body) = s
@@ -464,15 +434,7 @@ async fn refusals_and_connections_are_per_tenant() {
         .await;
     assert_eq!(body["connections"], json!([]));
     drop(online);
-    let (_, body, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a/connections",
-        &a,
-        None,
-        None,
-    )
-    .await;
+    let (_, body, _) = a.get(&s, "/tenant/tenants/a/connections").await;
     assert_eq!(body["connections"], json!([]), "disconnected");
     s.stop().await;
 }
@@ -496,15 +458,9 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
         StatusCode::FORBIDDEN,
         "logout needs the CSRF token too: {b}"
     );
-    let (st, _, h) = with_cookie(
-        &s,
-        Method::POST,
-        "/console/api/logout",
-        &session,
-        Some(&session.csrf),
-        None,
-    )
-    .await;
+    let (st, _, h) = session
+        .change(&s, Method::POST, "/console/api/logout", None)
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let cleared = h[header::SET_COOKIE].to_str().unwrap();
     assert!(
@@ -513,7 +469,7 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
     );
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     for path in ["/tenant/tenants", "/console/api/session"] {
-        let (st, b, h) = with_cookie(&s, Method::GET, path, &session, None, None).await;
+        let (st, b, h) = session.get(&s, path).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{path}");
         assert_eq!(b["error"], "session_ended");
         assert_eq!(b["message"], SESSION_ENDED);
@@ -641,15 +597,9 @@ async fn basic_clients_are_unaffected_and_a_cookie_never_adds_rights() {
         token: "A".repeat(43),
         csrf: session.csrf.clone(),
     };
-    let (st, b, h) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a",
-        &forged,
-        Some(&forged.csrf),
-        None,
-    )
-    .await;
+    let (st, b, h) = forged
+        .change(&s, Method::GET, "/tenant/tenants/a", None)
+        .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert_eq!(b["error"], "session_ended");
     assert!(h.get(header::WWW_AUTHENTICATE).is_none());
@@ -682,25 +632,16 @@ async fn basic_clients_are_unaffected_and_a_cookie_never_adds_rights() {
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let reader = login(&s, "a", "reader", "reader-pass-1").await;
-    let (st, _, _) = with_cookie(
-        &s,
-        Method::GET,
-        "/tenant/tenants/a/devices",
-        &reader,
-        None,
-        None,
-    )
-    .await;
+    let (st, _, _) = reader.get(&s, "/tenant/tenants/a/devices").await;
     assert_eq!(st, StatusCode::OK);
-    let (st, b, _) = with_cookie(
-        &s,
-        Method::POST,
-        "/tenant/tenants/a/devices",
-        &reader,
-        Some(&reader.csrf),
-        Some(&json!({"commonName": "x"})),
-    )
-    .await;
+    let (st, b, _) = reader
+        .change(
+            &s,
+            Method::POST,
+            "/tenant/tenants/a/devices",
+            Some(&json!({"commonName": "x"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
     assert_eq!(
         b["message"],
