@@ -428,5 +428,44 @@ async fn scenario(env: &Env, c: &Client) -> Secrets {
         .unwrap();
     assert_eq!(resp.status(), 401, "the session ended at logout");
     screenshot(c, "07-logged-out").await;
+
+    // The management admin sees the tenants and their limits, and opens one.
+    env.settings_as_management("acme", json!({"maxDevices": 25, "maxAnchors": 3}))
+        .await;
+    for field in ["#login-tenant", "#login-user"] {
+        c.find(Locator::Css(field))
+            .await
+            .unwrap()
+            .clear()
+            .await
+            .unwrap();
+    }
+    type_into(c, "#login-tenant", "management").await;
+    type_into(c, "#login-user", "admin").await;
+    type_into(c, "#login-password", ADMIN_PW).await;
+    click(c, "#login-submit").await;
+    wait_text(c, "#who-name", "management user", |t| {
+        t == "management/admin"
+    })
+    .await;
+    let row = wait_text(c, "tr[data-tenant=\"acme\"]", "tenant row", |t| {
+        t.contains("acme")
+    })
+    .await;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.windows(2).any(|w| w == ["25", "3"]),
+        "maxDevices 25 and maxAnchors 3 shown: {row}"
+    );
+    screenshot(c, "08-tenants").await;
+    click(c, "tr[data-tenant=\"acme\"] button").await;
+    wait_text(
+        c,
+        "tr[data-fingerprint]",
+        "acme's certificate as management",
+        |t| t.contains("Acme CA") && t.contains("DISABLED"),
+    )
+    .await;
+    screenshot(c, "09-management-opens-acme").await;
     Secrets { token, csrf }
 }

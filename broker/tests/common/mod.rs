@@ -186,6 +186,20 @@ impl Env {
         assert_eq!(s, 200, "settings: {b}");
     }
 
+    /// Changes a tenant's settings as the management admin (the limits are its own).
+    pub async fn settings_as_management(&self, tenant: &str, settings: Value) {
+        let (s, b) = self
+            .api(
+                reqwest::Method::PUT,
+                &format!("/tenant/tenants/{tenant}/settings"),
+                "management/admin",
+                ADMIN_PW,
+                Some(settings),
+            )
+            .await;
+        assert_eq!(s, 200, "settings: {b}");
+    }
+
     /// Revokes `dev` by serial number in the tenant's manual list (expects 2xx).
     pub async fn revoke_serial(&self, tenant: &str, dev: &Issued) {
         let serial = certs::CertInfo::parse(dev.cert_der.as_ref())

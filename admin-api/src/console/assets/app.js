@@ -101,6 +101,8 @@ function showLogin(text) {
   stopTimer();
   state.session = null;
   state.csrf = '';
+  state.tenant = null;
+  state.auditPage = 1;
   $('app-view').hidden = true;
   $('who').hidden = true;
   $('login-view').hidden = false;
@@ -138,6 +140,8 @@ async function login(ev) {
       password: $('login-password').value,
     });
     $('login-password').value = '';
+    // A fresh login starts on the user's home page (not the previous user's).
+    history.replaceState(null, '', s.management ? '#tenants' : '#certificates');
     await startSession(s);
   } catch (e) {
     message(e.message, true);
