@@ -57,6 +57,18 @@ pub enum ApiError {
         /// Details (an object; `null` is sent as `{}`).
         info: serde_json::Value,
     },
+    /// 422: a server-certificate import refused with one of the appliance's messages
+    /// ([`CERTIFICATE_VALIDATION_FAILED`], [`CANNOT_DOWNLOAD_CHAIN`],
+    /// [`CANNOT_DOWNLOAD_CERTIFICATE`]), the specific reason appended.
+    #[error("{}", import_message(*kind, reason))]
+    CertificateImport {
+        /// Which of the messages.
+        kind: ImportFailure,
+        /// The specific reason.
+        reason: String,
+        /// Details (the requirements report of a validation failure).
+        info: serde_json::Value,
+    },
     /// 401 for the reference platform's forms of the chain check: the chain is refused;
     /// `info` carries the verdict.
     #[error("{message}")]
@@ -108,6 +120,49 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The appliance's message for a server certificate that fails a requirement without a
+/// sentence of its own (the row's reason follows after a colon).
+pub const CERTIFICATE_VALIDATION_FAILED: &str = "Certificate validation failed";
+/// The appliance's message when a chain certificate named by the certificate's
+/// Authority Information Access cannot be fetched (the reason follows).
+pub const CANNOT_DOWNLOAD_CHAIN: &str = "Cannot download chain certificates.";
+/// The appliance's message when a fetched chain certificate is not the issuer's
+/// certificate (the reason follows).
+pub const CANNOT_DOWNLOAD_CERTIFICATE: &str = "Cannot download certificate.";
+
+/// Which of the appliance's import messages an [`ApiError::CertificateImport`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportFailure {
+    /// [`CERTIFICATE_VALIDATION_FAILED`].
+    Validation,
+    /// [`CANNOT_DOWNLOAD_CHAIN`].
+    ChainDownload,
+    /// [`CANNOT_DOWNLOAD_CERTIFICATE`].
+    CertificateDownload,
+}
+
+fn import_message(kind: ImportFailure, reason: &str) -> String {
+    match kind {
+        ImportFailure::Validation => format!("{CERTIFICATE_VALIDATION_FAILED}: {reason}"),
+        ImportFailure::ChainDownload => format!("{CANNOT_DOWNLOAD_CHAIN} {reason}"),
+        ImportFailure::CertificateDownload => format!("{CANNOT_DOWNLOAD_CERTIFICATE} {reason}"),
+    }
+}
+
+impl From<certs::aia::AiaError> for ApiError {
+    fn from(e: certs::aia::AiaError) -> Self {
+        let kind = match e {
+            certs::aia::AiaError::Download(_) => ImportFailure::ChainDownload,
+            certs::aia::AiaError::NotTheIssuer { .. } => ImportFailure::CertificateDownload,
+        };
+        ApiError::CertificateImport {
+            kind,
+            reason: e.to_string(),
+            info: serde_json::Value::Null,
+        }
+    }
+}
+
 fn seconds(n: u64) -> String {
     if n == 1 {
         "1 second".to_string()
@@ -152,6 +207,15 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unprocessable_entity",
                 message.clone(),
+            ),
+            ApiError::CertificateImport { kind, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                match kind {
+                    ImportFailure::Validation => "certificate_validation_failed",
+                    ImportFailure::ChainDownload => "chain_download_failed",
+                    ImportFailure::CertificateDownload => "certificate_download_failed",
+                },
+                self.to_string(),
             ),
             ApiError::ChainRefused { message, .. } => (
                 StatusCode::UNAUTHORIZED,
@@ -215,9 +279,9 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, error, message) = self.parts();
         let info = match self {
-            ApiError::Unprocessable { info, .. } | ApiError::ChainRefused { info, .. } => {
-                info.clone()
-            }
+            ApiError::Unprocessable { info, .. }
+            | ApiError::ChainRefused { info, .. }
+            | ApiError::CertificateImport { info, .. } => info.clone(),
             _ => match self.retry_after() {
                 Some(secs) => serde_json::json!({ "retryAfterSeconds": secs }),
                 None => serde_json::Value::Null,

@@ -86,9 +86,14 @@ pub struct AdminConfig {
     pub device_seen_flush_interval: Duration,
     /// Timeout fetching a CRL distribution point during a server-certificate import.
     pub crl_fetch_timeout: Duration,
-    /// Where CRL distribution points may be fetched from (the broker's `egress`
-    /// section); the default refuses loopback, private and link-local destinations.
+    /// Where CRL distribution points and (on a server-certificate import) the chain
+    /// certificates named by Authority Information Access may be fetched from (the
+    /// broker's `egress` section); the default refuses loopback, private and link-local
+    /// destinations.
     pub crl_egress: certs::egress::EgressPolicy,
+    /// The passphrase of a server key stored encrypted (imported with a new
+    /// passphrase); `BROKER_SERVER_KEY_PASSPHRASE` for the broker. Never logged.
+    pub server_key_passphrase: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How long a proof-of-possession verification code is accepted.
@@ -128,6 +133,7 @@ impl AdminConfig {
             device_seen_flush_interval: Duration::from_secs(5),
             crl_fetch_timeout: Duration::from_secs(5),
             crl_egress: certs::egress::EgressPolicy::default(),
+            server_key_passphrase: None,
             max_body_bytes: 1024 * 1024,
             verification_code_ttl: Duration::from_secs(3600),
             max_database_bytes: None,
@@ -167,6 +173,10 @@ impl std::fmt::Debug for AdminConfig {
             )
             .field("crl_fetch_timeout", &self.crl_fetch_timeout)
             .field("crl_egress", &self.crl_egress)
+            .field(
+                "server_key_passphrase",
+                &self.server_key_passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("verification_code_ttl", &self.verification_code_ttl)
             .field("max_database_bytes", &self.max_database_bytes)
@@ -283,6 +293,7 @@ pub(crate) struct Inner {
     rebuild: tokio::sync::Mutex<()>,
     snapshot: RwLock<Arc<Snapshot>>,
     crl_fetcher: certs::revocation::CrlFetcher,
+    aia_fetcher: certs::aia::AiaFetcher,
     /// Console sessions of this process.
     sessions: console::session::Sessions,
     /// Connected devices and recent refusals seen by this node.
@@ -341,7 +352,10 @@ impl Admin {
             .map_err(|e| AdminError::Internal(e.to_string()))?
             .map_err(AdminError::Config)?;
         let server = match store.server_certificate().await? {
-            Some(rec) => Some(Arc::new(server_certificate_from_record(&rec)?)),
+            Some(rec) => Some(Arc::new(server_certificate_from_record(
+                &rec,
+                config.server_key_passphrase.as_deref(),
+            )?)),
             None => None,
         };
         let inner = Inner {
@@ -381,6 +395,10 @@ impl Admin {
                 config.crl_fetch_timeout,
                 Duration::from_secs(300),
                 config.crl_egress.clone(),
+            ),
+            aia_fetcher: certs::aia::AiaFetcher::new(
+                config.crl_egress.clone(),
+                config.crl_fetch_timeout,
             ),
             config,
             store,
@@ -502,6 +520,16 @@ impl Admin {
         };
         self.inner.store.record_last_seen(pending).await?;
         Ok(())
+    }
+
+    /// The certificate and key a stored record serves (another process may have
+    /// imported it), the key decrypted with [`AdminConfig::server_key_passphrase`] when
+    /// it was stored encrypted.
+    pub fn served_certificate(
+        &self,
+        rec: &store::ServerCertRecord,
+    ) -> Result<ServerCertificate, AdminError> {
+        server_certificate_from_record(rec, self.inner.config.server_key_passphrase.as_deref())
     }
 
     /// Imports the server certificate: the same code path as `PUT /system/ssl-certificate`.
@@ -751,23 +779,38 @@ fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<
     f.sync_all()
 }
 
+/// The served certificate of a stored record: its key decrypted with `passphrase` when it
+/// was stored encrypted (imported with a new passphrase).
 pub(crate) fn server_certificate_from_record(
     rec: &store::ServerCertRecord,
+    passphrase: Option<&str>,
 ) -> Result<ServerCertificate, AdminError> {
     if rec.chain_der.is_empty() {
         return Err(AdminError::Internal(
             "stored server certificate has no chain".into(),
         ));
     }
+    let passphrase = passphrase.filter(|p| !p.is_empty());
+    let key = match certs::pem::read_private_key(&rec.key_pkcs8, passphrase) {
+        Ok(key) => key,
+        Err(certs::ReadError::PassphraseRequired) => {
+            return Err(AdminError::Config(
+                "the stored server key is encrypted (imported with a new passphrase): set BROKER_SERVER_KEY_PASSPHRASE to that passphrase".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(AdminError::Config(format!(
+                "the stored server key cannot be read with BROKER_SERVER_KEY_PASSPHRASE: {e}"
+            )))
+        }
+    };
     Ok(ServerCertificate {
         chain: rec
             .chain_der
             .iter()
             .map(|c| CertificateDer::from(c.clone()))
             .collect(),
-        key: PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
-            rec.key_pkcs8.clone(),
-        )),
+        key,
     })
 }
 

@@ -317,6 +317,9 @@ impl Drop for SourceSlot {
 pub struct HandshakePermit {
     _source: SourceSlot,
     _global: OwnedSemaphorePermit,
+    /// How long the connection waits for its turn at the handshake rate before its
+    /// handshake starts (zero when the rate had room).
+    pub wait: Duration,
 }
 
 /// Admission state shared by the accept loop.
@@ -324,6 +327,8 @@ pub struct Admission {
     rate: f64,
     burst: f64,
     pressure: Arc<Pressure>,
+    /// Longest wait for a turn at the global rate (`limits.handshake_queue_ms`).
+    queue: Duration,
     source_rate: f64,
     source_burst: f64,
     global: Mutex<Bucket>,
@@ -343,6 +348,8 @@ impl Admission {
             rate: l.handshake_rate as f64,
             burst: l.handshake_burst as f64,
             pressure,
+            // The wait counts against the handshake timeout: at most half of it.
+            queue: Duration::from_millis(l.handshake_queue_ms.min(l.handshake_timeout_ms / 2)),
             source_rate: l.handshake_rate_per_source as f64,
             source_burst: l.handshake_burst_per_source as f64,
             global: Mutex::new(Bucket::full(l.handshake_burst as f64, now)),
@@ -355,17 +362,23 @@ impl Admission {
     /// Admits a new connection from `ip`, returning the handshake permit to hold until
     /// the handshake ends. The per-source cap is checked first: a source holding its
     /// share is told so (`handshake_per_source`), whatever the global state.
+    ///
+    /// When the global rate is used up, the connection takes a turn in the future
+    /// (the bucket goes below zero by one token) if that turn comes within the queue
+    /// time: [`HandshakePermit::wait`] says how long to wait before the handshake.
+    /// Turns are handed out in arrival order, at the admitted rate.
     pub fn admit(&self, ip: IpAddr) -> Result<HandshakePermit, Refusal> {
         let now = Instant::now();
         let ip = source_of(ip);
         let source = self.per_source.take(ip).ok_or(Refusal::SourceConcurrency)?;
-        let permit = HandshakePermit {
+        let mut permit = HandshakePermit {
             _source: source,
             _global: self
                 .in_progress
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| Refusal::Concurrency)?,
+            wait: Duration::ZERO,
         };
         {
             let mut sources = self.sources.lock().map_err(|_| Refusal::Concurrency)?;
@@ -388,8 +401,16 @@ impl Admission {
         // Under pressure, tokens saved up earlier do not count beyond the reduced burst.
         let burst = (self.burst * share).max(1.0);
         g.tokens = g.tokens.min(burst);
-        if !g.take(self.rate * share, burst, now) {
-            return Err(Refusal::GlobalRate);
+        let rate = self.rate * share;
+        if !g.take(rate, burst, now) {
+            // g.take refilled the bucket up to now: the turn comes when the missing
+            // part of a token (and the turns handed out before) has refilled.
+            let wait = Duration::from_secs_f64((1.0 - g.tokens) / rate);
+            if wait > self.queue {
+                return Err(Refusal::GlobalRate);
+            }
+            g.tokens -= 1.0;
+            permit.wait = wait;
         }
         Ok(permit)
     }
@@ -411,8 +432,49 @@ mod tests {
             handshake_rate_per_source: src,
             handshake_burst_per_source: src_burst,
             max_concurrent_handshakes: conc,
+            handshake_queue_ms: 0,
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn a_used_up_rate_hands_out_turns_in_order_within_the_queue_time() {
+        let l = Limits {
+            handshake_queue_ms: 250,
+            ..limits(10, 2, 1000, 1000, 100)
+        };
+        let a = new(&l, Default::default());
+        let x: IpAddr = "127.0.0.2".parse().unwrap();
+        let mut held = Vec::new();
+        // The burst: no wait.
+        for _ in 0..2 {
+            let p = a.admit(x).unwrap();
+            assert_eq!(p.wait, Duration::ZERO);
+            held.push(p);
+        }
+        // Then one turn every 100 ms at 10/s, in arrival order, as long as the turn
+        // comes within 250 ms.
+        let waits: Vec<u128> = (0..2)
+            .map(|_| {
+                let p = a.admit(x).unwrap();
+                let w = p.wait.as_millis();
+                held.push(p);
+                w
+            })
+            .collect();
+        assert!((90..=100).contains(&waits[0]), "{waits:?}");
+        assert!((190..=200).contains(&waits[1]), "{waits:?}");
+        assert_eq!(a.admit(x).err(), Some(Refusal::GlobalRate));
+        // A turn holds its handshake slot while it waits.
+        let one = Limits {
+            handshake_queue_ms: 1000,
+            ..limits(1, 1, 1000, 1000, 2)
+        };
+        let b = new(&one, Default::default());
+        let _first = b.admit(x).unwrap();
+        let waiting = b.admit(x).unwrap();
+        assert!(waiting.wait > Duration::from_millis(900));
+        assert_eq!(b.admit(x).err(), Some(Refusal::Concurrency));
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
     let admin = admin_api::Admin::open(admin_api::AdminConfig {
         admin_password,
         crl_egress: config.egress.policy()?,
+        // The passphrase of a server key imported with a new passphrase (stored
+        // encrypted); a secret, so from the environment only, never the config file.
+        server_key_passphrase: std::env::var("BROKER_SERVER_KEY_PASSPHRASE")
+            .ok()
+            .filter(|p| !p.is_empty()),
         require_proof_of_possession: config.trust.require_proof_of_possession,
         password_check_threads: config.limits.password_check_threads,
         password_check_queue: config.limits.password_check_queue,
@@ -245,6 +250,7 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
                     passphrase: None,
                     validation: false,
                     crl_check: false,
+                    new_passphrase: None,
                 })
                 .await
                 .map_err(|e| StartError::Tls(e.to_string()))?;
@@ -366,10 +372,15 @@ pub async fn start(config: Config, admin_password: Option<String>) -> Result<Bro
                 if served.first().map(|c| c.as_ref()) == rec.chain_der.first().map(|c| c.as_slice()) {
                     continue;
                 }
-                let chain: Vec<certs::CertificateDer<'static>> =
-                    rec.chain_der.iter().map(|c| certs::CertificateDer::from(c.clone())).collect();
-                let key = certs::PrivateKeyDer::Pkcs8(rec.key_pkcs8.clone().into());
-                match tls::certified_key(chain.clone(), &key, &provider) {
+                let served = match admin.served_certificate(&rec) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stored server certificate unusable");
+                        continue;
+                    }
+                };
+                let chain = served.chain.clone();
+                match tls::certified_key(chain.clone(), &served.key, &provider) {
                     Ok(ck) => {
                         resolver.set(ck);
                         write_server_chain(&dir, &chain);

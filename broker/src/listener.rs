@@ -215,13 +215,25 @@ pub async fn serve_mqtt(
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
-        let shutdown = shutdown.clone();
+        let mut shutdown = shutdown.clone();
         let sessions = sessions.clone();
         let refusals = refusals.clone();
         tokio::spawn(async move {
             let accepted_at = Instant::now();
             let handshake_timeout =
                 Duration::from_millis(shared.config.limits.handshake_timeout_ms);
+            // Its turn at the handshake rate (limits.handshake_queue_ms): the
+            // ClientHello waits in the socket meanwhile, and the wait counts against
+            // the handshake timeout.
+            if !hs_permit.wait.is_zero() {
+                shared
+                    .metrics
+                    .handshake_queued(hs_permit.wait.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(hs_permit.wait) => {}
+                    _ = crate::stopped(&mut shutdown) => return,
+                }
+            }
             // A socket that sends nothing gives its slot back after the first-byte
             // timeout, not after the whole handshake timeout.
             if first_byte < handshake_timeout {
@@ -336,11 +348,7 @@ pub async fn serve_mqtt(
                 tracing::warn!(%peer, error = %e, "cannot hand the session over");
                 return;
             }
-            sessions.spawn(async move {
-                let _permit = permit;
-                let _online = online;
-                session.serve(shutdown).await;
-            });
+            sessions.spawn(session.serve(shutdown, (permit, online)));
         });
     }
 }

@@ -57,23 +57,102 @@ enum Command {
         wait: u64,
     },
     /// Import the server certificate (same validation as PUT /system/ssl-certificate).
-    ImportCertificate {
-        /// Certificate (PEM or DER).
-        #[arg(long)]
-        crt: PathBuf,
-        /// Private key (PEM/DER, possibly encrypted).
-        #[arg(long)]
-        key: PathBuf,
-        /// Chain up to the root CA (PEM).
-        #[arg(long)]
-        chain: Option<PathBuf>,
-        /// Passphrase of the key.
-        #[arg(long)]
-        pass: Option<String>,
-        /// Skip the requirements check.
-        #[arg(long)]
-        no_validation: bool,
-    },
+    /// Chain certificates missing from --chain are fetched from the caIssuers URLs of
+    /// the certificates' Authority Information Access, through the `egress` policy.
+    ImportCertificate(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Certificate (PEM or DER), or a PKCS#12 keystore holding certificate and key.
+    #[arg(long)]
+    crt: PathBuf,
+    /// Private key (PEM/DER, possibly encrypted); not needed with a PKCS#12 --crt.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Chain up to the root CA (PEM).
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// Passphrase of the key or keystore (visible in `ps`; prefer --pass-file).
+    #[arg(long)]
+    pass: Option<String>,
+    /// File whose first line is the passphrase of the key or keystore.
+    #[arg(long, value_name = "FILE", conflicts_with = "pass")]
+    pass_file: Option<PathBuf>,
+    /// Skip the requirements check (the key must still match the certificate).
+    #[arg(long)]
+    no_validation: bool,
+    /// Fetch the certificate's CRL distribution point (through the `egress` policy) and
+    /// refuse a revoked certificate or an unreachable CRL.
+    #[arg(long)]
+    crl_check: bool,
+    /// Store the key encrypted with the passphrase on the first line of this file; every
+    /// start then needs it in BROKER_SERVER_KEY_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    new_passphrase_file: Option<PathBuf>,
+}
+
+/// The first line of a secret file.
+fn secret_file(path: &std::path::Path) -> Result<String, String> {
+    certs::ca_dir::read_secret_line(path).map_err(|e| e.to_string())
+}
+
+/// `broker import-certificate`.
+async fn import_certificate(
+    a: ImportArgs,
+    config: &broker::Config,
+    password: Option<String>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
+    let passphrase = match (&a.pass, &a.pass_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(secret_file(f)?),
+        (None, None) => None,
+    };
+    let new_passphrase = a
+        .new_passphrase_file
+        .as_deref()
+        .map(secret_file)
+        .transpose()?;
+    let admin = admin_api::Admin::open(admin_api::AdminConfig {
+        admin_password: password,
+        store_url: config.store.url.clone(),
+        crl_egress: config.egress.policy().map_err(|e| e.to_string())?,
+        server_key_passphrase: std::env::var("BROKER_SERVER_KEY_PASSPHRASE")
+            .ok()
+            .filter(|p| !p.is_empty()),
+        ..admin_api::AdminConfig::new(config.data_dir.clone())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let encrypted = new_passphrase.is_some();
+    let info = admin
+        .import_server_certificate(admin_api::ImportRequest {
+            name: a
+                .crt
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "server".into()),
+            crt: read(&a.crt)?,
+            key: a.key.as_ref().map(read).transpose()?.unwrap_or_default(),
+            chain: a.chain.as_ref().map(read).transpose()?,
+            passphrase,
+            validation: !a.no_validation,
+            crl_check: a.crl_check,
+            new_passphrase,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "imported server certificate {} (subject {}, valid until {}); a running broker switches to it within seconds",
+        info.fingerprint_sha1,
+        info.subject,
+        info.not_after_rfc3339()
+    );
+    if encrypted {
+        println!("the key is stored encrypted: start the broker with BROKER_SERVER_KEY_PASSPHRASE set to the new passphrase");
+    }
+    Ok(())
 }
 
 fn load_config(args: &RunArgs) -> Result<broker::Config, String> {
@@ -151,47 +230,32 @@ async fn real_main(command: Option<Command>, config: broker::Config) -> Result<(
             );
             Ok(())
         }
-        Some(Command::ImportCertificate {
-            crt,
-            key,
-            chain,
-            pass,
-            no_validation,
-        }) => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| e.to_string())?;
-            let admin = admin_api::Admin::open(admin_api::AdminConfig {
-                admin_password: password,
-                store_url: config.store.url.clone(),
-                ..admin_api::AdminConfig::new(config.data_dir.clone())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            let info = admin
-                .import_server_certificate(admin_api::ImportRequest {
-                    name: crt
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "server".into()),
-                    crt: read(&crt)?,
-                    key: read(&key)?,
-                    chain: chain.as_ref().map(read).transpose()?,
-                    passphrase: pass,
-                    validation: !no_validation,
-                    crl_check: false,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            println!(
-                "imported server certificate {} (subject {}, valid until {}); a running broker switches to it within seconds",
-                info.fingerprint_sha1,
-                info.subject,
-                info.not_after_rfc3339()
-            );
-            Ok(())
-        }
+        Some(Command::ImportCertificate(a)) => import_certificate(a, &config, password).await,
         None => broker::run(config, password, shutdown_signal())
             .await
             .map_err(|e| e.to_string()),
+    }
+}
+
+/// Applies `limits.malloc_arenas` (glibc's `M_ARENA_MAX`) before the runtimes start their
+/// threads, unless `MALLOC_ARENA_MAX` is set (glibc has then applied it already) or the
+/// setting is 0.
+#[allow(unsafe_code)]
+fn limit_malloc_arenas(arenas: usize) {
+    if arenas == 0 || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = libc::c_int::try_from(arenas).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable of glibc's allocator; called before any
+        // thread of this process allocates concurrently.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
+            tracing::warn!(
+                arenas,
+                "could not limit glibc's malloc arenas (limits.malloc_arenas)"
+            );
+        }
     }
 }
 
@@ -216,6 +280,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    limit_malloc_arenas(config.limits.malloc_arenas);
     // The sessions' runtime: the devices' packets run on its workers (see
     // `limits.session_threads`).
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The product's metrics (cheap to clone).
@@ -18,6 +18,7 @@ struct Inner {
     connections_open: IntGaugeVec,
     handshakes: IntCounterVec,
     handshake_seconds: HistogramVec,
+    handshake_queue_seconds: Histogram,
     connect_seconds: HistogramVec,
     refused: IntCounterVec,
     /// Forwarded packets and bytes, resolved once per direction: [up, down].
@@ -70,6 +71,13 @@ impl Metrics {
             HistogramOpts::new("mqtt_tls_handshake_seconds", "TLS handshake duration")
                 .buckets(buckets.clone()),
             &["outcome"],
+        ));
+        let handshake_queue_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "mqtt_handshake_queue_seconds",
+                "Wait of connections that arrived with the handshake rate used up, before their handshake (limits.handshake_queue_ms)",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]),
         ));
         let connect_seconds = must(HistogramVec::new(
             HistogramOpts::new(
@@ -152,6 +160,7 @@ impl Metrics {
             Box::new(admission_share.clone()),
             Box::new(handshakes.clone()),
             Box::new(handshake_seconds.clone()),
+            Box::new(handshake_queue_seconds.clone()),
             Box::new(connect_seconds.clone()),
             Box::new(refused.clone()),
             Box::new(messages.clone()),
@@ -171,6 +180,7 @@ impl Metrics {
                 connections_open,
                 handshakes,
                 handshake_seconds,
+                handshake_queue_seconds,
                 connect_seconds,
                 refused,
                 forwarded: [
@@ -217,6 +227,11 @@ impl Metrics {
             .handshake_seconds
             .with_label_values(&[outcome])
             .observe(seconds);
+    }
+
+    /// A connection that waits `seconds` for its turn at the handshake rate.
+    pub fn handshake_queued(&self, seconds: f64) {
+        self.inner.handshake_queue_seconds.observe(seconds);
     }
 
     /// A connection or CONNECT refused before a session started.

@@ -848,8 +848,21 @@ where
     }
 
     /// Forwards packets both ways until either side closes, trust in the device is
-    /// withdrawn, or `shutdown` turns true.
-    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+    /// withdrawn, or `shutdown` turns true; `keep` (e.g. the listener's connection
+    /// permit) is dropped when the session ends.
+    ///
+    /// Not an `async fn`: both streams are split before the future exists, so the
+    /// device's stream and its TLS state move to the heap once (inside the split) and
+    /// the future, which every idle device keeps for as long as it is connected, holds
+    /// only the halves (an `async fn` would also keep `self`, the stream included).
+    pub fn serve<K: Send + 'static>(
+        self,
+        shutdown: watch::Receiver<bool>,
+        keep: K,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: 'static,
+    {
         let Established {
             dev,
             backend,
@@ -865,135 +878,140 @@ where
             acl,
             _slot,
         } = self;
-        let limits = &shared.config.limits;
-        let max = limits.max_packet_size;
-        let tenant: &str = &id.tenant;
-        let cn = id.common_name.as_str();
+        let (dr, dw) = tokio::io::split(dev);
+        let (br, bw) = tokio::io::split(backend);
+        async move {
+            let _keep = keep;
+            let _slot = _slot;
+            let (mut dr, mut dw, mut br, mut bw, mut shutdown) = (dr, dw, br, bw, shutdown);
+            let limits = &shared.config.limits;
+            let max = limits.max_packet_size;
+            let tenant: &str = &id.tenant;
+            let cn = id.common_name.as_str();
 
-        // Packet pump, both ways, plus trust re-checks and shutdown.
-        let own_pings = AtomicU32::new(0);
-        let answers = Answers::default();
-        let inflight = Inflight {
-            count: AtomicU32::new(0),
-            max: limits.max_inflight,
-            tenant: id.tenant.clone(),
-            publish_rate,
-        };
-        // The watch checks the snapshot current now first: a change published between
-        // the set-up's last check and here is not missed.
-        let mut trust_rx = shared.trust_rx.clone();
-        let (mut dr, mut dw) = tokio::io::split(dev);
-        let (mut br, mut bw) = tokio::io::split(backend);
-        let mut mount = mount;
-        let down_mount = Mount::new(tenant);
-        let end = {
-            let up = pump_up(
-                &mut dr,
-                &mut bw,
-                dbuf,
-                &mut mount,
-                version,
-                max,
-                keep_alive,
-                &own_pings,
-                &inflight,
-                &answers,
-                &shared,
-                (&acl, &id),
-            );
-            let down = pump_down(
-                &mut br,
-                &mut dw,
-                bbuf,
-                &down_mount,
-                version,
-                max,
-                &own_pings,
-                &inflight,
-                &answers,
-                &shared,
-                &acl,
-            );
-            let watch = watch_trust(&mut trust_rx, &id, &acl, &shared);
-            tokio::select! {
-                e = up => e,
-                e = down => e,
-                e = watch => e,
-                _ = crate::stopped(&mut shutdown) => End::Shutdown,
-            }
-        };
-        let taken_over =
-            live.is_some_and(|n| shared.backend.session_ended(&format!("{tenant}.{cn}"), n));
-        let end = match end {
-            End::BackendLost if taken_over => End::TakenOver,
-            end => end,
-        };
-        match &end {
-            End::TakenOver => {
-                tracing::info!(tenant, cn, "session closed: taken over by a newer one");
-                if version == Version::V5 {
-                    let _ = dw
-                        .write_all(&mqtt::disconnect_v5(codes::V5_SESSION_TAKEN_OVER))
-                        .await;
-                }
-            }
-            End::Revoked(code, label) => {
-                shared.metrics.revoked_session(label);
-                tracing::warn!(
-                    tenant,
-                    cn,
-                    reason = label,
-                    "session closed: trust withdrawn"
+            // Packet pump, both ways, plus trust re-checks and shutdown.
+            let own_pings = AtomicU32::new(0);
+            let answers = Answers::default();
+            let inflight = Inflight {
+                count: AtomicU32::new(0),
+                max: limits.max_inflight,
+                tenant: id.tenant.clone(),
+                publish_rate,
+            };
+            // The watch checks the snapshot current now first: a change published between
+            // the set-up's last check and here is not missed.
+            let mut trust_rx = shared.trust_rx.clone();
+            let mut mount = mount;
+            let down_mount = Mount::new(tenant);
+            let end = {
+                let up = pump_up(
+                    &mut dr,
+                    &mut bw,
+                    dbuf,
+                    &mut mount,
+                    version,
+                    max,
+                    keep_alive,
+                    &own_pings,
+                    &inflight,
+                    &answers,
+                    &shared,
+                    (&acl, &id),
                 );
-                if version == Version::V5 {
-                    let _ = dw.write_all(&mqtt::disconnect_v5(*code)).await;
-                }
-            }
-            End::Protocol(e) => {
-                shared.metrics.refused("protocol_error");
-                tracing::info!(tenant, cn, error = %e, "session closed: protocol error");
-                if version == Version::V5 {
-                    let _ = dw
-                        .write_all(&mqtt::disconnect_v5(reason_for(e, version)))
-                        .await;
-                }
-            }
-            End::KeepAliveTimeout => {
-                shared.metrics.refused("keep_alive_timeout");
-                tracing::info!(tenant, cn, keep_alive, "session closed: keep-alive expired");
-                if version == Version::V5 {
-                    let _ = dw
-                        .write_all(&mqtt::disconnect_v5(codes::V5_KEEP_ALIVE_TIMEOUT))
-                        .await;
-                }
-            }
-            End::Shutdown => {
-                if version == Version::V5 {
-                    let _ = dw
-                        .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
-                        .await;
-                }
-            }
-            End::BackendLost => {
-                shared.metrics.refused("backend_lost");
-                tracing::warn!(
-                    tenant,
-                    cn,
-                    "session closed: the broker behind the front-end went away"
+                let down = pump_down(
+                    &mut br,
+                    &mut dw,
+                    bbuf,
+                    &down_mount,
+                    version,
+                    max,
+                    &own_pings,
+                    &inflight,
+                    &answers,
+                    &shared,
+                    &acl,
                 );
-                if version == Version::V5 {
-                    let _ = dw
-                        .write_all(&mqtt::disconnect_v5(codes::V5_SERVER_BUSY))
-                        .await;
+                let watch = watch_trust(&mut trust_rx, &id, &acl, &shared);
+                tokio::select! {
+                    e = up => e,
+                    e = down => e,
+                    e = watch => e,
+                    _ = crate::stopped(&mut shutdown) => End::Shutdown,
                 }
+            };
+            let taken_over =
+                live.is_some_and(|n| shared.backend.session_ended(&format!("{tenant}.{cn}"), n));
+            let end = match end {
+                End::BackendLost if taken_over => End::TakenOver,
+                end => end,
+            };
+            match &end {
+                End::TakenOver => {
+                    tracing::info!(tenant, cn, "session closed: taken over by a newer one");
+                    if version == Version::V5 {
+                        let _ = dw
+                            .write_all(&mqtt::disconnect_v5(codes::V5_SESSION_TAKEN_OVER))
+                            .await;
+                    }
+                }
+                End::Revoked(code, label) => {
+                    shared.metrics.revoked_session(label);
+                    tracing::warn!(
+                        tenant,
+                        cn,
+                        reason = label,
+                        "session closed: trust withdrawn"
+                    );
+                    if version == Version::V5 {
+                        let _ = dw.write_all(&mqtt::disconnect_v5(*code)).await;
+                    }
+                }
+                End::Protocol(e) => {
+                    shared.metrics.refused("protocol_error");
+                    tracing::info!(tenant, cn, error = %e, "session closed: protocol error");
+                    if version == Version::V5 {
+                        let _ = dw
+                            .write_all(&mqtt::disconnect_v5(reason_for(e, version)))
+                            .await;
+                    }
+                }
+                End::KeepAliveTimeout => {
+                    shared.metrics.refused("keep_alive_timeout");
+                    tracing::info!(tenant, cn, keep_alive, "session closed: keep-alive expired");
+                    if version == Version::V5 {
+                        let _ = dw
+                            .write_all(&mqtt::disconnect_v5(codes::V5_KEEP_ALIVE_TIMEOUT))
+                            .await;
+                    }
+                }
+                End::Shutdown => {
+                    if version == Version::V5 {
+                        let _ = dw
+                            .write_all(&mqtt::disconnect_v5(codes::V5_SHUTTING_DOWN))
+                            .await;
+                    }
+                }
+                End::BackendLost => {
+                    shared.metrics.refused("backend_lost");
+                    tracing::warn!(
+                        tenant,
+                        cn,
+                        "session closed: the broker behind the front-end went away"
+                    );
+                    if version == Version::V5 {
+                        let _ = dw
+                            .write_all(&mqtt::disconnect_v5(codes::V5_SERVER_BUSY))
+                            .await;
+                    }
+                }
+                End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
             }
-            End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
+            let _ = dw.flush().await;
+            let _ = dw.shutdown().await;
+            let _ = bw.shutdown().await;
+            shared.metrics.disconnected(tenant);
+            shared.admin.device_seen(tenant, cn);
         }
-        let _ = dw.flush().await;
-        let _ = dw.shutdown().await;
-        let _ = bw.shutdown().await;
-        shared.metrics.disconnected(tenant);
-        shared.admin.device_seen(tenant, cn);
     }
 }
 

@@ -63,6 +63,48 @@ async fn small_fleet_report_matches_what_was_delivered() {
     assert!(connects >= 52.0, "broker counted {connects} sessions");
 }
 
+/// A storm beyond the handshake rate: the devices the rate cannot take at once wait for
+/// their turn (limits.handshake_queue_ms) instead of being closed, so none of them has
+/// to back off and retry; the rate still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_beyond_the_handshake_rate_waits_its_turn() {
+    let env = start_with(|c| {
+        c.limits.session_lag_target_us = 0;
+        c.limits.handshake_rate = 20;
+        c.limits.handshake_burst = 5;
+        c.limits.handshake_queue_ms = 2_000;
+    })
+    .await;
+    let report = loadtest::run(loadtest::Config {
+        devices: 40,
+        messages: 0,
+        subscribers: 0,
+        connect_rate: 1000.0,
+        connect_retries: 0,
+        duration: Duration::from_secs(60),
+        ..against(&env)
+    })
+    .await
+    .expect("run");
+    let c = &report.connect;
+    assert_eq!(c.succeeded, 40, "{}", report.summary_table());
+    assert_eq!(c.admission_refused, 0, "{}", report.summary_table());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // 5 at once, then 20 a second: the last turn comes after (40 - 5) / 20 s.
+    assert!(c.window_s >= 1.5, "{}", report.summary_table());
+    let metrics = env.metrics().await;
+    let queued: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("mqtt_handshake_queue_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no queue histogram in {metrics}"));
+    assert!(queued >= 30.0, "{queued} connections waited");
+    assert!(
+        !metrics.contains("mqtt_connections_refused_total{reason=\"handshake_rate\"}"),
+        "{metrics}"
+    );
+}
+
 /// A broker whose admission control turns devices away: loadtest says so (not "closed by
 /// peer"), retries with back-off as devices do and counts the retries apart, and deletes
 /// the tenant it created unless told to keep it.
@@ -72,6 +114,7 @@ async fn admission_refusals_are_reported_and_retried_and_the_tenant_is_removed()
         c.limits.session_lag_target_us = 0;
         c.limits.handshake_rate = 10;
         c.limits.handshake_burst = 5;
+        c.limits.handshake_queue_ms = 0;
     })
     .await;
     let config = loadtest::Config {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::info::CertInfo;
-use crate::issue::{self, CaOptions, IssueError, Issued, KeyType, Revocation, Subject, Validity};
+use crate::issue::{
+    self, CaOptions, IssueError, Issued, KeyType, Profile, Revocation, Subject, Validity,
+};
 use crate::pem::ReadError;
 
 /// The CA certificate file in a CA directory.
@@ -24,6 +26,9 @@ pub const KEY_FILE: &str = "ca.key";
 pub const CHAIN_FILE: &str = "ca-chain.pem";
 /// The revocations recorded by [`CaDir::revoke`].
 pub const REVOKED_FILE: &str = "revoked.json";
+/// Every certificate this CA issued ([`CaDir::record_issued`]), as `index.txt` is to
+/// `openssl ca`.
+pub const ISSUED_FILE: &str = "issued.json";
 
 /// Why a CA directory operation failed. Each message is one line for a person.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +74,11 @@ pub enum CaDirError {
         /// This CA's subject DN.
         ca: String,
     },
-    /// `revoked.json` is not what this module writes.
-    #[error("{path}: not a revocation list written by certs: {message}")]
+    /// A signing request cannot be signed.
+    #[error(transparent)]
+    Csr(#[from] crate::csr::CsrError),
+    /// `revoked.json` or `issued.json` is not what this module writes.
+    #[error("{path}: not a list written by certs: {message}")]
     BadRevokedList {
         /// The file.
         path: PathBuf,
@@ -99,6 +107,32 @@ pub struct RevokedList {
     pub crl_number: u64,
     /// The revoked certificates.
     pub revoked: Vec<RevokedRecord>,
+}
+
+/// One certificate recorded in `issued.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedRecord {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The subject.
+    pub subject: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// When it was issued, Unix seconds.
+    pub issued_at: i64,
+    /// `device`, `server` or `intermediate`.
+    pub profile: String,
+    /// Whether it was issued for a signing request (the key was never here).
+    pub from_csr: bool,
+}
+
+/// The contents of `issued.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedList {
+    /// The issued certificates, oldest first.
+    pub issued: Vec<IssuedRecord>,
 }
 
 /// What [`CaDir::revoke`] did.
@@ -141,7 +175,10 @@ impl std::fmt::Debug for CaDir {
 
 impl CaDir {
     /// Creates a CA in `dir` (created if missing): self-signed, or an intermediate signed
-    /// by `parent`. Refuses to overwrite an existing `ca.crt`/`ca.key` unless `overwrite`.
+    /// by `parent` (and recorded in its `issued.json`). Refuses to overwrite an existing
+    /// `ca.crt`/`ca.key` unless `overwrite`. With `key_passphrase`, `ca.key` is written
+    /// encrypted ([`crate::pem::encrypt_pkcs8_der`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         dir: &Path,
         subject: &Subject,
@@ -150,6 +187,7 @@ impl CaDir {
         opts: &CaOptions,
         parent: Option<&CaDir>,
         overwrite: bool,
+        key_passphrase: Option<&str>,
     ) -> Result<CaDir, CaDirError> {
         let files = [CERT_FILE, KEY_FILE, CHAIN_FILE].map(|f| dir.join(f));
         if !overwrite {
@@ -163,10 +201,14 @@ impl CaDir {
         if let Some(p) = parent {
             chain.extend(p.chain.iter().cloned());
         }
+        let key_pem = key_pem(&ca, key_passphrase, &files[1])?;
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        write_file(&files[1], ca.key_pem().as_bytes(), true, true)?;
+        write_file(&files[1], key_pem.as_bytes(), true, true)?;
         write_file(&files[0], ca.cert_pem().as_bytes(), false, true)?;
         write_file(&files[2], chain_pem(&chain).as_bytes(), false, true)?;
+        if let Some(p) = parent {
+            p.record_issued(ca.cert_der.as_ref(), "intermediate", false)?;
+        }
         Ok(CaDir {
             dir: dir.to_path_buf(),
             ca,
@@ -278,14 +320,16 @@ impl CaDir {
         )?)
     }
 
-    /// Writes `NAME.crt`, `NAME.key` (0600) and `NAME-chain.pem` (the certificate, then
-    /// this CA's chain up to the root) into `out`. `name` is made safe for a file name.
+    /// Writes `NAME.crt`, `NAME.key` (0600; encrypted with `key_passphrase` when given)
+    /// and `NAME-chain.pem` (the certificate, then this CA's chain up to the root) into
+    /// `out`. `name` is made safe for a file name.
     pub fn write_issued(
         &self,
         out: &Path,
         name: &str,
         issued: &Issued,
         overwrite: bool,
+        key_passphrase: Option<&str>,
     ) -> Result<IssuedFiles, CaDirError> {
         let name = file_stem(name);
         let files = IssuedFiles {
@@ -300,32 +344,80 @@ impl CaDir {
                 }
             }
         }
+        let key = key_pem(issued, key_passphrase, &files.key)?;
         std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
         let mut chain = vec![issued.cert_der.clone()];
         chain.extend(self.chain.iter().cloned());
-        write_file(&files.key, issued.key_pem().as_bytes(), true, true)?;
+        write_file(&files.key, key.as_bytes(), true, true)?;
         write_file(&files.cert, issued.cert_pem().as_bytes(), false, true)?;
         write_file(&files.chain, chain_pem(&chain).as_bytes(), false, true)?;
         Ok(files)
     }
 
+    /// Signs a verified signing request with this CA: the certificate has the
+    /// `profile`'s extensions whatever the request asked for (the caller records it with
+    /// [`CaDir::record_issued`] once written). A request asking for CA:true is refused unless the profile is
+    /// [`Profile::Intermediate`]. `subject` and `sans` are what the caller decided from
+    /// the request (the request's own unless overridden).
+    pub fn sign_csr(
+        &self,
+        request: &crate::csr::Request,
+        profile: &Profile,
+        subject: &Subject,
+        sans: &[String],
+        validity: Validity,
+        crl_urls: &[String],
+    ) -> Result<CertificateDer<'static>, CaDirError> {
+        if request.requests_ca && !matches!(profile, Profile::Intermediate { .. }) {
+            return Err(CaDirError::Csr(crate::csr::CsrError::CaRequested));
+        }
+        Ok(issue::for_public_key(
+            profile,
+            subject,
+            sans,
+            &request.spki_der,
+            validity,
+            &self.ca.issuer()?,
+            crl_urls,
+        )?)
+    }
+
+    /// The certificates recorded in `issued.json` (empty when it does not exist).
+    pub fn issued(&self) -> Result<IssuedList, CaDirError> {
+        read_list(&self.dir.join(ISSUED_FILE))
+    }
+
+    /// Appends a certificate this CA issued to `issued.json`.
+    pub fn record_issued(
+        &self,
+        cert_der: &[u8],
+        profile: &str,
+        from_csr: bool,
+    ) -> Result<(), CaDirError> {
+        let path = self.dir.join(ISSUED_FILE);
+        let info = CertInfo::parse(cert_der).map_err(|source| CaDirError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut list = self.issued()?;
+        list.issued.push(IssuedRecord {
+            serial: info.serial_hex,
+            subject: info.subject,
+            not_after: info.not_after,
+            issued_at: crate::now_unix(),
+            profile: profile.to_string(),
+            from_csr,
+        });
+        save_list(&path, &list)
+    }
+
     /// The revocations recorded so far (empty when `revoked.json` does not exist).
     pub fn revoked(&self) -> Result<RevokedList, CaDirError> {
-        let path = self.dir.join(REVOKED_FILE);
-        if !path.exists() {
-            return Ok(RevokedList::default());
-        }
-        serde_json::from_slice(&read_file(&path)?).map_err(|e| CaDirError::BadRevokedList {
-            path,
-            message: e.to_string(),
-        })
+        read_list(&self.dir.join(REVOKED_FILE))
     }
 
     fn save_revoked(&self, list: &RevokedList) -> Result<(), CaDirError> {
-        let path = self.dir.join(REVOKED_FILE);
-        let mut json = serde_json::to_vec_pretty(list).map_err(|e| io_err(&path, e))?;
-        json.push(b'\n');
-        write_file(&path, &json, false, true)
+        save_list(&self.dir.join(REVOKED_FILE), list)
     }
 
     /// Records the certificate `cert_der` (which this CA must have issued) as revoked.
@@ -383,6 +475,48 @@ impl CaDir {
         self.save_revoked(&list)?;
         Ok(der)
     }
+}
+
+/// A JSON list this module keeps (`revoked.json`, `issued.json`): empty when missing.
+fn read_list<T: Default + serde::de::DeserializeOwned>(path: &Path) -> Result<T, CaDirError> {
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&read_file(path)?).map_err(|e| CaDirError::BadRevokedList {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn save_list<T: Serialize>(path: &Path, list: &T) -> Result<(), CaDirError> {
+    let mut json = serde_json::to_vec_pretty(list).map_err(|e| io_err(path, e))?;
+    json.push(b'\n');
+    write_file(path, &json, false, true)
+}
+
+/// The first line of a file holding a secret (a passphrase file); an empty one is an
+/// error.
+pub fn read_secret_line(path: &Path) -> Result<String, CaDirError> {
+    let bad = |message: &str| CaDirError::Io {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    let text = String::from_utf8(read_file(path)?).map_err(|_| bad("not UTF-8 text"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(bad("the passphrase is empty"));
+    }
+    Ok(line.to_string())
+}
+
+/// The PEM of an issued key: encrypted PKCS#8 with a passphrase, plain PKCS#8 without.
+fn key_pem(issued: &Issued, passphrase: Option<&str>, path: &Path) -> Result<String, CaDirError> {
+    crate::pem::private_key_pem(&issued.private_key(), passphrase).map_err(|source| {
+        CaDirError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Concatenated PEM of `chain`, in order.

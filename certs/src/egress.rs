@@ -245,6 +245,129 @@ impl reqwest::dns::Resolve for PolicyResolver {
     }
 }
 
+/// Why a fetch under an [`EgressPolicy`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The policy refused the URL, an address it resolved to, or a redirect.
+    #[error("'{url}' is refused: {reason}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// What the policy refused.
+        reason: EgressError,
+    },
+    /// No answer (connection refused, timeout, TLS failure).
+    #[error("'{url}' is not reachable")]
+    Unreachable {
+        /// The URL.
+        url: String,
+    },
+    /// An answer other than 2xx.
+    #[error("'{url}' answered HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The body is larger than [`EgressPolicy::max_bytes`].
+    #[error("'{url}' sent more than {max} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The TLS configuration of `https://` fetches: the system's roots.
+fn tls_config() -> Option<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// An HTTP client applying `policy`: its resolver drops refused addresses, each
+/// redirect target is checked like the first URL, no proxy is used (a proxy would
+/// resolve and connect on our behalf, past the checks); `timeout` bounds the whole
+/// request. `None` when no TLS configuration can be built.
+pub fn http_client(
+    policy: &Arc<EgressPolicy>,
+    timeout: std::time::Duration,
+) -> Option<reqwest::Client> {
+    let tls = tls_config()?;
+    let check = policy.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > check.max_redirects {
+            return attempt.error(EgressError::Redirects(check.max_redirects));
+        }
+        match check.check_url(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(e) => attempt.error(e),
+        }
+    });
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(redirects)
+        .build()
+        .ok()
+}
+
+/// GETs `url` with `client` (made by [`http_client`] for `policy`): the URL is checked
+/// first, the body is bounded by [`EgressPolicy::max_bytes`].
+pub async fn get(
+    client: &reqwest::Client,
+    policy: &EgressPolicy,
+    url: &str,
+) -> Result<Vec<u8>, FetchError> {
+    let refused = |reason: EgressError| FetchError::Refused {
+        url: url.to_string(),
+        reason,
+    };
+    let parsed = policy.check_url_str(url).map_err(refused)?;
+    let failed = |e: reqwest::Error| match find_egress_error(&e) {
+        Some(reason) => refused(reason),
+        None => FetchError::Unreachable {
+            url: url.to_string(),
+        },
+    };
+    let mut resp = client.get(parsed).send().await.map_err(failed)?;
+    if !resp.status().is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: resp.status().as_u16(),
+        });
+    }
+    let max = policy.max_bytes;
+    let too_large = || FetchError::TooLarge {
+        url: url.to_string(),
+        max,
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The [`EgressError`] somewhere in an error's source chain (a refusal by the resolver
 /// or the redirect check, wrapped by `reqwest` and `hyper`).
 pub fn find_egress_error(e: &(dyn std::error::Error + 'static)) -> Option<EgressError> {

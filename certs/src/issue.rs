@@ -116,7 +116,7 @@ impl Subject {
         }
     }
 
-    fn dn(&self) -> DistinguishedName {
+    pub(crate) fn dn(&self) -> DistinguishedName {
         let mut dn = DistinguishedName::new();
         if let Some(c) = &self.c {
             dn.push(DnType::CountryName, c.as_str());
@@ -219,15 +219,12 @@ impl Default for CaOptions {
     }
 }
 
-/// Issues a CA certificate (v3_ca: CA:true critical, keyCertSign+cRLSign, SKI/AKI),
-/// self-signed when `issuer` is `None`, else an intermediate signed by `issuer`.
-pub fn ca(
+fn ca_params(
     subject: &Subject,
     validity: Validity,
-    key_type: KeyType,
     opts: &CaOptions,
-    issuer: Option<&Issuer<'_, KeyPair>>,
-) -> Result<Issued, IssueError> {
+    signed: bool,
+) -> CertificateParams {
     let mut p = base_params(subject, validity);
     p.is_ca = if opts.is_ca {
         match opts.path_len {
@@ -244,10 +241,41 @@ pub fn ca(
             KeyUsagePurpose::DigitalSignature,
         ];
     }
-    if issuer.is_none() {
-        p.use_authority_key_identifier_extension = false;
-    }
+    p.use_authority_key_identifier_extension = signed;
+    p
+}
+
+/// Issues a CA certificate (v3_ca: CA:true critical, keyCertSign+cRLSign, SKI/AKI),
+/// self-signed when `issuer` is `None`, else an intermediate signed by `issuer`.
+pub fn ca(
+    subject: &Subject,
+    validity: Validity,
+    key_type: KeyType,
+    opts: &CaOptions,
+    issuer: Option<&Issuer<'_, KeyPair>>,
+) -> Result<Issued, IssueError> {
+    let p = ca_params(subject, validity, opts, issuer.is_some());
     finish(&p, generate_key(key_type)?, issuer)
+}
+
+fn crl_points(p: &mut CertificateParams, crl_urls: &[String]) {
+    if !crl_urls.is_empty() {
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: crl_urls.to_vec(),
+        }];
+    }
+}
+
+fn device_params(cn: &str, validity: Validity, crl_urls: &[String]) -> CertificateParams {
+    let mut p = base_params(&Subject::cn(cn), validity);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    crl_points(&mut p, crl_urls);
+    p
 }
 
 /// Issues a device certificate (v3_signed: CA:false, digitalSignature+keyEncipherment,
@@ -259,19 +287,35 @@ pub fn device(
     issuer: &Issuer<'_, KeyPair>,
     crl_urls: &[String],
 ) -> Result<Issued, IssueError> {
-    let mut p = base_params(&Subject::cn(cn), validity);
+    let p = device_params(cn, validity, crl_urls);
+    finish(&p, generate_key(key_type)?, Some(issuer))
+}
+
+fn server_params(
+    subject: &Subject,
+    sans: &[String],
+    validity: Validity,
+    signed: bool,
+    crl_urls: &[String],
+) -> Result<CertificateParams, IssueError> {
+    let mut p = CertificateParams::new(sans.to_vec())?;
+    let base = base_params(subject, validity);
+    p.distinguished_name = base.distinguished_name;
+    p.not_before = base.not_before;
+    p.not_after = base.not_after;
+    p.serial_number = base.serial_number;
+    p.use_authority_key_identifier_extension = signed;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if !crl_urls.is_empty() {
-        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
-            uris: crl_urls.to_vec(),
-        }];
-    }
-    finish(&p, generate_key(key_type)?, Some(issuer))
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    crl_points(&mut p, crl_urls);
+    Ok(p)
 }
 
 /// Issues a server certificate (serverAuth, SANs; IPs become IP SANs), signed by
@@ -284,28 +328,53 @@ pub fn server(
     issuer: Option<&Issuer<'_, KeyPair>>,
     crl_urls: &[String],
 ) -> Result<Issued, IssueError> {
-    let mut p = CertificateParams::new(sans.to_vec())?;
-    let base = base_params(subject, validity);
-    p.distinguished_name = base.distinguished_name;
-    p.not_before = base.not_before;
-    p.not_after = base.not_after;
-    p.serial_number = base.serial_number;
-    p.use_authority_key_identifier_extension = issuer.is_some();
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    if !crl_urls.is_empty() {
-        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
-            uris: crl_urls.to_vec(),
-        }];
-    }
+    let p = server_params(subject, sans, validity, issuer.is_some(), crl_urls)?;
     finish(&p, generate_key(key_type)?, issuer)
+}
+
+/// What a certificate issued for someone else's public key (a signing request) is: the
+/// extensions of [`device`], [`server`] or [`ca`], whatever the request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profile {
+    /// A device (client) certificate: CN only, clientAuth.
+    Device,
+    /// A server certificate: serverAuth, the given SANs.
+    Server,
+    /// An intermediate CA with an optional pathLenConstraint.
+    Intermediate {
+        /// pathLenConstraint.
+        path_len: Option<u8>,
+    },
+}
+
+/// Issues a certificate of `profile` for the public key `spki_der` (from a signing
+/// request whose signature the caller verified), signed by `issuer`. The private key
+/// is never seen. `sans` apply to [`Profile::Server`] only.
+pub fn for_public_key(
+    profile: &Profile,
+    subject: &Subject,
+    sans: &[String],
+    spki_der: &[u8],
+    validity: Validity,
+    issuer: &Issuer<'_, KeyPair>,
+    crl_urls: &[String],
+) -> Result<CertificateDer<'static>, IssueError> {
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| IssueError::Generate(format!("unsupported public key: {e}")))?;
+    let p = match profile {
+        Profile::Device => device_params(&subject.cn, validity, crl_urls),
+        Profile::Server => server_params(subject, sans, validity, true, crl_urls)?,
+        Profile::Intermediate { path_len } => {
+            let opts = CaOptions {
+                path_len: *path_len,
+                ..CaOptions::default()
+            };
+            let mut p = ca_params(subject, validity, &opts, true);
+            crl_points(&mut p, crl_urls);
+            p
+        }
+    };
+    Ok(p.signed_by(&public_key, issuer)?.der().clone())
 }
 
 /// A revoked certificate for a CRL: serial (lowercase hex) and revocation time.

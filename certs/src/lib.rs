@@ -10,15 +10,20 @@
 //! - [`revocation`]: CRL parsing, signature checks and `http://` fetching.
 //! - [`requirements`]: the server-certificate requirements report.
 //! - [`issue`]: generating CAs, devices, servers and CRLs with rcgen.
+//! - [`csr`]: PKCS#10 signing requests: made with a new key, read and verified to sign.
+//! - [`aia`]: completing a chain with the issuers named by Authority Information Access
+//!   (caIssuers), fetched through the [`egress`] policy.
 //! - [`ca_dir`]: a CA kept in a directory (`ca.crt`, `ca.key`, `revoked.json`), as the
 //!   `certs` command manages it.
 //!
-//! Nothing here does I/O except [`revocation::CrlFetcher`], which fetches the URLs it is
-//! given, and [`ca_dir`], which reads and writes the CA directory it is given.
+//! Nothing here does I/O except [`revocation::CrlFetcher`] and [`aia`], which fetch the
+//! URLs they are given, and [`ca_dir`], which reads and writes the CA directory it is given.
 
 #![forbid(unsafe_code)]
 
+pub mod aia;
 pub mod ca_dir;
+pub mod csr;
 mod der;
 pub mod egress;
 pub mod info;

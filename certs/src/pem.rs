@@ -309,9 +309,18 @@ impl Decoded {
     /// PEM of every object: keys first (in their own format, unencrypted), then
     /// certificates, then CRLs.
     pub fn to_pem(&self) -> String {
+        self.to_pem_protected(None).unwrap_or_default()
+    }
+
+    /// Like [`Decoded::to_pem`], with every key encrypted with `passphrase` when given
+    /// (`ENCRYPTED PRIVATE KEY`, see [`encrypt_pkcs8_der`]).
+    pub fn to_pem_protected(&self, passphrase: Option<&str>) -> Result<String, ReadError> {
         let mut out = String::new();
         for k in &self.keys {
-            out.push_str(&to_pem(key_label(k), k.secret_der()));
+            match passphrase {
+                Some(pw) => out.push_str(&private_key_pem(k, Some(pw))?),
+                None => out.push_str(&to_pem(key_label(k), k.secret_der())),
+            }
         }
         for c in &self.certificates {
             out.push_str(&to_pem("CERTIFICATE", c.as_ref()));
@@ -319,7 +328,7 @@ impl Decoded {
         for c in &self.crls {
             out.push_str(&to_pem("X509 CRL", c.as_ref()));
         }
-        out
+        Ok(out)
     }
 
     /// The DER of the only object, or `None` when there are several (DER holds one).
@@ -568,13 +577,19 @@ fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<PrivateKeyDer<'static>,
         .map_err(|e| ReadError::MalformedPem(format!("encrypted PKCS#8: {e}")))?;
     // The same walk as for PKCS#12: the PBES2 parameters' PBKDF2 or scrypt costs.
     walk_kdf_parameters(der, 0)?;
-    let doc = info.decrypt(passphrase).map_err(|e| match e {
-        pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
-            ReadError::UnsupportedEncryption(oid.to_string())
-        }
-        _ => ReadError::Passphrase,
-    })?;
-    let plain = doc.as_bytes().to_vec();
+    let plain = match decrypt_pbes2_pbkdf2_aes(&info, passphrase) {
+        Some(plain) => plain?,
+        None => info
+            .decrypt(passphrase)
+            .map_err(|e| match e {
+                pkcs8::Error::EncryptedPrivateKey(pkcs5::Error::UnsupportedAlgorithm { oid }) => {
+                    ReadError::UnsupportedEncryption(oid.to_string())
+                }
+                _ => ReadError::Passphrase,
+            })?
+            .as_bytes()
+            .to_vec(),
+    };
     // A wrong passphrase can decrypt to bytes with valid padding by chance.
     if pkcs8::PrivateKeyInfo::try_from(plain.as_slice()).is_err() {
         return Err(ReadError::Passphrase);
@@ -608,29 +623,15 @@ fn decrypt_legacy(block: &PemBlock, passphrase: &str) -> Result<Vec<u8>, ReadErr
     }
     let key = evp_bytes_to_key(passphrase.as_bytes(), &iv[..8], key_len);
     let mut buf = block.contents.clone();
-    let bad = |_| ReadError::Passphrase;
-    let plain_len = match cipher.trim() {
-        "AES-128-CBC" => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        "AES-192-CBC" => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        "AES-256-CBC" => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-        _ => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
-            .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
-            .decrypt_padded_mut::<Pkcs7>(&mut buf)
-            .map_err(bad)?
-            .len(),
-    };
+    if cipher.trim() != "DES-EDE3-CBC" {
+        aes_cbc_decrypt(&key, &iv, &mut buf)?;
+        return Ok(buf);
+    }
+    let plain_len = cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+        .map_err(|_| ReadError::MalformedPem("bad IV length".into()))?
+        .decrypt_padded_mut::<Pkcs7>(&mut buf)
+        .map_err(|_| ReadError::Passphrase)?
+        .len();
     buf.truncate(plain_len);
     Ok(buf)
 }
@@ -689,6 +690,147 @@ pub fn encrypt_legacy_pem(label: &str, der: &[u8], passphrase: &str) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// PBKDF2-HMAC-SHA256 iterations of the keys `certs` encrypts (OpenSSL's `pkcs8 -v2`
+/// uses 2,048; this follows current advice while a key still opens in a fraction of a
+/// second).
+pub const KEY_PBKDF2_ITERATIONS: u32 = 200_000;
+
+/// Encrypts a PKCS#8 key as an `EncryptedPrivateKeyInfo` (DER): PBES2 with
+/// PBKDF2-HMAC-SHA256 and AES-256-CBC, random salt and IV, what `openssl pkcs8 -topk8
+/// -v2 aes-256-cbc -v2prf hmacWithSHA256` writes and `openssl pkey -passin` reads.
+pub fn encrypt_pkcs8_der(pkcs8_der: &[u8], passphrase: &str) -> Result<Vec<u8>, ReadError> {
+    if passphrase.is_empty() {
+        return Err(ReadError::UnsupportedEncryption(
+            "an empty passphrase does not protect a key".into(),
+        ));
+    }
+    use pkcs8::der::Encode as _;
+    pkcs8::PrivateKeyInfo::try_from(pkcs8_der).map_err(|_| ReadError::NoPrivateKey)?;
+    let mut salt = [0u8; 16];
+    let mut iv = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt)
+        .and_then(|()| aws_lc_rs::rand::fill(&mut iv))
+        .map_err(|_| ReadError::UnsupportedEncryption("no random numbers".into()))?;
+    let unsupported = |e: &dyn std::fmt::Display| ReadError::UnsupportedEncryption(e.to_string());
+    let params =
+        pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(KEY_PBKDF2_ITERATIONS, &salt, &iv)
+            .map_err(|e| unsupported(&e))?;
+    let mut key = [0u8; 32];
+    pbkdf2(
+        pkcs5::pbes2::Pbkdf2Prf::HmacWithSha256,
+        KEY_PBKDF2_ITERATIONS,
+        &salt,
+        passphrase,
+        &mut key,
+    )
+    .ok_or_else(|| unsupported(&"PBKDF2"))?;
+    let encrypted = {
+        use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+        cbc::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+            .map_err(|e| unsupported(&e))?
+            .encrypt_padded_vec_mut::<Pkcs7>(pkcs8_der)
+    };
+    pkcs8::EncryptedPrivateKeyInfo {
+        encryption_algorithm: pkcs5::EncryptionScheme::Pbes2(params),
+        encrypted_data: &encrypted,
+    }
+    .to_der()
+    .map_err(|e| unsupported(&e))
+}
+
+/// PBKDF2 by aws-lc-rs (the pure-Rust one of `pkcs5` takes a second per key in debug
+/// builds); `None` for a PRF it does not offer or zero iterations.
+fn pbkdf2(
+    prf: pkcs5::pbes2::Pbkdf2Prf,
+    iterations: u32,
+    salt: &[u8],
+    passphrase: &str,
+    out: &mut [u8],
+) -> Option<()> {
+    use pkcs5::pbes2::Pbkdf2Prf;
+    let alg = match prf {
+        Pbkdf2Prf::HmacWithSha1 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA1,
+        Pbkdf2Prf::HmacWithSha256 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        Pbkdf2Prf::HmacWithSha384 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA384,
+        Pbkdf2Prf::HmacWithSha512 => aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA512,
+        _ => return None,
+    };
+    aws_lc_rs::pbkdf2::derive(
+        alg,
+        std::num::NonZeroU32::new(iterations)?,
+        salt,
+        passphrase.as_bytes(),
+        out,
+    );
+    Some(())
+}
+
+/// Decrypts PBES2 with PBKDF2 and AES-CBC (what OpenSSL 3 and `certs` write) with
+/// aws-lc-rs's PBKDF2; `None` for another scheme (the `pkcs5` crate handles those).
+fn decrypt_pbes2_pbkdf2_aes(
+    info: &pkcs8::EncryptedPrivateKeyInfo<'_>,
+    passphrase: &str,
+) -> Option<Result<Vec<u8>, ReadError>> {
+    use pkcs5::pbes2::EncryptionScheme as Cipher;
+    let pkcs5::EncryptionScheme::Pbes2(params) = &info.encryption_algorithm else {
+        return None;
+    };
+    let kdf = params.kdf.pbkdf2()?;
+    let (key_len, iv) = match params.encryption {
+        Cipher::Aes128Cbc { iv } => (16, iv),
+        Cipher::Aes192Cbc { iv } => (24, iv),
+        Cipher::Aes256Cbc { iv } => (32, iv),
+        _ => return None,
+    };
+    if kdf.key_length.is_some_and(|l| usize::from(l) != key_len) {
+        return None;
+    }
+    let mut key = vec![0u8; key_len];
+    pbkdf2(kdf.prf, kdf.iteration_count, kdf.salt, passphrase, &mut key)?;
+    let mut buf = info.encrypted_data.to_vec();
+    Some(aes_cbc_decrypt(&key, iv, &mut buf).map(|()| buf))
+}
+
+/// AES-CBC (key of 16, 24 or 32 bytes) with PKCS#7 padding, in place; a bad padding is
+/// [`ReadError::Passphrase`].
+fn aes_cbc_decrypt(key: &[u8], iv: &[u8], buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    let bad_iv = |_| ReadError::MalformedPem("bad IV length".into());
+    let bad = |_| ReadError::Passphrase;
+    let len = match key.len() {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+        24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv)
+            .map_err(bad_iv)?
+            .decrypt_padded_mut::<Pkcs7>(buf)
+            .map_err(bad)?
+            .len(),
+    };
+    buf.truncate(len);
+    Ok(())
+}
+
+/// A private key as PEM: `ENCRYPTED PRIVATE KEY` (see [`encrypt_pkcs8_der`]) with a
+/// passphrase, else `PRIVATE KEY` (PKCS#8).
+pub fn private_key_pem(
+    key: &PrivateKeyDer<'_>,
+    passphrase: Option<&str>,
+) -> Result<String, ReadError> {
+    let pkcs8 = crate::keys::to_pkcs8(key)?;
+    Ok(match passphrase {
+        Some(pw) => to_pem("ENCRYPTED PRIVATE KEY", &encrypt_pkcs8_der(&pkcs8, pw)?),
+        None => to_pem("PRIVATE KEY", &pkcs8),
+    })
 }
 
 /// The PEM label for a private key's format.
@@ -750,7 +892,72 @@ pub fn read_pkcs12(input: &[u8], password: &str) -> Result<Pkcs12Contents, ReadE
             }
         }
     }
+    if key.is_none() {
+        // A keystore of a key alone (`openssl pkcs12 -export -nocerts`, `certs convert`):
+        // the library pairs keys with certificates and drops a key without one.
+        key = lone_pkcs12_key(input, password)?;
+    }
     Ok(Pkcs12Contents { key, certificates })
+}
+
+/// pkcs-9 data (1.2.840.113549.1.7.1).
+const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+/// pkcs8ShroudedKeyBag (1.2.840.113549.1.12.10.1.2).
+const OID_SHROUDED_KEY_BAG: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x02,
+];
+
+/// The first shrouded key bag of a PFX whose MAC the keystore library already checked:
+/// PFX → authSafe (data) → AuthenticatedSafe → ContentInfo (data) → SafeContents →
+/// SafeBag { pkcs8ShroudedKeyBag, [0] EncryptedPrivateKeyInfo }.
+fn lone_pkcs12_key(
+    pfx: &[u8],
+    password: &str,
+) -> Result<Option<PrivateKeyDer<'static>>, ReadError> {
+    // ContentInfo { OID data, [0] { OCTET STRING inner } } -> inner.
+    fn data_content(content_info: &[u8]) -> Option<&[u8]> {
+        let c = der_children(content_info)?;
+        match (c.first(), c.get(1)) {
+            (Some(&(0x06, oid)), Some(&(0xa0, explicit))) if oid == OID_DATA => {
+                match der_element(explicit)? {
+                    (0x04, inner, []) => Some(inner),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+    let Some((0x30, pfx, _)) = der_element(pfx) else {
+        return Ok(None);
+    };
+    let Some(auth_safe) = der_children(pfx)
+        .and_then(|c| c.get(1).map(|&(_, v)| v))
+        .and_then(data_content)
+    else {
+        return Ok(None);
+    };
+    let Some((0x30, infos, _)) = der_element(auth_safe) else {
+        return Ok(None);
+    };
+    for (_, info) in der_children(infos).unwrap_or_default() {
+        let Some((0x30, bags, _)) = data_content(info).and_then(der_element) else {
+            continue;
+        };
+        for (_, bag) in der_children(bags).unwrap_or_default() {
+            let c = der_children(bag).unwrap_or_default();
+            if let (Some(&(0x06, oid)), Some(&(0xa0, value))) = (c.first(), c.get(1)) {
+                if oid == OID_SHROUDED_KEY_BAG {
+                    // [0] EXPLICIT holds the EncryptedPrivateKeyInfo SEQUENCE.
+                    let Some((0x30, _, rest)) = der_element(value) else {
+                        return Err(ReadError::MalformedPkcs12("bad key bag".into()));
+                    };
+                    let info = &value[..value.len() - rest.len()];
+                    return decrypt_pkcs8(info, password).map(Some);
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Writes a PKCS#12 keystore (PBES2 AES-256 + HMAC-SHA256, OpenSSL 3's default) holding
@@ -770,15 +977,75 @@ pub fn write_pkcs12(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let local_key_id = crate::info::sha1(chain.first().map(|c| c.as_ref()).unwrap_or(&[]));
+    write_key_entry(pkcs8, local_key_id, certs, alias, password)
+}
+
+/// A keystore of one key entry (`chain` may be empty), as PKCS#12.
+fn write_key_entry(
+    pkcs8: Vec<u8>,
+    local_key_id: [u8; 20],
+    chain: Vec<p12_keystore::Certificate>,
+    alias: &str,
+    password: &str,
+) -> Result<Vec<u8>, ReadError> {
     let mut ks = p12_keystore::KeyStore::new();
     ks.add_entry(
         alias,
         p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
             pkcs8,
             local_key_id,
-            certs,
+            chain,
         )),
     );
+    write_keystore(&ks, password)
+}
+
+/// Writes a PKCS#12 keystore holding only `key` (no certificate), as `openssl pkcs12
+/// -export -nocerts` does; [`read_pkcs12`] and `openssl pkcs12 -nocerts` read it.
+pub fn write_key_pkcs12(
+    key: &PrivateKeyDer<'_>,
+    password: &str,
+    alias: &str,
+) -> Result<Vec<u8>, ReadError> {
+    let pkcs8 = crate::keys::to_pkcs8(key)?;
+    let local_key_id = crate::info::sha1(&crate::keys::public_key_spki(key).unwrap_or_default());
+    write_key_entry(pkcs8, local_key_id, Vec::new(), alias, password)
+}
+
+/// Writes a truststore: a PKCS#12 file of certificates only, no key. Each certificate is
+/// a certificate bag marked trusted for any purpose (the attribute
+/// 2.16.840.1.113894.746875.1.1 Java's keytool writes for a `trustedCertEntry`), named
+/// after its Common Name (lower case, made unique), so `keytool -list` shows trusted
+/// entries and `openssl pkcs12 -nokeys` prints the certificates.
+pub fn write_truststore_pkcs12(
+    certs: &[CertificateDer<'_>],
+    password: &str,
+) -> Result<Vec<u8>, ReadError> {
+    if certs.is_empty() {
+        return Err(ReadError::NoCertificate);
+    }
+    let mut ks = p12_keystore::KeyStore::new();
+    for (i, c) in certs.iter().enumerate() {
+        let cert = p12_keystore::Certificate::from_der(c.as_ref())
+            .map_err(|e| ReadError::MalformedCertificate(e.to_string()))?;
+        let base = crate::info::CertInfo::parse(c.as_ref())
+            .ok()
+            .and_then(|i| i.common_name)
+            .map(|cn| cn.to_lowercase())
+            .unwrap_or_else(|| format!("certificate-{}", i + 1));
+        let mut alias = base.clone();
+        let mut n = 1;
+        while ks.entry(&alias).is_some() {
+            n += 1;
+            alias = format!("{base}-{n}");
+        }
+        ks.add_entry(&alias, p12_keystore::KeyStoreEntry::Certificate(cert));
+    }
+    write_keystore(&ks, password)
+}
+
+/// The keystore as PKCS#12 (PBES2 AES-256 + HMAC-SHA256, the library's defaults).
+fn write_keystore(ks: &p12_keystore::KeyStore, password: &str) -> Result<Vec<u8>, ReadError> {
     ks.writer(password)
         .write()
         .map_err(|e| ReadError::MalformedPkcs12(e.to_string()))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use x509_parser::prelude::*;
 
-use crate::egress::{EgressError, EgressPolicy, PolicyResolver};
+use crate::egress::{EgressError, EgressPolicy, FetchError};
 
 /// The sentence operators see when a CRL location cannot be fetched.
 pub const CRL_UNREACHABLE: &str = "The CRL (Certificate Revocation List) location is not reachable. Verify the URL can be accessed from this appliance";
@@ -242,21 +242,6 @@ impl std::fmt::Debug for CrlFetcher {
     }
 }
 
-/// The TLS configuration of `https://` distribution points: the system's roots.
-fn tls_config() -> Option<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .ok()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-}
-
 impl CrlFetcher {
     /// A fetcher with the given request timeout (the whole fetch, redirects and body
     /// included) and cache lifetime, under the secure default [`EgressPolicy`] (no
@@ -283,34 +268,14 @@ impl CrlFetcher {
         &self.policy
     }
 
-    /// The HTTP client applying `policy`: its resolver drops refused addresses, each
-    /// redirect target is checked like the first URL, no proxy is used (a proxy would
-    /// resolve and connect on our behalf, past the checks).
+    /// The HTTP client applying `policy` ([`crate::egress::http_client`]), one per policy.
     fn client(&self, policy: &Arc<EgressPolicy>) -> Result<reqwest::Client, CrlError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, c)) = clients.iter().find(|(p, _)| **p == **policy) {
             return Ok(c.clone());
         }
-        let tls = tls_config().ok_or(CrlError::Unreachable)?;
-        let check = policy.clone();
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > check.max_redirects {
-                return attempt.error(EgressError::Redirects(check.max_redirects));
-            }
-            match check.check_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(e) => attempt.error(e),
-            }
-        });
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .no_proxy()
-            .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout)
-            .redirect(redirects)
-            .build()
-            .map_err(|_| CrlError::Unreachable)?;
+        let client =
+            crate::egress::http_client(policy, self.timeout).ok_or(CrlError::Unreachable)?;
         clients.push((policy.clone(), client.clone()));
         Ok(client)
     }
@@ -350,7 +315,7 @@ impl CrlFetcher {
             url: url.to_string(),
             reason: e,
         };
-        let parsed = policy.check_url_str(url).map_err(refused)?;
+        policy.check_url_str(url).map_err(refused)?;
         if let Some((crl, at)) = self.cache.lock().ok().and_then(|c| c.get(url).cloned()) {
             if at.elapsed() < self.max_age && crl.check_fresh(now).is_ok() {
                 return Ok(crl);
@@ -360,26 +325,15 @@ impl CrlFetcher {
             return Err(refused(EgressError::RateLimited(policy.fetches_per_minute)));
         }
         let client = self.client(policy)?;
-        let unreachable = |e: reqwest::Error| match crate::egress::find_egress_error(&e) {
-            Some(reason) => refused(reason),
-            None => CrlError::Unreachable,
-        };
-        let mut resp = client.get(parsed).send().await.map_err(unreachable)?;
-        if !resp.status().is_success() {
-            return Err(CrlError::Unreachable);
-        }
-        let max = policy.max_bytes;
-        let too_large = || CrlError::Malformed(format!("CRL larger than {max} bytes"));
-        if resp.content_length().is_some_and(|n| n > max as u64) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > max {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::egress::get(&client, policy, url)
+            .await
+            .map_err(|e| match e {
+                FetchError::Refused { reason, .. } => refused(reason),
+                FetchError::Unreachable { .. } | FetchError::Status { .. } => CrlError::Unreachable,
+                FetchError::TooLarge { max, .. } => {
+                    CrlError::Malformed(format!("CRL larger than {max} bytes"))
+                }
+            })?;
         let crl = Arc::new(Crl::parse(&body)?);
         if let Ok(mut c) = self.cache.lock() {
             c.insert(url.to_string(), (crl.clone(), Instant::now()));

@@ -16,16 +16,7 @@ struct Run {
 }
 
 fn certs(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_certs"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run certs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    certs_env(dir, args, &[])
 }
 
 fn certs_ok(dir: &Path, args: &[&str]) -> String {
@@ -1375,4 +1366,942 @@ fn verify_ignores_look_alikes_and_applies_rfc5280_rules() {
         line,
         "certs: invalid: the device certificate marks its ExtendedKeyUsage critical, which device certificates may not [critical_extended_key_usage]"
     );
+}
+
+/// `certs` with extra environment variables.
+fn certs_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_certs"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("run certs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The public key of a private key or certificate, as openssl prints it.
+fn openssl_pubkey(p: &Path, args: &[&str]) -> String {
+    openssl_ok(p, args)
+}
+
+#[test]
+fn csr_made_here_is_signed_without_its_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    // On the device: a key and a request; the key never goes to the CA.
+    write(p, "device-pass", "device secret\n");
+    let out = certs_ok(
+        p,
+        &[
+            "csr",
+            "--cn",
+            "dev-77",
+            "--out",
+            "device",
+            "--key-passphrase-file",
+            "device-pass",
+        ],
+    );
+    assert!(out.contains("device/dev-77.key (encrypted)"), "{out}");
+    let verified = openssl_ok(p, &["req", "-in", "device/dev-77.csr", "-verify", "-noout"]);
+    assert!(verified.contains("verify OK"), "{verified}");
+    let subject = openssl_ok(
+        p,
+        &["req", "-in", "device/dev-77.csr", "-noout", "-subject"],
+    );
+    assert!(subject.contains("CN = dev-77"), "{subject}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(p.join("device/dev-77.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // At the CA: only the request travels.
+    std::fs::create_dir(p.join("ca-side")).expect("dir");
+    std::fs::copy(p.join("device/dev-77.csr"), p.join("ca-side/dev-77.csr")).expect("copy");
+    let out = certs_ok(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "inter",
+            "--csr",
+            "ca-side/dev-77.csr",
+            "--out",
+            "ca-side",
+        ],
+    );
+    assert!(out.contains("as a device certificate"), "{out}");
+    openssl_ok(
+        p,
+        &[
+            "verify",
+            "-CAfile",
+            "root/ca.crt",
+            "-untrusted",
+            "inter/ca.crt",
+            "ca-side/dev-77.crt",
+        ],
+    );
+    // The certificate is for the device's key (read only here, with its passphrase).
+    let cert_key = openssl_pubkey(
+        p,
+        &["x509", "-in", "ca-side/dev-77.crt", "-noout", "-pubkey"],
+    );
+    let device_key = openssl_pubkey(
+        p,
+        &[
+            "pkey",
+            "-in",
+            "device/dev-77.key",
+            "-passin",
+            "file:device-pass",
+            "-pubout",
+        ],
+    );
+    assert_eq!(cert_key, device_key);
+    let ext = openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "ca-side/dev-77.crt",
+            "-noout",
+            "-ext",
+            "basicConstraints,extendedKeyUsage",
+        ],
+    );
+    assert!(
+        ext.contains("CA:FALSE") && ext.contains("TLS Web Client Authentication"),
+        "{ext}"
+    );
+    // certs verify agrees, with the chain file written next to it.
+    certs_ok(
+        p,
+        &[
+            "verify",
+            "--anchor",
+            "root/ca.crt",
+            "--max-chain-length",
+            "3",
+            "ca-side/dev-77-chain.pem",
+        ],
+    );
+    // Recorded in the CA's index as issued for a request.
+    let index: serde_json::Value =
+        serde_json::from_slice(&read(p, "inter/issued.json")).expect("issued.json");
+    let serial = openssl_ok(
+        p,
+        &["x509", "-in", "ca-side/dev-77.crt", "-noout", "-serial"],
+    );
+    let entry = index["issued"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["subject"] == "CN=dev-77")
+        .expect("recorded")
+        .clone();
+    assert_eq!(entry["fromCsr"], true);
+    assert_eq!(entry["profile"], "device");
+    assert_eq!(
+        entry["serial"].as_str().map(str::to_ascii_uppercase),
+        Some(serial.trim().trim_start_matches("serial=").to_string())
+    );
+    // `certs issue` records too.
+    assert!(index["issued"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|e| e["subject"] == "CN=dev-1" && e["fromCsr"] == false));
+}
+
+#[test]
+fn openssl_requests_get_the_profile_not_what_they_ask() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Server CA",
+            "--o",
+            "Acme",
+            "--ou",
+            "Ops",
+            "--c",
+            "DE",
+            "--key-type",
+            "rsa2048",
+            "--out",
+            "sca",
+        ],
+    );
+    // A server request made by openssl, asking for codeSigning as well.
+    openssl_ok(
+        p,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-subj",
+            "/C=DE/O=Acme/OU=Ops/CN=mqtt.example.com",
+            "-addext",
+            "subjectAltName=DNS:mqtt.example.com,IP:192.0.2.7",
+            "-addext",
+            "extendedKeyUsage=codeSigning",
+            "-out",
+            "srv.csr",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "sca",
+            "--csr",
+            "srv.csr",
+            "--profile",
+            "server",
+            "--out",
+            "out",
+        ],
+    );
+    let ext = openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "out/mqtt.example.com.crt",
+            "-noout",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+        ],
+    );
+    assert!(
+        ext.contains("DNS:mqtt.example.com") && ext.contains("IP Address:192.0.2.7"),
+        "{ext}"
+    );
+    assert!(ext.contains("TLS Web Server Authentication"), "{ext}");
+    assert!(
+        !ext.contains("Code Signing"),
+        "the request's EKU is not copied: {ext}"
+    );
+    // The openssl key, encrypted by certs, with the signed certificate passes the server
+    // requirements; its passphrase comes from a file.
+    write(p, "srv-pass", "server key pw\n");
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "srv.key",
+            "--to",
+            "pem",
+            "--out",
+            "srv-enc.key",
+            "--key-passphrase-file",
+            "srv-pass",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "check",
+            "--crt",
+            "out/mqtt.example.com.crt",
+            "--key",
+            "srv-enc.key",
+            "--pass-file",
+            "srv-pass",
+            "--chain",
+            "sca/ca.crt",
+        ],
+    );
+    let r = certs(
+        p,
+        &[
+            "check",
+            "--crt",
+            "out/mqtt.example.com.crt",
+            "--key",
+            "srv-enc.key",
+            "--chain",
+            "sca/ca.crt",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "FAIL  Private key is readable: The private key is encrypted: a passphrase is required"
+        ),
+        "{}",
+        r.stdout
+    );
+    // The plain openssl key with the signed certificate passes the server requirements.
+    certs_ok(
+        p,
+        &[
+            "check",
+            "--crt",
+            "out/mqtt.example.com.crt",
+            "--key",
+            "srv.key",
+            "--chain",
+            "sca/ca.crt",
+        ],
+    );
+
+    // A request for CA:true: refused unless an intermediate is meant.
+    openssl_ok(
+        p,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "sub.key",
+            "-subj",
+            "/CN=Sub CA",
+            "-addext",
+            "basicConstraints=critical,CA:true",
+            "-out",
+            "sub.csr",
+        ],
+    );
+    let (code, line) = certs_err(
+        p,
+        &[
+            "sign-csr", "--ca-dir", "sca", "--csr", "sub.csr", "--out", "out",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        line,
+        "certs: sub.csr: The certificate signing request asks for a CA certificate (BasicConstraints CA:true); only --profile intermediate issues a CA"
+    );
+    assert!(!p.join("out/Sub_CA.crt").exists());
+    certs_ok(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "sca",
+            "--csr",
+            "sub.csr",
+            "--profile",
+            "intermediate",
+            "--pathlen",
+            "0",
+            "--out",
+            "out",
+        ],
+    );
+    let bc = openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "out/Sub_CA.crt",
+            "-noout",
+            "-ext",
+            "basicConstraints,keyUsage",
+        ],
+    );
+    assert!(
+        bc.contains("CA:TRUE, pathlen:0") && bc.contains("Certificate Sign"),
+        "{bc}"
+    );
+    openssl_ok(p, &["verify", "-CAfile", "sca/ca.crt", "out/Sub_CA.crt"]);
+}
+
+#[test]
+fn bad_requests_and_passphrases_are_one_exact_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    write(p, "ca-pass", "ca secret\n");
+    certs_ok(
+        p,
+        &[
+            "ca",
+            "create",
+            "--cn",
+            "Enc CA",
+            "--out",
+            "ca",
+            "--key-passphrase-file",
+            "ca-pass",
+        ],
+    );
+    let key = String::from_utf8(read(p, "ca/ca.key")).expect("utf8");
+    assert!(
+        key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{key}"
+    );
+    // openssl reads it with the passphrase, and names the scheme.
+    openssl_ok(
+        p,
+        &[
+            "pkey",
+            "-in",
+            "ca/ca.key",
+            "-passin",
+            "file:ca-pass",
+            "-noout",
+        ],
+    );
+    let (ok, _) = openssl(
+        p,
+        &[
+            "pkey",
+            "-in",
+            "ca/ca.key",
+            "-passin",
+            "pass:wrong",
+            "-noout",
+        ],
+    );
+    assert!(!ok);
+    let asn1 = openssl_ok(p, &["asn1parse", "-in", "ca/ca.key"]);
+    for alg in ["PBES2", "PBKDF2", "hmacWithSHA256", "aes-256-cbc"] {
+        assert!(asn1.contains(alg), "{alg} in {asn1}");
+    }
+    certs_ok(p, &["csr", "--cn", "dev-5", "--out", "req"]);
+
+    // The CA key's passphrase: missing, wrong (file, environment), then right.
+    let (_, line) = certs_err(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--csr",
+            "req/dev-5.csr",
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: ca/ca.key: The private key is encrypted: a passphrase is required"
+    );
+    write(p, "wrong-pass", "not it\n");
+    let (_, line) = certs_err(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "wrong-pass",
+            "--csr",
+            "req/dev-5.csr",
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: ca/ca.key: Passphrase does not match to the key"
+    );
+    let r = certs_env(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--csr",
+            "req/dev-5.csr",
+            "--out",
+            "out",
+        ],
+        &[("CERTS_CA_PASSPHRASE", "not it either")],
+    );
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr.trim(),
+        "certs: ca/ca.key: Passphrase does not match to the key"
+    );
+    assert!(!p.join("out").exists(), "nothing written");
+    write(p, "empty-pass", "\n");
+    let (_, line) = certs_err(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "empty-pass",
+            "--cn",
+            "x",
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(line, "certs: empty-pass: the passphrase is empty");
+
+    // Malformed and forged requests.
+    write(
+        p,
+        "garbage.csr",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    );
+    let (_, line) = certs_err(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "ca-pass",
+            "--csr",
+            "garbage.csr",
+            "--out",
+            "out",
+        ],
+    );
+    assert!(
+        line.starts_with(
+            "certs: garbage.csr: Malformed certificate signing request: not a PKCS#10 request"
+        ),
+        "{line}"
+    );
+    write(p, "cert.csr", read(p, "ca/ca.crt"));
+    let (_, line) = certs_err(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "ca-pass",
+            "--csr",
+            "cert.csr",
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: cert.csr: Malformed certificate signing request: no -----BEGIN CERTIFICATE REQUEST----- block found"
+    );
+    // The subject changed after signing: the signature no longer verifies.
+    openssl_ok(
+        p,
+        &[
+            "req",
+            "-in",
+            "req/dev-5.csr",
+            "-outform",
+            "DER",
+            "-out",
+            "dev-5.der",
+        ],
+    );
+    let mut der = read(p, "dev-5.der");
+    let at = der
+        .windows(5)
+        .position(|w| w == b"dev-5")
+        .expect("CN in the request");
+    der[at + 4] = b'6';
+    write(p, "forged.der", &der);
+    let (ok, text) = openssl(
+        p,
+        &[
+            "req",
+            "-in",
+            "forged.der",
+            "-inform",
+            "DER",
+            "-verify",
+            "-noout",
+        ],
+    );
+    assert!(
+        !ok || text.contains("verify failure"),
+        "openssl agrees it is forged: {text}"
+    );
+    let (_, line) = certs_err(
+        p,
+        &[
+            "sign-csr",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "ca-pass",
+            "--csr",
+            "forged.der",
+            "--out",
+            "out",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: forged.der: The certificate signing request's signature does not verify with the public key it carries: it was altered, or not signed by that key"
+    );
+    assert!(!p.join("out").exists(), "nothing written");
+
+    // Keys issued with a passphrase from the environment.
+    let r = certs_env(
+        p,
+        &[
+            "issue",
+            "--ca-dir",
+            "ca",
+            "--ca-passphrase-file",
+            "ca-pass",
+            "--cn",
+            "dev-6",
+            "--out",
+            "devs",
+        ],
+        &[("CERTS_KEY_PASSPHRASE", "device pass")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    openssl_ok(
+        p,
+        &[
+            "pkey",
+            "-in",
+            "devs/dev-6.key",
+            "-passin",
+            "pass:device pass",
+            "-noout",
+        ],
+    );
+    let (ok, _) = openssl(
+        p,
+        &[
+            "pkey",
+            "-in",
+            "devs/dev-6.key",
+            "-passin",
+            "pass:",
+            "-noout",
+        ],
+    );
+    assert!(!ok, "the key is not readable without the passphrase");
+}
+
+#[test]
+fn truststores_and_single_object_conversions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path();
+    pki(p);
+    write(p, "p12-pass", "store pw\n");
+    // A truststore: certificates only, each a trusted certificate bag.
+    certs_ok(
+        p,
+        &[
+            "bundle",
+            "--cert",
+            "inter/ca.crt",
+            "--chain",
+            "root/ca.crt",
+            "--out",
+            "trust.p12",
+            "--password-file",
+            "p12-pass",
+        ],
+    );
+    let info = openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-in",
+            "trust.p12",
+            "-passin",
+            "pass:store pw",
+            "-info",
+            "-nokeys",
+        ],
+    );
+    assert_eq!(info.matches("BEGIN CERTIFICATE").count(), 2, "{info}");
+    assert_eq!(
+        info.matches("2.16.840.1.113894.746875.1.1").count(),
+        2,
+        "{info}"
+    );
+    assert!(
+        info.contains("friendlyName: issuing ca") && info.contains("friendlyName: root ca"),
+        "{info}"
+    );
+    assert!(!info.contains("Shrouded Keybag"), "{info}");
+    let keys = openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-in",
+            "trust.p12",
+            "-passin",
+            "pass:store pw",
+            "-nocerts",
+            "-nodes",
+        ],
+    );
+    assert!(!keys.contains("PRIVATE KEY"), "{keys}");
+    // ... and back to PEM with certs.
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "trust.p12",
+            "--password",
+            "store pw",
+            "--out",
+            "trust.pem",
+        ],
+    );
+    assert_eq!(pem_certs(p, "trust.pem").len(), 2);
+
+    // Certificate alone: PEM -> PKCS#12 -> DER, equal to openssl's DER.
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "devs/dev-1.crt",
+            "--to",
+            "p12",
+            "--out",
+            "dev-1-cert.p12",
+            "--out-password-file",
+            "p12-pass",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "dev-1-cert.p12",
+            "--in-passphrase-file",
+            "p12-pass",
+            "--to",
+            "der",
+            "--out",
+            "dev-1-back.der",
+        ],
+    );
+    openssl_ok(
+        p,
+        &[
+            "x509",
+            "-in",
+            "devs/dev-1.crt",
+            "-outform",
+            "DER",
+            "-out",
+            "ossl.der",
+        ],
+    );
+    assert_eq!(read(p, "dev-1-back.der"), read(p, "ossl.der"));
+
+    // Key alone: PEM -> PKCS#12 (openssl reads it with -nocerts) -> PEM.
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "devs/dev-1.key",
+            "--to",
+            "p12",
+            "--out",
+            "dev-1-key.p12",
+            "--out-password-file",
+            "p12-pass",
+        ],
+    );
+    let key_only = openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-in",
+            "dev-1-key.p12",
+            "-passin",
+            "pass:store pw",
+            "-info",
+            "-nodes",
+        ],
+    );
+    assert!(
+        key_only.contains("Shrouded Keybag") && !key_only.contains("BEGIN CERTIFICATE"),
+        "{key_only}"
+    );
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "dev-1-key.p12",
+            "--password",
+            "store pw",
+            "--to",
+            "pem",
+            "--out",
+            "dev-1-key-back.pem",
+        ],
+    );
+    let original = openssl_ok(p, &["pkey", "-in", "devs/dev-1.key", "-pubout"]);
+    assert_eq!(
+        openssl_ok(p, &["pkey", "-in", "dev-1-key-back.pem", "-pubout"]),
+        original
+    );
+    // A key-only keystore made by openssl, read by certs.
+    openssl_ok(
+        p,
+        &[
+            "pkcs12",
+            "-export",
+            "-nocerts",
+            "-inkey",
+            "devs/dev-1.key",
+            "-passout",
+            "pass:x",
+            "-out",
+            "ossl-key.p12",
+        ],
+    );
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "ossl-key.p12",
+            "--password",
+            "x",
+            "--to",
+            "der",
+            "--out",
+            "k.der",
+        ],
+    );
+    assert_eq!(
+        openssl_ok(p, &["pkey", "-in", "k.der", "-inform", "DER", "-pubout"]),
+        original
+    );
+    // Key alone out of a keystore holding both, encrypted on the way.
+    certs_ok(
+        p,
+        &[
+            "bundle",
+            "--cert",
+            "devs/dev-1.crt",
+            "--key",
+            "devs/dev-1.key",
+            "--out",
+            "both.p12",
+            "--password-file",
+            "p12-pass",
+        ],
+    );
+    write(p, "key-pass", "key pw\n");
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "both.p12",
+            "--password",
+            "store pw",
+            "--nocerts",
+            "--to",
+            "pem",
+            "--out",
+            "only-key.pem",
+            "--key-passphrase-file",
+            "key-pass",
+        ],
+    );
+    let only_key = String::from_utf8(read(p, "only-key.pem")).expect("utf8");
+    assert!(
+        only_key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            && !only_key.contains("CERTIFICATE"),
+        "{only_key}"
+    );
+    assert_eq!(
+        openssl_ok(
+            p,
+            &[
+                "pkey",
+                "-in",
+                "only-key.pem",
+                "-passin",
+                "file:key-pass",
+                "-pubout"
+            ]
+        ),
+        original
+    );
+    certs_ok(
+        p,
+        &[
+            "convert",
+            "--in",
+            "both.p12",
+            "--password",
+            "store pw",
+            "--nokeys",
+            "--to",
+            "der",
+            "--out",
+            "only-cert.der",
+        ],
+    );
+    assert_eq!(read(p, "only-cert.der"), read(p, "ossl.der"));
+    // No password for a PKCS#12 output; a wrong one for the input: nothing written.
+    let (_, line) = certs_err(
+        p,
+        &[
+            "convert",
+            "--in",
+            "devs/dev-1.crt",
+            "--to",
+            "p12",
+            "--out",
+            "x.p12",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: a PKCS#12 output needs a password: a password file, CERTS_P12_PASSWORD or a password argument"
+    );
+    let (_, line) = certs_err(
+        p,
+        &[
+            "convert",
+            "--in",
+            "only-key.pem",
+            "--password",
+            "nope",
+            "--out",
+            "x.pem",
+            "--to",
+            "pem",
+        ],
+    );
+    assert_eq!(
+        line,
+        "certs: only-key.pem: Passphrase does not match to the key"
+    );
+    assert!(!p.join("x.p12").exists() && !p.join("x.pem").exists());
 }

@@ -431,7 +431,8 @@ lt() { # report-name broker(mosquitto|product|product-first|direct) loadtest-arg
         --broker-pid "$PROD_PID") ;;
     product-first)
       kt="$PROD_KT"; pki="$(pki_for "$kt")"
-      target=(--broker "127.0.0.1:$PROD_PORT" --admin "https://127.0.0.1:$PROD_ADMIN"
+      # --keep: the "product" runs that follow reconnect the devices this run registered.
+      target=(--broker "127.0.0.1:$PROD_PORT" --admin "https://127.0.0.1:$PROD_ADMIN" --keep
         --server-ca "$pki/server-ca.pem" --ca-cert "$pki/device-ca.pem"
         --ca-key "$pki/device-ca.key" --key-type "$kt" --broker-pid "$PROD_PID") ;;
     direct)

@@ -31,6 +31,8 @@
 //! Modules: [`config`] (what to run, validation, the loopback rule), [`report`] (what was
 //! measured), [`summary`] (benchmark tables), `pki` (certificates), `admin` (REST), `mqtt` (the client), `runner` (the run).
 
+#![forbid(unsafe_code)]
+
 mod admin;
 pub mod config;
 mod error;

@@ -100,8 +100,9 @@ struct RunArgs {
     #[arg(long)]
     keep: bool,
     /// Retries of a device turned away by the broker's admission control (closed before
-    /// the TLS handshake) or timed out, with back-off from 250 ms to 4 s; counted apart
-    /// in the report (0: no retry).
+    /// the TLS handshake) or timed out: exponential back-off with full jitter (a pause
+    /// drawn below 250 ms, 500 ms, ... up to 4 s), as device SDKs do; counted apart in
+    /// the report (0: no retry).
     #[arg(long, default_value_t = 5)]
     connect_retries: u32,
     /// Payload bytes per message (at least 16).

@@ -149,6 +149,10 @@ pub struct ConnectReport {
     pub failed: u64,
     /// `succeeded` divided by the time from the first attempt to the last CONNACK.
     pub rate_per_s: f64,
+    /// Seconds from the first attempt to the last CONNACK, retries included: with every
+    /// device connected, the time the fleet needed to be back.
+    #[serde(default)]
+    pub window_s: f64,
     /// TCP connect start to CONNACK, successful attempts only.
     pub latency_ms: LatencyMs,
     /// TLS handshake alone, successful attempts only.
@@ -293,8 +297,8 @@ impl Report {
             &mut s,
             "connect",
             format!(
-                "{}/{} ok, {} failed, {:.1}/s, peak {} open",
-                c.succeeded, c.attempted, c.failed, c.rate_per_s, c.peak_connected
+                "{}/{} ok, {} failed, {:.1}/s over {:.2} s, peak {} open",
+                c.succeeded, c.attempted, c.failed, c.rate_per_s, c.window_s, c.peak_connected
             ),
         );
         if c.admission_refused > 0 || c.retries > 0 {

@@ -50,6 +50,28 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Limit for writing to one connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A small per-device random source for back-off jitter (SplitMix64; not for secrets).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(index: usize) -> Jitter {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter(t ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Counters shared by every task of a run. Times are nanoseconds since `epoch`.
 struct Stats {
     epoch: Instant,
@@ -604,6 +626,12 @@ async fn measure(
                 succeeded,
                 stats.window(&stats.first_attempt_ns, &stats.last_connack_ns),
             ),
+            window_s: (stats
+                .window(&stats.first_attempt_ns, &stats.last_connack_ns)
+                .as_secs_f64()
+                * 1000.0)
+                .round()
+                / 1000.0,
             latency_ms: connect_latency,
             tls_handshake_ms: tls_latency,
             peak_connected: u64::try_from(stats.peak_connected.load(Relaxed)).unwrap_or(0),
@@ -844,6 +872,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
     // away before TLS (admission control) or the attempt times out, as devices do.
     let mut retry = 0u32;
     let mut pause = RETRY_PAUSE;
+    let mut rng = Jitter::new(index);
     let result = loop {
         let permit = tokio::select! {
             _ = stopped(&mut stop) => { finish(&mut finished); return; }
@@ -863,8 +892,10 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
                     s.admission_refused.fetch_add(1, Relaxed);
                 }
                 retry += 1;
-                // Spread the retries of devices turned away together.
-                let jitter = Duration::from_millis((index as u64 * 37) % 100);
+                // Exponential back-off with full jitter, as device SDKs do: a pause
+                // drawn uniformly below the doubled (capped) ceiling, so that devices
+                // turned away together do not come back together.
+                let wait = pause.mul_f64(rng.unit());
                 tokio::select! {
                     _ = stopped(&mut stop) => {
                         ctx.resolved(false);
@@ -872,7 +903,7 @@ async fn device(ctx: Arc<Ctx>, index: usize, tls: Option<Arc<ClientConfig>>, cn:
                         finish(&mut finished);
                         return;
                     }
-                    _ = sleep(pause + jitter) => {}
+                    _ = sleep(wait) => {}
                 }
                 pause = (pause * 2).min(RETRY_PAUSE_MAX);
             }

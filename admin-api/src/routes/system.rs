@@ -11,9 +11,9 @@ use utoipa::ToSchema;
 
 use super::{display_name, json_status};
 use crate::auth::Principal;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ImportFailure};
 use crate::store::{AuditEntry, ServerCertRecord};
-use crate::{server_certificate_from_record, Admin};
+use crate::Admin;
 
 /// A server-certificate import, as the multipart form or the broker sends it.
 #[derive(Clone, Default)]
@@ -32,8 +32,15 @@ pub struct ImportRequest {
     /// Run the full requirements report (`Required`); otherwise only check that the
     /// certificate and key can be read and belong together (`None`).
     pub validation: bool,
-    /// Fetch the certificate's CRL distribution point and refuse a revoked certificate.
+    /// Fetch the certificate's CRL distribution point (through the egress policy) and
+    /// refuse a revoked certificate, or one whose CRL cannot be fetched; also with
+    /// validation `None`.
     pub crl_check: bool,
+    /// Store the private key encrypted with this passphrase (PKCS#8, PBES2 AES-256):
+    /// every broker start then needs it (`BROKER_SERVER_KEY_PASSPHRASE`,
+    /// [`crate::AdminConfig::server_key_passphrase`]). Without it the key is stored
+    /// unencrypted, as before.
+    pub new_passphrase: Option<String>,
 }
 
 impl std::fmt::Debug for ImportRequest {
@@ -49,6 +56,10 @@ impl std::fmt::Debug for ImportRequest {
             )
             .field("validation", &self.validation)
             .field("crl_check", &self.crl_check)
+            .field(
+                "new_passphrase",
+                &self.new_passphrase.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -90,9 +101,14 @@ pub struct ServerCertificateForm {
         nullable = false
     )]
     validation: Option<String>,
-    /// `true` to check the CRL distribution point (also `1`/`on`, `0`/`off`, any case).
+    /// `true` to check the CRL distribution point (also `1`/`on`, `0`/`off`, any case),
+    /// also with validation `None`.
     #[schema(nullable = false)]
     crl_check: Option<bool>,
+    /// Store the private key encrypted with this passphrase; every broker start then
+    /// needs it (`BROKER_SERVER_KEY_PASSPHRASE`).
+    #[schema(nullable = false)]
+    new_passphrase: Option<String>,
 }
 
 /// The stored server certificate.
@@ -120,11 +136,70 @@ const USABILITY_ROWS: &[&str] = &[
     requirements::rows::KEY_MATCHES,
 ];
 
+/// The rows of the CRL check, judged whenever `crlCheck` is on.
+const CRL_ROWS: &[&str] = &[
+    requirements::rows::CRL_DP,
+    requirements::rows::CRL_REACHABLE,
+    requirements::rows::NOT_REVOKED,
+];
+
+/// The appliance's own sentences, answered as they are; any other failed row is
+/// "Certificate validation failed: " and the row's reason.
+fn own_sentence(reason: &str) -> bool {
+    [
+        requirements::EXPIRED,
+        requirements::CHAIN_MISMATCH,
+        requirements::CHAIN_NO_ROOT,
+        requirements::REVOKED,
+        requirements::KEY_MISMATCH,
+        certs::revocation::CRL_UNREACHABLE,
+    ]
+    .contains(&reason)
+        || reason == certs::ReadError::Passphrase.to_string()
+}
+
 fn refused(row: &Row, report: &Report) -> ApiError {
-    ApiError::Unprocessable {
-        message: row.reason.clone().unwrap_or_else(|| row.name.clone()),
-        info: serde_json::json!({ "row": row.name, "report": report.rows }),
+    let reason = row.reason.clone().unwrap_or_else(|| row.name.clone());
+    let info = serde_json::json!({ "row": row.name, "report": report.rows });
+    if own_sentence(&reason) {
+        ApiError::Unprocessable {
+            message: reason,
+            info,
+        }
+    } else {
+        ApiError::CertificateImport {
+            kind: ImportFailure::Validation,
+            reason,
+            info,
+        }
     }
+}
+
+/// The certificates of the upload (the crt file or keystore, then the chain file) in
+/// chain order, as far as they can be read; empty when they cannot (the requirements
+/// report says why).
+fn uploaded_chain(req: &ImportRequest, passphrase: Option<&str>) -> Vec<CertificateDer<'static>> {
+    let mut pool = certs::pem::read_certificates(&req.crt)
+        .or_else(|_| {
+            certs::pem::read_pkcs12(&req.crt, passphrase.unwrap_or("")).map(|p| p.certificates)
+        })
+        .unwrap_or_default();
+    if let Some(Ok(more)) = req
+        .chain
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(certs::pem::read_certificates)
+    {
+        for c in more {
+            if !pool.contains(&c) {
+                pool.push(c);
+            }
+        }
+    }
+    if pool.is_empty() {
+        return pool;
+    }
+    order_chain(pool)
 }
 
 /// Reads leaf, chain and key as the requirements report did (PEM/DER, or PKCS#12).
@@ -194,7 +269,7 @@ impl Admin {
     pub(crate) async fn import_server_certificate_as(
         &self,
         actor: &str,
-        req: ImportRequest,
+        mut req: ImportRequest,
     ) -> Result<Imported, ApiError> {
         let name = display_name("name", &req.name, 128)?;
         if req.crt.is_empty() {
@@ -203,35 +278,68 @@ impl Admin {
             ));
         }
         let passphrase = req.passphrase.as_deref().filter(|p| !p.is_empty());
+        let new_passphrase = req.new_passphrase.as_deref().filter(|p| !p.is_empty());
         let now = self.now();
+        // Issuers the upload lacks, from the caIssuers URLs of its Authority Information
+        // Access, through the egress policy. With validation `None` a failed fetch only
+        // leaves the chain as uploaded.
+        let fetched = match self
+            .inner
+            .aia_fetcher
+            .missing_issuers(&uploaded_chain(&req, passphrase))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) if req.validation => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "server certificate imported without the chain certificates its AIA names");
+                Vec::new()
+            }
+        };
+        if !fetched.is_empty() {
+            let mut chain = req.chain.take().unwrap_or_default();
+            if !chain.is_empty() && !certs::pem::is_pem(&chain) {
+                // A DER chain file: re-encode it so the fetched PEM can follow.
+                chain = certs::pem::read_certificates(&chain)
+                    .map(|c| certs::ca_dir::chain_pem(&c).into_bytes())
+                    .unwrap_or(chain);
+            }
+            chain.extend_from_slice(certs::ca_dir::chain_pem(&fetched).as_bytes());
+            req.chain = Some(chain);
+        }
         let input = requirements::Input {
             crt: &req.crt,
             key: &req.key,
             chain: req.chain.as_deref(),
             passphrase,
-            crl_check: req.validation && req.crl_check,
+            crl_check: req.crl_check,
             now,
         };
-        let report = if req.validation {
-            let report = requirements::check_with_crl_fetch(&input, &self.inner.crl_fetcher).await;
-            if let Some(row) = report.first_failure() {
-                return Err(refused(row, &report));
-            }
-            report
+        let report = if req.crl_check {
+            requirements::check_with_crl_fetch(&input, &self.inner.crl_fetcher).await
         } else {
-            let report = requirements::check(&input);
-            let failed = report
-                .rows
-                .iter()
-                .find(|r| USABILITY_ROWS.contains(&r.name.as_str()) && !r.passed);
-            if let Some(row) = failed {
-                return Err(refused(row, &report));
-            }
-            report
+            requirements::check(&input)
         };
+        // Validation `None` judges only that the material is usable (and the CRL rows
+        // when asked for).
+        let failed = report.rows.iter().find(|r| {
+            r.required
+                && !r.passed
+                && (req.validation
+                    || USABILITY_ROWS.contains(&r.name.as_str())
+                    || (req.crl_check && CRL_ROWS.contains(&r.name.as_str())))
+        });
+        if let Some(row) = failed {
+            return Err(refused(row, &report));
+        }
         let (chain, key) = read_material(&req, passphrase)?;
         let pkcs8 =
             certs::keys::to_pkcs8(&key).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        let stored_key = match new_passphrase {
+            Some(pw) => certs::pem::encrypt_pkcs8_der(&pkcs8, pw)
+                .map_err(|e| ApiError::unprocessable(e.to_string()))?,
+            None => pkcs8.clone(),
+        };
         let leaf = chain
             .first()
             .ok_or_else(|| ApiError::unprocessable(certs::ReadError::NoCertificate.to_string()))?;
@@ -240,20 +348,24 @@ impl Admin {
         let record = ServerCertRecord {
             name: name.clone(),
             chain_der: chain.iter().map(|c| c.as_ref().to_vec()).collect(),
-            key_pkcs8: pkcs8,
+            key_pkcs8: stored_key,
             imported_at: now,
         };
         let audit = AuditEntry::new(actor, None, "SERVER_CERTIFICATE_IMPORTED")
             .fingerprint(&info.fingerprint_sha1)
             .target(&name)
             .detail(format!(
-                "subject {}, validation {}, crlCheck {}",
+                "subject {}, validation {}, crlCheck {}, key stored {}, {} chain certificate(s) fetched",
                 info.subject,
                 if req.validation { "Required" } else { "None" },
-                req.crl_check
+                req.crl_check,
+                if new_passphrase.is_some() { "encrypted" } else { "unencrypted" },
+                fetched.len()
             ));
-        let server = server_certificate_from_record(&record)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let server = crate::ServerCertificate {
+            chain: chain.clone(),
+            key: PrivateKeyDer::Pkcs8(pkcs8.into()),
+        };
         self.inner
             .store
             .put_server_certificate(record, audit)
@@ -278,9 +390,13 @@ async fn text(field: axum::extract::multipart::Field<'_>) -> Result<String, ApiE
 }
 
 /// Imports the server certificate (multipart form: `name`, `passphrase`, `key`, `crt`,
-/// optional `chain`, `validation` = `Required` | `None`, `crlCheck`). With validation
-/// `Required` the certificate must pass every requirement; the message is the sentence
-/// of the first failing one and `info.report` holds the whole report.
+/// optional `chain`, `validation` = `Required` | `None`, `crlCheck`, `newPassphrase`).
+/// With validation `Required` the certificate must pass every requirement; the message is
+/// the sentence of the first failing one (or "Certificate validation failed: " and the
+/// row's reason) and `info.report` holds the whole report. Chain certificates missing
+/// from the upload are fetched from the caIssuers URLs of their Authority Information
+/// Access, through the egress policy ("Cannot download chain certificates. ...",
+/// "Cannot download certificate. ..." when that fails).
 #[utoipa::path(put, path = "/system/ssl-certificate", tag = "system",
     request_body(content = ServerCertificateForm, content_type = "multipart/form-data"),
     responses(
@@ -299,7 +415,7 @@ pub async fn put(
     who.require_management_admin("import the server certificate")?;
     let mut form = form.map_err(|r| match r.status() {
         StatusCode::BAD_REQUEST => ApiError::UnsupportedMediaType(
-            "Expected a multipart/form-data body with the fields name, passphrase, key, crt, chain, validation and crlCheck".into(),
+            "Expected a multipart/form-data body with the fields name, passphrase, key, crt, chain, validation, crlCheck and newPassphrase".into(),
         ),
         _ => ApiError::from(r),
     })?;
@@ -315,6 +431,7 @@ pub async fn put(
                 has_name = true;
             }
             "passphrase" => req.passphrase = Some(text(field).await?),
+            "newPassphrase" => req.new_passphrase = Some(text(field).await?),
             "key" => req.key = field.bytes().await?.to_vec(),
             "crt" => {
                 req.crt = field.bytes().await?.to_vec();
@@ -343,7 +460,7 @@ pub async fn put(
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "Unknown multipart field '{}': expected name, passphrase, key, crt, chain, validation, crlCheck",
+                    "Unknown multipart field '{}': expected name, passphrase, key, crt, chain, validation, crlCheck, newPassphrase",
                     other.chars().take(64).collect::<String>()
                 )))
             }

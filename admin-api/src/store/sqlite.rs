@@ -3,9 +3,17 @@
 //! WAL journal with `synchronous=FULL`: a committed transaction is on disk before the
 //! method returns. All work runs on the blocking thread pool, one connection behind a
 //! mutex (the admin API's writes are rare; readers never wait on the disk long).
+//!
+//! Writes are group-committed: the writes that queue up while one transaction commits
+//! (a fleet's first connections register their devices concurrently) run together in
+//! the next transaction, each under its own savepoint, so that one fsync makes all of
+//! them durable and a write that fails leaves the others intact. Each caller is
+//! answered only after the commit that holds its write.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use certs::AnchorStatus;
@@ -130,6 +138,8 @@ CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant_id, id);
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Writes waiting for the next group commit (see the module documentation).
+    pending: Arc<Mutex<Vec<Write>>>,
     /// A second, read-only connection for the lookup every device connect makes: in WAL
     /// mode it reads the last committed state without waiting for a writer's fsync, so
     /// it runs on the caller's thread instead of a hop to the blocking pool.
@@ -183,6 +193,7 @@ impl SqliteStore {
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            pending: Arc::default(),
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -220,19 +231,139 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("database task failed: {e}")))?
     }
 
-    /// Runs `f` in a transaction that commits when `f` succeeds.
+    /// Runs `f` in a transaction that commits when `f` succeeds: the next group commit,
+    /// under a savepoint of its own (a failing `f` changes nothing). Returns once the
+    /// transaction holding `f`'s changes has committed.
     async fn tx<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
+        let (answer, outcome) = oneshot::channel::<StoreResult<T>>();
+        let write: Write = Box::new(move |step| match step {
+            Step::Fail(e) => {
+                let _ = answer.send(Err(e));
+                None
+            }
+            Step::Run(tx, failed) => match f(tx) {
+                Ok(value) => Some(Box::new(move |committed: StoreResult<()>| {
+                    let _ = answer.send(committed.map(|()| value));
+                }) as Answer),
+                Err(e) => {
+                    *failed = Some(repeat(&e));
+                    let _ = answer.send(Err(e));
+                    None
+                }
+            },
+        });
+        self.pending
+            .lock()
+            .map_err(|_| StoreError::Backend("write queue lock poisoned".into()))?
+            .push(write);
+        // Whoever holds the connection next commits every queued write, this one
+        // included; a flush that finds the queue empty returns at once.
+        let pending = self.pending.clone();
         self.run(move |c| {
-            let tx = c.transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            let writes = std::mem::take(
+                &mut *pending
+                    .lock()
+                    .map_err(|_| StoreError::Backend("write queue lock poisoned".into()))?,
+            );
+            group_commit(c, writes);
+            Ok(())
         })
-        .await
+        .await?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Backend("write dropped before its commit".into()))?
+    }
+}
+
+/// What a queued write is asked to do.
+enum Step<'a, 'b> {
+    /// Run inside this transaction; on failure, leave a copy of the error in the slot.
+    Run(&'a Transaction<'b>, &'a mut Option<StoreError>),
+    /// Not run: tell the caller this error.
+    Fail(StoreError),
+}
+
+/// A write waiting for a group commit. Run, it returns how to answer its caller once the
+/// commit's outcome is known, or `None` when it failed (its caller has its error).
+type Write = Box<dyn for<'a, 'b> FnOnce(Step<'a, 'b>) -> Option<Answer> + Send>;
+/// Tells a caller whose write succeeded the outcome of the commit that holds it.
+type Answer = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
+/// The same error again, for every caller of a failed commit.
+fn repeat(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+        StoreError::Conflict(c) => StoreError::Conflict(c.clone()),
+        StoreError::Full(m) => StoreError::Full(m.clone()),
+        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+    }
+}
+
+/// Runs `writes` in as few transactions as possible and answers each caller after its
+/// transaction's commit. A failed write is rolled back to its savepoint; if SQLite
+/// abandoned the whole transaction on it (a full disk, an I/O error), the writes that
+/// succeeded before it in that transaction get its error too (none of them was
+/// acknowledged) and the rest continue in a new transaction.
+fn group_commit(c: &mut Connection, writes: Vec<Write>) {
+    let mut writes = writes.into_iter().peekable();
+    while writes.peek().is_some() {
+        let tx = match c.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = StoreError::from(e);
+                for w in writes {
+                    w(Step::Fail(repeat(&e)));
+                }
+                return;
+            }
+        };
+        let mut answers: Vec<Answer> = Vec::new();
+        let mut abandoned = None;
+        for w in writes.by_ref() {
+            if let Err(e) = tx.execute_batch("SAVEPOINT write") {
+                let e = StoreError::from(e);
+                w(Step::Fail(repeat(&e)));
+                abandoned = Some(e);
+                break;
+            }
+            let mut failed = None;
+            match w(Step::Run(&tx, &mut failed)) {
+                Some(answer) => {
+                    answers.push(answer);
+                    if let Err(e) = tx.execute_batch("RELEASE write") {
+                        abandoned = Some(StoreError::from(e));
+                        break;
+                    }
+                }
+                None => {
+                    let e = failed.unwrap_or_else(|| StoreError::Backend("write failed".into()));
+                    if tx.is_autocommit() {
+                        // SQLite rolled the whole transaction back on this error.
+                        abandoned = Some(e);
+                        break;
+                    }
+                    if let Err(e) = tx.execute_batch("ROLLBACK TO write; RELEASE write") {
+                        abandoned = Some(StoreError::from(e));
+                        break;
+                    }
+                }
+            }
+        }
+        let outcome = match abandoned {
+            Some(e) => Err(e),
+            None => tx.commit().map_err(StoreError::from),
+        };
+        for answer in answers {
+            answer(match &outcome {
+                Ok(()) => Ok(()),
+                Err(e) => Err(repeat(e)),
+            });
+        }
     }
 }
 
@@ -1640,6 +1771,106 @@ mod tests {
         assert_eq!(store.audit(Some("t1"), page).await.unwrap().total, 0);
         let archived = deleted_tenant_audit_name("t1", 2);
         assert_eq!(store.audit(Some(&archived), page).await.unwrap().total, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_commit_together_and_a_failing_one_changes_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        store
+            .create_tenant(
+                tenant("t1"),
+                user("t1", "admin"),
+                AuditEntry::new("system", Some("t1"), "TENANT_CREATED"),
+            )
+            .await
+            .unwrap();
+        // 300 registrations at once, every tenth into a tenant that does not exist: those
+        // fail with their own error, inside the same group commits as the others.
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let t = if i % 10 == 0 { "nope" } else { "t1" };
+                    let a = AuditEntry::new("device", Some(t), "DEVICE_REGISTERED");
+                    store
+                        .register_device(t, &format!("d{i}"), "fp", 100, a)
+                        .await
+                })
+            })
+            .collect();
+        // And 30 writes that change something, then fail: nothing of theirs stays.
+        let partial: Vec<_> = (0..30)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .tx(move |t| {
+                            insert_audit(t, &AuditEntry::new("test", Some("t1"), "PARTIAL"))?;
+                            Err::<(), _>(StoreError::NotFound(format!("half-done {i}")))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for (i, p) in partial.into_iter().enumerate() {
+            assert_eq!(
+                p.await.unwrap().unwrap_err().to_string(),
+                format!("half-done {i}")
+            );
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(registered) => {
+                    assert!(i % 10 != 0, "d{i} registered into a missing tenant");
+                    assert!(registered, "d{i}");
+                }
+                Err(e) => {
+                    assert_eq!(i % 10, 0, "d{i}: {e}");
+                    assert_eq!(e.to_string(), "Tenant nope not found");
+                }
+            }
+        }
+        // Every acknowledged registration is in the file, read by a new connection.
+        drop(store);
+        let reopened = SqliteStore::open(&path).unwrap();
+        let page = reopened
+            .devices(
+                "t1",
+                PageRequest {
+                    size: 1000,
+                    page: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, 270);
+        let audit: i64 = reopened
+            .run(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM audit WHERE action = 'DEVICE_REGISTERED'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            audit, 270,
+            "one audit entry per registration, none for the failed ones"
+        );
+        let partial: i64 = reopened
+            .run(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM audit WHERE action = 'PARTIAL'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(partial, 0, "a failed write is rolled back to its savepoint");
     }
 
     #[tokio::test]

@@ -108,6 +108,7 @@ async fn everything_survives_a_restart() {
             passphrase: None,
             validation: true,
             crl_check: false,
+            new_passphrase: None,
         })
         .await
         .unwrap();
