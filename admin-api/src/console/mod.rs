@@ -247,6 +247,7 @@ fn set_cookie(value: &str, clear: bool) -> HeaderValue {
 pub async fn login(
     State(admin): State<Admin>,
     connect: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ConsoleLogin>,
 ) -> Result<Response, ApiError> {
     let too_long = |v: &str, max: usize| v.is_empty() || v.chars().count() > max;
@@ -269,6 +270,10 @@ pub async fn login(
         .user(&who.tenant, &who.user)
         .await?
         .ok_or(ApiError::SessionEnded)?;
+    // A new login replaces the browser's previous session rather than leaving it live.
+    if let Some(old) = session_cookie(&headers) {
+        admin.inner.sessions.end(&old);
+    }
     let new = admin
         .inner
         .sessions

@@ -199,6 +199,22 @@ async fn a_login_sets_a_hardened_cookie_that_authenticates_like_basic() {
     let other = login(&s, "a", "admin", TENANT_PASS).await;
     assert_ne!(other.token, session.token);
     assert_ne!(other.csrf, session.csrf);
+    assert_eq!(session.get(&s, "/tenant/tenants/a").await.0, StatusCode::OK);
+    // A login from a browser that holds a session replaces that session.
+    let resp = s
+        .client
+        .post(s.url("/console/api/login"))
+        .header(header::COOKIE, format!("{COOKIE_NAME}={}", session.token))
+        .json(&json!({"tenant": "a", "user": "admin", "password": TENANT_PASS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        session.get(&s, "/tenant/tenants/a").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(other.get(&s, "/tenant/tenants/a").await.0, StatusCode::OK);
     s.stop().await;
 }
 
