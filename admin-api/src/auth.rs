@@ -1,6 +1,8 @@
 //! Authentication: HTTP Basic with `tenantId/user:password`, argon2 password hashes,
 //! a failed-login limiter, and the [`Principal`] extractor with the tenant-scope rule
-//! (another tenant's id answers 404, so tenant ids do not leak).
+//! (another tenant's id answers 404, so tenant ids do not leak). A request without an
+//! `Authorization` header may instead carry a console session cookie
+//! ([`crate::console`]): the same principal, plus a CSRF token on every change.
 
 pub(crate) mod checker;
 
@@ -407,18 +409,27 @@ impl FromRequestParts<Admin> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "Authentication required: send Authorization: Basic base64(\"tenantId/user:password\")".into(),
-                )
-            })?
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // No Basic credentials: a console session cookie, if any, authenticates
+            // (with its CSRF token on a change).
+            if let Some(token) = crate::console::session_cookie(&parts.headers) {
+                let csrf = parts
+                    .headers
+                    .get(crate::console::session::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                let changes = crate::console::changes_state(&parts.method);
+                return admin.session_principal(&token, changes, csrf).await;
+            }
+            if crate::console::from_console(&parts.headers) {
+                return Err(ApiError::SessionEnded);
+            }
+            return Err(ApiError::Unauthorized(
+                "Authentication required: send Authorization: Basic base64(\"tenantId/user:password\")".into(),
+            ));
+        };
+        let header = header
             .to_str()
-            .map_err(|_| {
-                ApiError::Unauthorized("The Authorization header must be ASCII".into())
-            })?;
+            .map_err(|_| ApiError::Unauthorized("The Authorization header must be ASCII".into()))?;
         let (tenant, user, password) = parse_basic(header)?;
         // The server puts the peer's address here (axum's `ConnectInfo`).
         let source = parts

@@ -78,6 +78,23 @@ pub enum ApiError {
         /// The verdict.
         info: serde_json::Value,
     },
+    /// 401 for a refused console login: as [`ApiError::Unauthorized`], but without
+    /// `WWW-Authenticate` (a browser would answer it with its own password prompt).
+    #[error("{0}")]
+    LoginFailed(String),
+    /// 401 for a console request whose session is not live (never opened, logged out,
+    /// expired, or ended by a password change or the user's deletion). Sent without
+    /// `WWW-Authenticate`, so the browser shows the console's own login form.
+    #[error("{}", SESSION_ENDED)]
+    SessionEnded,
+    /// 403: a console request that changes something came without the session's CSRF
+    /// token.
+    #[error("{}", CSRF_TOKEN_MISSING)]
+    CsrfTokenMissing,
+    /// 403: a console request that changes something came with a token that is not its
+    /// session's.
+    #[error("{}", CSRF_TOKEN_WRONG)]
+    CsrfTokenWrong,
     /// 429: too many failed logins for this user name from this address, from this
     /// address, or (slowed down) for this user name.
     #[error("Too many failed logins; try again in {}", seconds(*retry_after_secs))]
@@ -205,6 +222,18 @@ impl ApiError {
                 "certificate_chain_invalid",
                 message.clone(),
             ),
+            ApiError::LoginFailed(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
+            ApiError::SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended", self.to_string()),
+            ApiError::CsrfTokenMissing => (
+                StatusCode::FORBIDDEN,
+                "csrf_token_missing",
+                self.to_string(),
+            ),
+            ApiError::CsrfTokenWrong => (
+                StatusCode::FORBIDDEN,
+                "csrf_token_invalid",
+                self.to_string(),
+            ),
             ApiError::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
@@ -322,6 +351,17 @@ impl From<StoreError> for ApiError {
 
 /// The message of a 507: what happened, that nothing changed, what to do.
 pub const STORAGE_FULL: &str = "The database is full (no space left on the disk or the configured size limit reached): the change was not stored and existing data is unchanged. Free space or raise the limit, then retry";
+
+/// The message of a 401 for a console request without a live session.
+pub const SESSION_ENDED: &str =
+    "The console session has ended (logged out, expired, or the password changed): log in again";
+
+/// The message of a 403 for a console change without the CSRF token.
+pub const CSRF_TOKEN_MISSING: &str = "This request changes something and is authenticated by the console session cookie: send the session's CSRF token in the X-CSRF-Token header";
+
+/// The message of a 403 for a console change with a wrong CSRF token.
+pub const CSRF_TOKEN_WRONG: &str =
+    "The X-CSRF-Token header does not match the console session's CSRF token";
 
 /// The message of a 503 when the database is unreachable.
 pub const DATABASE_UNAVAILABLE: &str = "The database is unreachable: the request was not carried out and nothing was changed. Retry in a moment";

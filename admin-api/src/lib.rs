@@ -11,13 +11,17 @@
 //! - [`routes`]: one module per resource, and the OpenAPI document.
 //! - [`auth`]: Basic authentication, argon2 hashes, the login limiter, tenant scoping.
 //! - [`error`]: [`ApiError`], mapped to a status and JSON body in one table.
+//! - [`console`]: the web console for tenant admins (pages, cookie sessions, CSRF).
+//! - [`live`]: what this node sees live: connected devices, recent refusals.
 
 #![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod est;
+pub mod live;
 pub mod routes;
 pub mod store;
 
@@ -112,6 +116,10 @@ pub struct AdminConfig {
     /// (`BROKER_CA_KEY_ENCRYPTION_KEY`, `[est] key_file`, or generated in the data
     /// directory at first use). Never logged (Debug redacts a value).
     pub ca_key_source: est::KeySource,
+    /// A console session ends after this long without a request.
+    pub console_idle_timeout: Duration,
+    /// A console session ends this long after its login, however busy.
+    pub console_session_lifetime: Duration,
 }
 
 impl AdminConfig {
@@ -137,6 +145,8 @@ impl AdminConfig {
             require_proof_of_possession: false,
             store_url: None,
             ca_key_source: est::KeySource::DataDir,
+            console_idle_timeout: Duration::from_secs(30 * 60),
+            console_session_lifetime: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -185,6 +195,8 @@ impl std::fmt::Debug for AdminConfig {
                 &self.store_url.as_deref().map(store::postgres::redact_url),
             )
             .field("ca_key_source", &self.ca_key_source)
+            .field("console_idle_timeout", &self.console_idle_timeout)
+            .field("console_session_lifetime", &self.console_session_lifetime)
             .finish()
     }
 }
@@ -269,7 +281,7 @@ pub(crate) struct Snapshot {
     pub(crate) acl: HashMap<String, acl::TenantAcl>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: AdminConfig,
     store: Arc<dyn Store>,
     trust_tx: watch::Sender<Arc<TrustStore>>,
@@ -293,6 +305,10 @@ struct Inner {
     /// The CA key encryption key, once loaded.
     ca_key: Mutex<Option<Arc<est::KeyEncryption>>>,
     aia_fetcher: certs::aia::AiaFetcher,
+    /// Console sessions of this process.
+    sessions: console::session::Sessions,
+    /// Connected devices and recent refusals seen by this node.
+    live: live::Live,
 }
 
 /// The admin API's shared state: a cheap-to-clone handle.
@@ -359,6 +375,10 @@ impl Admin {
             None => None,
         };
         let inner = Inner {
+            sessions: console::session::Sessions::new(
+                config.console_idle_timeout,
+                config.console_session_lifetime,
+            ),
             limiter: auth::LoginLimiter::new(
                 config.login_max_failures,
                 config.login_window,
@@ -402,6 +422,7 @@ impl Admin {
             server_tx: watch::Sender::new(server),
             dummy_hash,
             est_dummy_hash,
+            live: live::Live::default(),
             seen: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
@@ -552,6 +573,45 @@ impl Admin {
         self.inner
             .user_slowdown
             .forget_prefix(&format!("{tenant}/"));
+        self.inner.sessions.end_tenant(tenant);
+        self.inner.live.forget_tenant(tenant);
+    }
+
+    /// Records a refused handshake for each tenant its chain names (`tenants` as the
+    /// refusal log gives them: comma-separated). Only existing tenants are kept, so the
+    /// memory stays bounded by the tenants and [`live::REFUSALS_PER_TENANT`].
+    pub fn record_refusal(&self, tenants: &str, refusal: live::HandshakeRefusal) {
+        let snapshot = self.snapshot();
+        let now = certs::now_unix();
+        for tenant in tenants
+            .split(',')
+            .filter(|t| snapshot.settings.contains_key(*t))
+        {
+            self.inner.live.refused(tenant, now, refusal.clone());
+        }
+    }
+
+    /// Notes that a device of `tenant` with Common Name `cn` is connected from `source`
+    /// until the returned guard is dropped.
+    pub fn device_online(
+        &self,
+        tenant: &str,
+        cn: &str,
+        source: std::net::IpAddr,
+    ) -> live::OnlineGuard {
+        self.inner
+            .live
+            .online(tenant, cn, source, certs::now_unix());
+        live::OnlineGuard {
+            inner: Arc::downgrade(&self.inner),
+            tenant: tenant.to_string(),
+            cn: cn.to_string(),
+        }
+    }
+
+    /// What this node sees live: connected devices and recent refusals.
+    pub fn live(&self) -> &live::Live {
+        &self.inner.live
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {

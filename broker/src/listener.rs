@@ -285,6 +285,19 @@ pub async fn serve_mqtt(
                         Some(r) => {
                             shared.metrics.handshake("rejected", r.reason, elapsed);
                             refusals.refused(peer.ip(), Refused::Certificate(r));
+                            // The tenant's own view of it (the console's refusals page).
+                            if let Some(tenants) = &r.tenant {
+                                shared.admin.record_refusal(
+                                    tenants,
+                                    admin_api::live::HandshakeRefusal {
+                                        reason: r.reason.to_string(),
+                                        detail: r.detail.clone(),
+                                        subject: r.subject.clone(),
+                                        fingerprint: r.fingerprint.clone(),
+                                        source: peer.ip(),
+                                    },
+                                );
+                            }
                         }
                         None => {
                             let reason = classify(&e);
@@ -327,17 +340,23 @@ pub async fn serve_mqtt(
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
+            let admin = shared.admin.clone();
             let Some(mut session) =
                 crate::session::establish(stream, id, chain, shared, accepted_at, &sessions).await
             else {
                 return;
+            };
+            // Shown as connected (the console's devices page) while the session runs.
+            let online = {
+                let id = session.identity();
+                admin.device_online(&id.tenant, &id.common_name, peer.ip())
             };
             // From here on, the device's packets are handled on the sessions' runtime.
             if let Err(e) = session.device_mut().get_mut().0.move_to(&sessions) {
                 tracing::warn!(%peer, error = %e, "cannot hand the session over");
                 return;
             }
-            sessions.spawn(session.serve(shutdown, permit));
+            sessions.spawn(session.serve(shutdown, (permit, online)));
         });
     }
 }

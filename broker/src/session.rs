@@ -840,6 +840,11 @@ impl<S> Established<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    /// The device's verified identity.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.id
+    }
+
     /// The device's stream.
     pub fn device_mut(&mut self) -> &mut S {
         &mut self.dev

@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -16,27 +15,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Everything this test binary's broker logged.
 fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        struct Sink;
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                if let Ok(mut l) = logs().lock() {
-                    l.extend_from_slice(buf);
-                }
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .with_env_filter("warn,rumqttd=off")
-            .with_ansi(false)
-            .with_writer(|| Sink)
-            .init();
-        Mutex::new(Vec::new())
-    })
+    captured_logs("warn,rumqttd=off")
 }
 
 /// The "handshake refused" lines logged so far with `reason=REASON` from `source`.

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod crl;
 pub mod devices;
 pub mod enrollment;
+pub mod live;
 pub mod openapi;
 pub mod pop;
 pub mod system;
@@ -163,6 +164,12 @@ pub fn router(admin: Admin) -> Router {
         )
         .route("/system/ssl-certificate", get(system::get).put(system::put))
         .route("/audit", get(audit::list))
+        .route("/tenant/tenants/{tenant_id}/refusals", get(live::refusals))
+        .route(
+            "/tenant/tenants/{tenant_id}/connections",
+            get(live::connections),
+        )
+        .merge(crate::console::routes())
         .route_layer(axum::middleware::from_fn(known_query_parameters))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(max_body))

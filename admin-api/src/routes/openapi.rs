@@ -1,13 +1,16 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
 use axum::response::IntoResponse;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    acl, audit, chain, crl, devices, enrollment, pop, system, tenant_ca, tenants,
+    acl, audit, chain, crl, devices, enrollment, live, pop, system, tenant_ca, tenants,
     trusted_certificates, users,
 };
+use crate::console;
 
 /// The API description.
 #[derive(OpenApi)]
@@ -34,6 +37,8 @@ use super::{
         enrollment::issued, enrollment::revoke, enrollment::expiring,
         system::put, system::get,
         audit::list,
+        live::refusals, live::connections,
+        console::login, console::logout, console::current,
     ),
     modifiers(&DocFixes),
     tags(
@@ -46,6 +51,7 @@ use super::{
         (name = "enrollment", description = "The tenant's certificate authority, one-time enrollment secrets, issued device certificates and expiring certificates (EST, RFC 7030, on its own listener)"),
         (name = "system", description = "The server certificate"),
         (name = "audit", description = "The audit log"),
+        (name = "console", description = "The web console's session: log in with a user's password for a cookie session (HttpOnly; Secure; SameSite=Strict). A request authenticated by the cookie instead of Basic credentials is allowed exactly what the user may do; when it changes something (any method but GET, HEAD, OPTIONS) it must carry the session's CSRF token in X-CSRF-Token (403 csrf_token_missing or csrf_token_invalid otherwise)"),
     )
 )]
 pub struct ApiDoc;
@@ -99,6 +105,7 @@ const INTERNAL: &str = "A bug or a storage failure; the detail is in the server 
 const INSUFFICIENT_STORAGE: &str =
     "The store is full (disk or configured size limit); nothing was changed";
 const TOO_MANY_REQUESTS: &str = "Too many failed logins for this user name from this source address, or from this address (locked), or for this user name (slowed down): retry after Retry-After seconds";
+const FORBIDDEN_OR_CSRF: &str = "Not allowed: the caller's role does not allow this, or a request authenticated by a console session came without its CSRF token (X-CSRF-Token) or with a wrong one";
 const LOGIN_BUSY: &str =
     "Every password-check thread is busy and the queue is full: retry after Retry-After seconds";
 
@@ -108,6 +115,13 @@ impl Modify for DocFixes {
         components.add_security_scheme(
             "basic",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        components.add_security_scheme(
+            "console",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                console::session::COOKIE_NAME,
+                "A console session (POST /console/api/login); changes also need X-CSRF-Token",
+            ))),
         );
         for (path, item) in openapi.paths.paths.iter_mut() {
             let slug: String = path
@@ -136,6 +150,19 @@ impl Modify for DocFixes {
                         // Documented with its header (replacing a bare 429).
                         responses.insert("429".into(), retry_response(TOO_MANY_REQUESTS).into());
                         responses.insert("503".into(), retry_response(LOGIN_BUSY).into());
+                    }
+                    // Basic-authenticated operations also take a console session.
+                    if let Some(security) = op.security.as_mut() {
+                        let basic = SecurityRequirement::new("basic", Vec::<String>::new());
+                        let cookie = SecurityRequirement::new("console", Vec::<String>::new());
+                        if security.contains(&basic) && !security.contains(&cookie) {
+                            security.push(cookie);
+                        }
+                    }
+                    if method != "get" && responses.contains_key("401") {
+                        responses
+                            .entry("403".into())
+                            .or_insert_with(|| error_response(FORBIDDEN_OR_CSRF).into());
                     }
                     if method != "get" && path != READ_ONLY_POST {
                         responses

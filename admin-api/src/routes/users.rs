@@ -190,5 +190,6 @@ pub async fn delete(
     }
     let audit = AuditEntry::new(&who.actor(), Some(&tenant), "USER_DELETED").target(&name);
     admin.store().delete_user(&tenant, &name, audit).await?;
+    admin.end_console_sessions(&tenant, &name);
     Ok(StatusCode::NO_CONTENT)
 }

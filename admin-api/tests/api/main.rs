@@ -3,6 +3,7 @@
 mod anchor_overlap;
 mod chain;
 mod common;
+mod console;
 mod crl;
 mod devices;
 mod logins;

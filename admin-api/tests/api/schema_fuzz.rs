@@ -248,6 +248,10 @@ async fn fixture(dir: &Path) -> (Server, String, String) {
     (s, login, fingerprint)
 }
 
+/// The operations authenticated by a console session cookie alone.
+const CONSOLE_SESSION_OPERATIONS: [&str; 2] =
+    ["GET /console/api/session", "POST /console/api/logout"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_violation_of_the_openapi_document() {
     let exe = tokio::task::spawn_blocking(schemathesis)
@@ -293,10 +297,26 @@ async fn schemathesis_finds_no_violation_of_the_openapi_document() {
         );
         assert!(ok, "schemathesis as {user} found problems:\n{out}");
         // A run that never got past authentication tested nothing (a 403 is expected
-        // for the tenant admin on the management admin's operations).
+        // for the tenant admin on the management admin's operations). The console's
+        // session operations take its cookie only, which a Basic run never has: they
+        // answer 401 here (still checked against the document) and are tested with a
+        // real session in `console.rs`.
+        let refused = out
+            .split("401 Unauthorized (")
+            .skip(1)
+            .flat_map(|block| {
+                block
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| l.trim_start().starts_with("- "))
+                    .map(|l| l.trim_start().trim_start_matches("- ").to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|op| !CONSOLE_SESSION_OPERATIONS.contains(&op.as_str()))
+            .collect::<Vec<_>>();
         assert!(
-            !out.contains("401 Unauthorized ("),
-            "schemathesis as {user} was refused:\n{out}"
+            refused.is_empty(),
+            "schemathesis as {user} was refused on {refused:?}:\n{out}"
         );
         s.stop().await;
     }

@@ -187,6 +187,20 @@ impl Env {
         assert_eq!(s, 200, "settings: {b}");
     }
 
+    /// Changes a tenant's settings as the management admin (the limits are its own).
+    pub async fn settings_as_management(&self, tenant: &str, settings: Value) {
+        let (s, b) = self
+            .api(
+                reqwest::Method::PUT,
+                &format!("/tenant/tenants/{tenant}/settings"),
+                "management/admin",
+                ADMIN_PW,
+                Some(settings),
+            )
+            .await;
+        assert_eq!(s, 200, "settings: {b}");
+    }
+
     /// Revokes `dev` by serial number in the tenant's manual list (expects 2xx).
     pub async fn revoke_serial(&self, tenant: &str, dev: &Issued) {
         let serial = certs::CertInfo::parse(dev.cert_der.as_ref())
@@ -727,4 +741,30 @@ pub async fn start_mosquitto_on(port: u16) -> Mosquitto {
         _child: child,
         _dir: dir,
     }
+}
+
+/// Everything this test binary logs from the first call on, with the first call's
+/// `filter` (tracing's global subscriber is installed once per process).
+pub fn captured_logs(filter: &str) -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    struct Sink;
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(Ok(mut l)) = LOGS.get().map(|l| l.lock()) {
+                l.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    LOGS.get_or_init(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .init();
+        std::sync::Mutex::new(Vec::new())
+    })
 }
