@@ -567,17 +567,26 @@ where
         }
         Ok(admin_api::DeviceState::Registered) => {}
         Ok(admin_api::DeviceState::Unknown) if id.auto_registration => {
-            let admin = shared.admin.clone();
-            let (t, c, fp) = (
-                id.tenant.to_string(),
-                cn.to_string(),
-                id.anchor_fingerprint.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = admin.register_device(&t, &c, &fp).await {
-                    tracing::error!(tenant = %t, cn = %c, error = %e, "device registration failed");
-                }
-            });
+            // Registered before its CONNACK: a device told it is connected is in the
+            // registry after a crash. The store group-commits the registrations that
+            // arrive together, so a wave of first connections shares its fsyncs.
+            if let Err(e) = shared
+                .admin
+                .register_device(tenant, cn, &id.anchor_fingerprint)
+                .await
+            {
+                tracing::error!(tenant, cn, error = %e, "device registration failed");
+                refuse(
+                    &mut dev,
+                    &shared,
+                    version,
+                    codes::V4_UNAVAILABLE,
+                    codes::V5_SERVER_UNAVAILABLE,
+                    "registry_unavailable",
+                )
+                .await;
+                return None;
+            }
         }
         Ok(admin_api::DeviceState::Unknown) => {
             tracing::warn!(

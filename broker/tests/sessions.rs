@@ -1512,3 +1512,85 @@ async fn an_unusable_state_file_stops_the_start_with_its_name() {
         b"not a database, 32 bytes long.."
     );
 }
+
+/// Devices at their first connection (auto-registration), the broker killed with
+/// SIGKILL in the middle of the wave: every device that got its CONNACK is in the
+/// registry after the restart (the registration commits before the CONNACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_acknowledged_at_its_first_connection_is_registered_after_sigkill() {
+    install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let ca_pem = server_ca(dir.path());
+    let http = https_client(&ca_pem);
+    let pki = acme_at(&http, broker.addr("admin_addr")).await;
+    let port = broker.addr("mqtt_addr").port();
+
+    // 60 first connections at once; the broker is killed as soon as 20 have their
+    // CONNACK, while the others are being registered.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for i in 0..60 {
+        let cn = format!("first-{i}");
+        let tls = pki.tls(&ca_pem, &cn);
+        let acked = acked_tx.clone();
+        tokio::spawn(async move {
+            let (_client, mut el) = rumqttc::AsyncClient::new(v4_options(&cn, port, tls), 10);
+            while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(20), el.poll()).await
+            {
+                if let Event::Incoming(Packet::ConnAck(ack)) = event {
+                    if ack.code == rumqttc::ConnectReturnCode::Success {
+                        let _ = acked.send(cn.clone());
+                    }
+                }
+            }
+        });
+    }
+    drop(acked_tx);
+    let mut acknowledged = Vec::new();
+    while let Some(cn) = acked_rx.recv().await {
+        acknowledged.push(cn);
+        if acknowledged.len() == 20 {
+            broker.child.kill().unwrap();
+            let _ = broker.child.wait();
+        }
+        if acknowledged.len() >= 20 {
+            // CONNACKs already on their way before the kill count too; the rest of the
+            // clients see the connection fail and stop.
+            while let Ok(Some(cn)) =
+                tokio::time::timeout(Duration::from_millis(500), acked_rx.recv()).await
+            {
+                acknowledged.push(cn);
+            }
+            break;
+        }
+    }
+    assert!(acknowledged.len() >= 20, "{acknowledged:?}");
+
+    let broker = BrokerProcess::start(dir.path(), ADMIN_PW);
+    let base = format!("https://localhost:{}", broker.addr("admin_addr").port());
+    let list: serde_json::Value = http
+        .get(format!("{base}/tenant/tenants/acme/devices?pageSize=100"))
+        .basic_auth("acme/admin", Some("acme-pw-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let registered: std::collections::BTreeSet<String> = list["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no device list: {list}"))
+        .iter()
+        .filter_map(|d| d["commonName"].as_str().map(String::from))
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|cn| !registered.contains(*cn))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not registered after SIGKILL: {missing:?} ({} acknowledged, {} registered)",
+        acknowledged.len(),
+        registered.len()
+    );
+}
