@@ -139,6 +139,15 @@ impl Modify for DocFixes {
                     let id = format!("{method}{slug}");
                     let id = id.trim_end_matches('_').replace("__", "_");
                     op.operation_id = Some(id);
+                    // A device's Common Name in a path has the rules of a Common Name
+                    // in a body (the handlers check both the same way).
+                    for p in op.parameters.iter_mut().flatten() {
+                        if p.name == "common_name"
+                            && p.parameter_in == utoipa::openapi::path::ParameterIn::Path
+                        {
+                            p.schema = Some(super::schema::common_name().into());
+                        }
+                    }
                     let responses = &mut op.responses.responses;
                     responses
                         .entry("400".into())
