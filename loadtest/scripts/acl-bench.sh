@@ -56,7 +56,7 @@ export BROKER_ADMIN_PASSWORD="acl-bench-$RANDOM-$RANDOM-$RANDOM"
   --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" --est-listen 127.0.0.1:0 \
   > "$WORK/broker.log" 2>&1 &
 PID=$!
-if ! wait_port "$MQTT" "$PID" 60 || ! wait_port "$ADMIN" "$PID" 60; then
+if ! wait_ready "$WORK/broker.log" "$PID" 60; then
   tail -20 "$WORK/broker.log" >&2 || true
   die "the product did not start"
 fi

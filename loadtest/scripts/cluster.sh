@@ -120,7 +120,7 @@ start_node() { # name: sets NODE_PID, NODE_MQTT, NODE_ADMIN
     --mqtt-listen "127.0.0.1:$NODE_MQTT" --admin-listen "127.0.0.1:$NODE_ADMIN" \
     --metrics-listen "127.0.0.1:$metrics" --est-listen 127.0.0.1:0 >"$OUT/$1.log" 2>&1 &
   NODE_PID=$!
-  wait_port "$NODE_MQTT" "$NODE_PID" 30 && wait_port "$NODE_ADMIN" "$NODE_PID" 30 \
+  wait_ready "$OUT/$1.log" "$NODE_PID" 60 \
     || die "$1 did not start (see $OUT/$1.log)"
 }
 start_node node1; N1=$NODE_PID N1_MQTT=$NODE_MQTT N1_ADMIN=$NODE_ADMIN

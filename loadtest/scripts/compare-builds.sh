@@ -80,7 +80,7 @@ start() { # name
     --admin-listen "127.0.0.1:$ADMIN" --metrics-listen "127.0.0.1:$METRICS" "${est[@]}" \
     >"$d/log" 2>&1 &
   PID=$!
-  wait_port "$MQTT" "$PID" 30 && wait_port "$ADMIN" "$PID" 30 || die "$1 did not start"
+  wait_ready "$d/log" "$PID" 60 || die "$1 did not start"
   COMMON=(--broker "127.0.0.1:$MQTT" --server-ca "$d/data/server.crt" --quiet
           --source-ips 127.0.0.1-127.0.0.20 --ca-cert "$WORK/ca/ca.crt" --ca-key "$WORK/ca/ca.key"
           --scenario storm --concurrency 32)

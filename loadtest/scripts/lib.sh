@@ -23,6 +23,17 @@ wait_port() { # port pid seconds
   done
 }
 
+# The product binds its ports first and only then opens its store and writes
+# data/server.crt: an open port is not readiness. Its "broker listening" log line is.
+wait_ready() { # log pid seconds
+  local end=$(( $(date +%s) + $3 ))
+  until grep -q "broker listening" "$1" 2>/dev/null; do
+    kill -0 "$2" 2>/dev/null || return 1
+    [ "$(date +%s)" -lt "$end" ] || return 1
+    sleep 0.1
+  done
+}
+
 stop_pid() {
   [ -n "${1:-}" ] || return 0
   kill "$1" 2>/dev/null || true

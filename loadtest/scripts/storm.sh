@@ -78,7 +78,7 @@ args=(--data-dir "$WORK/data" --mqtt-listen "127.0.0.1:$MQTT" --admin-listen "12
 [ -z "$CONFIG" ] || args=(--config "$CONFIG" "${args[@]}")
 "$BROKER" "${args[@]}" >"$OUT/broker.log" 2>&1 &
 PID=$!
-wait_port "$MQTT" "$PID" 30 && wait_port "$ADMIN" "$PID" 30 \
+wait_ready "$OUT/broker.log" "$PID" 60 \
   || die "the broker did not start (see $OUT/broker.log)"
 "$BROKER" print-config ${CONFIG:+--config "$CONFIG"} >"$OUT/broker-config.toml"
 
