@@ -21,7 +21,7 @@ use certs::AnchorStatus;
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The record does not exist (the message names it).
     #[error("{0}")]

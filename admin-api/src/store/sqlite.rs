@@ -286,7 +286,7 @@ impl SqliteStore {
                     let _ = answer.send(committed.map(|()| value));
                 }) as Answer),
                 Err(e) => {
-                    *failed = Some(repeat(&e));
+                    *failed = Some(e.clone());
                     let _ = answer.send(Err(e));
                     None
                 }
@@ -329,17 +329,6 @@ type Write = Box<dyn for<'a, 'b> FnOnce(Step<'a, 'b>) -> Option<Answer> + Send>;
 /// Tells a caller whose write succeeded the outcome of the commit that holds it.
 type Answer = Box<dyn FnOnce(StoreResult<()>) + Send>;
 
-/// The same error again, for every caller of a failed commit.
-fn repeat(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
-        StoreError::Conflict(c) => StoreError::Conflict(c.clone()),
-        StoreError::Full(m) => StoreError::Full(m.clone()),
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-    }
-}
-
 /// Runs `writes` in as few transactions as possible and answers each caller after its
 /// transaction's commit. A failed write is rolled back to its savepoint; if SQLite
 /// abandoned the whole transaction on it (a full disk, an I/O error), the writes that
@@ -353,7 +342,7 @@ fn group_commit(c: &mut Connection, writes: Vec<Write>) {
             Err(e) => {
                 let e = StoreError::from(e);
                 for w in writes {
-                    w(Step::Fail(repeat(&e)));
+                    w(Step::Fail(e.clone()));
                 }
                 return;
             }
@@ -363,7 +352,7 @@ fn group_commit(c: &mut Connection, writes: Vec<Write>) {
         for w in writes.by_ref() {
             if let Err(e) = tx.execute_batch("SAVEPOINT write") {
                 let e = StoreError::from(e);
-                w(Step::Fail(repeat(&e)));
+                w(Step::Fail(e.clone()));
                 abandoned = Some(e);
                 break;
             }
@@ -397,7 +386,7 @@ fn group_commit(c: &mut Connection, writes: Vec<Write>) {
         for answer in answers {
             answer(match &outcome {
                 Ok(()) => Ok(()),
-                Err(e) => Err(repeat(e)),
+                Err(e) => Err(e.clone()),
             });
         }
     }
