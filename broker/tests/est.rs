@@ -941,3 +941,69 @@ async fn certs_enroll_and_renew_write_files_that_connect() {
     assert_ne!(second.cert_der, first.cert_der);
     assert!(connects(&env.server_ca, env.mqtt_port(), "cli-1", &second).await);
 }
+
+/// What a device with some certificate in hand tries at `simplereenroll`: a certificate
+/// for another device's name, renewal with a certificate of its own making, and renewal
+/// of a certificate the tenant trusts but did not issue over EST. Each refused with its
+/// own status and sentence; nothing issued.
+#[tokio::test]
+async fn renewal_refuses_another_name_a_forged_certificate_and_one_not_issued_here() {
+    let env = start().await;
+    env.tenant("acme").await;
+    create_ca(&env, "acme", json!({"deviceValidityDays": 30})).await;
+    let s1 = secret(&env, "acme", "sensor-1").await;
+    let first = client(&env, "acme", None)
+        .enroll("sensor-1", &s1, KeyType::P256)
+        .await
+        .unwrap();
+    let dev1 = device_of(&first);
+
+    // A valid certificate of sensor-1 asking for sensor-2's.
+    let e = client(&env, "acme", Some(&dev1))
+        .renew("sensor-2", KeyType::P256)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the EST server answered 400: the certificate request's Common Name \"sensor-2\" is not \"sensor-1\""
+    );
+
+    // sensor-1's name on a certificate of a CA nobody trusts.
+    let forged = device("sensor-1", &ca("Acme Devices CA"));
+    let e = client(&env, "acme", Some(&forged))
+        .renew("sensor-1", KeyType::P256)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, certs::est::ClientError::Refused { status: 401, message }
+            if message.starts_with("The client certificate is refused: ")),
+        "{e}"
+    );
+
+    // A certificate of an anchor the tenant uploaded (not its EST CA): it connects on
+    // 8883, but its renewal is not this CA's to make.
+    let uploaded = ca("Acme Field CA");
+    env.upload("acme", &uploaded, true).await;
+    let field = device("meter-9", &uploaded);
+    assert!(connects(&env.server_ca, env.mqtt_port(), "meter-9", &field).await);
+    let e = client(&env, "acme", Some(&field))
+        .renew("meter-9", KeyType::P256)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the EST server answered 403: Only certificates issued by the tenant's certificate authority can be renewed here"
+    );
+
+    // The only certificate issued is the first one.
+    let (s, list) = env
+        .as_tenant(
+            "acme",
+            Method::GET,
+            "/tenant/tenants/acme/issued-certificates",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["certificates"].as_array().unwrap().len(), 1, "{list}");
+}
