@@ -66,7 +66,9 @@ struct Online {
 #[derive(Debug, Default)]
 pub struct Live {
     refusals: Mutex<HashMap<String, VecDeque<RefusalRecord>>>,
-    online: Mutex<HashMap<(String, String), Online>>,
+    /// Per tenant, then per Common Name: a tenant's list never walks other tenants'
+    /// devices, and a disconnect looks its entry up without allocating.
+    online: Mutex<HashMap<String, HashMap<String, Online>>>,
 }
 
 impl Live {
@@ -114,17 +116,19 @@ impl Live {
         let mut out: Vec<Connection> = self
             .online
             .lock()
-            .map(|online| {
-                online
-                    .iter()
-                    .filter(|((t, _), _)| t == tenant)
-                    .map(|((_, cn), o)| Connection {
-                        common_name: cn.clone(),
-                        since: o.since,
-                        source: o.source,
-                        sessions: o.sessions,
-                    })
-                    .collect()
+            .ok()
+            .and_then(|online| {
+                online.get(tenant).map(|devices| {
+                    devices
+                        .iter()
+                        .map(|(cn, o)| Connection {
+                            common_name: cn.clone(),
+                            since: o.since,
+                            source: o.source,
+                            sessions: o.sessions,
+                        })
+                        .collect()
+                })
             })
             .unwrap_or_default();
         out.sort_by(|a, b| a.common_name.cmp(&b.common_name));
@@ -140,13 +144,18 @@ impl Live {
 
     pub(crate) fn online(&self, tenant: &str, cn: &str, source: IpAddr, now: i64) {
         if let Ok(mut online) = self.online.lock() {
-            let o = online
-                .entry((tenant.to_string(), cn.to_string()))
-                .or_insert(Online {
+            let devices = match online.get_mut(tenant) {
+                Some(d) => d,
+                None => online.entry(tenant.to_string()).or_default(),
+            };
+            let o = match devices.get_mut(cn) {
+                Some(o) => o,
+                None => devices.entry(cn.to_string()).or_insert(Online {
                     since: now,
                     source,
                     sessions: 0,
-                });
+                }),
+            };
             o.sessions = o.sessions.saturating_add(1);
             o.since = now;
             o.source = source;
@@ -155,12 +164,17 @@ impl Live {
 
     fn offline(&self, tenant: &str, cn: &str) {
         if let Ok(mut online) = self.online.lock() {
-            let key = (tenant.to_string(), cn.to_string());
-            if let Some(o) = online.get_mut(&key) {
+            let Some(devices) = online.get_mut(tenant) else {
+                return;
+            };
+            if let Some(o) = devices.get_mut(cn) {
                 o.sessions = o.sessions.saturating_sub(1);
                 if o.sessions == 0 {
-                    online.remove(&key);
+                    devices.remove(cn);
                 }
+            }
+            if devices.is_empty() {
+                online.remove(tenant);
             }
         }
     }
@@ -230,5 +244,11 @@ mod tests {
         live.offline("t", "d1");
         assert!(live.connections("t").is_empty());
         assert_eq!(live.connections("u").len(), 1);
+        live.offline("u", "d2");
+        live.offline("u", "d2");
+        assert!(
+            live.online.lock().unwrap().is_empty(),
+            "no entry outlives its sessions"
+        );
     }
 }
