@@ -188,3 +188,77 @@ async fn admission_refusals_are_logged() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("admission control"), "{}", lines[0]);
 }
+
+/// A tenant's recent refusals (the console's page, `GET .../refusals`) and the refusal
+/// log's `tenant=` hold only chains that a key of that tenant signed. A stranger who
+/// names the tenant's CA (a look-alike with its subject, or the public CA certificate
+/// itself sent along) is an unknown issuer, not that tenant's refused device: else
+/// anyone could write text of their choosing into the tenant's view, and push its
+/// devices' real refusals out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_chains_the_tenant_signed_reach_its_refusals() {
+    logs();
+    let env = start().await;
+    env.tenant("acme").await;
+    let root = ca("Acme Root");
+    env.upload("acme", &root, true).await;
+    let refusals = || async {
+        let (s, body) = env
+            .as_tenant(
+                "acme",
+                reqwest::Method::GET,
+                "/tenant/tenants/acme/refusals",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        body["refusals"].as_array().unwrap().clone()
+    };
+
+    // A look-alike of acme's root (same name, another key), its device named as markup,
+    // sent with acme's real root certificate too.
+    let look_alike = ca("Acme Root");
+    let forged = device("<b>forged</b>", &look_alike);
+    let a = alert_from(&env, "127.0.0.31", device_tls(&env.server_ca, &forged, &[])).await;
+    assert_eq!(a, Some(AlertDescription::UnknownCA));
+    let lines = logged("unknown_issuer", "127.0.0.31").await;
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("tenant=-"), "{}", lines[0]);
+    // The same with acme's real root certificate sent along: refused (its signature
+    // does not verify under that root), still nobody's.
+    let a = alert_from(
+        &env,
+        "127.0.0.33",
+        device_tls(&env.server_ca, &forged, &[&root]),
+    )
+    .await;
+    assert!(a.is_some(), "refused with an alert");
+    // And with a real acme device certificate (signed by acme's root) sent along.
+    let victim = device("victim", &root);
+    let a = alert_from(
+        &env,
+        "127.0.0.34",
+        device_tls(&env.server_ca, &forged, &[&victim]),
+    )
+    .await;
+    assert!(a.is_some(), "refused with an alert");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(refusals().await.is_empty(), "{:#?}", refusals().await);
+
+    // acme's own expired device: in acme's refusals, and only it.
+    let expired = expired_device("old", &root);
+    let a = alert_from(
+        &env,
+        "127.0.0.32",
+        device_tls(&env.server_ca, &expired, &[]),
+    )
+    .await;
+    assert_eq!(a, Some(AlertDescription::CertificateExpired));
+    let list = refusals().await;
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["source"], "127.0.0.32", "{list:#?}");
+    assert!(
+        list[0]["subject"].as_str().unwrap().contains("CN=old"),
+        "{list:#?}"
+    );
+}

@@ -487,6 +487,39 @@ impl TrustStoreBuilder {
     }
 }
 
+/// Whether `parsed[from]` is the leaf or signed a presented certificate that is, or
+/// that signed one that is, ... (each step: the child's issuer is the parent's subject
+/// and the parent's key verifies the child's signature).
+fn signs_down_to_leaf(parsed: &[Option<X509Certificate<'_>>], from: usize) -> bool {
+    let mut at = from;
+    for _ in 0..parsed.len() {
+        if at == 0 {
+            return true;
+        }
+        let Some(parent) = parsed[at].as_ref() else {
+            return false;
+        };
+        let child = (0..parsed.len()).find(|&j| {
+            j != at
+                && parsed[j].as_ref().is_some_and(|x| {
+                    x.issuer() == parent.subject()
+                        && crate::signature::verify_with_spki(
+                            &parent.tbs_certificate.subject_pki,
+                            &x.signature_algorithm.algorithm.to_id_string(),
+                            x.tbs_certificate.as_ref(),
+                            &x.signature_value.data,
+                        )
+                        .is_ok()
+                })
+        });
+        match child {
+            Some(j) => at = j,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// True when an anchor of another tenant signed `entry` (found by AKI or issuer DN,
 /// bounded as the device candidate search is, confirmed by signature).
 fn issued_by_other_tenant(
@@ -677,10 +710,14 @@ impl TrustStore {
         })
     }
 
-    /// The tenants whose trusted certificates a chain names as its issuers (by
-    /// fingerprint, key identifier or subject, before any signature check), in order of
-    /// first appearance: whom a refused device belongs to, for the refusal's log line.
-    /// Empty when no tenant's certificate is named (an unknown issuer).
+    /// The tenants one of whose trusted certificates starts a chain of signatures down
+    /// to the presented leaf (the anchor signed the leaf, or a presented certificate
+    /// that signed the next one down to the leaf), in order of first appearance: whom a
+    /// refused device belongs to, for the refusal's log line and the tenant's list of
+    /// recent refusals. Naming a tenant's CA (its subject, key identifier, the CA
+    /// certificate itself), or sending along a certificate the tenant did sign, is not
+    /// enough: all of those are public, and anyone could then write a leaf of their
+    /// making into that tenant's refusals. Empty for an unknown issuer or a look-alike.
     pub fn candidate_tenants(&self, chain: &[CertificateDer<'_>]) -> Vec<Arc<str>> {
         let chain = &chain[..chain.len().min(MAX_PRESENTED)];
         let parsed: Vec<Option<X509Certificate<'_>>> = chain
@@ -689,6 +726,16 @@ impl TrustStore {
             .collect();
         let mut tenants: Vec<Arc<str>> = Vec::new();
         for c in self.candidates(chain, &parsed) {
+            let signed = c.child.is_some_and(|ci| {
+                chain[ci].as_ref() != self.anchors[c.anchor].der.as_ref()
+                    && parsed[ci]
+                        .as_ref()
+                        .is_some_and(|x| self.signed(c.anchor, x))
+                    && signs_down_to_leaf(&parsed, ci)
+            });
+            if !signed {
+                continue;
+            }
             let t = &self.anchors[c.anchor].tenant;
             if !tenants.contains(t) {
                 tenants.push(t.clone());
@@ -965,6 +1012,21 @@ impl TrustStore {
     /// does not verify, or the signature algorithm is for another kind of key. An
     /// algorithm the quick check does not know (RSA-PSS, ECDSA with SHA-512) is left to
     /// webpki.
+    /// Whether the anchor's key verifiably signed `cert` (unlike
+    /// [`TrustStore::may_have_signed`], an unreadable key or algorithm counts as no).
+    fn signed(&self, anchor: usize, cert: &X509Certificate<'_>) -> bool {
+        let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&self.anchors[anchor].spki_der) else {
+            return false;
+        };
+        crate::signature::verify_with_spki(
+            &spki,
+            &cert.signature_algorithm.algorithm.to_id_string(),
+            cert.tbs_certificate.as_ref(),
+            &cert.signature_value.data,
+        )
+        .is_ok()
+    }
+
     fn may_have_signed(&self, anchor: usize, cert: &X509Certificate<'_>) -> bool {
         let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(&self.anchors[anchor].spki_der) else {
             return true;
