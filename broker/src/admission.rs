@@ -676,6 +676,22 @@ mod tests {
         let b = Admission::new(&short, &src, Default::default());
         let _held = now(&b, x).await.unwrap();
         assert_eq!(now(&b, x).await.err(), Some(Refusal::SourceConcurrency));
+        // The same for the node's slots: another source waits, then is refused.
+        let one_slot = Limits {
+            handshake_queue_ms: 100,
+            ..limits(1000, 1000, 1000, 1000, 1)
+        };
+        let c = Admission::new(&one_slot, &SourceLimits::default(), Default::default());
+        let _only = now(&c, x).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            now(&c, "127.0.0.9".parse().unwrap()).await.err(),
+            Some(Refusal::Concurrency)
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(90),
+            "it waited its turn first"
+        );
         drop(third);
         assert_eq!(a.per_source.len(), 0, "no entry outlives its connections");
     }
