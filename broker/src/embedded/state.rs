@@ -7,6 +7,7 @@
 //! acknowledged it, and a burst costs one fsync per batch rather than one per message.
 //! [`StateStore::barrier`] waits until everything queued before it is committed.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,11 @@ enum Op {
 pub struct StateStore {
     writes: std_mpsc::Sender<Op>,
     reader: Arc<Mutex<Connection>>,
+    /// The client IDs that have (or are about to have) a session row, subscriptions or
+    /// queued messages. Forgetting any other ID has nothing to delete, so it costs no
+    /// write: a clean session (most devices) connects and leaves without a transaction.
+    /// Changed and sent under the same lock, so that it follows the order of the writes.
+    stored: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -186,6 +192,13 @@ impl StateStore {
         let writer = open_connection(&path).map_err(fail)?;
         writer.execute_batch(SCHEMA).map_err(fail)?;
         let reader = open_connection(&path).map_err(fail)?;
+        let stored = reader
+            .prepare(
+                "SELECT client_id FROM sessions UNION SELECT client_id FROM subscriptions
+                 UNION SELECT client_id FROM queue",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(fail)?;
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
@@ -198,7 +211,22 @@ impl StateStore {
         Ok(StateStore {
             writes,
             reader: Arc::new(Mutex::new(reader)),
+            stored: Arc::new(Mutex::new(stored)),
         })
+    }
+
+    /// Sends `op` for `client_id`, which has stored rows after it (`keeps`) or none.
+    /// Returns without a write when neither before nor after it has any.
+    fn send_for(&self, client_id: &str, keeps: bool, op: impl FnOnce() -> Op) {
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let had = if keeps {
+            !stored.insert(client_id.to_owned())
+        } else {
+            stored.remove(client_id)
+        };
+        if keeps || had {
+            self.send(op());
+        }
     }
 
     fn send(&self, op: Op) {
@@ -219,7 +247,9 @@ impl StateStore {
 
     /// A persistent session connects: `clean` forgets what it had.
     pub fn begin(&self, client_id: &str, expiry: u32, clean: bool) {
-        self.send(Op::Begin(client_id.to_owned(), expiry, clean));
+        self.send_for(client_id, true, || {
+            Op::Begin(client_id.to_owned(), expiry, clean)
+        });
     }
 
     /// A persistent session's connection ended at `at` with `expiry`.
@@ -227,14 +257,16 @@ impl StateStore {
         self.send(Op::Ended(client_id.to_owned(), at, expiry));
     }
 
-    /// Forgets a session: row, subscriptions, queue.
+    /// Forgets a session: row, subscriptions, queue (no write if it has none).
     pub fn forget(&self, client_id: &str) {
-        self.send(Op::Forget(client_id.to_owned()));
+        self.send_for(client_id, false, || Op::Forget(client_id.to_owned()));
     }
 
     /// Adds (or replaces) subscriptions of a persistent session.
     pub fn subscribe(&self, client_id: &str, subs: Vec<StoredSub>) {
-        self.send(Op::Subscribe(client_id.to_owned(), subs));
+        self.send_for(client_id, true, || {
+            Op::Subscribe(client_id.to_owned(), subs)
+        });
     }
 
     /// Removes subscriptions of a persistent session.
@@ -269,7 +301,7 @@ impl StateStore {
 
     /// Queues a message for an offline session.
     pub fn enqueue(&self, client_id: &str, q: Queued) {
-        self.send(Op::Enqueue(client_id.to_owned(), q));
+        self.send_for(client_id, true, || Op::Enqueue(client_id.to_owned(), q));
     }
 
     /// Removes delivered or dropped queued messages.
@@ -378,27 +410,30 @@ fn apply(
 ) -> rusqlite::Result<()> {
     match op {
         Op::Retain(r) => {
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO retained (topic, qos, packet, stored_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (topic) DO UPDATE SET qos = ?2, packet = ?3, stored_at = ?4",
                 params![r.topic, r.qos, r.packet, r.stored_at],
             )?;
         }
         Op::Unretain(topic) => {
-            t.execute("DELETE FROM retained WHERE topic = ?1", [topic])?;
+            exec(t, "DELETE FROM retained WHERE topic = ?1", [topic])?;
         }
         Op::Begin(client_id, expiry, clean) => {
             if clean {
                 forget(t, &client_id)?;
             }
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO sessions (client_id, expiry, ended_at) VALUES (?1, ?2, NULL)
                  ON CONFLICT (client_id) DO UPDATE SET expiry = ?2, ended_at = NULL",
                 params![client_id, i64::from(expiry)],
             )?;
         }
         Op::Ended(client_id, at, expiry) => {
-            t.execute(
+            exec(
+                t,
                 "UPDATE sessions SET ended_at = ?2, expiry = ?3 WHERE client_id = ?1",
                 params![client_id, at, i64::from(expiry)],
             )?;
@@ -406,7 +441,8 @@ fn apply(
         Op::Forget(client_id) => forget(t, &client_id)?,
         Op::Subscribe(client_id, subs) => {
             for s in subs {
-                t.execute(
+                exec(
+                    t,
                     "INSERT INTO subscriptions (client_id, filter, options) VALUES (?1, ?2, ?3)
                      ON CONFLICT (client_id, filter) DO UPDATE SET options = ?3",
                     params![client_id, s.filter, s.options],
@@ -415,31 +451,34 @@ fn apply(
         }
         Op::Unsubscribe(client_id, filters) => {
             for f in filters {
-                t.execute(
+                exec(
+                    t,
                     "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2",
                     params![client_id, f],
                 )?;
             }
         }
         Op::Enqueue(client_id, q) => {
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO queue (id, client_id, qos, packet, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![q.id, client_id, q.qos, q.packet, q.stored_at],
             )?;
         }
         Op::PutWill(w) => {
-            t.execute(
+            exec(
+                t,
                 "INSERT INTO wills (client_id, due_at, packet) VALUES (?1, ?2, ?3)
                  ON CONFLICT (client_id) DO UPDATE SET due_at = ?2, packet = ?3",
                 params![w.client_id, w.due_at, w.packet],
             )?;
         }
         Op::DropWill(client_id) => {
-            t.execute("DELETE FROM wills WHERE client_id = ?1", [client_id])?;
+            exec(t, "DELETE FROM wills WHERE client_id = ?1", [client_id])?;
         }
         Op::Dequeue(ids) => {
             for id in ids {
-                t.execute("DELETE FROM queue WHERE id = ?1", [id])?;
+                exec(t, "DELETE FROM queue WHERE id = ?1", [id])?;
             }
         }
         Op::Barrier(tx) => barriers.push(tx),
@@ -447,13 +486,23 @@ fn apply(
     Ok(())
 }
 
+/// Runs one statement, parsed once per writer connection (statements are cached).
+fn exec(
+    t: &rusqlite::Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    t.prepare_cached(sql)?.execute(p)
+}
+
 fn forget(t: &rusqlite::Transaction<'_>, client_id: &str) -> rusqlite::Result<()> {
-    t.execute("DELETE FROM sessions WHERE client_id = ?1", [client_id])?;
-    t.execute(
+    exec(t, "DELETE FROM sessions WHERE client_id = ?1", [client_id])?;
+    exec(
+        t,
         "DELETE FROM subscriptions WHERE client_id = ?1",
         [client_id],
     )?;
-    t.execute("DELETE FROM queue WHERE client_id = ?1", [client_id])?;
+    exec(t, "DELETE FROM queue WHERE client_id = ?1", [client_id])?;
     Ok(())
 }
 
@@ -482,5 +531,75 @@ fn write_loop(mut c: Connection, queue: std_mpsc::Receiver<Op>) {
         for b in barriers.drain(..) {
             let _ = b.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(id: i64) -> Queued {
+        Queued {
+            id,
+            qos: 1,
+            packet: vec![0x30, 0x03, 0, 1, b'a'],
+            stored_at: 1,
+        }
+    }
+
+    fn sub(filter: &str) -> StoredSub {
+        StoredSub {
+            filter: filter.into(),
+            options: 1,
+        }
+    }
+
+    /// Reads a session's rows as another process would: a fresh store on the same file.
+    fn rows(dir: &Path, client_id: &str) -> (usize, Vec<StoredSub>, usize) {
+        let s = StateStore::open(dir).unwrap();
+        let sessions = s.load_sessions().unwrap();
+        (
+            sessions.iter().filter(|x| x.client_id == client_id).count(),
+            s.load_subs(client_id).unwrap(),
+            s.load_queue(client_id).unwrap().len(),
+        )
+    }
+
+    #[tokio::test]
+    async fn forgetting_deletes_what_a_session_stored_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        s.begin("t.a", NEVER, false);
+        s.subscribe("t.a", vec![sub("t/a/#")]);
+        s.enqueue("t.a", queued(1));
+        // Only subscriptions and queued messages, no session row (written before a
+        // crash, for example): still forgotten.
+        s.subscribe("t.b", vec![sub("t/b/#")]);
+        s.enqueue("t.c", queued(2));
+        s.begin("t.d", 60, false);
+        s.barrier().await;
+        assert_eq!(rows(dir.path(), "t.a"), (1, vec![sub("t/a/#")], 1));
+        drop(s);
+
+        // A new process knows what the file holds without being told.
+        let s = StateStore::open(dir.path()).unwrap();
+        for id in ["t.a", "t.b", "t.c"] {
+            s.forget(id);
+        }
+        s.barrier().await;
+        for id in ["t.a", "t.b", "t.c"] {
+            assert_eq!(rows(dir.path(), id), (0, vec![], 0), "{id}");
+        }
+        assert_eq!(rows(dir.path(), "t.d").0, 1, "another session's row stays");
+
+        // Forgotten, then stored again: the new rows are written, not skipped.
+        s.begin("t.a", NEVER, true);
+        s.subscribe("t.a", vec![sub("t/a/x")]);
+        s.barrier().await;
+        assert_eq!(rows(dir.path(), "t.a"), (1, vec![sub("t/a/x")], 0));
+        s.forget("t.a");
+        s.forget("t.a");
+        s.barrier().await;
+        assert_eq!(rows(dir.path(), "t.a"), (0, vec![], 0));
     }
 }
