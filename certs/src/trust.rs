@@ -820,9 +820,20 @@ impl TrustStore {
             return Err(VerifyError::UnknownIssuer);
         }
         // Step 2: keep anchors that are a presented certificate or signed one, at most
-        // MAX_PATHS_PER_TENANT per tenant.
+        // MAX_PATHS_PER_TENANT per tenant. With a single candidate anchor (the usual
+        // case) there is nothing to choose between: it goes straight to path building,
+        // which checks the same signature, and the check here only runs if that fails,
+        // to give the answer the filter gives (`UnknownIssuer` for an anchor that signed
+        // none of the presented certificates).
+        let single = candidates.iter().all(|c| c.anchor == candidates[0].anchor);
+        let signed = |c: &Candidate| match c.child {
+            None => true,
+            Some(ci) => parsed[ci]
+                .as_ref()
+                .is_some_and(|x| self.may_have_signed(c.anchor, x)),
+        };
         let mut survivors: Vec<usize> = Vec::new();
-        for c in &candidates {
+        for c in candidates.iter().filter(|_| !single) {
             let tenant = &self.anchors[c.anchor].tenant;
             if survivors.contains(&c.anchor)
                 || survivors
@@ -833,15 +844,12 @@ impl TrustStore {
             {
                 continue;
             }
-            let signed = match c.child {
-                None => true,
-                Some(ci) => parsed[ci]
-                    .as_ref()
-                    .is_some_and(|x| self.may_have_signed(c.anchor, x)),
-            };
-            if signed {
+            if signed(c) {
                 survivors.push(c.anchor);
             }
+        }
+        if single {
+            survivors.push(candidates[0].anchor);
         }
 
         // Step 3: every survivor is tried.
@@ -885,6 +893,9 @@ impl TrustStore {
             }
         }
         let Some((first, _)) = validated.first() else {
+            if single && !candidates.iter().any(signed) {
+                return Err(VerifyError::UnknownIssuer);
+            }
             return Err(error.unwrap_or(VerifyError::UnknownIssuer));
         };
         let tenant = &self.anchors[*first].tenant;
