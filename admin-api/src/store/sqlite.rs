@@ -8,7 +8,8 @@
 //! (a fleet's first connections register their devices concurrently) run together in
 //! the next transaction, each under its own savepoint, so that one fsync makes all of
 //! them durable and a write that fails leaves the others intact. Each caller is
-//! answered only after the commit that holds its write.
+//! answered only after the commit that holds its write. One flusher task commits batch
+//! after batch while writes keep coming; a writer only queues its write and waits.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -175,7 +176,7 @@ CREATE INDEX IF NOT EXISTS issued_certificates_expiry ON issued_certificates(not
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// Writes waiting for the next group commit (see the module documentation).
-    pending: Arc<Mutex<Vec<Write>>>,
+    pending: Arc<Mutex<Pending>>,
     /// A second, read-only connection for the lookup every device connect makes: in WAL
     /// mode it reads the last committed state without waiting for a writer's fsync, so
     /// it runs on the caller's thread instead of a hop to the blocking pool.
@@ -292,26 +293,66 @@ impl SqliteStore {
                 }
             },
         });
-        self.pending
-            .lock()
-            .map_err(|_| StoreError::Backend("write queue lock poisoned".into()))?
-            .push(write);
-        // Whoever holds the connection next commits every queued write, this one
-        // included; a flush that finds the queue empty returns at once.
-        let pending = self.pending.clone();
-        self.run(move |c| {
-            let writes = std::mem::take(
-                &mut *pending
-                    .lock()
-                    .map_err(|_| StoreError::Backend("write queue lock poisoned".into()))?,
-            );
-            group_commit(c, writes);
-            Ok(())
-        })
-        .await?;
+        // One flusher at a time commits whatever has queued up, batch after batch, until
+        // the queue is empty: a write does not take a blocking thread of its own that
+        // would only wait for the connection.
+        let start = {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| StoreError::Backend("write queue lock poisoned".into()))?;
+            pending.writes.push(write);
+            !std::mem::replace(&mut pending.flushing, true)
+        };
+        if start {
+            let (conn, pending) = (self.conn.clone(), self.pending.clone());
+            tokio::task::spawn_blocking(move || flush(&conn, &pending));
+        }
         outcome
             .await
             .map_err(|_| StoreError::Backend("write dropped before its commit".into()))?
+    }
+}
+
+/// The writes waiting for a group commit, and whether a flusher is running.
+#[derive(Default)]
+struct Pending {
+    writes: Vec<Write>,
+    flushing: bool,
+}
+
+/// Commits the queued writes, batch after batch, until none is left (then the next
+/// write starts a new flusher). A poisoned lock fails the writes it can reach.
+fn flush(conn: &Mutex<Connection>, pending: &Mutex<Pending>) {
+    /// If a write panics, the writes of its batch are dropped (their callers get an
+    /// error) and the next write starts a new flusher.
+    struct Unwinding<'a>(&'a Mutex<Pending>);
+    impl Drop for Unwinding<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).flushing = false;
+            }
+        }
+    }
+    let _unwinding = Unwinding(pending);
+    loop {
+        let writes = {
+            let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.writes.is_empty() {
+                p.flushing = false;
+                return;
+            }
+            std::mem::take(&mut p.writes)
+        };
+        match conn.lock() {
+            Ok(mut c) => group_commit(&mut c, writes),
+            Err(_) => {
+                let e = StoreError::Backend("database connection lock poisoned".into());
+                for w in writes {
+                    w(Step::Fail(e.clone()));
+                }
+            }
+        }
     }
 }
 
