@@ -45,24 +45,14 @@ pub(crate) type Link = (LinkTx, LinkRx, Notification);
 /// The client ID of the front-end's own link that publishes wills.
 const WILLS_CLIENT_ID: &str = "!front-end.wills";
 
-/// A request for a new link, served by the connector thread.
-struct LinkRequest {
-    client_id: String,
-    clean: bool,
-    topic_alias_max: u16,
-    reply: oneshot::Sender<Result<Link, LinkError>>,
-}
-
-const LINK_THREAD_STOPPED: &str = "the embedded broker's link thread stopped";
-
 /// A will to publish, with its MQTT 5 properties.
 type Will = (LastWill, Option<LastWillProperties>);
 
 /// rumqttd's router, started by the front-end, and what sessions need to reach it.
 pub struct Hub {
-    /// To the thread that registers links with the router. Registration waits for the
-    /// router's answer, so it runs on its own thread and never blocks a runtime worker.
-    requests: std::sync::mpsc::Sender<LinkRequest>,
+    /// To the router: a new link is registered by the session's task itself, which
+    /// waits for the router's answer asynchronously.
+    router_tx: flume::Sender<(rumqttd::ConnectionId, rumqttd::Event)>,
     /// To the task that publishes wills through the front-end's own link.
     wills: mpsc::UnboundedSender<Will>,
     /// Wills waiting out their delay, by client ID: a generation, and a sender that
@@ -93,8 +83,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// Starts rumqttd's router and the loopback listeners `config` names, if any (each
     /// on its own thread, as `rumqttd::Broker::start` does; the in-process transport
-    /// names none), the link registration thread, the will
-    /// publisher and the `Announcer`. Must run inside the sessions' tokio runtime
+    /// names none), the will publisher and the `Announcer`. Must run inside the sessions' tokio runtime
     /// (the will publisher and the announcer are tasks).
     pub async fn start(
         config: rumqttd::Config,
@@ -145,25 +134,11 @@ impl Hub {
                 })?;
         }
 
-        let (requests, queue) = std::sync::mpsc::channel::<LinkRequest>();
-        std::thread::Builder::new()
-            .name("rumqttd-links".into())
-            .spawn(move || {
-                while let Ok(r) = queue.recv() {
-                    let link = LinkBuilder::new(&r.client_id, router_tx.clone())
-                        .clean_session(r.clean)
-                        .dynamic_filters(true)
-                        .topic_alias_max(r.topic_alias_max)
-                        .build();
-                    let _ = r.reply.send(link);
-                }
-            })?;
-
         let (wills, pending) = mpsc::unbounded_channel();
         let announcer = Arc::new(Announcer::default());
         tokio::spawn(announcer.clone().run());
         let hub = Arc::new(Hub {
-            requests,
+            router_tx,
             wills,
             delayed: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -201,40 +176,20 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Asks the link thread to register a link with the router; the answer comes on the
-    /// returned receiver.
-    fn request(
-        &self,
-        client_id: String,
-        clean: bool,
-        topic_alias_max: u16,
-    ) -> io::Result<oneshot::Receiver<Result<Link, LinkError>>> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(LinkRequest {
-                client_id,
-                clean,
-                topic_alias_max,
-                reply,
-            })
-            .map_err(|_| io::Error::other(LINK_THREAD_STOPPED))?;
-        Ok(answer)
-    }
-
-    /// Registers a link with the router (from any runtime).
+    /// Registers a link with the router (from any runtime; no thread waits).
     pub(crate) async fn link(
         &self,
         client_id: String,
         clean: bool,
         topic_alias_max: u16,
     ) -> io::Result<Link> {
-        match self.request(client_id, clean, topic_alias_max)?.await {
-            Ok(Ok(link)) => Ok(link),
-            Ok(Err(e)) => Err(io::Error::other(format!(
-                "embedded broker refused the link: {e}"
-            ))),
-            Err(_) => Err(io::Error::other(LINK_THREAD_STOPPED)),
-        }
+        LinkBuilder::new(&client_id, self.router_tx.clone())
+            .clean_session(clean)
+            .dynamic_filters(true)
+            .topic_alias_max(topic_alias_max)
+            .build_async()
+            .await
+            .map_err(|e| io::Error::other(format!("embedded broker refused the link: {e}")))
     }
 
     /// A new session stream for a device speaking `v5` (MQTT 5) or 3.1.1.
@@ -778,7 +733,7 @@ enum Receiver {
 enum State {
     /// Nothing written yet: the session's CONNECT comes first.
     Idle,
-    /// CONNECT sent to the link thread (after the session's keeper left, see
+    /// CONNECT on its way to the router (after the session's keeper left, see
     /// [`Durable::open`]); packets written meanwhile wait in `pending`.
     Connecting {
         answer: Opening,
@@ -1200,11 +1155,10 @@ impl LinkIo {
                             ))
                         }
                         None => {
-                            let answer =
-                                self.hub
-                                    .request(connect.client_id, clean, topic_alias_max)?;
+                            let hub = self.hub.clone();
                             Box::pin(async move {
-                                answer.await.ok()?.ok().map(|link| Opened {
+                                let link = hub.link(connect.client_id, clean, topic_alias_max);
+                                link.await.ok().map(|link| Opened {
                                     link,
                                     queue: Vec::new(),
                                     subs: Vec::new(),

@@ -99,6 +99,32 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (router_tx, event, link_rx, bufs) = self.connect_event();
+        router_tx.send((0, event))?;
+        link_rx.recv()?;
+        Self::linked(router_tx, link_rx, bufs)
+    }
+
+    /// `build` without blocking a thread: waits for the router asynchronously.
+    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (router_tx, event, link_rx, bufs) = self.connect_event();
+        router_tx.send_async((0, event)).await?;
+        link_rx.recv_async().await?;
+        Self::linked(router_tx, link_rx, bufs)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn connect_event(
+        self,
+    ) -> (
+        Sender<(ConnectionId, Event)>,
+        Event,
+        Receiver<()>,
+        (
+            Arc<Mutex<VecDeque<Notification>>>,
+            Arc<Mutex<VecDeque<Packet>>>,
+        ),
+    ) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
@@ -122,9 +148,22 @@ impl<'a> LinkBuilder<'a> {
             outgoing,
         };
 
-        self.router_tx.send((0, event))?;
+        (
+            self.router_tx,
+            event,
+            link_rx,
+            (outgoing_data_buffer, incoming_data_buffer),
+        )
+    }
 
-        link_rx.recv()?;
+    fn linked(
+        router_tx: Sender<(ConnectionId, Event)>,
+        link_rx: Receiver<()>,
+        (outgoing_data_buffer, incoming_data_buffer): (
+            Arc<Mutex<VecDeque<Notification>>>,
+            Arc<Mutex<VecDeque<Packet>>>,
+        ),
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         let notification = outgoing_data_buffer.lock().pop_front().unwrap();
 
         // Right now link identifies failure with dropped rx in router,
@@ -134,8 +173,8 @@ impl<'a> LinkBuilder<'a> {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        let tx = LinkTx::new(id, router_tx.clone(), incoming_data_buffer);
+        let rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
 }
