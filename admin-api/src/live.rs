@@ -1,9 +1,11 @@
 //! What this node sees live, beyond the store: the devices connected to it now, and each
-//! tenant's recent handshake refusals. Both are in memory and per node (several nodes
-//! behind a load balancer each answer for their own connections); both are bounded.
+//! tenant's recent refusals (TLS handshake or CONNECT). Both are in memory and per node
+//! (several nodes behind a load balancer each answer for their own connections); both
+//! are bounded.
 //!
-//! The front-end feeds them: a session holds an [`OnlineGuard`] while it is open, and
-//! each refused handshake whose chain names a tenant is [`Live::refused`]. The REST API
+//! The front-end feeds them: a session holds an [`OnlineGuard`] while it is open; each
+//! refused handshake whose chain a tenant's key signed, and each CONNECT refused after
+//! the handshake verified the device, is [`Live::refused`]. The REST API
 //! reads them (`GET /tenant/tenants/{id}/connections` and `.../refusals`).
 
 use std::collections::{HashMap, VecDeque};
@@ -13,7 +15,9 @@ use std::sync::{Mutex, Weak};
 /// Refusals remembered per tenant (the oldest is dropped first).
 pub const REFUSALS_PER_TENANT: usize = 100;
 
-/// A refused handshake, as the broker's refusal log line says it.
+/// A refused connection, as the broker's refusal log line says it: its TLS handshake,
+/// or its CONNECT after the handshake verified the device (`reason` is then the
+/// `mqtt_connections_refused_total` label, e.g. `device_blocked`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandshakeRefusal {
     /// The reason's stable label (`unknown_ca`, `certificate_expired`, ...).

@@ -341,8 +341,16 @@ pub async fn serve_mqtt(
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
             let admin = shared.admin.clone();
-            let Some(mut session) =
-                crate::session::establish(stream, id, chain, shared, accepted_at, &sessions).await
+            let Some(mut session) = crate::session::establish(
+                stream,
+                id,
+                chain,
+                shared,
+                accepted_at,
+                peer.ip(),
+                &sessions,
+            )
+            .await
             else {
                 return;
             };

@@ -378,15 +378,68 @@ fn reason_for(e: &MqttError, version: Version) -> u8 {
     }
 }
 
+/// The device a CONNECT-time refusal is about (its TLS handshake verified it): the
+/// refusal goes to its own tenant's recent refusals (the console's page) as well as to
+/// the metric (`mqtt_connections_refused_total{reason}`), so that a tenant admin sees
+/// why a device that passed TLS gets no session.
+struct Who<'a> {
+    id: &'a DeviceIdentity,
+    source: std::net::IpAddr,
+}
+
+impl Who<'_> {
+    /// Counts the refusal and records it for the tenant.
+    fn refused(&self, shared: &Shared, label: &str) {
+        shared.metrics.refused(label);
+        shared.admin.record_refusal(
+            &self.id.tenant,
+            admin_api::live::HandshakeRefusal {
+                reason: label.to_string(),
+                detail: connect_refusal_detail(label),
+                subject: self.id.subject.clone(),
+                fingerprint: self.id.fingerprint.clone(),
+                source: self.source,
+            },
+        );
+    }
+}
+
+/// What a CONNECT-time refusal label means, in the words the console shows.
+fn connect_refusal_detail(label: &str) -> String {
+    let words = match label {
+        "connect_too_large" => "the CONNECT packet is larger than the broker accepts",
+        "no_connect" | "not_connect" => "the device sent something other than a CONNECT",
+        "connect_timeout" => "the device sent no CONNECT in time after its TLS handshake",
+        "unsupported_protocol" => "the CONNECT asks for an MQTT version other than 3.1.1 or 5",
+        "malformed_connect" => "the CONNECT packet is malformed",
+        "client_id_mismatch" => "the ClientId is not the certificate's Common Name",
+        "device_blocked" => "the device is blocked",
+        "device_not_registered" => {
+            "the device is not registered and its CA does not auto-register devices"
+        }
+        "registry_unavailable" => "the device registry was unavailable (the broker's store)",
+        "revoked_online" => "the certificate is revoked by its CRL distribution point",
+        "acl_will" => "the topic rules do not allow the will's topic",
+        "invalid_will_topic" => "the will's topic is not a valid topic",
+        "tenant_device_limit" => "the tenant's limit of connected devices is reached",
+        "backend_unavailable" | "backend_refused" | "backend_connack" => {
+            "the broker behind the front-end did not accept the session"
+        }
+        _ => return format!("trust withdrawn after the TLS handshake ({label})"),
+    };
+    words.to_string()
+}
+
 async fn refuse<W: AsyncWrite + Unpin>(
     w: &mut W,
     shared: &Shared,
+    who: &Who<'_>,
     version: Version,
     v4: u8,
     v5: u8,
     label: &str,
 ) {
-    shared.metrics.refused(label);
+    who.refused(shared, label);
     let code = if version == Version::V4 { v4 } else { v5 };
     let _ = w.write_all(&mqtt::connack_bytes(version, code)).await;
     let _ = w.flush().await;
@@ -400,9 +453,10 @@ async fn refuse_withdrawn<W: AsyncWrite + Unpin>(
     w: &mut W,
     shared: &Shared,
     store: &TrustStore,
-    id: &DeviceIdentity,
+    who: &Who<'_>,
     version: Version,
 ) -> bool {
+    let id = who.id;
     let Err(withdrawn) = still_trusted(store, id, certs::UnixTime::now()) else {
         return false;
     };
@@ -421,6 +475,7 @@ async fn refuse_withdrawn<W: AsyncWrite + Unpin>(
     refuse(
         w,
         shared,
+        who,
         version,
         codes::V4_NOT_AUTHORIZED,
         v5,
@@ -462,11 +517,13 @@ pub async fn establish<S>(
     chain: Vec<certs::CertificateDer<'static>>,
     shared: Arc<Shared>,
     accepted_at: Instant,
+    source: std::net::IpAddr,
     sessions: &tokio::runtime::Handle,
 ) -> Option<Established<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let who = Who { id: &id, source };
     let limits = &shared.config.limits;
     let max = limits.max_packet_size;
     let mut dbuf = BytesMut::with_capacity(READ_BUF);
@@ -480,15 +537,15 @@ where
     let n = match first {
         Ok(Ok(Some(n))) => n,
         Ok(Err(End::Protocol(MqttError::TooLarge(_)))) => {
-            shared.metrics.refused("connect_too_large");
+            who.refused(&shared, "connect_too_large");
             return None;
         }
         Ok(_) => {
-            shared.metrics.refused("no_connect");
+            who.refused(&shared, "no_connect");
             return None;
         }
         Err(_) => {
-            shared.metrics.refused("connect_timeout");
+            who.refused(&shared, "connect_timeout");
             return None;
         }
     };
@@ -501,6 +558,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 v,
                 codes::V4_BAD_PROTOCOL,
                 codes::V5_UNSUPPORTED_PROTOCOL,
@@ -510,7 +568,7 @@ where
             return None;
         }
         Err(_) => {
-            shared.metrics.refused("not_connect");
+            who.refused(&shared, "not_connect");
             return None;
         }
     };
@@ -520,6 +578,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_ID_REJECTED,
                 codes::V5_MALFORMED,
@@ -541,6 +600,7 @@ where
         refuse(
             &mut dev,
             &shared,
+            &who,
             version,
             codes::V4_NOT_AUTHORIZED,
             codes::V5_CLIENT_ID_NOT_VALID,
@@ -549,7 +609,7 @@ where
         .await;
         return None;
     }
-    if refuse_withdrawn(&mut dev, &shared, &trust, &id, version).await {
+    if refuse_withdrawn(&mut dev, &shared, &trust, &who, version).await {
         return None;
     }
     match shared.admin.device_admission(tenant, cn).await {
@@ -557,6 +617,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_NOT_AUTHORIZED,
                 codes::V5_BANNED,
@@ -579,6 +640,7 @@ where
                 refuse(
                     &mut dev,
                     &shared,
+                    &who,
                     version,
                     codes::V4_UNAVAILABLE,
                     codes::V5_SERVER_UNAVAILABLE,
@@ -597,6 +659,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_NOT_AUTHORIZED,
                 codes::V5_NOT_AUTHORIZED,
@@ -610,6 +673,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_UNAVAILABLE,
                 codes::V5_SERVER_UNAVAILABLE,
@@ -635,6 +699,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_NOT_AUTHORIZED,
                 codes::V5_NOT_AUTHORIZED,
@@ -667,6 +732,7 @@ where
                 refuse(
                     &mut dev,
                     &shared,
+                    &who,
                     version,
                     codes::V4_NOT_AUTHORIZED,
                     codes::V5_NOT_AUTHORIZED,
@@ -690,6 +756,7 @@ where
         refuse(
             &mut dev,
             &shared,
+            &who,
             version,
             codes::V4_UNAVAILABLE,
             codes::V5_QUOTA_EXCEEDED,
@@ -724,6 +791,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_NOT_AUTHORIZED,
                 codes::V5_TOPIC_INVALID,
@@ -737,7 +805,7 @@ where
     // revoked, a device blocked, a lower chain-length limit) or while the policies
     // above ran: the newest snapshot decides, before the backend sees the session (a
     // backend session under this ClientId would take over a live one).
-    if refuse_withdrawn(&mut dev, &shared, &shared.trust.load_full(), &id, version).await {
+    if refuse_withdrawn(&mut dev, &shared, &shared.trust.load_full(), &who, version).await {
         return None;
     }
     // Registered before the backend sees the CONNECT: a broker that closes the older
@@ -755,6 +823,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_UNAVAILABLE,
                 codes::V5_SERVER_UNAVAILABLE,
@@ -778,6 +847,7 @@ where
             refuse(
                 &mut dev,
                 &shared,
+                &who,
                 version,
                 codes::V4_UNAVAILABLE,
                 codes::V5_SERVER_UNAVAILABLE,
@@ -802,6 +872,7 @@ where
                 refuse(
                     &mut dev,
                     &shared,
+                    &who,
                     version,
                     codes::V4_UNAVAILABLE,
                     codes::V5_SERVER_UNAVAILABLE,
@@ -816,7 +887,7 @@ where
         return None;
     }
     if mqtt::connack_code(&ack) != Some(0) {
-        shared.metrics.refused("backend_refused");
+        who.refused(&shared, "backend_refused");
         return None;
     }
     acl.resumed = mqtt::connack_session_present(&ack) == Some(true);

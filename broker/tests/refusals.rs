@@ -262,3 +262,85 @@ async fn only_chains_the_tenant_signed_reach_its_refusals() {
         "{list:#?}"
     );
 }
+
+/// A device that passes TLS but is refused at CONNECT (its ClientId is not its CN, it
+/// is not registered and its CA does not auto-register) is in its own tenant's recent
+/// refusals with the CONNACK's reason, subject, fingerprint and source, so that the
+/// tenant admin sees why it gets no session; another tenant sees nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_time_refusals_reach_the_devices_tenant_only() {
+    logs();
+    let env = start().await;
+    env.tenant("acme").await;
+    env.tenant("globex").await;
+    let root = ca("Acme Root");
+    env.upload("acme", &root, false).await;
+    let refusals = |tenant: &'static str| {
+        let env = &env;
+        async move {
+            let (s, body) = env
+                .as_tenant(
+                    tenant,
+                    reqwest::Method::GET,
+                    &format!("/tenant/tenants/{tenant}/refusals"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{body}");
+            body["refusals"].as_array().unwrap().clone()
+        }
+    };
+    let dev = device("sensor-1", &root);
+    let fingerprint = certs::CertInfo::parse(dev.cert_der.as_ref())
+        .unwrap()
+        .fingerprint_sha1;
+
+    // ClientId "impostor" for the certificate of sensor-1: CONNACK 5 (not authorized).
+    let ack = raw_connect_v4_from(&env, "127.0.0.41", "impostor", &dev, &[])
+        .await
+        .unwrap();
+    assert_eq!(ack, vec![0x20, 0x02, 0x00, 0x05]);
+    // Its own name, but not registered and no auto-registration: CONNACK 5 as well.
+    let ack = raw_connect_v4_from(&env, "127.0.0.42", "sensor-1", &dev, &[])
+        .await
+        .unwrap();
+    assert_eq!(ack, vec![0x20, 0x02, 0x00, 0x05]);
+
+    let list = refusals("acme").await;
+    assert_eq!(list.len(), 2, "{list:#?}");
+    let by_reason = |reason: &str| {
+        list.iter()
+            .find(|r| r["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} in {list:#?}"))
+            .clone()
+    };
+    let mismatch = by_reason("client_id_mismatch");
+    assert_eq!(mismatch["source"], "127.0.0.41");
+    assert_eq!(
+        mismatch["detail"],
+        "the ClientId is not the certificate's Common Name"
+    );
+    assert_eq!(mismatch["fingerprint"], fingerprint.as_str());
+    assert!(
+        mismatch["subject"]
+            .as_str()
+            .unwrap()
+            .contains("CN=sensor-1"),
+        "{mismatch:#?}"
+    );
+    let unregistered = by_reason("device_not_registered");
+    assert_eq!(unregistered["source"], "127.0.0.42");
+    assert_eq!(
+        unregistered["detail"],
+        "the device is not registered and its CA does not auto-register devices"
+    );
+    assert!(refusals("globex").await.is_empty());
+    let metrics = env.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "mqtt_connections_refused_total{reason=\"client_id_mismatch\"}"
+        ),
+        1.0
+    );
+}

@@ -1,5 +1,5 @@
 //! What the node answering sees live ([`crate::live`]): a tenant's devices connected to
-//! it now and its recent handshake refusals. Per node and in memory: behind a load
+//! it now and its recent refusals (at the TLS handshake or at CONNECT). Per node and in memory: behind a load
 //! balancer, each node answers for its own connections.
 
 use axum::extract::State;
@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::Admin;
 
-/// A refused handshake (repeats with the same reason, fingerprint and source folded).
+/// A refused connection (repeats with the same reason, fingerprint and source folded).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Refusal {
@@ -66,7 +66,7 @@ pub struct ConnectionList {
     pub connections: Vec<Connection>,
 }
 
-/// A tenant's recent handshake refusals on this node: time, reason, subject,
+/// A tenant's recent refusals (TLS handshake or CONNECT) on this node: time, reason, subject,
 /// fingerprint and source address.
 #[utoipa::path(get, path = "/tenant/tenants/{tenant_id}/refusals", tag = "devices",
     params(("tenant_id" = String, Path, description = "Tenant id")),

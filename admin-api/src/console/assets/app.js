@@ -392,7 +392,7 @@ function pageWhy() {
     form, out];
 }
 
-// Recent handshake refusals of the tenant (this node's memory).
+// Recent refusals of the tenant's devices, at the TLS handshake or at CONNECT (this node's memory).
 async function pageRefusals() {
   const draw = async () => {
     const r = await api('GET', `/tenant/tenants/${T()}/refusals`);
@@ -400,14 +400,14 @@ async function pageRefusals() {
       h('td', {}, fmtTime(x.lastTime)), h('td', {}, String(x.count)),
       h('td', { class: 'mono bad' }, x.reason), h('td', {}, x.detail),
       h('td', { class: 'mono' }, x.subject), h('td', { class: 'mono' }, x.fingerprint), h('td', { class: 'mono' }, x.source)));
-    return table(['Last', 'Count', 'Reason', 'Detail', 'Subject', 'Fingerprint', 'Source'], rows, 'No refused handshakes recently.');
+    return table(['Last', 'Count', 'Reason', 'Detail', 'Subject', 'Fingerprint', 'Source'], rows, 'No refused connections recently.');
   };
   const holder = h('div', { id: 'refusals-holder' }, await draw());
   every(5000, async () => {
     if (!document.body.contains(holder)) { stopTimer(); return; }
     holder.replaceChildren(await draw());
   });
-  return [h('h2', {}, 'Recent handshake refusals'), h('p', { class: 'muted' }, 'The last refusals seen by the node serving this console, newest first.'), holder];
+  return [h('h2', {}, 'Recent refusals'), h('p', { class: 'muted' }, 'The last refusals (TLS handshake or CONNECT) seen by the node serving this console, newest first.'), holder];
 }
 
 // Certificates expiring soon: the tenant's trusted certificates and the device
