@@ -97,9 +97,12 @@ FLEET=(--ca-cert "$WORK/storm-ca.crt" --ca-key "$WORK/storm-ca.key"
 "$LOADTEST" run "${COMMON[@]}" "${FLEET[@]}" --tenant storm --keep --devices "$STORM" \
   --messages 0 --subscribers 0 --scenario storm --concurrency 64 --connect-retries 100 \
   --duration 300 --report "$OUT/register.json" >/dev/null
+# B holds its sessions 12 s once all are back, so that A (10 s) measures the storm, not
+# the fleet's 5,000 sessions closing at once after it (a separate event: connected
+# devices' messages wait 100-200 ms while one sessions thread tears them down).
 B=(run "${COMMON[@]}" "${FLEET[@]}" --no-upload --scenario storm --devices "$STORM"
    --concurrency "$STORM" --messages 1 --publish-interval 1000 --subscribers 0
-   --connect-timeout 20 --connect-retries 100 --duration 120)
+   --connect-timeout 20 --connect-retries 100 --duration 120 --hold 12)
 
 nice -n "$STORM_NICE" "$LOADTEST" "${B[@]}" --report "$OUT/solo.json" >/dev/null || true
 {
