@@ -364,7 +364,7 @@ pub async fn serve_mqtt(
                 tracing::warn!(%peer, error = %e, "cannot hand the session over");
                 return;
             }
-            sessions.spawn(session.serve(shutdown, (permit, online)));
+            sessions.spawn(session.serve(shutdown, (permit, online), Handle::current()));
         });
     }
 }

@@ -942,6 +942,7 @@ where
         self,
         shutdown: watch::Receiver<bool>,
         keep: K,
+        teardown: tokio::runtime::Handle,
     ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: 'static,
@@ -1089,11 +1090,21 @@ where
                 }
                 End::BackendClosed | End::DeviceClosed | End::Io(_) => {}
             }
-            let _ = dw.flush().await;
-            let _ = dw.shutdown().await;
             let _ = bw.shutdown().await;
             shared.metrics.disconnected(tenant);
             shared.admin.device_seen(tenant, cn);
+            // The device's side ends on `teardown` (the background runtime, below the
+            // sessions in priority): its TLS close and freeing the stream's buffers cost
+            // about 40 us, and when thousands of devices leave at once (a load balancer
+            // dropping them all) they would otherwise hold up the connected devices'
+            // packets on the sessions' thread for 100-200 ms. The connection's permit
+            // (`keep`) goes with it, so the socket is closed before it is counted free.
+            drop((br, bw));
+            teardown.spawn(async move {
+                let _ = dw.flush().await;
+                let _ = dw.shutdown().await;
+                drop((dr, dw, _keep));
+            });
         }
     }
 }
