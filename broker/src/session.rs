@@ -185,6 +185,10 @@ struct Inflight {
     publish_rate: u32,
 }
 
+/// How long the end of a session waits to write its last bytes and the TLS close to the
+/// device before it closes the socket anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// At most one log line per session per this interval for refusals by the topic rules
 /// (the line carries how many it left out); every refusal is counted in
 /// `mqtt_acl_refused_total`.
@@ -1101,8 +1105,12 @@ where
             // (`keep`) goes with it, so the socket is closed before it is counted free.
             drop((br, bw));
             teardown.spawn(async move {
-                let _ = dw.flush().await;
-                let _ = dw.shutdown().await;
+                // A peer that reads nothing more cannot hold the socket and the permit.
+                let close = async {
+                    let _ = dw.flush().await;
+                    let _ = dw.shutdown().await;
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
                 drop((dr, dw, _keep));
             });
         }
