@@ -413,19 +413,12 @@ async fn scenario(env: &Env, c: &Client) -> Secrets {
     wait_text(c, "#why-verdict", "verdict", |t| t == "Refused").await;
     let reason = wait_text(c, "#why-reason", "reason", |t| !t.is_empty()).await;
     // The same reason the broker logged and the refusals page shows.
-    let (_, api) = env
-        .as_tenant(
-            "acme",
-            reqwest::Method::GET,
-            "/tenant/tenants/acme/refusals",
-            None,
-        )
-        .await;
-    let latest = &api["refusals"][0];
-    assert_eq!(latest["subject"], "CN=sensor-1", "{api}");
+    let api = env.refusals("acme").await;
+    let latest = &api[0];
+    assert_eq!(latest["subject"], "CN=sensor-1", "{api:?}");
     assert!(
         refusal.contains(latest["reason"].as_str().unwrap()),
-        "{refusal} / {api}"
+        "{refusal} / {api:?}"
     );
     assert!(reason.to_lowercase().contains("disabled"), "{reason}");
     screenshot(c, "06-why-refused").await;

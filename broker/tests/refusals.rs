@@ -202,18 +202,6 @@ async fn only_chains_the_tenant_signed_reach_its_refusals() {
     env.tenant("acme").await;
     let root = ca("Acme Root");
     env.upload("acme", &root, true).await;
-    let refusals = || async {
-        let (s, body) = env
-            .as_tenant(
-                "acme",
-                reqwest::Method::GET,
-                "/tenant/tenants/acme/refusals",
-                None,
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
-        body["refusals"].as_array().unwrap().clone()
-    };
 
     // A look-alike of acme's root (same name, another key), its device named as markup,
     // sent with acme's real root certificate too.
@@ -243,7 +231,11 @@ async fn only_chains_the_tenant_signed_reach_its_refusals() {
     .await;
     assert!(a.is_some(), "refused with an alert");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(refusals().await.is_empty(), "{:#?}", refusals().await);
+    assert!(
+        env.refusals("acme").await.is_empty(),
+        "{:#?}",
+        env.refusals("acme").await
+    );
 
     // acme's own expired device: in acme's refusals, and only it.
     let expired = expired_device("old", &root);
@@ -254,7 +246,7 @@ async fn only_chains_the_tenant_signed_reach_its_refusals() {
     )
     .await;
     assert_eq!(a, Some(AlertDescription::CertificateExpired));
-    let list = refusals().await;
+    let list = env.refusals("acme").await;
     assert_eq!(list.len(), 1, "{list:#?}");
     assert_eq!(list[0]["source"], "127.0.0.32", "{list:#?}");
     assert!(
@@ -275,21 +267,6 @@ async fn connect_time_refusals_reach_the_devices_tenant_only() {
     env.tenant("globex").await;
     let root = ca("Acme Root");
     env.upload("acme", &root, false).await;
-    let refusals = |tenant: &'static str| {
-        let env = &env;
-        async move {
-            let (s, body) = env
-                .as_tenant(
-                    tenant,
-                    reqwest::Method::GET,
-                    &format!("/tenant/tenants/{tenant}/refusals"),
-                    None,
-                )
-                .await;
-            assert_eq!(s, 200, "{body}");
-            body["refusals"].as_array().unwrap().clone()
-        }
-    };
     let dev = device("sensor-1", &root);
     let fingerprint = certs::CertInfo::parse(dev.cert_der.as_ref())
         .unwrap()
@@ -306,7 +283,7 @@ async fn connect_time_refusals_reach_the_devices_tenant_only() {
         .unwrap();
     assert_eq!(ack, vec![0x20, 0x02, 0x00, 0x05]);
 
-    let list = refusals("acme").await;
+    let list = env.refusals("acme").await;
     assert_eq!(list.len(), 2, "{list:#?}");
     let by_reason = |reason: &str| {
         list.iter()
@@ -334,7 +311,7 @@ async fn connect_time_refusals_reach_the_devices_tenant_only() {
         unregistered["detail"],
         "the device is not registered and its CA does not auto-register devices"
     );
-    assert!(refusals("globex").await.is_empty());
+    assert!(env.refusals("globex").await.is_empty());
     let metrics = env.metrics().await;
     assert_eq!(
         counter(

@@ -155,6 +155,20 @@ impl Env {
         .await
     }
 
+    /// The tenant's recent refusals (`GET .../refusals`, as its admin), newest first.
+    pub async fn refusals(&self, tenant: &str) -> Vec<Value> {
+        let (s, body) = self
+            .as_tenant(
+                tenant,
+                reqwest::Method::GET,
+                &format!("/tenant/tenants/{tenant}/refusals"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        body["refusals"].as_array().unwrap().clone()
+    }
+
     /// Uploads a CA for a tenant; returns its fingerprint.
     pub async fn upload(&self, tenant: &str, ca: &Issued, auto_registration: bool) -> String {
         let (s, b) = self
